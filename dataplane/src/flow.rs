@@ -1,0 +1,214 @@
+//! The flow table: which TCP connection a segment belongs to, in which direction.
+//!
+//! Bounded: it holds at most `capacity` flows. Slots are created lazily and reused, so a
+//! worker in steady state allocates nothing when flows come and go. The slot payload is
+//! generic so the table is tested without sockets.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// A TCP connection as the appliance sees it: who opened it and to whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.client, self.server)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+/// A handle to a slot; the generation makes a handle to a reused slot invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowId {
+    pub index: u32,
+    pub generation: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableFull {
+    pub capacity: usize,
+}
+
+impl fmt::Display for TableFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "flow table full ({} flows)", self.capacity)
+    }
+}
+
+struct Slot<T> {
+    key: Option<FlowKey>,
+    generation: u32,
+    value: T,
+}
+
+pub struct FlowTable<T> {
+    index: HashMap<FlowKey, u32>,
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    capacity: usize,
+}
+
+impl<T> FlowTable<T> {
+    pub fn with_capacity(capacity: usize) -> Self {
+        FlowTable {
+            index: HashMap::with_capacity(capacity),
+            slots: Vec::with_capacity(capacity),
+            free: Vec::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Finds the flow a segment from `src` to `dst` belongs to, and its direction.
+    pub fn lookup(&self, src: SocketAddr, dst: SocketAddr) -> Option<(FlowId, Direction)> {
+        let forward = FlowKey { client: src, server: dst };
+        if let Some(&i) = self.index.get(&forward) {
+            return Some((self.id_of(i), Direction::ClientToServer));
+        }
+        let reverse = FlowKey { client: dst, server: src };
+        self.index
+            .get(&reverse)
+            .map(|&i| (self.id_of(i), Direction::ServerToClient))
+    }
+
+    fn id_of(&self, index: u32) -> FlowId {
+        FlowId { index, generation: self.slots[index as usize].generation }
+    }
+
+    /// Adds a flow. A reused slot hands back its previous value for the caller to reset;
+    /// `create` builds a value only when a new slot is needed.
+    pub fn insert(&mut self, key: FlowKey, create: impl FnOnce() -> T) -> Result<(FlowId, &mut T), TableFull> {
+        debug_assert!(!self.index.contains_key(&key), "flow {key} inserted twice");
+        let index = if let Some(i) = self.free.pop() {
+            i
+        } else if self.slots.len() < self.capacity {
+            self.slots.push(Slot { key: None, generation: 0, value: create() });
+            (self.slots.len() - 1) as u32
+        } else {
+            return Err(TableFull { capacity: self.capacity });
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.key = Some(key);
+        self.index.insert(key, index);
+        Ok((FlowId { index, generation: slot.generation }, &mut slot.value))
+    }
+
+    pub fn get_mut(&mut self, id: FlowId) -> Option<&mut T> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        (slot.key.is_some() && slot.generation == id.generation).then_some(&mut slot.value)
+    }
+
+    pub fn key(&self, id: FlowId) -> Option<FlowKey> {
+        let slot = self.slots.get(id.index as usize)?;
+        if slot.generation == id.generation {
+            slot.key
+        } else {
+            None
+        }
+    }
+
+    /// Removes a flow; its slot (and value) is kept for reuse.
+    pub fn remove(&mut self, id: FlowId) -> bool {
+        let Some(slot) = self.slots.get_mut(id.index as usize) else {
+            return false;
+        };
+        if slot.generation != id.generation {
+            return false;
+        }
+        let Some(key) = slot.key.take() else {
+            return false;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.index.remove(&key);
+        self.free.push(id.index);
+        true
+    }
+
+    /// Live flows, for status queries and shutdown.
+    pub fn iter(&self) -> impl Iterator<Item = (FlowId, FlowKey, &T)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.key.map(|k| (FlowId { index: i as u32, generation: s.generation }, k, &s.value))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn key(c: &str, s: &str) -> FlowKey {
+        FlowKey { client: addr(c), server: addr(s) }
+    }
+
+    #[test]
+    fn finds_both_directions() {
+        let mut t = FlowTable::with_capacity(4);
+        let (id, _) = t.insert(key("198.18.0.1:40000", "198.18.0.2:443"), || 0u32).unwrap();
+        assert_eq!(
+            t.lookup(addr("198.18.0.1:40000"), addr("198.18.0.2:443")),
+            Some((id, Direction::ClientToServer))
+        );
+        assert_eq!(
+            t.lookup(addr("198.18.0.2:443"), addr("198.18.0.1:40000")),
+            Some((id, Direction::ServerToClient))
+        );
+        assert_eq!(t.lookup(addr("198.18.0.1:40001"), addr("198.18.0.2:443")), None);
+        assert_eq!(t.lookup(addr("[2001:db8::1]:40000"), addr("[2001:db8::2]:443")), None);
+    }
+
+    #[test]
+    fn is_bounded_and_reuses_slots() {
+        let mut t = FlowTable::with_capacity(2);
+        let mut created = 0;
+        let (a, _) = t.insert(key("1.1.1.1:1", "2.2.2.2:443"), || { created += 1; 0u8 }).unwrap();
+        t.insert(key("1.1.1.1:2", "2.2.2.2:443"), || { created += 1; 0u8 }).unwrap();
+        assert_eq!(t.insert(key("1.1.1.1:3", "2.2.2.2:443"), || 0u8).unwrap_err(), TableFull { capacity: 2 });
+        *t.get_mut(a).unwrap() = 7;
+        assert!(t.remove(a));
+        assert!(!t.remove(a), "a stale handle removes nothing");
+        assert!(t.get_mut(a).is_none(), "a stale handle reads nothing");
+        let (c, value) = t.insert(key("1.1.1.1:3", "2.2.2.2:443"), || unreachable!("slot is reused")).unwrap();
+        assert_eq!(*value, 7, "the reused slot hands back its old value to reset");
+        assert_eq!(c.index, a.index);
+        assert_ne!(c.generation, a.generation);
+        assert_eq!(created, 2);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.iter().count(), 2);
+    }
+
+    #[test]
+    fn key_of_removed_flow_is_gone() {
+        let mut t = FlowTable::with_capacity(1);
+        let k = key("[2001:db8::1]:5", "[2001:db8::2]:443");
+        let (id, _) = t.insert(k, || ()).unwrap();
+        assert_eq!(t.key(id), Some(k));
+        t.remove(id);
+        assert_eq!(t.key(id), None);
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,11 @@
+//! loupe dataplane: the XDP wire, AF_XDP I/O, the flow table, transparent TCP endpoints
+//! and the pinned workers.
+
+pub mod daemon;
+pub mod flow;
+pub mod frame;
+pub mod relay;
+pub mod tcp_device;
+pub mod wire;
+pub mod worker;
+pub mod xsk;

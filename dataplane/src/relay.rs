@@ -1,0 +1,232 @@
+//! The two TCP endpoints of a flow and the byte relay between them.
+//!
+//! The client's connection is terminated by a socket that answers as the server; the
+//! server-side connection is opened by a socket that speaks as the client. Bytes move from
+//! one socket's receive buffer into the other's send buffer only as far as there is room,
+//! so a slow side closes the other side's TCP window instead of losing bytes. FIN and RST
+//! travel across; half-close works because each direction closes on its own.
+//!
+//! The client's SYN-ACK is held back (smoltcp's `pause_synack`) until the server accepted
+//! the upstream connection, so a closed server port looks closed to the client.
+
+use smoltcp::iface::{SocketHandle, SocketSet, SocketStorage};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::time::Duration;
+use smoltcp::wire::IpEndpoint;
+
+use crate::flow::FlowKey;
+
+/// How long the upstream connection may take before the client's connection is refused.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A peer that acknowledges nothing for this long while we have data for it is gone.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Upstream SYN sent; the client's SYN-ACK is paused.
+    Connecting,
+    /// Both endpoints open (possibly half-closed).
+    Relaying,
+    /// Both endpoints closed: the flow can be released.
+    Finished,
+}
+
+/// Why a flow ended, for the log and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Closed,
+    ClientReset,
+    ServerReset,
+    UpstreamRefused,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::ClientReset => "client reset",
+            EndReason::ServerReset => "server reset",
+            EndReason::UpstreamRefused => "upstream refused or unreachable",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ByteCounts {
+    pub client_to_server: u64,
+    pub server_to_client: u64,
+}
+
+pub struct TcpPair {
+    pub client: SocketSet<'static>,
+    pub server: SocketSet<'static>,
+    client_handle: SocketHandle,
+    server_handle: SocketHandle,
+    pub phase: Phase,
+    client_fin_forwarded: bool,
+    server_fin_forwarded: bool,
+    pub end_reason: Option<EndReason>,
+    pub bytes: ByteCounts,
+}
+
+fn endpoint_socket(buffer: usize) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0u8; buffer]),
+        tcp::SocketBuffer::new(vec![0u8; buffer]),
+    );
+    // Relayed bytes go out as they come; the sender's own segmentation already happened.
+    socket.set_nagle_enabled(false);
+    socket
+}
+
+impl TcpPair {
+    /// Allocates both endpoints with `buffer` bytes per direction and side. Done once per
+    /// flow slot; `open` resets a reused pair without allocating.
+    pub fn new(buffer: usize) -> TcpPair {
+        let mut client = SocketSet::new(vec![SocketStorage::EMPTY]);
+        let mut server = SocketSet::new(vec![SocketStorage::EMPTY]);
+        let client_handle = client.add(endpoint_socket(buffer));
+        let server_handle = server.add(endpoint_socket(buffer));
+        TcpPair {
+            client,
+            server,
+            client_handle,
+            server_handle,
+            phase: Phase::Finished,
+            client_fin_forwarded: false,
+            server_fin_forwarded: false,
+            end_reason: None,
+            bytes: ByteCounts::default(),
+        }
+    }
+
+    /// Prepares the pair for a new flow: the client side listens as the server (SYN-ACK
+    /// paused), the server side connects as the client. The caller then feeds the SYN.
+    pub fn open(&mut self, key: FlowKey, cx: &mut smoltcp::iface::Context) -> Result<(), String> {
+        self.phase = Phase::Connecting;
+        self.client_fin_forwarded = false;
+        self.server_fin_forwarded = false;
+        self.end_reason = None;
+        self.bytes = ByteCounts::default();
+        let server_end = IpEndpoint::new(key.server.ip().into(), key.server.port());
+        let client_end = IpEndpoint::new(key.client.ip().into(), key.client.port());
+        let client = self.client.get_mut::<tcp::Socket>(self.client_handle);
+        client.abort();
+        client.listen(server_end).map_err(|e| format!("listen as {}: {e}", key.server))?;
+        client.pause_synack(true);
+        client.set_timeout(Some(STALL_TIMEOUT));
+        let server = self.server.get_mut::<tcp::Socket>(self.server_handle);
+        server.abort();
+        server
+            .connect(cx, server_end, client_end)
+            .map_err(|e| format!("connect to {} as {}: {e}", key.server, key.client))?;
+        server.set_timeout(Some(CONNECT_TIMEOUT));
+        Ok(())
+    }
+
+    pub fn client_socket(&mut self) -> &mut tcp::Socket<'static> {
+        self.client.get_mut(self.client_handle)
+    }
+
+    pub fn server_socket(&mut self) -> &mut tcp::Socket<'static> {
+        self.server.get_mut(self.server_handle)
+    }
+
+    /// Moves bytes both ways and carries connection state across. Call after any ingress
+    /// or timer on either side, before polling egress.
+    pub fn relay(&mut self) {
+        let client = self.client.get_mut::<tcp::Socket>(self.client_handle);
+        let server = self.server.get_mut::<tcp::Socket>(self.server_handle);
+
+        if self.phase == Phase::Connecting {
+            match server.state() {
+                State::Established => {
+                    client.pause_synack(false);
+                    server.set_timeout(Some(STALL_TIMEOUT));
+                    self.phase = Phase::Relaying;
+                }
+                State::Closed => {
+                    // Refused (RST) or timed out: refuse the client the same way.
+                    client.abort();
+                    self.end_reason = Some(EndReason::UpstreamRefused);
+                    self.phase = Phase::Finished;
+                    return;
+                }
+                _ => return,
+            }
+        }
+        if self.phase != Phase::Relaying {
+            return;
+        }
+
+        self.bytes.client_to_server += move_bytes(client, server);
+        self.bytes.server_to_client += move_bytes(server, client);
+
+        // A reset on one side resets the other (once: our own abort closes a socket too).
+        if self.end_reason.is_none() {
+            if reset_by_peer(client, self.client_fin_forwarded) {
+                server.abort();
+                self.end_reason = Some(EndReason::ClientReset);
+            } else if reset_by_peer(server, self.server_fin_forwarded) {
+                client.abort();
+                self.end_reason = Some(EndReason::ServerReset);
+            }
+        }
+
+        // A FIN is forwarded once everything before it has been handed to the other side.
+        if !self.client_fin_forwarded && peer_finished_sending(client) {
+            server.close();
+            self.client_fin_forwarded = true;
+        }
+        if !self.server_fin_forwarded && peer_finished_sending(server) {
+            client.close();
+            self.server_fin_forwarded = true;
+        }
+
+        if is_done(client.state()) && is_done(server.state()) {
+            self.end_reason.get_or_insert(EndReason::Closed);
+            self.phase = Phase::Finished;
+        }
+    }
+}
+
+/// Copies what `from` received into what `to` sends, as far as `to` has room.
+fn move_bytes(from: &mut tcp::Socket<'static>, to: &mut tcp::Socket<'static>) -> u64 {
+    let mut moved = 0u64;
+    // Two rounds: the receive ring hands out at most one contiguous piece per call.
+    for _ in 0..2 {
+        if !from.can_recv() || !to.can_send() {
+            break;
+        }
+        let room = to.send_capacity() - to.send_queue();
+        if room == 0 {
+            break;
+        }
+        let n = from
+            .recv(|data| {
+                let n = to.send_slice(&data[..data.len().min(room)]).unwrap_or(0);
+                (n, n)
+            })
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        moved += n as u64;
+    }
+    moved
+}
+
+/// The peer sent FIN and every byte before it has been relayed.
+fn peer_finished_sending(socket: &tcp::Socket<'static>) -> bool {
+    matches!(socket.state(), State::CloseWait | State::LastAck | State::Closing | State::TimeWait)
+        && socket.recv_queue() == 0
+}
+
+/// The socket closed without the peer's FIN having been seen: a reset or a timeout.
+fn reset_by_peer(socket: &tcp::Socket<'static>, fin_seen: bool) -> bool {
+    socket.state() == State::Closed && !fin_seen && !peer_finished_sending(socket)
+}
+
+fn is_done(state: State) -> bool {
+    matches!(state, State::Closed | State::TimeWait)
+}

@@ -1,0 +1,384 @@
+//! A pinned worker: owns one queue of both ports, the flows that arrive on it, and their
+//! TCP endpoints. The loop receives a batch, services only flows that had packets or whose
+//! timer is due, flushes transmissions, and sleeps in poll(2) when there is nothing to do,
+//! so its cost does not grow with idle flows. Nothing here allocates or locks per packet.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use smoltcp::iface::Interface;
+use smoltcp::time::Instant;
+use xdpilone::xdp::XdpDesc;
+
+use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
+use crate::frame::{parse_tcp_frame, MacAddr};
+use crate::relay::{ByteCounts, EndReason, Phase, TcpPair};
+use crate::tcp_device::{transparent_interface, FrameDevice, L2Header};
+use crate::xsk::{XskPort, BATCH};
+
+pub const INSIDE: usize = 0;
+pub const OUTSIDE: usize = 1;
+
+/// Segments one flow may emit per service round before others get their turn.
+const EGRESS_BURST: usize = 64;
+/// Longest sleep when idle: bounds how late a stop request is noticed.
+const MAX_IDLE_WAIT_MS: i32 = 100;
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub queue: u32,
+    pub inspect_ports: Vec<u16>,
+    pub max_flows: usize,
+    /// Bytes of TCP buffer per direction and side of a flow.
+    pub tcp_buffer: usize,
+}
+
+/// Counters a worker publishes; single writer, relaxed atomics, read by status queries.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub rx_frames: AtomicU64,
+    pub tx_frames: AtomicU64,
+    pub malformed_frames: AtomicU64,
+    /// Segments of no known flow that are not a SYN (e.g. flows older than the daemon).
+    pub orphan_segments: AtomicU64,
+    pub flows_opened: AtomicU64,
+    pub flows_closed: AtomicU64,
+    pub flows_active: AtomicU64,
+    pub flows_refused_table_full: AtomicU64,
+    pub upstream_refused: AtomicU64,
+    pub resets: AtomicU64,
+    pub bytes_client_to_server: AtomicU64,
+    pub bytes_server_to_client: AtomicU64,
+    pub tx_no_frame: AtomicU64,
+}
+
+impl WorkerStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+}
+
+struct FlowState {
+    pair: TcpPair,
+    /// Index of the port the client is on.
+    client_port: usize,
+    client_mac: MacAddr,
+    /// The address the client's frames were sent to (server or router).
+    peer_mac: MacAddr,
+    scheduled: Option<Instant>,
+    ready: bool,
+}
+
+impl FlowState {
+    fn toward_client(&self) -> L2Header {
+        L2Header { src: self.peer_mac, dst: self.client_mac }
+    }
+    fn toward_server(&self) -> L2Header {
+        L2Header { src: self.client_mac, dst: self.peer_mac }
+    }
+}
+
+pub struct Worker {
+    settings: WorkerSettings,
+    ports: [XskPort; 2],
+    client_iface: Interface,
+    server_iface: Interface,
+    flows: FlowTable<FlowState>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    ready: Vec<FlowId>,
+    stats: Arc<WorkerStats>,
+    clock: std::time::Instant,
+}
+
+impl Worker {
+    pub fn new(settings: WorkerSettings, mut inside: XskPort, outside: XskPort, stats: Arc<WorkerStats>) -> Worker {
+        let clock = std::time::Instant::now();
+        let now = Instant::from_micros(0);
+        let seed = u64::from(std::process::id()) << 32 | u64::from(settings.queue);
+        let client_iface = transparent_interface(&mut inside, seed ^ random_seed(), now);
+        let server_iface = transparent_interface(&mut inside, seed ^ random_seed().rotate_left(17), now);
+        let max_flows = settings.max_flows;
+        Worker {
+            settings,
+            ports: [inside, outside],
+            client_iface,
+            server_iface,
+            flows: FlowTable::with_capacity(max_flows),
+            timers: BinaryHeap::with_capacity(max_flows * 4),
+            ready: Vec::with_capacity(max_flows),
+            stats,
+            clock,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.clock.elapsed().as_micros() as i64)
+    }
+
+    pub fn run(mut self, stop: &AtomicBool) {
+        let mut batch = [XdpDesc { addr: 0, len: 0, options: 0 }; BATCH];
+        tracing::info!(queue = self.settings.queue, inside = %self.ports[INSIDE].name, outside = %self.ports[OUTSIDE].name, "worker running");
+        while !stop.load(Ordering::Relaxed) {
+            let now = self.now();
+            let mut received = 0;
+            for port in [INSIDE, OUTSIDE] {
+                let n = self.ports[port].receive(&mut batch);
+                received += n;
+                for desc in &batch[..n] {
+                    self.handle_frame(port, desc, now);
+                    self.ports[port].recycle(desc);
+                }
+                self.ports[port].refill();
+            }
+            self.expire_timers(now);
+            self.service_ready(now);
+            let mut backlog = false;
+            for port in &mut self.ports {
+                backlog |= port.flush();
+            }
+            self.publish_io_stats();
+            if received == 0 && self.ready.is_empty() && !backlog {
+                self.wait(now);
+            }
+        }
+        tracing::info!(queue = self.settings.queue, flows = self.flows.len(), "worker stopping");
+    }
+
+    fn handle_frame(&mut self, port: usize, desc: &XdpDesc, now: Instant) {
+        // SAFETY: the frame stays ours until `recycle`, which runs after this returns; the
+        // TX path only writes frames taken from the free pool, never this one.
+        let Some(frame) = (unsafe { self.ports[port].frame_detached(desc) }) else {
+            WorkerStats::add(&self.stats.malformed_frames, 1);
+            return;
+        };
+        let tcp = match parse_tcp_frame(frame) {
+            Ok(tcp) => tcp,
+            Err(err) => {
+                WorkerStats::add(&self.stats.malformed_frames, 1);
+                tracing::debug!(port = %self.ports[port].name, %err, "dropping frame");
+                return;
+            }
+        };
+        let packet = &frame[tcp.ip_offset..tcp.ip_offset + tcp.ip_len];
+        let src = SocketAddr::new(tcp.src, tcp.src_port);
+        let dst = SocketAddr::new(tcp.dst, tcp.dst_port);
+        let (id, direction) = match self.flows.lookup(src, dst) {
+            Some(found) => found,
+            None if tcp.is_syn() && self.settings.inspect_ports.contains(&tcp.dst_port) => {
+                match self.open_flow(FlowKey { client: src, server: dst }, port, tcp.src_mac, tcp.dst_mac) {
+                    Some(id) => (id, Direction::ClientToServer),
+                    None => return,
+                }
+            }
+            None => {
+                if !tcp.is_rst() {
+                    WorkerStats::add(&self.stats.orphan_segments, 1);
+                }
+                return;
+            }
+        };
+        let Some(flow) = self.flows.get_mut(id) else { return };
+        match direction {
+            Direction::ClientToServer => {
+                let mut device = FrameDevice { ingress: Some(packet), port: &mut self.ports[flow.client_port], l2: flow.toward_client() };
+                self.client_iface.poll_ingress_single(now, &mut device, &mut flow.pair.client);
+            }
+            Direction::ServerToClient => {
+                let mut device = FrameDevice { ingress: Some(packet), port: &mut self.ports[1 - flow.client_port], l2: flow.toward_server() };
+                self.server_iface.poll_ingress_single(now, &mut device, &mut flow.pair.server);
+            }
+        }
+        if !flow.ready {
+            flow.ready = true;
+            self.ready.push(id);
+        }
+    }
+
+    fn open_flow(&mut self, key: FlowKey, client_port: usize, client_mac: MacAddr, peer_mac: MacAddr) -> Option<FlowId> {
+        let buffer = self.settings.tcp_buffer;
+        let (id, flow) = match self.flows.insert(key, || FlowState {
+            pair: TcpPair::new(buffer),
+            client_port,
+            client_mac,
+            peer_mac,
+            scheduled: None,
+            ready: false,
+        }) {
+            Ok(inserted) => inserted,
+            Err(full) => {
+                WorkerStats::add(&self.stats.flows_refused_table_full, 1);
+                tracing::warn!(flow = %key, "{full}: SYN dropped");
+                return None;
+            }
+        };
+        flow.client_port = client_port;
+        flow.client_mac = client_mac;
+        flow.peer_mac = peer_mac;
+        flow.scheduled = None;
+        flow.ready = false;
+        if let Err(err) = flow.pair.open(key, self.server_iface.context()) {
+            tracing::warn!(flow = %key, %err, "cannot open flow");
+            self.flows.remove(id);
+            return None;
+        }
+        WorkerStats::add(&self.stats.flows_opened, 1);
+        self.stats.flows_active.store(self.flows.len() as u64, Ordering::Relaxed);
+        tracing::debug!(flow = %key, "flow opened");
+        Some(id)
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let id = FlowId { index, generation };
+            if let Some(flow) = self.flows.get_mut(id) {
+                if flow.scheduled == Some(at) {
+                    flow.scheduled = None;
+                    if !flow.ready {
+                        flow.ready = true;
+                        self.ready.push(id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn service_ready(&mut self, now: Instant) {
+        let mut i = 0;
+        // Flows re-queued during this round (more to send) are serviced next round.
+        let count = self.ready.len();
+        while i < count {
+            let id = self.ready[i];
+            i += 1;
+            self.service(id, now);
+        }
+        self.ready.drain(..count);
+    }
+
+    fn service(&mut self, id: FlowId, now: Instant) {
+        let Some(flow) = self.flows.get_mut(id) else { return };
+        flow.ready = false;
+        let before = flow.pair.bytes;
+        flow.pair.relay();
+        let mut more = false;
+        {
+            let mut device = FrameDevice { ingress: None, port: &mut self.ports[flow.client_port], l2: flow.toward_client() };
+            more |= egress(&mut self.client_iface, &mut device, &mut flow.pair.client, now);
+        }
+        {
+            let mut device = FrameDevice { ingress: None, port: &mut self.ports[1 - flow.client_port], l2: flow.toward_server() };
+            more |= egress(&mut self.server_iface, &mut device, &mut flow.pair.server, now);
+        }
+        // Sending may have freed buffer room for more relaying; the next round does it.
+        let relayed = flow.pair.bytes.client_to_server != before.client_to_server
+            || flow.pair.bytes.server_to_client != before.server_to_client;
+        WorkerStats::add(&self.stats.bytes_client_to_server, flow.pair.bytes.client_to_server - before.client_to_server);
+        WorkerStats::add(&self.stats.bytes_server_to_client, flow.pair.bytes.server_to_client - before.server_to_client);
+
+        if flow.pair.phase == Phase::Finished {
+            let reason = flow.pair.end_reason.unwrap_or(EndReason::Closed);
+            let bytes = flow.pair.bytes;
+            self.finish(id, reason, bytes);
+            return;
+        }
+        if more || relayed {
+            flow.ready = true;
+            self.ready.push(id);
+            return;
+        }
+        let next = [
+            self.client_iface.poll_at(now, &flow.pair.client),
+            self.server_iface.poll_at(now, &flow.pair.server),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if next == flow.scheduled {
+            return;
+        }
+        flow.scheduled = next;
+        if let Some(at) = next {
+            if at <= now {
+                flow.scheduled = None;
+                flow.ready = true;
+                self.ready.push(id);
+                return;
+            }
+            if self.timers.len() == self.timers.capacity() {
+                // Drop entries whose flow has been rescheduled or is gone, without reallocating.
+                let flows = &mut self.flows;
+                self.timers.retain(|Reverse((at, index, generation))| {
+                    flows.get_mut(FlowId { index: *index, generation: *generation }).is_some_and(|f| f.scheduled == Some(*at))
+                });
+            }
+            self.timers.push(Reverse((at, id.index, id.generation)));
+        }
+    }
+
+    fn finish(&mut self, id: FlowId, reason: EndReason, bytes: ByteCounts) {
+        if let Some(key) = self.flows.key(id) {
+            tracing::debug!(flow = %key, reason = reason.as_str(), c2s = bytes.client_to_server, s2c = bytes.server_to_client, "flow ended");
+        }
+        match reason {
+            EndReason::UpstreamRefused => WorkerStats::add(&self.stats.upstream_refused, 1),
+            EndReason::ClientReset | EndReason::ServerReset => WorkerStats::add(&self.stats.resets, 1),
+            EndReason::Closed => {}
+        }
+        self.flows.remove(id);
+        WorkerStats::add(&self.stats.flows_closed, 1);
+        self.stats.flows_active.store(self.flows.len() as u64, Ordering::Relaxed);
+    }
+
+    fn publish_io_stats(&self) {
+        let (mut rx, mut tx, mut no_frame) = (0, 0, 0);
+        for port in &self.ports {
+            rx += port.stats.rx_frames;
+            tx += port.stats.tx_frames;
+            no_frame += port.stats.tx_no_frame;
+        }
+        self.stats.rx_frames.store(rx, Ordering::Relaxed);
+        self.stats.tx_frames.store(tx, Ordering::Relaxed);
+        self.stats.tx_no_frame.store(no_frame, Ordering::Relaxed);
+    }
+
+    /// Sleeps until a frame arrives or the next timer is due.
+    fn wait(&self, now: Instant) {
+        let timeout = match self.timers.peek() {
+            Some(Reverse((at, _, _))) => ((*at - now).total_micros().div_ceil(1000) as i32).clamp(0, MAX_IDLE_WAIT_MS),
+            None => MAX_IDLE_WAIT_MS,
+        };
+        let mut fds = [
+            libc::pollfd { fd: self.ports[INSIDE].raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.ports[OUTSIDE].raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfd entries.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+    }
+}
+
+/// Emits what a side's socket has to send, up to a burst. Returns whether more is waiting.
+fn egress(iface: &mut Interface, device: &mut FrameDevice<'_>, sockets: &mut smoltcp::iface::SocketSet<'static>, now: Instant) -> bool {
+    for _ in 0..EGRESS_BURST {
+        if iface.poll_egress(now, device, sockets) == smoltcp::iface::PollResult::None {
+            return false;
+        }
+    }
+    true
+}
+
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most bytes.len() bytes into the buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Still unpredictable enough for ISNs, and never fails.
+        return std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    }
+    u64::from_ne_bytes(bytes)
+}

@@ -1,0 +1,273 @@
+//! AF_XDP I/O for one (port, queue): the UMEM, its frame pool and the four rings, through
+//! xdpilone. Thin on purpose: frames in, frames out, no protocol knowledge.
+//!
+//! Each port/queue has its own UMEM, so a frame is always transmitted on the port whose
+//! memory it lives in and no cross-port sharing is needed.
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::ptr::NonNull;
+
+use anyhow::{bail, Context, Result};
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+pub const FRAME_SIZE: u32 = 4096;
+/// Largest number of descriptors moved per ring operation.
+pub const BATCH: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+pub struct XskSizes {
+    /// Frames in the UMEM; half go to the fill ring, half serve transmission.
+    pub frames: u32,
+    pub ring: u32,
+}
+
+impl Default for XskSizes {
+    fn default() -> Self {
+        XskSizes { frames: 8192, ring: 2048 }
+    }
+}
+
+/// Counters of the I/O layer, read by the worker's status.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct XskStats {
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    /// Transmissions refused because every frame was in flight (the TCP layer retries).
+    pub tx_no_frame: u64,
+}
+
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> Result<Mapping> {
+        // SAFETY: anonymous private mapping, checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!("mmap of {len} bytes of UMEM failed: {}", std::io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created by mmap with this length and is unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+pub struct XskPort {
+    pub name: String,
+    pub queue: u32,
+    // Field order matters for drop: rings and sockets close before the memory unmaps.
+    rx: RingRx,
+    tx: RingTx,
+    fill_completion: DeviceQueue,
+    user: User,
+    _socket: Socket,
+    _umem: Umem,
+    area: Mapping,
+    /// Frames owned by userspace and not in any ring.
+    free_frames: Vec<u64>,
+    /// Frames written and waiting for room in the TX ring.
+    tx_pending: Vec<XdpDesc>,
+    /// Frames kept aside for transmission so that receiving cannot starve it.
+    tx_reserve: usize,
+    pub stats: XskStats,
+}
+
+// SAFETY: the raw pointers refer to this port's own mapping and rings; the port is moved to
+// its worker thread once and used from that thread only.
+unsafe impl Send for XskPort {}
+
+impl XskPort {
+    pub fn open(ifname: &str, queue: u32, sizes: XskSizes) -> Result<XskPort> {
+        let len = sizes.frames as usize * FRAME_SIZE as usize;
+        let area = Mapping::new(len)?;
+        let config = UmemConfig {
+            fill_size: sizes.ring,
+            complete_size: sizes.ring,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        let area_slice = NonNull::slice_from_raw_parts(area.ptr, len);
+        // SAFETY: the area is page-aligned (mmap) and outlives the Umem (field order).
+        let umem = unsafe { Umem::new(config, area_slice) }
+            .map_err(|e| anyhow::anyhow!("{ifname} queue {queue}: creating the UMEM failed: {e}"))?;
+        let mut info = IfInfo::invalid();
+        let cname = CString::new(ifname).context("interface name contains NUL")?;
+        info.from_name(&cname)
+            .map_err(|e| anyhow::anyhow!("interface {ifname}: {e} (does it exist in this network namespace?)"))?;
+        info.set_queue(queue);
+        let socket = Socket::with_shared(&info, &umem)
+            .map_err(|e| anyhow::anyhow!("{ifname} queue {queue}: AF_XDP socket: {e}"))?;
+        let fill_completion = umem
+            .fq_cq(&socket)
+            .map_err(|e| anyhow::anyhow!("{ifname} queue {queue}: fill/completion rings: {e}"))?;
+        let ring = NonZeroU32::new(sizes.ring).context("ring size must not be zero")?;
+        let user = umem
+            .rx_tx(&socket, &SocketConfig { rx_size: Some(ring), tx_size: Some(ring), bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP })
+            .map_err(|e| anyhow::anyhow!("{ifname} queue {queue}: RX/TX rings: {e}"))?;
+        umem.bind(&user).map_err(|e| {
+            anyhow::anyhow!("{ifname} queue {queue}: binding the AF_XDP socket failed: {e} (is the queue index valid for this device?)")
+        })?;
+        let rx = user.map_rx().map_err(|e| anyhow::anyhow!("{ifname}: mapping the RX ring: {e}"))?;
+        let tx = user.map_tx().map_err(|e| anyhow::anyhow!("{ifname}: mapping the TX ring: {e}"))?;
+        let free_frames = (0..u64::from(sizes.frames)).map(|i| i * u64::from(FRAME_SIZE)).collect();
+        let mut port = XskPort {
+            name: ifname.to_string(),
+            queue,
+            rx,
+            tx,
+            fill_completion,
+            user,
+            _socket: socket,
+            _umem: umem,
+            area,
+            free_frames,
+            tx_pending: Vec::with_capacity(sizes.frames as usize),
+            tx_reserve: (sizes.frames / 2) as usize,
+            stats: XskStats::default(),
+        };
+        port.refill();
+        Ok(port)
+    }
+
+    /// The descriptor to put into the XSKMAP.
+    pub fn raw_fd(&self) -> i32 {
+        self.user.as_raw_fd()
+    }
+
+    /// Gives the kernel frames to receive into, keeping the TX reserve.
+    pub fn refill(&mut self) {
+        let spare = self.free_frames.len().saturating_sub(self.tx_reserve);
+        if spare == 0 {
+            return;
+        }
+        let taken = {
+            let mut writer = self.fill_completion.fill(spare.min(u32::MAX as usize) as u32);
+            let start = self.free_frames.len();
+            let mut taken = 0;
+            while taken < spare && writer.insert_once(self.free_frames[start - 1 - taken]) {
+                taken += 1;
+            }
+            writer.commit();
+            taken
+        };
+        self.free_frames.truncate(self.free_frames.len() - taken);
+        if taken > 0 && self.fill_completion.needs_wakeup() {
+            self.fill_completion.wake();
+        }
+    }
+
+    /// Takes up to `out.len()` received descriptors; returns how many.
+    pub fn receive(&mut self, out: &mut [XdpDesc; BATCH]) -> usize {
+        let mut reader = self.rx.receive(BATCH as u32);
+        let mut n = 0;
+        while n < BATCH {
+            match reader.read() {
+                Some(desc) => {
+                    out[n] = desc;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        reader.release();
+        self.stats.rx_frames += n as u64;
+        n
+    }
+
+    /// The bytes of a received frame, or None for a descriptor outside the UMEM.
+    pub fn frame(&self, desc: &XdpDesc) -> Option<&[u8]> {
+        let start = usize::try_from(desc.addr).ok()?;
+        let end = start.checked_add(desc.len as usize)?;
+        if end > self.area.len {
+            return None;
+        }
+        // SAFETY: bounds checked above; the kernel handed this frame to userspace.
+        Some(unsafe { std::slice::from_raw_parts(self.area.ptr.as_ptr().add(start), desc.len as usize) })
+    }
+
+    /// Like [`frame`](Self::frame), with a lifetime not tied to `self`, so the port can
+    /// transmit while the frame is being read.
+    ///
+    /// # Safety
+    /// The slice must not be used after the descriptor is passed to [`recycle`](Self::recycle).
+    pub unsafe fn frame_detached<'a>(&self, desc: &XdpDesc) -> Option<&'a [u8]> {
+        let frame = self.frame(desc)?;
+        // SAFETY: the caller keeps the frame out of the pool while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts(frame.as_ptr(), frame.len()) })
+    }
+
+    /// Returns a received frame to the pool.
+    pub fn recycle(&mut self, desc: &XdpDesc) {
+        // In aligned mode the frame base is the address rounded down to the frame size.
+        self.free_frames.push(desc.addr & !(u64::from(FRAME_SIZE) - 1));
+    }
+
+    pub fn can_transmit(&self) -> bool {
+        !self.free_frames.is_empty()
+    }
+
+    /// Writes one frame of `len` bytes with `write` and queues it for transmission.
+    /// Returns None (and writes nothing) when every frame is in flight.
+    pub fn transmit<R>(&mut self, len: usize, write: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if len > FRAME_SIZE as usize {
+            return None;
+        }
+        let Some(addr) = self.free_frames.pop() else {
+            self.stats.tx_no_frame += 1;
+            return None;
+        };
+        // SAFETY: addr is a frame base owned by userspace (from the pool); len ≤ frame size.
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(addr as usize), len) };
+        let result = write(buf);
+        self.tx_pending.push(XdpDesc { addr, len: len as u32, options: 0 });
+        Some(result)
+    }
+
+    /// Moves queued frames into the TX ring, kicks the kernel, and reclaims completed frames.
+    /// Returns whether frames are still waiting for ring space.
+    pub fn flush(&mut self) -> bool {
+        if !self.tx_pending.is_empty() {
+            let sent = {
+                let mut writer = self.tx.transmit(self.tx_pending.len().min(u32::MAX as usize) as u32);
+                let mut sent = 0;
+                while sent < self.tx_pending.len() && writer.insert_once(self.tx_pending[sent]) {
+                    sent += 1;
+                }
+                writer.commit();
+                sent
+            };
+            self.tx_pending.drain(..sent);
+            self.stats.tx_frames += sent as u64;
+        }
+        if self.tx.needs_wakeup() {
+            self.tx.wake();
+        }
+        {
+            let mut reader = self.fill_completion.complete(u32::MAX);
+            while let Some(addr) = reader.read() {
+                self.free_frames.push(addr & !(u64::from(FRAME_SIZE) - 1));
+            }
+            reader.release();
+        }
+        !self.tx_pending.is_empty()
+    }
+}
