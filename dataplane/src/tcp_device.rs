@@ -78,7 +78,10 @@ impl Device for FrameDevice<'_> {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<FrameTx<'_>> {
-        self.port.can_transmit().then(|| FrameTx { port: self.port, l2: self.l2 })
+        if !self.port.can_transmit() {
+            return None;
+        }
+        Some(FrameTx { port: self.port, l2: self.l2 })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
