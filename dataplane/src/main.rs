@@ -12,7 +12,7 @@ struct Cli {
     command: Command,
 }
 
-const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/loupe";
+use loupe_dataplane::wire::DEFAULT_PIN_DIR;
 
 #[derive(Subcommand)]
 enum Command {
@@ -79,7 +79,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", c.to_json());
             } else {
-                println!("steered  {}\nbridged  {}\ndropped_fail_closed  {}\nmalformed  {}", c.steered, c.bridged, c.dropped_fail_closed, c.malformed);
+                for (name, value) in c.fields() {
+                    println!("{name:<20} {value}");
+                }
             }
             Ok(())
         }

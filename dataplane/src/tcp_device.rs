@@ -94,11 +94,10 @@ impl Device for FrameDevice<'_> {
 
 /// A smoltcp interface that accepts and originates packets for any address: the
 /// appliance terminates connections as whatever server or client a flow names.
-pub fn transparent_interface(port: &mut XskPort, seed: u64, now: Instant) -> Interface {
+pub fn transparent_interface(device: &mut impl Device, seed: u64, now: Instant) -> Interface {
     let mut config = Config::new(HardwareAddress::Ip);
     config.random_seed = seed;
-    let mut device = FrameDevice { ingress: None, port, l2: L2Header::default() };
-    let mut iface = Interface::new(config, &mut device, now);
+    let mut iface = Interface::new(config, device, now);
     // AnyIP needs an own address to route through; these never appear on the wire.
     let own_v4 = Ipv4Address::new(169, 254, 0, 1);
     let own_v6 = Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);

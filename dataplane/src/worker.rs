@@ -98,8 +98,9 @@ impl Worker {
         let clock = std::time::Instant::now();
         let now = Instant::from_micros(0);
         let seed = u64::from(std::process::id()) << 32 | u64::from(settings.queue);
-        let client_iface = transparent_interface(&mut inside, seed ^ random_seed(), now);
-        let server_iface = transparent_interface(&mut inside, seed ^ random_seed().rotate_left(17), now);
+        let mut device = FrameDevice { ingress: None, port: &mut inside, l2: L2Header::default() };
+        let client_iface = transparent_interface(&mut device, seed ^ random_seed(), now);
+        let server_iface = transparent_interface(&mut device, seed ^ random_seed().rotate_left(17), now);
         let max_flows = settings.max_flows;
         Worker {
             settings,

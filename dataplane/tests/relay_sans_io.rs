@@ -1,0 +1,318 @@
+//! The transparent relay without sockets, namespaces or root: a client TCP stack, loupe's
+//! two transparent interfaces with a `TcpPair`, and a server TCP stack, all smoltcp,
+//! joined by in-memory links and driven on a virtual clock.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use loupe_dataplane::flow::FlowKey;
+use loupe_dataplane::relay::{EndReason, Phase, TcpPair};
+use loupe_dataplane::tcp_device::transparent_interface;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+const CLIENT: &str = "198.18.0.1:40000";
+const SERVER: &str = "198.18.0.2:443";
+
+/// One direction-pair of an in-memory link, seen from one end.
+struct LinkEnd<'a> {
+    rx: &'a mut VecDeque<Vec<u8>>,
+    tx: &'a mut VecDeque<Vec<u8>>,
+    /// At most this many packets are taken from `rx` per poll.
+    rx_budget: usize,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut packet = vec![0u8; len];
+        let r = f(&mut packet);
+        self.0.push_back(packet);
+        r
+    }
+}
+
+impl Device for LinkEnd<'_> {
+    type RxToken<'b>
+        = Rx
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = Tx<'b>
+    where
+        Self: 'b;
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        if self.rx_budget == 0 {
+            return None;
+        }
+        self.rx_budget -= 1;
+        let packet = self.rx.pop_front()?;
+        Some((Rx(packet), Tx(self.tx)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = 1500;
+        caps
+    }
+}
+
+#[derive(Default)]
+struct Link {
+    toward_loupe: VecDeque<Vec<u8>>,
+    toward_host: VecDeque<Vec<u8>>,
+}
+
+struct Host {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
+}
+
+impl Host {
+    fn new(addr: &str, link: &mut Link) -> Host {
+        let mut dev = LinkEnd { rx: &mut link.toward_host, tx: &mut link.toward_loupe, rx_budget: 0 };
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, Instant::ZERO);
+        let ip: IpAddress = addr.parse::<SocketAddr>().unwrap().ip().into();
+        iface.update_ip_addrs(|a| a.push(IpCidr::new(ip, 24)).unwrap());
+        let mut sockets = SocketSet::new(vec![SocketStorage::EMPTY]);
+        let handle = sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 32 * 1024]),
+            tcp::SocketBuffer::new(vec![0; 32 * 1024]),
+        ));
+        Host { iface, sockets, handle }
+    }
+    fn socket(&mut self) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut(self.handle)
+    }
+    fn poll(&mut self, now: Instant, link: &mut Link) {
+        let mut dev = LinkEnd { rx: &mut link.toward_host, tx: &mut link.toward_loupe, rx_budget: usize::MAX };
+        self.iface.poll(now, &mut dev, &mut self.sockets);
+    }
+}
+
+struct Appliance {
+    client_iface: Interface,
+    server_iface: Interface,
+    pair: TcpPair,
+}
+
+impl Appliance {
+    fn new(client_link: &mut Link, buffer: usize) -> Appliance {
+        let mut dev = LinkEnd { rx: &mut client_link.toward_loupe, tx: &mut client_link.toward_host, rx_budget: 0 };
+        let client_iface = transparent_interface(&mut dev, 1, Instant::ZERO);
+        let mut server_iface = transparent_interface(&mut dev, 2, Instant::ZERO);
+        let mut pair = TcpPair::new(buffer);
+        let key = FlowKey { client: CLIENT.parse().unwrap(), server: SERVER.parse().unwrap() };
+        pair.open(key, server_iface.context()).unwrap();
+        Appliance { client_iface, server_iface, pair }
+    }
+
+    /// What the worker does in one round: ingress, relay, egress.
+    fn poll(&mut self, now: Instant, client_link: &mut Link, server_link: &mut Link) {
+        while !client_link.toward_loupe.is_empty() {
+            let mut dev = LinkEnd { rx: &mut client_link.toward_loupe, tx: &mut client_link.toward_host, rx_budget: 1 };
+            self.client_iface.poll_ingress_single(now, &mut dev, &mut self.pair.client);
+        }
+        while !server_link.toward_loupe.is_empty() {
+            let mut dev = LinkEnd { rx: &mut server_link.toward_loupe, tx: &mut server_link.toward_host, rx_budget: 1 };
+            self.server_iface.poll_ingress_single(now, &mut dev, &mut self.pair.server);
+        }
+        self.pair.relay();
+        let mut dev = LinkEnd { rx: &mut client_link.toward_loupe, tx: &mut client_link.toward_host, rx_budget: 0 };
+        while self.client_iface.poll_egress(now, &mut dev, &mut self.pair.client) != smoltcp::iface::PollResult::None {}
+        let mut dev = LinkEnd { rx: &mut server_link.toward_loupe, tx: &mut server_link.toward_host, rx_budget: 0 };
+        while self.server_iface.poll_egress(now, &mut dev, &mut self.pair.server) != smoltcp::iface::PollResult::None {}
+    }
+}
+
+struct Net {
+    now: Instant,
+    client_link: Link,
+    server_link: Link,
+    client: Host,
+    server: Host,
+    loupe: Appliance,
+}
+
+impl Net {
+    fn new(server_listens: bool, buffer: usize) -> Net {
+        let mut client_link = Link::default();
+        let mut server_link = Link::default();
+        let mut client = Host::new(CLIENT, &mut client_link);
+        let mut server = Host::new(SERVER, &mut server_link);
+        let loupe = Appliance::new(&mut client_link, buffer);
+        if server_listens {
+            server.socket().listen(443).unwrap();
+        }
+        let server_addr: SocketAddr = SERVER.parse().unwrap();
+        let cx = client.iface.context();
+        client
+            .sockets
+            .get_mut::<tcp::Socket>(client.handle)
+            .connect(cx, (server_addr.ip(), 443), 40000)
+            .unwrap();
+        Net { now: Instant::ZERO, client_link, server_link, client, server, loupe }
+    }
+
+    fn step(&mut self) {
+        self.now += smoltcp::time::Duration::from_millis(1);
+        self.client.poll(self.now, &mut self.client_link);
+        self.loupe.poll(self.now, &mut self.client_link, &mut self.server_link);
+        self.server.poll(self.now, &mut self.server_link);
+        self.loupe.poll(self.now, &mut self.client_link, &mut self.server_link);
+    }
+
+    fn run_until(&mut self, what: &str, mut done: impl FnMut(&mut Net) -> bool) {
+        for _ in 0..200_000 {
+            if done(self) {
+                return;
+            }
+            self.step();
+        }
+        panic!("gave up waiting for {what}: client {:?}, server {:?}, loupe {:?}", self.client.socket().state(), self.server.socket().state(), self.loupe.pair.phase);
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = u32::from(seed) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes what fits of `data[*sent..]`; reads what is there into `got`.
+fn pump(socket: &mut tcp::Socket<'static>, data: &[u8], sent: &mut usize, got: &mut Vec<u8>) {
+    if socket.can_send() && *sent < data.len() {
+        *sent += socket.send_slice(&data[*sent..]).unwrap();
+    }
+    while socket.can_recv() {
+        socket.recv(|b| (b.len(), got.extend_from_slice(b))).unwrap();
+    }
+}
+
+#[test]
+fn relays_both_ways_at_once_byte_for_byte() {
+    let mut net = Net::new(true, 16 * 1024);
+    let up = pattern(1, 700_000);
+    let down = pattern(2, 900_000);
+    let (mut up_sent, mut down_sent) = (0, 0);
+    let (mut up_got, mut down_got) = (Vec::new(), Vec::new());
+    net.run_until("both transfers", |n| {
+        pump(n.client.socket(), &up, &mut up_sent, &mut down_got);
+        pump(n.server.socket(), &down, &mut down_sent, &mut up_got);
+        up_got.len() == up.len() && down_got.len() == down.len()
+    });
+    assert!(up_got == up, "client-to-server bytes differ");
+    assert!(down_got == down, "server-to-client bytes differ");
+    assert_eq!(net.loupe.pair.bytes.client_to_server, up.len() as u64);
+    assert_eq!(net.loupe.pair.bytes.server_to_client, down.len() as u64);
+}
+
+#[test]
+fn client_sees_no_syn_ack_before_the_server_accepts() {
+    let mut net = Net::new(true, 16 * 1024);
+    // The server side is slow: its link delivers nothing for a while.
+    for _ in 0..500 {
+        net.now += smoltcp::time::Duration::from_millis(1);
+        net.client.poll(net.now, &mut net.client_link);
+        net.loupe.poll(net.now, &mut net.client_link, &mut net.server_link);
+        net.server_link.toward_host.clear();
+    }
+    assert_eq!(net.loupe.pair.phase, Phase::Connecting);
+    assert_eq!(net.client.socket().state(), State::SynSent, "client got a SYN-ACK before the server accepted");
+    net.run_until("established", |n| n.client.socket().state() == State::Established);
+    assert_eq!(net.server.socket().state(), State::Established);
+    assert_eq!(net.loupe.pair.phase, Phase::Relaying);
+}
+
+#[test]
+fn refused_upstream_refuses_the_client() {
+    let mut net = Net::new(false, 16 * 1024);
+    net.run_until("client refused", |n| n.client.socket().state() == State::Closed);
+    assert_eq!(net.loupe.pair.phase, Phase::Finished);
+    assert_eq!(net.loupe.pair.end_reason, Some(EndReason::UpstreamRefused));
+}
+
+#[test]
+fn half_close_still_delivers_the_reply() {
+    let mut net = Net::new(true, 16 * 1024);
+    let request = pattern(3, 50_000);
+    let reply = pattern(4, 300_000);
+    let mut sent = 0;
+    let mut got_request = Vec::new();
+    let mut ignored = Vec::new();
+    net.run_until("request sent", |n| {
+        pump(n.client.socket(), &request, &mut sent, &mut ignored);
+        sent == request.len()
+    });
+    net.client.socket().close(); // shut down the write side only
+    net.run_until("server sees EOF", |n| {
+        pump(n.server.socket(), &[], &mut 0, &mut got_request);
+        n.server.socket().state() == State::CloseWait && got_request.len() == request.len()
+    });
+    assert!(got_request == request);
+    let mut reply_sent = 0;
+    let mut got_reply = Vec::new();
+    net.run_until("reply received and both closed", |n| {
+        pump(n.server.socket(), &reply, &mut reply_sent, &mut ignored);
+        if reply_sent == reply.len() {
+            n.server.socket().close();
+        }
+        pump(n.client.socket(), &[], &mut 0, &mut got_reply);
+        got_reply.len() == reply.len() && n.loupe.pair.phase == Phase::Finished
+    });
+    assert!(got_reply == reply, "reply after half-close differs");
+    assert_eq!(net.loupe.pair.end_reason, Some(EndReason::Closed));
+}
+
+#[test]
+fn slow_reader_closes_the_window_and_loses_nothing() {
+    let mut net = Net::new(true, 8 * 1024);
+    let up = pattern(5, 400_000);
+    let mut sent = 0;
+    let mut ignored = Vec::new();
+    net.run_until("established", |n| n.server.socket().state() == State::Established);
+    // The server reads nothing for a while: the client must stall, not overrun.
+    for _ in 0..2_000 {
+        pump(net.client.socket(), &up, &mut sent, &mut ignored);
+        net.step();
+    }
+    assert!(sent < up.len(), "client sent everything into a server that reads nothing");
+    assert!(sent <= 32 * 1024 + 8 * 1024 * 2 + 32 * 1024, "more in flight ({sent}) than the buffers hold");
+    let mut got = Vec::new();
+    net.run_until("everything read", |n| {
+        pump(n.client.socket(), &up, &mut sent, &mut ignored);
+        pump(n.server.socket(), &[], &mut 0, &mut got);
+        got.len() == up.len()
+    });
+    assert!(got == up);
+}
+
+#[test]
+fn reset_by_the_server_resets_the_client() {
+    let mut net = Net::new(true, 16 * 1024);
+    net.run_until("established", |n| n.client.socket().state() == State::Established);
+    net.server.socket().abort();
+    net.run_until("client reset", |n| n.client.socket().state() == State::Closed);
+    assert_eq!(net.loupe.pair.end_reason, Some(EndReason::ServerReset));
+}

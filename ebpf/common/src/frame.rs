@@ -1,0 +1,469 @@
+//! Frame classification for the virtual wire, written once for both sides.
+//!
+//! The XDP program implements [`Frame`] with pointer comparisons against
+//! `data_end` (the form the verifier understands); host code and the unit tests
+//! use the `[u8]` implementation. Parsing never reads outside what `header`
+//! returned, so a truncated frame is `Malformed`, never an out-of-bounds read.
+//!
+//! The result keeps the L3 addresses so address rules (a no-decrypt LPM map)
+//! can be added between [`parse`] and the verdict without touching the parser.
+
+/// Bounds-checked access to a frame's bytes.
+pub trait Frame {
+    /// The `N` bytes at `off`, or `None` when the frame is shorter than `off + N`.
+    fn header<const N: usize>(&self, off: usize) -> Option<&[u8; N]>;
+    /// Frame length in bytes.
+    fn frame_len(&self) -> usize;
+}
+
+impl Frame for [u8] {
+    #[inline(always)]
+    fn header<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
+        self.get(off..off.checked_add(N)?)?.try_into().ok()
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+}
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers walked before giving up (then the frame is `Other`).
+const IPV6_MAX_EXT: usize = 4;
+
+/// Transport header as far as the wire cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    /// Ports in host byte order.
+    Tcp {
+        src: u16,
+        dst: u16,
+    },
+    Udp {
+        src: u16,
+        dst: u16,
+    },
+    /// Any other protocol number (ICMP, ICMPv6, SCTP, ...).
+    Other(u8),
+    /// A fragment: the transport header is absent or incomplete.
+    Fragment,
+}
+
+/// Outcome of [`parse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Addresses in network byte order as read from the header.
+    Ipv4 { src: [u8; 4], dst: [u8; 4], l4: L4 },
+    Ipv6 {
+        src: [u8; 16],
+        dst: [u8; 16],
+        l4: L4,
+    },
+    /// 802.1Q / 802.1ad tagged: not looked into.
+    Vlan,
+    /// Any other ethertype (ARP, LLDP, ...).
+    OtherEthertype(u16),
+    /// Truncated frame or inconsistent header lengths.
+    Malformed,
+}
+
+#[inline(always)]
+fn be16(b0: u8, b1: u8) -> u16 {
+    ((b0 as u16) << 8) | b1 as u16
+}
+
+/// Parses Ethernet, IPv4/IPv6 and the TCP/UDP ports.
+#[inline(always)]
+pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
+    let Some(eth) = frame.header::<ETH_HLEN>(0) else {
+        return Parsed::Malformed;
+    };
+    match be16(eth[12], eth[13]) {
+        ETH_P_IPV4 => parse_ipv4(frame),
+        ETH_P_IPV6 => parse_ipv6(frame),
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::Vlan,
+        other => Parsed::OtherEthertype(other),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4<F: Frame + ?Sized>(frame: &F) -> Parsed {
+    let Some(ip) = frame.header::<20>(ETH_HLEN) else {
+        return Parsed::Malformed;
+    };
+    if ip[0] >> 4 != 4 {
+        return Parsed::Malformed;
+    }
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let total = be16(ip[2], ip[3]) as usize;
+    // Ethernet may pad short packets, so only "shorter than claimed" is an error.
+    if ihl < 20 || total < ihl || ETH_HLEN + total > frame.frame_len() {
+        return Parsed::Malformed;
+    }
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = [ip[16], ip[17], ip[18], ip[19]];
+    let frag = be16(ip[6], ip[7]);
+    // MF set or a non-zero offset: only the first fragment carries ports, so
+    // steering by port would split the datagram; treat every fragment alike.
+    let l4 = if frag & 0x3fff != 0 {
+        Some(L4::Fragment)
+    } else {
+        parse_l4(frame, ip[9], ETH_HLEN + ihl, ETH_HLEN + total)
+    };
+    match l4 {
+        Some(l4) => Parsed::Ipv4 { src, dst, l4 },
+        None => Parsed::Malformed,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv6<F: Frame + ?Sized>(frame: &F) -> Parsed {
+    let Some(ip) = frame.header::<IPV6_HLEN>(ETH_HLEN) else {
+        return Parsed::Malformed;
+    };
+    if ip[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let payload = be16(ip[4], ip[5]) as usize;
+    let l3_end = ETH_HLEN + IPV6_HLEN + payload;
+    if l3_end > frame.frame_len() {
+        return Parsed::Malformed;
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    dst.copy_from_slice(&ip[24..40]);
+
+    let mut next = ip[6];
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut l4 = None;
+    for _ in 0..IPV6_MAX_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units, not counting the first.
+            0 | 43 | 60 => {
+                let Some(ext) = frame.header::<2>(off) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                off += (ext[1] as usize + 1) * 8;
+            }
+            // Authentication header: length in 4-octet units, minus 2.
+            51 => {
+                let Some(ext) = frame.header::<2>(off) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                off += (ext[1] as usize + 2) * 4;
+            }
+            44 => {
+                l4 = Some(L4::Fragment);
+                break;
+            }
+            _ => {
+                l4 = parse_l4(frame, next, off, l3_end);
+                if l4.is_none() {
+                    return Parsed::Malformed;
+                }
+                break;
+            }
+        }
+    }
+    match l4 {
+        Some(l4) => Parsed::Ipv6 { src, dst, l4 },
+        // Too many extension headers to look through: not classifiable, bridge it.
+        None => Parsed::Ipv6 {
+            src,
+            dst,
+            l4: L4::Other(next),
+        },
+    }
+}
+
+/// `None` when the transport header is truncated or its length is inconsistent.
+#[inline(always)]
+fn parse_l4<F: Frame + ?Sized>(frame: &F, proto: u8, off: usize, l3_end: usize) -> Option<L4> {
+    match proto {
+        IPPROTO_TCP => {
+            let tcp = frame.header::<20>(off)?;
+            let doff = ((tcp[12] >> 4) as usize) * 4;
+            if doff < 20 || off + doff > l3_end {
+                return None;
+            }
+            Some(L4::Tcp {
+                src: be16(tcp[0], tcp[1]),
+                dst: be16(tcp[2], tcp[3]),
+            })
+        }
+        IPPROTO_UDP => {
+            let udp = frame.header::<8>(off)?;
+            if off + 8 > l3_end {
+                return None;
+            }
+            Some(L4::Udp {
+                src: be16(udp[0], udp[1]),
+                dst: be16(udp[2], udp[3]),
+            })
+        }
+        other => Some(L4::Other(other)),
+    }
+}
+
+/// What the wire does with a frame, before looking at sockets and flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// TCP with an inspected port on either side: goes to AF_XDP when a socket serves the queue.
+    Inspect,
+    /// UDP to or from [`crate::QUIC_PORT`].
+    Quic,
+    /// Bridged: everything not inspected.
+    Plain,
+    Vlan,
+    Fragment,
+    Malformed,
+}
+
+/// Classifies a parsed frame; `inspected(port)` says whether a TCP port is inspected.
+#[inline(always)]
+pub fn classify(parsed: &Parsed, inspected: impl Fn(u16) -> bool) -> Class {
+    let l4 = match parsed {
+        Parsed::Ipv4 { l4, .. } | Parsed::Ipv6 { l4, .. } => *l4,
+        Parsed::Vlan => return Class::Vlan,
+        Parsed::OtherEthertype(_) => return Class::Plain,
+        Parsed::Malformed => return Class::Malformed,
+    };
+    match l4 {
+        L4::Tcp { src, dst } if inspected(dst) || inspected(src) => Class::Inspect,
+        L4::Udp { src, dst } if src == crate::QUIC_PORT || dst == crate::QUIC_PORT => Class::Quic,
+        L4::Fragment => Class::Fragment,
+        _ => Class::Plain,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    const MACS: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+
+    fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = MACS.to_vec();
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn tcp(src: u16, dst: u16) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&src.to_be_bytes());
+        t.extend_from_slice(&dst.to_be_bytes());
+        t.extend_from_slice(&[0; 8]);
+        t.push(5 << 4); // data offset 20
+        t.extend_from_slice(&[0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        t
+    }
+
+    fn udp(src: u16, dst: u16, body: usize) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&src.to_be_bytes());
+        u.extend_from_slice(&dst.to_be_bytes());
+        u.extend_from_slice(&((8 + body) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.resize(8 + body, 0xab);
+        u
+    }
+
+    fn ipv4(proto: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
+        let mut ip = vec4_header(proto, frag, 20 + l4.len());
+        ip.extend_from_slice(l4);
+        eth(ETH_P_IPV4, &ip)
+    }
+
+    fn vec4_header(proto: u8, frag: u16, total: usize) -> Vec<u8> {
+        let mut ip = std::vec![0x45, 0];
+        ip.extend_from_slice(&(total as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 1]);
+        ip.extend_from_slice(&frag.to_be_bytes());
+        ip.extend_from_slice(&[64, proto, 0, 0]);
+        ip.extend_from_slice(&[198, 18, 0, 1, 198, 18, 0, 2]);
+        ip
+    }
+
+    fn ipv6(next: u8, rest: &[u8]) -> Vec<u8> {
+        let mut ip = std::vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+        ip.extend_from_slice(&[next, 64]);
+        ip.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        ip.extend_from_slice(&[0; 11]);
+        ip.push(1);
+        ip.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        ip.extend_from_slice(&[0; 11]);
+        ip.push(2);
+        ip.extend_from_slice(rest);
+        eth(ETH_P_IPV6, &ip)
+    }
+
+    fn only_443(p: u16) -> bool {
+        p == 443
+    }
+
+    fn class(frame: &[u8]) -> Class {
+        classify(&parse(frame), only_443)
+    }
+
+    #[test]
+    fn ipv4_tcp_ports_and_addresses() {
+        let f = ipv4(IPPROTO_TCP, 0x4000, &tcp(40000, 443));
+        assert_eq!(
+            parse(&f[..]),
+            Parsed::Ipv4 {
+                src: [198, 18, 0, 1],
+                dst: [198, 18, 0, 2],
+                l4: L4::Tcp {
+                    src: 40000,
+                    dst: 443
+                }
+            }
+        );
+        assert_eq!(class(&f), Class::Inspect);
+        // Server-to-client direction is inspected too.
+        assert_eq!(
+            class(&ipv4(IPPROTO_TCP, 0, &tcp(443, 40000))),
+            Class::Inspect
+        );
+        assert_eq!(class(&ipv4(IPPROTO_TCP, 0, &tcp(40000, 80))), Class::Plain);
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_malformed() {
+        let mut f = ipv4(IPPROTO_TCP, 0, &tcp(1, 443));
+        f.extend_from_slice(&[0; 6]);
+        assert_eq!(class(&f), Class::Inspect);
+    }
+
+    #[test]
+    fn truncation_anywhere_is_malformed_never_a_panic() {
+        let full = ipv4(IPPROTO_TCP, 0, &tcp(1, 443));
+        for cut in 0..full.len() {
+            let p = parse(&full[..cut]);
+            assert_eq!(p, Parsed::Malformed, "cut at {cut}");
+        }
+        let full6 = ipv6(IPPROTO_TCP, &tcp(1, 443));
+        for cut in 0..full6.len() {
+            assert_eq!(parse(&full6[..cut]), Parsed::Malformed, "v6 cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_lengths_are_malformed() {
+        let mut f = ipv4(IPPROTO_TCP, 0, &tcp(1, 443));
+        f[ETH_HLEN] = 0x44; // IHL 16 bytes
+        assert_eq!(parse(&f[..]), Parsed::Malformed);
+        let mut f = ipv4(IPPROTO_TCP, 0, &tcp(1, 443));
+        f[ETH_HLEN] = 0x55; // wrong version
+        assert_eq!(parse(&f[..]), Parsed::Malformed);
+        let mut f = ipv4(IPPROTO_TCP, 0, &tcp(1, 443));
+        f[ETH_HLEN + 20 + 12] = 4 << 4; // TCP data offset 16
+        assert_eq!(parse(&f[..]), Parsed::Malformed);
+        let mut f = ipv4(IPPROTO_TCP, 0, &tcp(1, 443));
+        f[ETH_HLEN + 20 + 12] = 15 << 4; // TCP options past the packet
+        assert_eq!(parse(&f[..]), Parsed::Malformed);
+        let mut f = ipv4(IPPROTO_TCP, 0, &tcp(1, 443));
+        f[ETH_HLEN + 3] = 10; // total length shorter than the header
+        assert_eq!(parse(&f[..]), Parsed::Malformed);
+    }
+
+    #[test]
+    fn ipv4_fragments_are_not_steered() {
+        // More-fragments on the first fragment, and a later fragment.
+        assert_eq!(
+            class(&ipv4(IPPROTO_TCP, 0x2000, &tcp(1, 443))),
+            Class::Fragment
+        );
+        assert_eq!(class(&ipv4(IPPROTO_TCP, 0x0010, &[0; 16])), Class::Fragment);
+    }
+
+    #[test]
+    fn quic_and_plain_udp() {
+        assert_eq!(
+            class(&ipv4(IPPROTO_UDP, 0, &udp(5000, 443, 20))),
+            Class::Quic
+        );
+        assert_eq!(
+            class(&ipv4(IPPROTO_UDP, 0, &udp(443, 5000, 20))),
+            Class::Quic
+        );
+        assert_eq!(
+            class(&ipv4(IPPROTO_UDP, 0, &udp(5000, 53, 20))),
+            Class::Plain
+        );
+    }
+
+    #[test]
+    fn ipv6_tcp_direct_and_behind_extension_headers() {
+        let f = ipv6(IPPROTO_TCP, &tcp(50000, 443));
+        assert!(matches!(
+            parse(&f[..]),
+            Parsed::Ipv6 {
+                l4: L4::Tcp { dst: 443, .. },
+                ..
+            }
+        ));
+        assert_eq!(class(&f), Class::Inspect);
+
+        // Hop-by-hop (8 bytes) then destination options (16 bytes) then TCP.
+        let mut rest = std::vec![60, 0, 1, 4, 0, 0, 0, 0];
+        rest.extend_from_slice(&[IPPROTO_TCP, 1, 1, 12]);
+        rest.extend_from_slice(&[0; 12]);
+        rest.extend_from_slice(&tcp(50000, 443));
+        assert_eq!(class(&ipv6(0, &rest)), Class::Inspect);
+
+        // Fragment header.
+        let mut frag = std::vec![IPPROTO_TCP, 0, 0, 1, 0, 0, 0, 7];
+        frag.extend_from_slice(&tcp(50000, 443));
+        assert_eq!(class(&ipv6(44, &frag)), Class::Fragment);
+
+        // ICMPv6 is plain.
+        assert_eq!(class(&ipv6(58, &[128, 0, 0, 0, 0, 1, 0, 1])), Class::Plain);
+    }
+
+    #[test]
+    fn ipv6_extension_header_past_the_end_is_malformed() {
+        // Hop-by-hop claims 256 bytes; TCP would start past the frame.
+        let mut rest = std::vec![IPPROTO_TCP, 31, 0, 0, 0, 0, 0, 0];
+        rest.extend_from_slice(&tcp(50000, 443));
+        assert_eq!(parse(&ipv6(0, &rest)[..]), Parsed::Malformed);
+    }
+
+    #[test]
+    fn ipv6_payload_length_longer_than_frame_is_malformed() {
+        let mut f = ipv6(IPPROTO_TCP, &tcp(1, 443));
+        f[ETH_HLEN + 5] += 1;
+        assert_eq!(parse(&f[..]), Parsed::Malformed);
+    }
+
+    #[test]
+    fn non_ip_and_vlan() {
+        let arp = eth(0x0806, &[0; 28]);
+        assert_eq!(parse(&arp[..]), Parsed::OtherEthertype(0x0806));
+        assert_eq!(class(&arp), Class::Plain);
+        let tagged = eth(ETH_P_8021Q, &[0, 5, 0x08, 0x00]);
+        assert_eq!(class(&tagged), Class::Vlan);
+        assert_eq!(class(&[0u8; 13]), Class::Malformed);
+    }
+
+    #[test]
+    fn icmp_is_plain() {
+        assert_eq!(class(&ipv4(1, 0, &[8, 0, 0, 0, 0, 1, 0, 1])), Class::Plain);
+    }
+}

@@ -1,0 +1,206 @@
+//! Types and constants shared by the XDP programs (`loupe-ebpf`) and userspace.
+//!
+//! Everything here is `#[repr(C)]` or a plain integer so both sides agree on the
+//! layout of map keys and values. With the `user` feature the map value types
+//! implement `aya::Pod`.
+#![no_std]
+
+pub mod frame;
+
+/// Map names, as declared in the eBPF object (aya looks maps up by these). At most
+/// 15 characters so the kernel-visible name (`bpftool map`) is not truncated.
+pub mod maps {
+    /// `Array<WireConfig>`, one entry (index 0): ports and policy flags.
+    pub const CONFIG: &str = "LOUPE_CONFIG";
+    /// `HashMap<u16, u8>`: TCP ports (host byte order) whose segments go to AF_XDP.
+    /// A present key means "inspect"; the value is ignored (1 by convention).
+    pub const INSPECT_PORTS: &str = "LOUPE_INSPECT";
+    /// `DevMap`: index [`super::PORT_INSIDE`] = inside ifindex, [`super::PORT_OUTSIDE`] =
+    /// outside ifindex. A frame from port `p` is redirected to index `1 - p`.
+    pub const PORTS: &str = "LOUPE_PORTS";
+    /// `XskMap` keyed by [`super::xsk_key`]`(port, rx_queue)`.
+    pub const XSKS: &str = "LOUPE_XSKS";
+    /// `PerCpuArray<u64>` indexed by [`super::counter`] constants.
+    pub const COUNTERS: &str = "LOUPE_COUNTERS";
+    /// Loss injector: `Array<u32>`, index 0 = drop probability in per-mille (0..=1000).
+    pub const LOSSY_CONFIG: &str = "LOSSY_CONFIG";
+    /// Loss injector: `PerCpuArray<u64>` indexed by [`super::lossy`] constants.
+    pub const LOSSY_COUNTERS: &str = "LOSSY_COUNTERS";
+}
+
+/// Program names in the eBPF objects.
+pub mod programs {
+    /// XDP virtual wire, attached to both appliance ports.
+    pub const WIRE: &str = "loupe_wire";
+    /// Loss injector, XDP (ingress).
+    pub const LOSSY_INGRESS: &str = "lossy_ingress";
+    /// Loss injector, tc classifier (egress).
+    pub const LOSSY_EGRESS: &str = "lossy_egress";
+}
+
+/// Names of the objects pinned under the wire's pin directory.
+pub mod pins {
+    pub const LINK_INSIDE: &str = "link_inside";
+    pub const LINK_OUTSIDE: &str = "link_outside";
+    pub const COUNTERS: &str = "counters";
+    pub const CONFIG: &str = "config";
+    pub const INSPECT_PORTS: &str = "inspect_ports";
+    /// Loss injector pins (only when the injector is pinned rather than held by a process).
+    pub const LOSSY_INGRESS_LINK: &str = "lossy_ingress_link";
+    pub const LOSSY_EGRESS_LINK: &str = "lossy_egress_link";
+    pub const LOSSY_CONFIG: &str = "lossy_config";
+    pub const LOSSY_COUNTERS: &str = "lossy_counters";
+}
+
+/// Port index of the inside (client-facing) port.
+pub const PORT_INSIDE: u32 = 0;
+/// Port index of the outside (server-facing) port.
+pub const PORT_OUTSIDE: u32 = 1;
+
+/// Highest RX queue count served per port; queues at or above it are never steered.
+pub const MAX_QUEUES: u32 = 64;
+/// Entries of the XSKMAP: one block of [`MAX_QUEUES`] per port.
+pub const XSK_ENTRIES: u32 = 2 * MAX_QUEUES;
+
+/// XSKMAP key of `(port, rx_queue)`. Callers keep `rx_queue < MAX_QUEUES`.
+#[inline(always)]
+pub const fn xsk_key(port: u32, rx_queue: u32) -> u32 {
+    port * MAX_QUEUES + rx_queue
+}
+
+/// Capacity of the inspected-ports hash map.
+pub const MAX_INSPECT_PORTS: u32 = 64;
+
+/// UDP port whose traffic is QUIC (dropped when [`WireConfig::FLAG_DROP_QUIC`] is set,
+/// so browsers fall back to TCP/TLS, which can be inspected).
+pub const QUIC_PORT: u16 = 443;
+
+/// Per-CPU counter indices of the `LOUPE_COUNTERS` map.
+///
+/// `BRIDGED` counts every frame sent to the peer port; `MALFORMED`, `UNSERVED`,
+/// `VLAN` and `FRAGMENTS` are subsets of it (frames that were bridged for that reason).
+pub mod counter {
+    /// Inspected TCP redirected to an AF_XDP socket.
+    pub const STEERED: u32 = 0;
+    /// Redirected to the peer port.
+    pub const BRIDGED: u32 = 1;
+    /// Inspected TCP dropped because no socket served the queue and fail-closed is set.
+    pub const DROPPED_FAIL_CLOSED: u32 = 2;
+    /// Truncated frame or inconsistent header lengths (still bridged).
+    pub const MALFORMED: u32 = 3;
+    /// `bpf_redirect_map` refused the frame (peer missing from the devmap, socket
+    /// vanished between lookup and redirect); the frame is dropped.
+    pub const REDIRECT_FAILED: u32 = 4;
+    /// UDP/443 dropped because `drop_quic` is set.
+    pub const DROPPED_QUIC: u32 = 5;
+    /// Inspected TCP bridged uninspected because no socket served the queue (fail-open).
+    pub const UNSERVED: u32 = 6;
+    /// Frame arrived on an interface that is neither configured port; passed to the stack.
+    pub const UNKNOWN_INGRESS: u32 = 7;
+    /// VLAN-tagged frame (bridged without looking inside).
+    pub const VLAN: u32 = 8;
+    /// IP fragment (bridged: only the first fragment carries ports).
+    pub const FRAGMENTS: u32 = 9;
+    /// Number of counters (size of the map).
+    pub const COUNT: u32 = 10;
+}
+
+/// Per-CPU counter indices of the `LOSSY_COUNTERS` map.
+pub mod lossy {
+    pub const INGRESS_PASSED: u32 = 0;
+    pub const INGRESS_DROPPED: u32 = 1;
+    pub const EGRESS_PASSED: u32 = 2;
+    pub const EGRESS_DROPPED: u32 = 3;
+    pub const COUNT: u32 = 4;
+    /// Denominator of the drop probability.
+    pub const PER_MILLE: u32 = 1000;
+}
+
+/// Value of the `LOUPE_CONFIG` array (index 0), written by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WireConfig {
+    /// ifindex of the inside port (0 = not configured: the program passes frames to the stack).
+    pub inside_ifindex: u32,
+    /// ifindex of the outside port.
+    pub outside_ifindex: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Attach mode the loader used (`ATTACH_*`); informational, for tools reading the pin.
+    pub attach_mode: u32,
+}
+
+impl WireConfig {
+    /// Drop inspected TCP when no AF_XDP socket serves the queue (default: bridge it).
+    pub const FLAG_FAIL_CLOSED: u32 = 1 << 0;
+    /// Drop UDP to/from port 443 (QUIC).
+    pub const FLAG_DROP_QUIC: u32 = 1 << 1;
+
+    pub const ATTACH_NATIVE: u32 = 0;
+    pub const ATTACH_GENERIC: u32 = 1;
+
+    #[inline(always)]
+    pub const fn fail_closed(&self) -> bool {
+        self.flags & Self::FLAG_FAIL_CLOSED != 0
+    }
+
+    #[inline(always)]
+    pub const fn drop_quic(&self) -> bool {
+        self.flags & Self::FLAG_DROP_QUIC != 0
+    }
+
+    /// Port index (`PORT_INSIDE`/`PORT_OUTSIDE`) of `ifindex`, if it is one of ours.
+    #[inline(always)]
+    pub const fn port_of(&self, ifindex: u32) -> Option<u32> {
+        if ifindex == 0 {
+            None
+        } else if ifindex == self.inside_ifindex {
+            Some(PORT_INSIDE)
+        } else if ifindex == self.outside_ifindex {
+            Some(PORT_OUTSIDE)
+        } else {
+            None
+        }
+    }
+}
+
+// SAFETY: repr(C), only u32 fields, no padding.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WireConfig {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xsk_keys_do_not_overlap_between_ports() {
+        assert_eq!(xsk_key(PORT_INSIDE, MAX_QUEUES - 1), MAX_QUEUES - 1);
+        assert_eq!(xsk_key(PORT_OUTSIDE, 0), MAX_QUEUES);
+        assert_eq!(xsk_key(PORT_OUTSIDE, MAX_QUEUES - 1), XSK_ENTRIES - 1);
+    }
+
+    #[test]
+    fn port_of_ignores_unconfigured_zero() {
+        let cfg = WireConfig::default();
+        assert_eq!(cfg.port_of(0), None);
+        let cfg = WireConfig {
+            inside_ifindex: 7,
+            outside_ifindex: 9,
+            ..WireConfig::default()
+        };
+        assert_eq!(cfg.port_of(7), Some(PORT_INSIDE));
+        assert_eq!(cfg.port_of(9), Some(PORT_OUTSIDE));
+        assert_eq!(cfg.port_of(8), None);
+    }
+
+    #[test]
+    fn flags_are_independent() {
+        let cfg = WireConfig {
+            flags: WireConfig::FLAG_DROP_QUIC,
+            ..WireConfig::default()
+        };
+        assert!(cfg.drop_quic());
+        assert!(!cfg.fail_closed());
+        assert_eq!(core::mem::size_of::<WireConfig>(), 16);
+    }
+}

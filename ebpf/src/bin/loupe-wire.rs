@@ -1,0 +1,159 @@
+//! `loupe_wire`: the XDP virtual wire, one object attached to both appliance ports.
+//!
+//! - TCP with an inspected port (either side) goes to the AF_XDP socket of its RX
+//!   queue (`LOUPE_XSKS[xsk_key(port, queue)]`) when one is registered.
+//! - With no socket: bridged (fail-open, default) or dropped (fail-closed flag).
+//! - Everything else is redirected to the peer port through `LOUPE_PORTS`
+//!   (a DEVMAP indexed by port: the ingress ifindex is matched against the two
+//!   ifindexes in `LOUPE_CONFIG`, and the frame goes to index `1 - port`).
+//!
+//! Redirect to a veth delivers only when the veth's peer runs NAPI (an XDP
+//! program or GRO enabled on it); otherwise the kernel drops the frame after
+//! this program returned XDP_REDIRECT (visible in the xdp tracepoints, not here).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, DevMap, HashMap, PerCpuArray, XskMap},
+    programs::XdpContext,
+};
+use loupe_common::{
+    counter,
+    frame::{classify, parse, Class, Frame},
+    xsk_key, WireConfig, MAX_INSPECT_PORTS, MAX_QUEUES, XSK_ENTRIES,
+};
+
+#[map]
+static LOUPE_CONFIG: Array<WireConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static LOUPE_INSPECT: HashMap<u16, u8> = HashMap::with_max_entries(MAX_INSPECT_PORTS, 0);
+
+#[map]
+static LOUPE_PORTS: DevMap = DevMap::with_max_entries(2, 0);
+
+#[map]
+static LOUPE_XSKS: XskMap = XskMap::with_max_entries(XSK_ENTRIES, 0);
+
+#[map]
+static LOUPE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// The packet as `[data, data_end)`; every access is checked against `data_end`
+/// in the pointer form the verifier tracks.
+struct XdpFrame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame for XdpFrame {
+    #[inline(always)]
+    fn header<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
+        let ptr = self.start + off;
+        if ptr + N > self.end {
+            return None;
+        }
+        // SAFETY: the N bytes at ptr lie inside the packet (checked above).
+        Some(unsafe { &*(ptr as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = LOUPE_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, XDP runs with preemption disabled.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[xdp]
+pub fn loupe_wire(ctx: XdpContext) -> u32 {
+    let Some(cfg) = LOUPE_CONFIG.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let cfg = *cfg;
+    let Some(port) = cfg.port_of(ctx.ingress_ifindex() as u32) else {
+        // Not configured yet, or attached to a foreign interface: leave it to the stack.
+        count(counter::UNKNOWN_INGRESS);
+        return xdp_action::XDP_PASS;
+    };
+    let frame = XdpFrame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let parsed = parse(&frame);
+    // SAFETY: the value is not kept past the lookup.
+    let inspected = |p: u16| unsafe { LOUPE_INSPECT.get(p) }.is_some();
+    match classify(&parsed, inspected) {
+        Class::Inspect => steer(&ctx, &cfg, port),
+        Class::Quic if cfg.drop_quic() => {
+            count(counter::DROPPED_QUIC);
+            xdp_action::XDP_DROP
+        }
+        Class::Malformed => {
+            count(counter::MALFORMED);
+            bridge(port)
+        }
+        Class::Vlan => {
+            count(counter::VLAN);
+            bridge(port)
+        }
+        Class::Fragment => {
+            count(counter::FRAGMENTS);
+            bridge(port)
+        }
+        Class::Quic | Class::Plain => bridge(port),
+    }
+}
+
+#[inline(always)]
+fn steer(ctx: &XdpContext, cfg: &WireConfig, port: u32) -> u32 {
+    let queue = ctx.rx_queue_index();
+    if queue < MAX_QUEUES {
+        let key = xsk_key(port, queue);
+        // The kernel removes a socket from the map when it is closed, so a hit
+        // means a live worker; the redirect can still miss if it races a close.
+        if LOUPE_XSKS.get(key).is_some() {
+            if let Ok(action) = LOUPE_XSKS.redirect(key, 0) {
+                count(counter::STEERED);
+                return action;
+            }
+        }
+    }
+    if cfg.fail_closed() {
+        count(counter::DROPPED_FAIL_CLOSED);
+        return xdp_action::XDP_DROP;
+    }
+    count(counter::UNSERVED);
+    bridge(port)
+}
+
+#[inline(always)]
+fn bridge(port: u32) -> u32 {
+    match LOUPE_PORTS.redirect(1 - port, 0) {
+        Ok(action) => {
+            count(counter::BRIDGED);
+            action
+        }
+        Err(_) => {
+            count(counter::REDIRECT_FAILED);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
