@@ -124,16 +124,28 @@ impl Config {
             message: format!("[dataplane] {key}: {message}"),
         };
         if d.inside.is_empty() || d.inside.len() > 15 {
-            return Err(error("inside", format!("expected an interface name of 1 to 15 characters, got {:?}", d.inside)));
+            return Err(error(
+                "inside",
+                format!("expected an interface name of 1 to 15 characters, got {:?}", d.inside),
+            ));
         }
         if d.outside.is_empty() || d.outside.len() > 15 {
-            return Err(error("outside", format!("expected an interface name of 1 to 15 characters, got {:?}", d.outside)));
+            return Err(error(
+                "outside",
+                format!("expected an interface name of 1 to 15 characters, got {:?}", d.outside),
+            ));
         }
         if d.inside == d.outside {
-            return Err(error("outside", format!("expected a port other than inside ({:?})", d.inside)));
+            return Err(error(
+                "outside",
+                format!("expected a port other than inside ({:?})", d.inside),
+            ));
         }
         if d.inspect_ports.is_empty() || d.inspect_ports.contains(&0) {
-            return Err(error("inspect_ports", "expected a non-empty list of ports from 1 to 65535".into()));
+            return Err(error(
+                "inspect_ports",
+                "expected a non-empty list of ports from 1 to 65535".into(),
+            ));
         }
         if d.queues == 0 || d.queues > 64 {
             return Err(error("queues", format!("expected 1 to 64 queues, got {}", d.queues)));
@@ -142,10 +154,16 @@ impl Config {
             return Err(error("max_flows", "expected at least 1".into()));
         }
         if !(4096..=16 << 20).contains(&d.tcp_buffer) {
-            return Err(error("tcp_buffer", format!("expected 4096 to 16777216 bytes, got {}", d.tcp_buffer)));
+            return Err(error(
+                "tcp_buffer",
+                format!("expected 4096 to 16777216 bytes, got {}", d.tcp_buffer),
+            ));
         }
         if d.xdp_mode != "native" && d.xdp_mode != "generic" {
-            return Err(error("xdp_mode", format!("expected \"native\" or \"generic\", got {:?}", d.xdp_mode)));
+            return Err(error(
+                "xdp_mode",
+                format!("expected \"native\" or \"generic\", got {:?}", d.xdp_mode),
+            ));
         }
         Ok(())
     }
@@ -186,9 +204,15 @@ mod tests {
         assert_eq!(err, "loupe.toml:2: [dataplane] queues: expected 1 to 64 queues, got 0");
 
         let err = parse("[dataplane]\n\ninspect_port = [443]\n").unwrap_err();
-        assert!(err.starts_with("loupe.toml:3: ") && err.contains("inspect_port"), "{err}");
+        assert!(
+            err.starts_with("loupe.toml:3: ") && err.contains("inspect_port"),
+            "{err}"
+        );
 
         let err = parse("[dataplane]\noutside = \"in0\"\n").unwrap_err();
-        assert_eq!(err, "loupe.toml:2: [dataplane] outside: expected a port other than inside (\"in0\")");
+        assert_eq!(
+            err,
+            "loupe.toml:2: [dataplane] outside: expected a port other than inside (\"in0\")"
+        );
     }
 }

@@ -1,1 +1,4 @@
-fn main() { eprintln!("loupectl: the control socket is not implemented yet"); std::process::exit(2); }
+fn main() {
+    eprintln!("loupectl: the control socket is not implemented yet");
+    std::process::exit(2);
+}

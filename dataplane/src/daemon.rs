@@ -49,9 +49,14 @@ pub fn run(options: RunOptions) -> Result<()> {
         fail_closed: d.fail == FailMode::Closed,
         drop_quic: false,
         pin_dir: options.pin_dir.clone(),
-        mode: if d.xdp_mode == "generic" { XdpAttachMode::Generic } else { XdpAttachMode::Native },
+        mode: if d.xdp_mode == "generic" {
+            XdpAttachMode::Generic
+        } else {
+            XdpAttachMode::Native
+        },
     };
-    let mut wire = Wire::attach(&settings).with_context(|| format!("attaching the wire to {} and {}", d.inside, d.outside))?;
+    let mut wire =
+        Wire::attach(&settings).with_context(|| format!("attaching the wire to {} and {}", d.inside, d.outside))?;
     tracing::info!(
         inside = %d.inside, outside = %d.outside, ports = ?d.inspect_ports, queues = d.queues,
         fail = ?d.fail, mode = ?wire.mode(),

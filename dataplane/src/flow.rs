@@ -82,18 +82,27 @@ impl<T> FlowTable<T> {
 
     /// Finds the flow a segment from `src` to `dst` belongs to, and its direction.
     pub fn lookup(&self, src: SocketAddr, dst: SocketAddr) -> Option<(FlowId, Direction)> {
-        let forward = FlowKey { client: src, server: dst };
+        let forward = FlowKey {
+            client: src,
+            server: dst,
+        };
         if let Some(&i) = self.index.get(&forward) {
             return Some((self.id_of(i), Direction::ClientToServer));
         }
-        let reverse = FlowKey { client: dst, server: src };
+        let reverse = FlowKey {
+            client: dst,
+            server: src,
+        };
         self.index
             .get(&reverse)
             .map(|&i| (self.id_of(i), Direction::ServerToClient))
     }
 
     fn id_of(&self, index: u32) -> FlowId {
-        FlowId { index, generation: self.slots[index as usize].generation }
+        FlowId {
+            index,
+            generation: self.slots[index as usize].generation,
+        }
     }
 
     /// Adds a flow. A reused slot hands back its previous value for the caller to reset;
@@ -103,15 +112,27 @@ impl<T> FlowTable<T> {
         let index = if let Some(i) = self.free.pop() {
             i
         } else if self.slots.len() < self.capacity {
-            self.slots.push(Slot { key: None, generation: 0, value: create() });
+            self.slots.push(Slot {
+                key: None,
+                generation: 0,
+                value: create(),
+            });
             (self.slots.len() - 1) as u32
         } else {
-            return Err(TableFull { capacity: self.capacity });
+            return Err(TableFull {
+                capacity: self.capacity,
+            });
         };
         let slot = &mut self.slots[index as usize];
         slot.key = Some(key);
         self.index.insert(key, index);
-        Ok((FlowId { index, generation: slot.generation }, &mut slot.value))
+        Ok((
+            FlowId {
+                index,
+                generation: slot.generation,
+            },
+            &mut slot.value,
+        ))
     }
 
     pub fn get_mut(&mut self, id: FlowId) -> Option<&mut T> {
@@ -148,7 +169,16 @@ impl<T> FlowTable<T> {
     /// Live flows, for status queries and shutdown.
     pub fn iter(&self) -> impl Iterator<Item = (FlowId, FlowKey, &T)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
-            s.key.map(|k| (FlowId { index: i as u32, generation: s.generation }, k, &s.value))
+            s.key.map(|k| {
+                (
+                    FlowId {
+                        index: i as u32,
+                        generation: s.generation,
+                    },
+                    k,
+                    &s.value,
+                )
+            })
         })
     }
 }
@@ -162,7 +192,10 @@ mod tests {
     }
 
     fn key(c: &str, s: &str) -> FlowKey {
-        FlowKey { client: addr(c), server: addr(s) }
+        FlowKey {
+            client: addr(c),
+            server: addr(s),
+        }
     }
 
     #[test]
@@ -185,14 +218,28 @@ mod tests {
     fn is_bounded_and_reuses_slots() {
         let mut t = FlowTable::with_capacity(2);
         let mut created = 0;
-        let (a, _) = t.insert(key("1.1.1.1:1", "2.2.2.2:443"), || { created += 1; 0u8 }).unwrap();
-        t.insert(key("1.1.1.1:2", "2.2.2.2:443"), || { created += 1; 0u8 }).unwrap();
-        assert_eq!(t.insert(key("1.1.1.1:3", "2.2.2.2:443"), || 0u8).unwrap_err(), TableFull { capacity: 2 });
+        let (a, _) = t
+            .insert(key("1.1.1.1:1", "2.2.2.2:443"), || {
+                created += 1;
+                0u8
+            })
+            .unwrap();
+        t.insert(key("1.1.1.1:2", "2.2.2.2:443"), || {
+            created += 1;
+            0u8
+        })
+        .unwrap();
+        assert_eq!(
+            t.insert(key("1.1.1.1:3", "2.2.2.2:443"), || 0u8).unwrap_err(),
+            TableFull { capacity: 2 }
+        );
         *t.get_mut(a).unwrap() = 7;
         assert!(t.remove(a));
         assert!(!t.remove(a), "a stale handle removes nothing");
         assert!(t.get_mut(a).is_none(), "a stale handle reads nothing");
-        let (c, value) = t.insert(key("1.1.1.1:3", "2.2.2.2:443"), || unreachable!("slot is reused")).unwrap();
+        let (c, value) = t
+            .insert(key("1.1.1.1:3", "2.2.2.2:443"), || unreachable!("slot is reused"))
+            .unwrap();
         assert_eq!(*value, 7, "the reused slot hands back its old value to reset");
         assert_eq!(c.index, a.index);
         assert_ne!(c.generation, a.generation);

@@ -22,9 +22,17 @@ pub mod tcp_flags {
 /// Why a frame could not be parsed. Malformed input is an error value, never a panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
-    Truncated { layer: &'static str, need: usize, have: usize },
-    NotIp { ethertype: u16 },
-    NotTcp { protocol: u8 },
+    Truncated {
+        layer: &'static str,
+        need: usize,
+        have: usize,
+    },
+    NotIp {
+        ethertype: u16,
+    },
+    NotTcp {
+        protocol: u8,
+    },
     BadIpHeader(&'static str),
     BadTcpHeader(&'static str),
     Fragmented,
@@ -74,7 +82,11 @@ impl TcpFrame {
 
 fn need(layer: &'static str, bytes: &[u8], len: usize) -> Result<(), FrameError> {
     if bytes.len() < len {
-        Err(FrameError::Truncated { layer, need: len, have: bytes.len() })
+        Err(FrameError::Truncated {
+            layer,
+            need: len,
+            have: bytes.len(),
+        })
     } else {
         Ok(())
     }
@@ -162,14 +174,24 @@ fn parse_ipv6(ip: &[u8]) -> Result<IpParts, FrameError> {
     dst.copy_from_slice(&ip[24..40]);
     // Extension headers are not walked: a TCP segment behind them is reported as not TCP
     // and the worker counts it (the endpoints never send such segments in practice).
-    Ok((Ipv6Addr::from(src).into(), Ipv6Addr::from(dst).into(), ip[6], 40, total_len))
+    Ok((
+        Ipv6Addr::from(src).into(),
+        Ipv6Addr::from(dst).into(),
+        ip[6],
+        40,
+        total_len,
+    ))
 }
 
 /// Writes an Ethernet header for an IP packet of the given version into `out[..14]`.
 pub fn write_ethernet_header(out: &mut [u8], dst: MacAddr, src: MacAddr, ip_version: u8) {
     out[0..6].copy_from_slice(&dst);
     out[6..12].copy_from_slice(&src);
-    let ethertype = if ip_version == 6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 };
+    let ethertype = if ip_version == 6 {
+        ETHERTYPE_IPV6
+    } else {
+        ETHERTYPE_IPV4
+    };
     out[12..14].copy_from_slice(&ethertype.to_be_bytes());
 }
 
@@ -214,7 +236,14 @@ pub(crate) mod tests {
 
     #[test]
     fn syn_ack_is_not_a_new_connection() {
-        let f = ipv4_tcp_frame([1, 1, 1, 1], [2, 2, 2, 2], 443, 40000, tcp_flags::SYN | tcp_flags::ACK, b"");
+        let f = ipv4_tcp_frame(
+            [1, 1, 1, 1],
+            [2, 2, 2, 2],
+            443,
+            40000,
+            tcp_flags::SYN | tcp_flags::ACK,
+            b"",
+        );
         assert!(!parse_tcp_frame(&f).unwrap().is_syn());
     }
 
@@ -254,7 +283,10 @@ pub(crate) mod tests {
     fn rejects_bad_headers() {
         let mut f = ipv4_tcp_frame([1, 1, 1, 1], [2, 2, 2, 2], 1, 443, 0, b"");
         f[14] = 0x44; // IHL 4
-        assert_eq!(parse_tcp_frame(&f), Err(FrameError::BadIpHeader("IPv4 header length below 20 bytes")));
+        assert_eq!(
+            parse_tcp_frame(&f),
+            Err(FrameError::BadIpHeader("IPv4 header length below 20 bytes"))
+        );
         let mut f = ipv4_tcp_frame([1, 1, 1, 1], [2, 2, 2, 2], 1, 443, 0, b"");
         f[14 + 9] = 17;
         assert_eq!(parse_tcp_frame(&f), Err(FrameError::NotTcp { protocol: 17 }));
@@ -266,7 +298,10 @@ pub(crate) mod tests {
         assert!(matches!(parse_tcp_frame(&f), Err(FrameError::BadTcpHeader(_))));
         let mut f = ipv4_tcp_frame([1, 1, 1, 1], [2, 2, 2, 2], 1, 443, 0, b"");
         f[12] = 0x81; // VLAN
-        assert!(matches!(parse_tcp_frame(&f), Err(FrameError::NotIp { ethertype: 0x8100 })));
+        assert!(matches!(
+            parse_tcp_frame(&f),
+            Err(FrameError::NotIp { ethertype: 0x8100 })
+        ));
     }
 
     #[test]

@@ -47,7 +47,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -62,12 +63,23 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, state_dir, log_dir, pin_dir } => {
+        Command::Run {
+            config,
+            state_dir,
+            log_dir,
+            pin_dir,
+        } => {
             let parsed = match &config {
                 Some(file) => Config::load(file)?,
                 None => Config::default(),
             };
-            daemon::run(daemon::RunOptions { config: parsed, config_file: config, state_dir, log_dir, pin_dir })
+            daemon::run(daemon::RunOptions {
+                config: parsed,
+                config_file: config,
+                state_dir,
+                log_dir,
+                pin_dir,
+            })
         }
         Command::Check { file } => {
             Config::load(&file)?;

@@ -112,7 +112,9 @@ impl TcpPair {
         let client_end = IpEndpoint::new(key.client.ip().into(), key.client.port());
         let client = self.client.get_mut::<tcp::Socket>(self.client_handle);
         client.abort();
-        client.listen(server_end).map_err(|e| format!("listen as {}: {e}", key.server))?;
+        client
+            .listen(server_end)
+            .map_err(|e| format!("listen as {}: {e}", key.server))?;
         client.pause_synack(true);
         client.set_timeout(Some(STALL_TIMEOUT));
         let server = self.server.get_mut::<tcp::Socket>(self.server_handle);
@@ -218,8 +220,10 @@ fn move_bytes(from: &mut tcp::Socket<'static>, to: &mut tcp::Socket<'static>) ->
 
 /// The peer sent FIN and every byte before it has been relayed.
 fn peer_finished_sending(socket: &tcp::Socket<'static>) -> bool {
-    matches!(socket.state(), State::CloseWait | State::LastAck | State::Closing | State::TimeWait)
-        && socket.recv_queue() == 0
+    matches!(
+        socket.state(),
+        State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+    ) && socket.recv_queue() == 0
 }
 
 /// The socket closed without the peer's FIN having been seen: a reset or a timeout.

@@ -74,14 +74,23 @@ impl Device for FrameDevice<'_> {
 
     fn receive(&mut self, _now: Instant) -> Option<(PacketRx<'_>, FrameTx<'_>)> {
         let packet = self.ingress.take()?;
-        Some((PacketRx(packet), FrameTx { port: self.port, l2: self.l2 }))
+        Some((
+            PacketRx(packet),
+            FrameTx {
+                port: self.port,
+                l2: self.l2,
+            },
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<FrameTx<'_>> {
         if !self.port.can_transmit() {
             return None;
         }
-        Some(FrameTx { port: self.port, l2: self.l2 })
+        Some(FrameTx {
+            port: self.port,
+            l2: self.l2,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -102,11 +111,21 @@ pub fn transparent_interface(device: &mut impl Device, seed: u64, now: Instant) 
     let own_v4 = Ipv4Address::new(169, 254, 0, 1);
     let own_v6 = Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
     iface.update_ip_addrs(|addrs| {
-        addrs.push(IpCidr::new(IpAddress::Ipv4(own_v4), 32)).expect("room for two addresses");
-        addrs.push(IpCidr::new(IpAddress::Ipv6(own_v6), 128)).expect("room for two addresses");
+        addrs
+            .push(IpCidr::new(IpAddress::Ipv4(own_v4), 32))
+            .expect("room for two addresses");
+        addrs
+            .push(IpCidr::new(IpAddress::Ipv6(own_v6), 128))
+            .expect("room for two addresses");
     });
-    iface.routes_mut().add_default_ipv4_route(own_v4).expect("route table has room");
-    iface.routes_mut().add_default_ipv6_route(own_v6).expect("route table has room");
+    iface
+        .routes_mut()
+        .add_default_ipv4_route(own_v4)
+        .expect("route table has room");
+    iface
+        .routes_mut()
+        .add_default_ipv6_route(own_v6)
+        .expect("route table has room");
     iface.set_any_ip(true);
     iface
 }

@@ -32,15 +32,14 @@ use aya::{
     Ebpf,
 };
 use loupe_common::{
-    counter, maps as map_names, pins, programs, xsk_key, WireConfig, MAX_INSPECT_PORTS, MAX_QUEUES,
-    PORT_INSIDE, PORT_OUTSIDE,
+    counter, maps as map_names, pins, programs, xsk_key, WireConfig, MAX_INSPECT_PORTS, MAX_QUEUES, PORT_INSIDE,
+    PORT_OUTSIDE,
 };
 
 /// The wire's eBPF object (program `loupe_wire`), built by `build.rs`.
 pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe-wire"));
 /// The lab loss injector's eBPF object (`lossy_ingress` XDP, `lossy_egress` tc).
-pub const LOSSY_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe-lossy"));
+pub const LOSSY_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe-lossy"));
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/loupe";
@@ -247,11 +246,7 @@ impl WireCounters {
 
     /// One JSON object, keys in a fixed order, e.g. `{"steered":0,"bridged":12,...}`.
     pub fn to_json(&self) -> String {
-        let body: Vec<String> = self
-            .fields()
-            .iter()
-            .map(|(k, v)| format!("\"{k}\":{v}"))
-            .collect();
+        let body: Vec<String> = self.fields().iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
         format!("{{{}}}", body.join(","))
     }
 }
@@ -337,20 +332,13 @@ impl Wire {
             let _ = remove_pins(&settings.pin_dir);
             return Err(err);
         }
-        let mut config: Array<MapData, WireConfig> =
-            Array::try_from(config_map).context("config map type")?;
+        let mut config: Array<MapData, WireConfig> = Array::try_from(config_map).context("config map type")?;
 
         let program: &mut Xdp = ebpf
             .program_mut(programs::WIRE)
             .ok_or_else(|| anyhow!("program {} vanished", programs::WIRE))?
             .try_into()?;
-        let attached = attach_ports(
-            program,
-            settings,
-            &mut config,
-            inside_ifindex,
-            outside_ifindex,
-        );
+        let attached = attach_ports(program, settings, &mut config, inside_ifindex, outside_ifindex);
         let (links, mode) = match attached {
             Ok(ok) => ok,
             Err(err) => {
@@ -368,9 +356,9 @@ impl Wire {
                 let path = settings.pin_dir.join(side.link_pin());
                 // The pin keeps the link; our fd closes when PinnedLink drops, so a
                 // later `detach` really detaches even while this process lives.
-                fd_link.pin(&path).with_context(|| {
-                    format!("pinning the XDP link of {iface} at {}", path.display())
-                })?;
+                fd_link
+                    .pin(&path)
+                    .with_context(|| format!("pinning the XDP link of {iface} at {}", path.display()))?;
             }
             Ok(())
         };
@@ -403,9 +391,7 @@ impl Wire {
         }
         self.xsks
             .set(xsk_key(port.index(), queue), fd, 0)
-            .with_context(|| {
-                format!("{iface}: registering AF_XDP socket fd {fd} for queue {queue}")
-            })
+            .with_context(|| format!("{iface}: registering AF_XDP socket fd {fd} for queue {queue}"))
     }
 
     /// Removes the socket of (`port`, `queue`) from the XSKMAP (closing it does too).
@@ -485,39 +471,32 @@ fn attach_ports(
     inside_ifindex: u32,
     outside_ifindex: u32,
 ) -> Result<(PortLinks, XdpAttachMode)> {
-    let try_mode = |program: &mut Xdp,
-                    config: &mut Array<MapData, WireConfig>,
-                    mode: XdpAttachMode|
-     -> Result<PortLinks> {
-        config
-            .set(0, settings.config(inside_ifindex, outside_ifindex, mode), 0)
-            .context("writing the wire config map")?;
-        let mut links = Vec::with_capacity(2);
-        for (side, ifindex) in [
-            (PortSide::Inside, inside_ifindex),
-            (PortSide::Outside, outside_ifindex),
-        ] {
-            let iface = settings.port(side);
-            let id = program
-                .attach_to_if_index(ifindex, mode.flags())
-                .map_err(|e| explain_attach_error(e, iface, mode))?;
-            // Taken out of the program so dropping the Ebpf object does not detach it.
-            let link = program
-                .take_link(id)
-                .with_context(|| format!("taking the XDP link of {iface}"))?;
-            links.push((side, link));
-        }
-        Ok(links)
-    };
+    let try_mode =
+        |program: &mut Xdp, config: &mut Array<MapData, WireConfig>, mode: XdpAttachMode| -> Result<PortLinks> {
+            config
+                .set(0, settings.config(inside_ifindex, outside_ifindex, mode), 0)
+                .context("writing the wire config map")?;
+            let mut links = Vec::with_capacity(2);
+            for (side, ifindex) in [(PortSide::Inside, inside_ifindex), (PortSide::Outside, outside_ifindex)] {
+                let iface = settings.port(side);
+                let id = program
+                    .attach_to_if_index(ifindex, mode.flags())
+                    .map_err(|e| explain_attach_error(e, iface, mode))?;
+                // Taken out of the program so dropping the Ebpf object does not detach it.
+                let link = program
+                    .take_link(id)
+                    .with_context(|| format!("taking the XDP link of {iface}"))?;
+                links.push((side, link));
+            }
+            Ok(links)
+        };
     match try_mode(program, config, settings.mode) {
         Ok(links) => Ok((links, settings.mode)),
         Err(native_err) if settings.mode == XdpAttachMode::Native && !is_busy(&native_err) => {
             tracing::warn!(error = %format!("{native_err:#}"), "native XDP refused; attaching in generic mode");
             match try_mode(program, config, XdpAttachMode::Generic) {
                 Ok(links) => Ok((links, XdpAttachMode::Generic)),
-                Err(generic_err) => {
-                    Err(generic_err.context(format!("native mode failed first: {native_err:#}")))
-                }
+                Err(generic_err) => Err(generic_err.context(format!("native mode failed first: {native_err:#}"))),
             }
         }
         Err(err) => Err(err),
@@ -532,11 +511,7 @@ fn is_busy(err: &anyhow::Error) -> bool {
     })
 }
 
-fn explain_attach_error(
-    err: aya::programs::ProgramError,
-    iface: &str,
-    mode: XdpAttachMode,
-) -> anyhow::Error {
+fn explain_attach_error(err: aya::programs::ProgramError, iface: &str, mode: XdpAttachMode) -> anyhow::Error {
     let err = anyhow::Error::new(err);
     let hint = if is_busy(&err) {
         " (another XDP program is attached to it; see `ip link show`)"
@@ -566,8 +541,7 @@ fn ifindex(name: &str) -> Result<u32> {
 }
 
 fn statfs_magic(path: &Path) -> io::Result<i64> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: zeroed statfs is a valid out-parameter.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out-pointer.
@@ -590,15 +564,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
         let target = CString::new(BPFFS_ROOT).expect("no NUL");
         let opts = CString::new("mode=0700").expect("no NUL");
         // SAFETY: valid C strings; mount(2) does not keep the pointers.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                src.as_ptr(),
-                0,
-                opts.as_ptr().cast(),
-            )
-        };
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, opts.as_ptr().cast()) };
         if rc != 0 {
             let err = io::Error::last_os_error();
             bail!("bpffs is not mounted at {BPFFS_ROOT} and mounting it failed: {err} (needs root/CAP_SYS_ADMIN; or run `mount -t bpf bpf {BPFFS_ROOT}`)");
@@ -610,8 +576,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
             "running in a private mount namespace (ip netns exec?): pins last only as long as it does; use nsenter --net=/run/netns/NS"
         );
     }
-    fs::create_dir_all(pin_dir)
-        .with_context(|| format!("creating the pin directory {}", pin_dir.display()))?;
+    fs::create_dir_all(pin_dir).with_context(|| format!("creating the pin directory {}", pin_dir.display()))?;
     match statfs_magic(pin_dir) {
         Ok(BPF_FS_MAGIC) => Ok(()),
         Ok(_) => bail!(
@@ -625,10 +590,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 /// True when this process's mount namespace differs from init's: we had to mount
 /// bpffs ourselves, or someone else did in a namespace that may not outlive us.
 fn private_mount_namespace() -> bool {
-    match (
-        fs::read_link("/proc/self/ns/mnt"),
-        fs::read_link("/proc/1/ns/mnt"),
-    ) {
+    match (fs::read_link("/proc/self/ns/mnt"), fs::read_link("/proc/1/ns/mnt")) {
         (Ok(ours), Ok(init)) => ours != init,
         _ => false,
     }
@@ -668,8 +630,8 @@ fn read_counters<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<WireCo
 /// Reads the pinned counters map without a running daemon.
 pub fn pinned_counters(pin_dir: &Path) -> Result<WireCounters> {
     let path = pin_dir.join(pins::COUNTERS);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening the pinned wire counters {}", path.display()))?;
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("opening the pinned wire counters {}", path.display()))?;
     let map = Map::from_map_data(data).context("pinned counters map")?;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(map).context("pinned counters map has an unexpected type")?;
@@ -713,9 +675,7 @@ mod tests {
              \"redirect_failed\":5,\"dropped_quic\":6,\"unserved\":7,\"unknown_ingress\":8,\
              \"vlan\":9,\"fragments\":18446744073709551615}"
         );
-        assert!(WireCounters::default()
-            .to_json()
-            .starts_with("{\"steered\":0,"));
+        assert!(WireCounters::default().to_json().starts_with("{\"steered\":0,"));
     }
 
     #[test]
@@ -727,10 +687,7 @@ mod tests {
         let c = WireCounters::from_sums(&sums);
         assert_eq!(c.steered, 100 + counter::STEERED as u64);
         assert_eq!(c.bridged, 100 + counter::BRIDGED as u64);
-        assert_eq!(
-            c.dropped_fail_closed,
-            100 + counter::DROPPED_FAIL_CLOSED as u64
-        );
+        assert_eq!(c.dropped_fail_closed, 100 + counter::DROPPED_FAIL_CLOSED as u64);
         assert_eq!(c.malformed, 100 + counter::MALFORMED as u64);
         assert_eq!(c.fragments, 100 + counter::FRAGMENTS as u64);
         // Every counter index appears exactly once among the fields.

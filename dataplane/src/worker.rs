@@ -74,10 +74,16 @@ struct FlowState {
 
 impl FlowState {
     fn toward_client(&self) -> L2Header {
-        L2Header { src: self.peer_mac, dst: self.client_mac }
+        L2Header {
+            src: self.peer_mac,
+            dst: self.client_mac,
+        }
     }
     fn toward_server(&self) -> L2Header {
-        L2Header { src: self.client_mac, dst: self.peer_mac }
+        L2Header {
+            src: self.client_mac,
+            dst: self.peer_mac,
+        }
     }
 }
 
@@ -98,7 +104,11 @@ impl Worker {
         let clock = std::time::Instant::now();
         let now = Instant::from_micros(0);
         let seed = u64::from(std::process::id()) << 32 | u64::from(settings.queue);
-        let mut device = FrameDevice { ingress: None, port: &mut inside, l2: L2Header::default() };
+        let mut device = FrameDevice {
+            ingress: None,
+            port: &mut inside,
+            l2: L2Header::default(),
+        };
         let client_iface = transparent_interface(&mut device, seed ^ random_seed(), now);
         let server_iface = transparent_interface(&mut device, seed ^ random_seed().rotate_left(17), now);
         let max_flows = settings.max_flows;
@@ -120,7 +130,11 @@ impl Worker {
     }
 
     pub fn run(mut self, stop: &AtomicBool) {
-        let mut batch = [XdpDesc { addr: 0, len: 0, options: 0 }; BATCH];
+        let mut batch = [XdpDesc {
+            addr: 0,
+            len: 0,
+            options: 0,
+        }; BATCH];
         tracing::info!(queue = self.settings.queue, inside = %self.ports[INSIDE].name, outside = %self.ports[OUTSIDE].name, "worker running");
         while !stop.load(Ordering::Relaxed) {
             let now = self.now();
@@ -169,7 +183,15 @@ impl Worker {
         let (id, direction) = match self.flows.lookup(src, dst) {
             Some(found) => found,
             None if tcp.is_syn() && self.settings.inspect_ports.contains(&tcp.dst_port) => {
-                match self.open_flow(FlowKey { client: src, server: dst }, port, tcp.src_mac, tcp.dst_mac) {
+                match self.open_flow(
+                    FlowKey {
+                        client: src,
+                        server: dst,
+                    },
+                    port,
+                    tcp.src_mac,
+                    tcp.dst_mac,
+                ) {
                     Some(id) => (id, Direction::ClientToServer),
                     None => return,
                 }
@@ -184,12 +206,22 @@ impl Worker {
         let Some(flow) = self.flows.get_mut(id) else { return };
         match direction {
             Direction::ClientToServer => {
-                let mut device = FrameDevice { ingress: Some(packet), port: &mut self.ports[flow.client_port], l2: flow.toward_client() };
-                self.client_iface.poll_ingress_single(now, &mut device, &mut flow.pair.client);
+                let mut device = FrameDevice {
+                    ingress: Some(packet),
+                    port: &mut self.ports[flow.client_port],
+                    l2: flow.toward_client(),
+                };
+                self.client_iface
+                    .poll_ingress_single(now, &mut device, &mut flow.pair.client);
             }
             Direction::ServerToClient => {
-                let mut device = FrameDevice { ingress: Some(packet), port: &mut self.ports[1 - flow.client_port], l2: flow.toward_server() };
-                self.server_iface.poll_ingress_single(now, &mut device, &mut flow.pair.server);
+                let mut device = FrameDevice {
+                    ingress: Some(packet),
+                    port: &mut self.ports[1 - flow.client_port],
+                    l2: flow.toward_server(),
+                };
+                self.server_iface
+                    .poll_ingress_single(now, &mut device, &mut flow.pair.server);
             }
         }
         if !flow.ready {
@@ -198,7 +230,13 @@ impl Worker {
         }
     }
 
-    fn open_flow(&mut self, key: FlowKey, client_port: usize, client_mac: MacAddr, peer_mac: MacAddr) -> Option<FlowId> {
+    fn open_flow(
+        &mut self,
+        key: FlowKey,
+        client_port: usize,
+        client_mac: MacAddr,
+        peer_mac: MacAddr,
+    ) -> Option<FlowId> {
         let buffer = self.settings.tcp_buffer;
         let (id, flow) = match self.flows.insert(key, || FlowState {
             pair: TcpPair::new(buffer),
@@ -226,7 +264,9 @@ impl Worker {
             return None;
         }
         WorkerStats::add(&self.stats.flows_opened, 1);
-        self.stats.flows_active.store(self.flows.len() as u64, Ordering::Relaxed);
+        self.stats
+            .flows_active
+            .store(self.flows.len() as u64, Ordering::Relaxed);
         tracing::debug!(flow = %key, "flow opened");
         Some(id)
     }
@@ -269,18 +309,32 @@ impl Worker {
         flow.pair.relay();
         let mut more = false;
         {
-            let mut device = FrameDevice { ingress: None, port: &mut self.ports[flow.client_port], l2: flow.toward_client() };
+            let mut device = FrameDevice {
+                ingress: None,
+                port: &mut self.ports[flow.client_port],
+                l2: flow.toward_client(),
+            };
             more |= egress(&mut self.client_iface, &mut device, &mut flow.pair.client, now);
         }
         {
-            let mut device = FrameDevice { ingress: None, port: &mut self.ports[1 - flow.client_port], l2: flow.toward_server() };
+            let mut device = FrameDevice {
+                ingress: None,
+                port: &mut self.ports[1 - flow.client_port],
+                l2: flow.toward_server(),
+            };
             more |= egress(&mut self.server_iface, &mut device, &mut flow.pair.server, now);
         }
         // Sending may have freed buffer room for more relaying; the next round does it.
         let relayed = flow.pair.bytes.client_to_server != before.client_to_server
             || flow.pair.bytes.server_to_client != before.server_to_client;
-        WorkerStats::add(&self.stats.bytes_client_to_server, flow.pair.bytes.client_to_server - before.client_to_server);
-        WorkerStats::add(&self.stats.bytes_server_to_client, flow.pair.bytes.server_to_client - before.server_to_client);
+        WorkerStats::add(
+            &self.stats.bytes_client_to_server,
+            flow.pair.bytes.client_to_server - before.client_to_server,
+        );
+        WorkerStats::add(
+            &self.stats.bytes_server_to_client,
+            flow.pair.bytes.server_to_client - before.server_to_client,
+        );
 
         if flow.pair.phase == Phase::Finished {
             let reason = flow.pair.end_reason.unwrap_or(EndReason::Closed);
@@ -315,7 +369,12 @@ impl Worker {
                 // Drop entries whose flow has been rescheduled or is gone, without reallocating.
                 let flows = &mut self.flows;
                 self.timers.retain(|Reverse((at, index, generation))| {
-                    flows.get_mut(FlowId { index: *index, generation: *generation }).is_some_and(|f| f.scheduled == Some(*at))
+                    flows
+                        .get_mut(FlowId {
+                            index: *index,
+                            generation: *generation,
+                        })
+                        .is_some_and(|f| f.scheduled == Some(*at))
                 });
             }
             self.timers.push(Reverse((at, id.index, id.generation)));
@@ -333,7 +392,9 @@ impl Worker {
         }
         self.flows.remove(id);
         WorkerStats::add(&self.stats.flows_closed, 1);
-        self.stats.flows_active.store(self.flows.len() as u64, Ordering::Relaxed);
+        self.stats
+            .flows_active
+            .store(self.flows.len() as u64, Ordering::Relaxed);
     }
 
     fn publish_io_stats(&self) {
@@ -355,8 +416,16 @@ impl Worker {
             None => MAX_IDLE_WAIT_MS,
         };
         let mut fds = [
-            libc::pollfd { fd: self.ports[INSIDE].raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.ports[OUTSIDE].raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: self.ports[INSIDE].raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.ports[OUTSIDE].raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: two valid pollfd entries.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -364,7 +433,12 @@ impl Worker {
 }
 
 /// Emits what a side's socket has to send, up to a burst. Returns whether more is waiting.
-fn egress(iface: &mut Interface, device: &mut FrameDevice<'_>, sockets: &mut smoltcp::iface::SocketSet<'static>, now: Instant) -> bool {
+fn egress(
+    iface: &mut Interface,
+    device: &mut FrameDevice<'_>,
+    sockets: &mut smoltcp::iface::SocketSet<'static>,
+    now: Instant,
+) -> bool {
     for _ in 0..EGRESS_BURST {
         if iface.poll_egress(now, device, sockets) == smoltcp::iface::PollResult::None {
             return false;
@@ -379,7 +453,9 @@ fn random_seed() -> u64 {
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if n != bytes.len() as isize {
         // Still unpredictable enough for ISNs, and never fails.
-        return std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
     }
     u64::from_ne_bytes(bytes)
 }

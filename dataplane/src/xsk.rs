@@ -25,7 +25,10 @@ pub struct XskSizes {
 
 impl Default for XskSizes {
     fn default() -> Self {
-        XskSizes { frames: 8192, ring: 2048 }
+        XskSizes {
+            frames: 8192,
+            ring: 2048,
+        }
     }
 }
 
@@ -57,9 +60,15 @@ impl Mapping {
             )
         };
         if ptr == libc::MAP_FAILED {
-            bail!("mmap of {len} bytes of UMEM failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "mmap of {len} bytes of UMEM failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
-        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len })
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+        })
     }
 }
 
@@ -121,14 +130,27 @@ impl XskPort {
             .map_err(|e| anyhow::anyhow!("{ifname} queue {queue}: fill/completion rings: {e}"))?;
         let ring = NonZeroU32::new(sizes.ring).context("ring size must not be zero")?;
         let user = umem
-            .rx_tx(&socket, &SocketConfig { rx_size: Some(ring), tx_size: Some(ring), bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP })
+            .rx_tx(
+                &socket,
+                &SocketConfig {
+                    rx_size: Some(ring),
+                    tx_size: Some(ring),
+                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
+                },
+            )
             .map_err(|e| anyhow::anyhow!("{ifname} queue {queue}: RX/TX rings: {e}"))?;
         umem.bind(&user).map_err(|e| {
             anyhow::anyhow!("{ifname} queue {queue}: binding the AF_XDP socket failed: {e} (is the queue index valid for this device?)")
         })?;
-        let rx = user.map_rx().map_err(|e| anyhow::anyhow!("{ifname}: mapping the RX ring: {e}"))?;
-        let tx = user.map_tx().map_err(|e| anyhow::anyhow!("{ifname}: mapping the TX ring: {e}"))?;
-        let free_frames = (0..u64::from(sizes.frames)).map(|i| i * u64::from(FRAME_SIZE)).collect();
+        let rx = user
+            .map_rx()
+            .map_err(|e| anyhow::anyhow!("{ifname}: mapping the RX ring: {e}"))?;
+        let tx = user
+            .map_tx()
+            .map_err(|e| anyhow::anyhow!("{ifname}: mapping the TX ring: {e}"))?;
+        let free_frames = (0..u64::from(sizes.frames))
+            .map(|i| i * u64::from(FRAME_SIZE))
+            .collect();
         let mut port = XskPort {
             name: ifname.to_string(),
             queue,
@@ -238,7 +260,11 @@ impl XskPort {
         // SAFETY: addr is a frame base owned by userspace (from the pool); len ≤ frame size.
         let buf = unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(addr as usize), len) };
         let result = write(buf);
-        self.tx_pending.push(XdpDesc { addr, len: len as u32, options: 0 });
+        self.tx_pending.push(XdpDesc {
+            addr,
+            len: len as u32,
+            options: 0,
+        });
         Some(result)
     }
 

@@ -85,7 +85,11 @@ struct Host {
 
 impl Host {
     fn new(addr: &str, link: &mut Link) -> Host {
-        let mut dev = LinkEnd { rx: &mut link.toward_host, tx: &mut link.toward_loupe, rx_budget: 0 };
+        let mut dev = LinkEnd {
+            rx: &mut link.toward_host,
+            tx: &mut link.toward_loupe,
+            rx_budget: 0,
+        };
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, Instant::ZERO);
         let ip: IpAddress = addr.parse::<SocketAddr>().unwrap().ip().into();
         iface.update_ip_addrs(|a| a.push(IpCidr::new(ip, 24)).unwrap());
@@ -100,7 +104,11 @@ impl Host {
         self.sockets.get_mut(self.handle)
     }
     fn poll(&mut self, now: Instant, link: &mut Link) {
-        let mut dev = LinkEnd { rx: &mut link.toward_host, tx: &mut link.toward_loupe, rx_budget: usize::MAX };
+        let mut dev = LinkEnd {
+            rx: &mut link.toward_host,
+            tx: &mut link.toward_loupe,
+            rx_budget: usize::MAX,
+        };
         self.iface.poll(now, &mut dev, &mut self.sockets);
     }
 }
@@ -113,29 +121,58 @@ struct Appliance {
 
 impl Appliance {
     fn new(client_link: &mut Link, buffer: usize) -> Appliance {
-        let mut dev = LinkEnd { rx: &mut client_link.toward_loupe, tx: &mut client_link.toward_host, rx_budget: 0 };
+        let mut dev = LinkEnd {
+            rx: &mut client_link.toward_loupe,
+            tx: &mut client_link.toward_host,
+            rx_budget: 0,
+        };
         let client_iface = transparent_interface(&mut dev, 1, Instant::ZERO);
         let mut server_iface = transparent_interface(&mut dev, 2, Instant::ZERO);
         let mut pair = TcpPair::new(buffer);
-        let key = FlowKey { client: CLIENT.parse().unwrap(), server: SERVER.parse().unwrap() };
+        let key = FlowKey {
+            client: CLIENT.parse().unwrap(),
+            server: SERVER.parse().unwrap(),
+        };
         pair.open(key, server_iface.context()).unwrap();
-        Appliance { client_iface, server_iface, pair }
+        Appliance {
+            client_iface,
+            server_iface,
+            pair,
+        }
     }
 
     /// What the worker does in one round: ingress, relay, egress.
     fn poll(&mut self, now: Instant, client_link: &mut Link, server_link: &mut Link) {
         while !client_link.toward_loupe.is_empty() {
-            let mut dev = LinkEnd { rx: &mut client_link.toward_loupe, tx: &mut client_link.toward_host, rx_budget: 1 };
-            self.client_iface.poll_ingress_single(now, &mut dev, &mut self.pair.client);
+            let mut dev = LinkEnd {
+                rx: &mut client_link.toward_loupe,
+                tx: &mut client_link.toward_host,
+                rx_budget: 1,
+            };
+            self.client_iface
+                .poll_ingress_single(now, &mut dev, &mut self.pair.client);
         }
         while !server_link.toward_loupe.is_empty() {
-            let mut dev = LinkEnd { rx: &mut server_link.toward_loupe, tx: &mut server_link.toward_host, rx_budget: 1 };
-            self.server_iface.poll_ingress_single(now, &mut dev, &mut self.pair.server);
+            let mut dev = LinkEnd {
+                rx: &mut server_link.toward_loupe,
+                tx: &mut server_link.toward_host,
+                rx_budget: 1,
+            };
+            self.server_iface
+                .poll_ingress_single(now, &mut dev, &mut self.pair.server);
         }
         self.pair.relay();
-        let mut dev = LinkEnd { rx: &mut client_link.toward_loupe, tx: &mut client_link.toward_host, rx_budget: 0 };
+        let mut dev = LinkEnd {
+            rx: &mut client_link.toward_loupe,
+            tx: &mut client_link.toward_host,
+            rx_budget: 0,
+        };
         while self.client_iface.poll_egress(now, &mut dev, &mut self.pair.client) != smoltcp::iface::PollResult::None {}
-        let mut dev = LinkEnd { rx: &mut server_link.toward_loupe, tx: &mut server_link.toward_host, rx_budget: 0 };
+        let mut dev = LinkEnd {
+            rx: &mut server_link.toward_loupe,
+            tx: &mut server_link.toward_host,
+            rx_budget: 0,
+        };
         while self.server_iface.poll_egress(now, &mut dev, &mut self.pair.server) != smoltcp::iface::PollResult::None {}
     }
 }
@@ -166,7 +203,14 @@ impl Net {
             .get_mut::<tcp::Socket>(client.handle)
             .connect(cx, (server_addr.ip(), 443), 40000)
             .unwrap();
-        Net { now: Instant::ZERO, client_link, server_link, client, server, loupe }
+        Net {
+            now: Instant::ZERO,
+            client_link,
+            server_link,
+            client,
+            server,
+            loupe,
+        }
     }
 
     fn step(&mut self) {
@@ -184,7 +228,12 @@ impl Net {
             }
             self.step();
         }
-        panic!("gave up waiting for {what}: client {:?}, server {:?}, loupe {:?}", self.client.socket().state(), self.server.socket().state(), self.loupe.pair.phase);
+        panic!(
+            "gave up waiting for {what}: client {:?}, server {:?}, loupe {:?}",
+            self.client.socket().state(),
+            self.server.socket().state(),
+            self.loupe.pair.phase
+        );
     }
 }
 
@@ -239,7 +288,11 @@ fn client_sees_no_syn_ack_before_the_server_accepts() {
         net.server_link.toward_host.clear();
     }
     assert_eq!(net.loupe.pair.phase, Phase::Connecting);
-    assert_eq!(net.client.socket().state(), State::SynSent, "client got a SYN-ACK before the server accepted");
+    assert_eq!(
+        net.client.socket().state(),
+        State::SynSent,
+        "client got a SYN-ACK before the server accepted"
+    );
     net.run_until("established", |n| n.client.socket().state() == State::Established);
     assert_eq!(net.server.socket().state(), State::Established);
     assert_eq!(net.loupe.pair.phase, Phase::Relaying);
@@ -297,8 +350,14 @@ fn slow_reader_closes_the_window_and_loses_nothing() {
         pump(net.client.socket(), &up, &mut sent, &mut ignored);
         net.step();
     }
-    assert!(sent < up.len(), "client sent everything into a server that reads nothing");
-    assert!(sent <= 32 * 1024 + 8 * 1024 * 2 + 32 * 1024, "more in flight ({sent}) than the buffers hold");
+    assert!(
+        sent < up.len(),
+        "client sent everything into a server that reads nothing"
+    );
+    assert!(
+        sent <= 32 * 1024 + 8 * 1024 * 2 + 32 * 1024,
+        "more in flight ({sent}) than the buffers hold"
+    );
     let mut got = Vec::new();
     net.run_until("everything read", |n| {
         pump(n.client.socket(), &up, &mut sent, &mut ignored);

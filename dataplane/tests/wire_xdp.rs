@@ -130,12 +130,8 @@ impl Lab {
             must(&["ip", "-n", ns, "addr", "add", &cidr, "dev", "eth0"]);
             // Redirected frames keep no CHECKSUM_PARTIAL state, and a veth delivers
             // XDP_REDIRECTed frames only if its peer runs NAPI (GRO on).
-            must(&[
-                "ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off",
-            ]);
-            must(&[
-                "ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "gro", "on",
-            ]);
+            must(&["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]);
+            must(&["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "gro", "on"]);
             must(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
         }
         for port in ["in0", "out0"] {
@@ -193,12 +189,10 @@ impl Lab {
         let client = self.client.clone();
         Lab::within(&client, move || {
             let addr: SocketAddr = format!("{SERVER_IP}:{port}").parse().unwrap();
-            let mut s = TcpStream::connect_timeout(&addr, timeout)
-                .map_err(|e| format!("connect {addr}: {e}"))?;
+            let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
             s.set_read_timeout(Some(timeout)).unwrap();
             let msg = format!("hello over {port}\n");
-            s.write_all(msg.as_bytes())
-                .map_err(|e| format!("write: {e}"))?;
+            s.write_all(msg.as_bytes()).map_err(|e| format!("write: {e}"))?;
             let mut reply = String::new();
             BufReader::new(s)
                 .read_line(&mut reply)
@@ -253,11 +247,7 @@ fn send_raw(iface: &str, frame: &[u8]) {
         let ifindex = libc::if_nametoindex(name.as_ptr());
         assert_ne!(ifindex, 0, "{iface} not found");
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
         let mut addr: libc::sockaddr_ll = std::mem::zeroed();
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_ifindex = ifindex as i32;
@@ -355,11 +345,7 @@ fn wait_counters(wire: &Wire, what: &str, pred: impl Fn(&WireCounters) -> bool) 
         if pred(&c) {
             return c;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: counters {}",
-            c.to_json()
-        );
+        assert!(Instant::now() < deadline, "{what}: counters {}", c.to_json());
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -374,8 +360,7 @@ fn ether(ethertype: u16, payload: &[u8]) -> Vec<u8> {
 
 fn attach_in(lab: &Lab, settings: WireSettings) -> Wire {
     let app = lab.app.clone();
-    Lab::within(&app, move || Wire::attach(&settings))
-        .unwrap_or_else(|e| panic!("Wire::attach: {e:#}"))
+    Lab::within(&app, move || Wire::attach(&settings)).unwrap_or_else(|e| panic!("Wire::attach: {e:#}"))
 }
 
 #[test]
@@ -389,18 +374,12 @@ fn wire_bridges_steers_and_fails_as_configured() {
     );
 
     let mut wire = attach_in(&lab, lab.settings(XdpAttachMode::Native));
-    assert_eq!(
-        wire.mode(),
-        XdpAttachMode::Native,
-        "veth supports native XDP"
-    );
+    assert_eq!(wire.mode(), XdpAttachMode::Native, "veth supports native XDP");
 
     // Bridging: ARP + ICMP both ways.
     let before = wire.counters().unwrap();
     assert!(lab.ping(), "ping client -> server through the wire failed");
-    let c = wait_counters(&wire, "bridged after ping", |c| {
-        c.bridged >= before.bridged + 4
-    });
+    let c = wait_counters(&wire, "bridged after ping", |c| c.bridged >= before.bridged + 4);
     assert_eq!(c.steered, 0);
     assert_eq!(c.redirect_failed, 0, "{}", c.to_json());
 
@@ -434,17 +413,8 @@ fn wire_bridges_steers_and_fails_as_configured() {
     // A socket on in0 queue 0: the client's inspected SYNs are steered to it (nobody
     // answers, so the connect fails), and the frame in its RX ring is that SYN.
     let app = lab.app.clone();
-    let mut xsk = Lab::within(&app, || {
-        XskPort::open(
-            "in0",
-            0,
-            XskSizes {
-                frames: 64,
-                ring: 32,
-            },
-        )
-    })
-    .unwrap_or_else(|e| panic!("AF_XDP socket on in0 queue 0: {e:#}"));
+    let mut xsk = Lab::within(&app, || XskPort::open("in0", 0, XskSizes { frames: 64, ring: 32 }))
+        .unwrap_or_else(|e| panic!("AF_XDP socket on in0 queue 0: {e:#}"));
     wire.register_socket(PortSide::Inside, 0, xsk.raw_fd())
         .expect("register_socket");
     let before = wire.counters().unwrap();
@@ -453,20 +423,11 @@ fn wire_bridges_steers_and_fails_as_configured() {
         "TCP/443 connected although its SYN should have gone to the AF_XDP socket"
     );
     let c = wait_counters(&wire, "steered", |c| c.steered > before.steered);
-    assert_eq!(
-        c.unserved, before.unserved,
-        "steered frames also counted as unserved"
-    );
+    assert_eq!(c.unserved, before.unserved, "steered frames also counted as unserved");
     let mut descs = [XdpDesc::default(); BATCH];
     let n = xsk.receive(&mut descs);
-    assert!(
-        n >= 1,
-        "no frame in the AF_XDP RX ring although steered grew"
-    );
-    let syn = xsk
-        .frame(&descs[0])
-        .expect("descriptor inside the UMEM")
-        .to_vec();
+    assert!(n >= 1, "no frame in the AF_XDP RX ring although steered grew");
+    let syn = xsk.frame(&descs[0]).expect("descriptor inside the UMEM").to_vec();
     assert_eq!(&syn[12..14], &[0x08, 0x00], "steered frame is not IPv4");
     assert_eq!(syn[14 + 9], 6, "steered frame is not TCP");
     let ihl = (syn[14] & 0x0f) as usize * 4;
@@ -483,10 +444,7 @@ fn wire_bridges_steers_and_fails_as_configured() {
     lab.udp_send(443, 5);
     let deadline = Instant::now() + Duration::from_secs(3);
     while server.udp_received.load(Ordering::Relaxed) < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "UDP/443 not bridged with drop_quic off"
-        );
+        assert!(Instant::now() < deadline, "UDP/443 not bridged with drop_quic off");
         thread::sleep(Duration::from_millis(20));
     }
     wire.set_drop_quic(true).unwrap();
@@ -536,10 +494,7 @@ fn wire_bridges_steers_and_fails_as_configured() {
         "counters were not replaced: {}",
         fresh.to_json()
     );
-    assert!(
-        lab.ping(),
-        "ping failed after re-attaching over the pinned links"
-    );
+    assert!(lab.ping(), "ping failed after re-attaching over the pinned links");
     wait_counters(&wire, "bridged after re-attach", |c| c.bridged >= 4);
 
     detach(&lab.pin_dir).expect("detach");
