@@ -12,8 +12,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
-    let manifest_dir =
-        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir.join("../ebpf");
     let ebpf_dir = ebpf_dir
         .canonicalize()

@@ -63,6 +63,9 @@ pub struct TcpPair {
     client_handle: SocketHandle,
     server_handle: SocketHandle,
     pub phase: Phase,
+    /// The peer's FIN has been seen (it may still have buffered bytes to relay).
+    client_fin_received: bool,
+    server_fin_received: bool,
     client_fin_forwarded: bool,
     server_fin_forwarded: bool,
     pub end_reason: Option<EndReason>,
@@ -93,6 +96,8 @@ impl TcpPair {
             client_handle,
             server_handle,
             phase: Phase::Finished,
+            client_fin_received: false,
+            server_fin_received: false,
             client_fin_forwarded: false,
             server_fin_forwarded: false,
             end_reason: None,
@@ -104,6 +109,8 @@ impl TcpPair {
     /// paused), the server side connects as the client. The caller then feeds the SYN.
     pub fn open(&mut self, key: FlowKey, cx: &mut smoltcp::iface::Context) -> Result<(), String> {
         self.phase = Phase::Connecting;
+        self.client_fin_received = false;
+        self.server_fin_received = false;
         self.client_fin_forwarded = false;
         self.server_fin_forwarded = false;
         self.end_reason = None;
@@ -161,26 +168,31 @@ impl TcpPair {
             return;
         }
 
+        // Observe FINs before acting: a socket we close below may reach Closed before the
+        // next round, and must not then be mistaken for a reset.
+        self.client_fin_received |= fin_received(client.state());
+        self.server_fin_received |= fin_received(server.state());
+
         self.bytes.client_to_server += move_bytes(client, server);
         self.bytes.server_to_client += move_bytes(server, client);
 
         // A reset on one side resets the other (once: our own abort closes a socket too).
         if self.end_reason.is_none() {
-            if reset_by_peer(client, self.client_fin_forwarded) {
+            if client.state() == State::Closed && !self.client_fin_received {
                 server.abort();
                 self.end_reason = Some(EndReason::ClientReset);
-            } else if reset_by_peer(server, self.server_fin_forwarded) {
+            } else if server.state() == State::Closed && !self.server_fin_received {
                 client.abort();
                 self.end_reason = Some(EndReason::ServerReset);
             }
         }
 
-        // A FIN is forwarded once everything before it has been handed to the other side.
-        if !self.client_fin_forwarded && peer_finished_sending(client) {
+        // A FIN is forwarded once every byte before it has been handed to the other side.
+        if !self.client_fin_forwarded && self.client_fin_received && client.recv_queue() == 0 {
             server.close();
             self.client_fin_forwarded = true;
         }
-        if !self.server_fin_forwarded && peer_finished_sending(server) {
+        if !self.server_fin_forwarded && self.server_fin_received && server.recv_queue() == 0 {
             client.close();
             self.server_fin_forwarded = true;
         }
@@ -218,17 +230,12 @@ fn move_bytes(from: &mut tcp::Socket<'static>, to: &mut tcp::Socket<'static>) ->
     moved
 }
 
-/// The peer sent FIN and every byte before it has been relayed.
-fn peer_finished_sending(socket: &tcp::Socket<'static>) -> bool {
+/// States a socket only reaches after the peer's FIN.
+fn fin_received(state: State) -> bool {
     matches!(
-        socket.state(),
+        state,
         State::CloseWait | State::LastAck | State::Closing | State::TimeWait
-    ) && socket.recv_queue() == 0
-}
-
-/// The socket closed without the peer's FIN having been seen: a reset or a timeout.
-fn reset_by_peer(socket: &tcp::Socket<'static>, fin_seen: bool) -> bool {
-    socket.state() == State::Closed && !fin_seen && !peer_finished_sending(socket)
+    )
 }
 
 fn is_done(state: State) -> bool {

@@ -375,3 +375,35 @@ fn reset_by_the_server_resets_the_client() {
     net.run_until("client reset", |n| n.client.socket().state() == State::Closed);
     assert_eq!(net.loupe.pair.end_reason, Some(EndReason::ServerReset));
 }
+
+#[test]
+fn both_fins_while_bytes_are_buffered_deliver_every_byte() {
+    let mut net = Net::new(true, 16 * 1024);
+    let reply = pattern(6, 56_000); // fits the buffers on the way: the server can finish writing
+    net.run_until("established", |n| n.server.socket().state() == State::Established);
+    let mut sent = 0;
+    let mut ignored = Vec::new();
+    // The server writes everything and closes; then the client, which has read nothing
+    // yet, closes its write side: both FINs arrive while loupe still holds server bytes.
+    net.run_until("server wrote everything", |n| {
+        pump(n.server.socket(), &reply, &mut sent, &mut ignored);
+        sent == reply.len()
+    });
+    net.server.socket().close();
+    for _ in 0..300 {
+        net.step();
+    }
+    net.client.socket().close();
+    for _ in 0..300 {
+        net.step();
+    }
+    let mut got = Vec::new();
+    net.run_until("client read everything", |n| {
+        pump(n.client.socket(), &[], &mut 0, &mut got);
+        got.len() == reply.len() || n.client.socket().state() == State::Closed
+    });
+    assert_eq!(got.len(), reply.len(), "client lost the tail of the reply");
+    assert!(got == reply);
+    net.run_until("flow finished", |n| n.loupe.pair.phase == Phase::Finished);
+    assert_eq!(net.loupe.pair.end_reason, Some(EndReason::Closed));
+}

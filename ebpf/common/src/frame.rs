@@ -61,7 +61,11 @@ pub enum L4 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// Addresses in network byte order as read from the header.
-    Ipv4 { src: [u8; 4], dst: [u8; 4], l4: L4 },
+    Ipv4 {
+        src: [u8; 4],
+        dst: [u8; 4],
+        l4: L4,
+    },
     Ipv6 {
         src: [u8; 16],
         dst: [u8; 16],
@@ -329,18 +333,12 @@ mod tests {
             Parsed::Ipv4 {
                 src: [198, 18, 0, 1],
                 dst: [198, 18, 0, 2],
-                l4: L4::Tcp {
-                    src: 40000,
-                    dst: 443
-                }
+                l4: L4::Tcp { src: 40000, dst: 443 }
             }
         );
         assert_eq!(class(&f), Class::Inspect);
         // Server-to-client direction is inspected too.
-        assert_eq!(
-            class(&ipv4(IPPROTO_TCP, 0, &tcp(443, 40000))),
-            Class::Inspect
-        );
+        assert_eq!(class(&ipv4(IPPROTO_TCP, 0, &tcp(443, 40000))), Class::Inspect);
         assert_eq!(class(&ipv4(IPPROTO_TCP, 0, &tcp(40000, 80))), Class::Plain);
     }
 
@@ -386,27 +384,15 @@ mod tests {
     #[test]
     fn ipv4_fragments_are_not_steered() {
         // More-fragments on the first fragment, and a later fragment.
-        assert_eq!(
-            class(&ipv4(IPPROTO_TCP, 0x2000, &tcp(1, 443))),
-            Class::Fragment
-        );
+        assert_eq!(class(&ipv4(IPPROTO_TCP, 0x2000, &tcp(1, 443))), Class::Fragment);
         assert_eq!(class(&ipv4(IPPROTO_TCP, 0x0010, &[0; 16])), Class::Fragment);
     }
 
     #[test]
     fn quic_and_plain_udp() {
-        assert_eq!(
-            class(&ipv4(IPPROTO_UDP, 0, &udp(5000, 443, 20))),
-            Class::Quic
-        );
-        assert_eq!(
-            class(&ipv4(IPPROTO_UDP, 0, &udp(443, 5000, 20))),
-            Class::Quic
-        );
-        assert_eq!(
-            class(&ipv4(IPPROTO_UDP, 0, &udp(5000, 53, 20))),
-            Class::Plain
-        );
+        assert_eq!(class(&ipv4(IPPROTO_UDP, 0, &udp(5000, 443, 20))), Class::Quic);
+        assert_eq!(class(&ipv4(IPPROTO_UDP, 0, &udp(443, 5000, 20))), Class::Quic);
+        assert_eq!(class(&ipv4(IPPROTO_UDP, 0, &udp(5000, 53, 20))), Class::Plain);
     }
 
     #[test]

@@ -1,0 +1,230 @@
+//! loupe-bench: load generator, origin server and report tools.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use loupe_bench::lossy;
+use loupe_bench::size::ByteSize;
+use loupe_bench::traffic::{compare_reports, read_report, run_client, run_server, ClientConfig, Mode, ServerConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "loupe-bench", version, about = "loupe load generator, lab tools and reports")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Accept wire-client connections: send each its random reply while receiving its
+    /// payload, hash both directions, write one JSON line per connection.
+    WireServer {
+        /// Address to listen on; repeat for several (e.g. every lab server address).
+        #[arg(long, required = true, value_delimiter = ',')]
+        listen: Vec<SocketAddr>,
+        /// Append one JSON line per connection here (default: stdout).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Exit after this many connections have finished.
+        #[arg(long)]
+        max_conns: Option<usize>,
+        /// Exit after this long whatever happens.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        /// Fail a connection that moves no byte either way for this long.
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
+    },
+    /// Open concurrent connections, each pushing its own random payload while receiving
+    /// the server's reply; write one JSON line per connection with SHA-256 of both
+    /// directions. Exits non-zero if any connection failed.
+    WireClient {
+        /// host:port to connect to; repeat to spread connections round-robin.
+        #[arg(long, required = true, value_delimiter = ',')]
+        connect: Vec<String>,
+        /// Bytes each connection sends (suffixes: KiB, MiB, GiB, kB, MB, GB).
+        #[arg(long)]
+        bytes: ByteSize,
+        /// Bytes the server sends back on each connection.
+        #[arg(long, default_value = "0")]
+        reply_bytes: ByteSize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// The server reads to EOF before it replies (tests half-closed TCP).
+        #[arg(long)]
+        half_close: bool,
+        /// Append one JSON line per connection here (default: stdout).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Bound on the whole run.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+        /// Fail a connection that moves no byte either way for this long.
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
+    },
+    /// Check a client report against a server report: every connection matched by id,
+    /// hashes and byte counts equal both ways.
+    WireCompare {
+        #[arg(long)]
+        client: PathBuf,
+        #[arg(long)]
+        server: PathBuf,
+    },
+    /// Drop a per-mille of the frames an interface (of the current network namespace)
+    /// receives and sends. Without --pin-dir it runs until killed; with it, pins the
+    /// injector there and returns.
+    LossyWire {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        per_mille: u32,
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Remove a loss injector pinned with `lossy-wire --pin-dir`.
+    LossyRemove {
+        #[arg(long)]
+        pin_dir: PathBuf,
+    },
+    /// Print the frames a pinned loss injector passed and dropped.
+    LossyCounters {
+        #[arg(long)]
+        pin_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loupe-bench: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::WireServer {
+            listen,
+            report,
+            max_conns,
+            timeout_secs,
+            idle_secs,
+        } => {
+            let cfg = ServerConfig {
+                listen,
+                report,
+                max_conns,
+                timeout: Duration::from_secs(timeout_secs),
+                idle: Duration::from_secs(idle_secs),
+            };
+            let s = run_server(&cfg, |bound| {
+                let list: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
+                eprintln!("wire-server: listening on {}", list.join(", "));
+            })?;
+            eprintln!(
+                "wire-server: {} connection(s), {} failed{}",
+                s.accepted,
+                s.failed,
+                if s.incomplete {
+                    format!(", timed out before --max-conns {}", cfg.max_conns.unwrap_or(0))
+                } else {
+                    String::new()
+                }
+            );
+            Ok(if s.failed > 0 || s.incomplete {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::WireClient {
+            connect,
+            bytes,
+            reply_bytes,
+            connections,
+            half_close,
+            report,
+            timeout_secs,
+            idle_secs,
+        } => {
+            let cfg = ClientConfig {
+                connect,
+                bytes: bytes.0,
+                reply_bytes: reply_bytes.0,
+                connections,
+                mode: if half_close { Mode::HalfClose } else { Mode::Duplex },
+                report,
+                timeout: Duration::from_secs(timeout_secs),
+                idle: Duration::from_secs(idle_secs),
+            };
+            let s = run_client(&cfg)?;
+            let failed = s.failed();
+            eprintln!(
+                "wire-client: {} connection(s), {} failed, {} sent + {} received in {:.2}s ({:.2} Gbit/s)",
+                s.reports.len(),
+                failed,
+                ByteSize(s.reports.iter().map(|r| r.sent_bytes).sum()),
+                ByteSize(s.reports.iter().map(|r| r.received_bytes).sum()),
+                s.elapsed.as_secs_f64(),
+                s.gbit_per_sec()
+            );
+            for r in s.reports.iter().filter(|r| !r.ok()).take(10) {
+                eprintln!("  conn {}: {}", r.id, r.error.as_deref().unwrap_or(""));
+            }
+            Ok(if failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::LossyWire {
+            iface,
+            per_mille,
+            pin_dir,
+        } => {
+            lossy::run_lossy_wire(&iface, per_mille, pin_dir.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::LossyRemove { pin_dir } => {
+            lossy::remove_lossy_wire(&pin_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::LossyCounters { pin_dir } => {
+            let c = lossy::lossy_counters(&pin_dir)?;
+            println!(
+                "ingress passed {} dropped {}, egress passed {} dropped {}",
+                c.ingress_passed, c.ingress_dropped, c.egress_passed, c.egress_dropped
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::WireCompare { client, server } => {
+            let c = read_report(&client)?;
+            let s = read_report(&server)?;
+            match compare_reports(&c, &s) {
+                Ok(cmp) => {
+                    println!(
+                        "ok: {} connection(s) verified, {} client→server, {} server→client",
+                        cmp.connections,
+                        ByteSize(cmp.client_to_server_bytes),
+                        ByteSize(cmp.server_to_client_bytes)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(m) => {
+                    eprint!("{m}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}

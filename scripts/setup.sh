@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 host lacks to build and test loupe.
+# Idempotent: every step checks first and only acts when something is missing.
+# Non-interactive (CI=true, no stdin).
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*"; }
+die() {
+    printf 'setup: ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (installs packages, mounts bpffs); try: sudo $0"
+
+export DEBIAN_FRONTEND=noninteractive
+
+# Packages: the build (clang/LLVM 22 for bpf-linker and aya), the lab (iproute2,
+# ethtool, ping), end-to-end peers (nginx, curl, openssl), diagnosis (tshark, perf,
+# bpftool).
+PACKAGES=(
+    clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config
+    iproute2 ethtool iputils-ping nginx curl openssl tshark linux-perf bpftool python3
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    if [[ $status != "install ok installed" ]]; then
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]})); then
+    log "installing missing packages: ${missing[*]}"
+    command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian 12 only"
+    # tshark's package asks whether non-root users may capture: answer it up front.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update </dev/null || die "apt-get update failed (is a Debian mirror reachable?)"
+    apt-get install -y --no-install-recommends "${missing[@]}" </dev/null ||
+        die "apt-get install failed for: ${missing[*]} (llvm-22-dev needs a Debian 12 source that carries LLVM 22)"
+else
+    log "packages: all present"
+fi
+
+# nginx is only used as a test origin started by the tests themselves; the Debian
+# package starts a system instance on :80 which we neither need nor want.
+if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then
+    log "stopping the system nginx service (tests run their own instances)"
+    systemctl stop nginx || true
+fi
+
+# Rust toolchain: the machine provides rustup; the eBPF crate needs nightly + rust-src.
+if ! command -v cargo >/dev/null && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v rustup >/dev/null || die "rustup not found: install the Rust toolchain (rustup) first"
+command -v cargo >/dev/null || die "cargo not found on PATH"
+
+# (Outputs captured before matching: `cmd | grep -q` under pipefail can fail on SIGPIPE.)
+toolchains=$(rustup toolchain list)
+if ! grep -q '^nightly' <<<"$toolchains"; then
+    log "installing the nightly toolchain"
+    rustup toolchain install nightly --profile minimal </dev/null || die "rustup could not install nightly"
+fi
+nightly_components=$(rustup component list --toolchain nightly --installed 2>/dev/null || true)
+if ! grep -q '^rust-src' <<<"$nightly_components"; then
+    log "adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly </dev/null || die "rustup could not add rust-src to nightly"
+else
+    log "nightly rust-src: present"
+fi
+components=$(rustup component list --installed 2>/dev/null || true)
+for comp in rustfmt clippy; do
+    if ! grep -q "^$comp" <<<"$components"; then
+        log "adding $comp to the default toolchain"
+        rustup component add "$comp" </dev/null || die "rustup could not add $comp"
+    fi
+done
+
+# bpf-linker links the XDP program; built against the system LLVM 22.
+if ! command -v bpf-linker >/dev/null; then
+    log "building bpf-linker against LLVM 22 (takes a few minutes)"
+    PATH=/usr/lib/llvm-22/bin:$PATH LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
+        cargo install bpf-linker --no-default-features --features llvm-22 </dev/null ||
+        die "cargo install bpf-linker failed (needs llvm-22-dev, libpolly-22-dev, libzstd-dev, zlib1g-dev)"
+else
+    log "bpf-linker: present"
+fi
+
+# bpffs: aya pins maps there.
+if ! mountpoint -q /sys/fs/bpf; then
+    log "mounting bpffs at /sys/fs/bpf"
+    mkdir -p /sys/fs/bpf
+    mount -t bpf bpf /sys/fs/bpf || die "could not mount bpffs at /sys/fs/bpf"
+else
+    log "bpffs: mounted"
+fi
+
+log "done"
