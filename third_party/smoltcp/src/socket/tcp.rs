@@ -152,7 +152,9 @@ const RTTE_K: u32 = 4;
 
 // RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
 // RTO SHOULD be rounded up to 1 second.
-const RTTE_MIN_RTO: u32 = 1000;
+// loupe: 200 ms as Linux (TCP_RTO_MIN): a middlebox on a LAN-scale wire must not stall
+// a second per lost retransmission.
+const RTTE_MIN_RTO: u32 = 200;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
@@ -523,6 +525,9 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// loupe: NewReno recovery point (RFC 6582): while an ACK stays below it, each
+    /// partial ACK retransmits the next hole at once instead of waiting for an RTO.
+    recovery_point: Option<TcpSeqNumber>,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -614,6 +619,7 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            recovery_point: None,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -2068,6 +2074,16 @@ impl<'a> Socket<'a> {
         let new_remote_win_len = (repr.window_len as usize) << (scale as usize);
         let is_window_update = new_remote_win_len != self.remote_win_len;
         self.remote_win_len = new_remote_win_len;
+        // loupe: an ACK whose SACK blocks report data above the cumulative ACK is a
+        // duplicate ACK even when the window moved: Linux grows its receive window
+        // (autotuning) while out-of-order data arrives, and without this no fast
+        // retransmit ever starts against it, only timeouts.
+        let reports_out_of_order = repr.ack_number.is_some_and(|ack| {
+            repr.sack_ranges
+                .iter()
+                .flatten()
+                .any(|&(left, _)| TcpSeqNumber(left as i32) > ack)
+        });
 
         self.congestion_controller
             .inner_mut()
@@ -2100,7 +2116,7 @@ impl<'a> Socket<'a> {
                     if repr.payload.is_empty()
                         && last_rx_ack == ack_number
                         && ack_number < self.remote_last_seq
-                        && !is_window_update =>
+                        && (!is_window_update || reports_out_of_order) =>
                 {
                     // Increment duplicate ACK count
                     self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
@@ -2116,8 +2132,16 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    // loupe: early retransmit (after RFC 5827) when SACK proves the
+                    // receiver holds later data: a small flight never yields three
+                    // duplicate ACKs, and waiting for the timeout stalls the stream.
+                    let few_in_flight = self.flight_size() <= 4 * self.remote_mss;
+                    let early = reports_out_of_order
+                        && self.recovery_point.is_none()
+                        && (self.local_rx_dup_acks == 2 || few_in_flight);
+                    if self.local_rx_dup_acks == 3 || early {
                         self.timer.set_for_fast_retransmit();
+                        self.recovery_point = Some(self.remote_last_seq);
                         net_debug!("started fast retransmit");
                     }
 
@@ -2136,6 +2160,16 @@ impl<'a> Socket<'a> {
                     if self.local_rx_dup_acks > 0 {
                         self.local_rx_dup_acks = 0;
                         net_debug!("reset duplicate ACK count");
+                    }
+                    // loupe: NewReno partial ACK: the next hole is lost too.
+                    match self.recovery_point {
+                        Some(point) if ack_number < point && ack_number > self.local_seq_no => {
+                            // Sent by the next dispatch from the new first unacknowledged
+                            // byte; the congestion window was already reduced once.
+                            self.pending_fast_retransmit = true;
+                        }
+                        Some(point) if ack_number >= point => self.recovery_point = None,
+                        _ => {}
                     }
                     self.local_rx_last_ack = Some(ack_number);
 
@@ -2489,6 +2523,8 @@ impl<'a> Socket<'a> {
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
+                // loupe: an RTO ends NewReno recovery (go-back-N from here).
+                self.recovery_point = None;
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
