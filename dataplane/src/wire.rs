@@ -28,7 +28,11 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray, XskMap},
-    programs::{links::FdLink, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        Xdp, XdpMode,
+    },
     Ebpf,
 };
 use loupe_common::{
@@ -269,8 +273,8 @@ impl Wire {
     /// and the counters/config maps under `pin_dir`, replacing whatever a previous
     /// daemon left pinned there (so the wire survives the daemon, even SIGKILL).
     ///
-    /// Replacing means unpinning the old links first: the ports stop bridging for
-    /// the few milliseconds until the new links are created.
+    /// Replacing swaps the new program into the pinned links atomically
+    /// (bpf_link_update), so the ports keep bridging through a restart.
     ///
     /// In [`XdpAttachMode::Native`], if the driver refuses native XDP, both ports
     /// are attached in generic mode instead (see [`Wire::mode`]) and a warning is
@@ -314,8 +318,8 @@ impl Wire {
             .set(PORT_OUTSIDE, outside_ifindex, None, 0)
             .with_context(|| format!("putting {} into the port devmap", settings.outside))?;
 
-        // The old links must go before ours can be created (one XDP link per port).
-        remove_pins(&settings.pin_dir)?;
+        // The old maps go; the old links stay pinned until our program replaces theirs.
+        remove_map_pins(&settings.pin_dir)?;
         let pin_all = || -> Result<()> {
             for (what, map, name) in [
                 ("counters map", &counters_map, pins::COUNTERS),
@@ -479,9 +483,12 @@ fn attach_ports(
             let mut links = Vec::with_capacity(2);
             for (side, ifindex) in [(PortSide::Inside, inside_ifindex), (PortSide::Outside, outside_ifindex)] {
                 let iface = settings.port(side);
-                let id = program
-                    .attach_to_if_index(ifindex, mode.flags())
-                    .map_err(|e| explain_attach_error(e, iface, mode))?;
+                let id = match replace_pinned_link(program, &settings.pin_dir.join(side.link_pin())) {
+                    Some(id) => id,
+                    None => program
+                        .attach_to_if_index(ifindex, mode.flags())
+                        .map_err(|e| explain_attach_error(e, iface, mode))?,
+                };
                 // Taken out of the program so dropping the Ebpf object does not detach it.
                 let link = program
                     .take_link(id)
@@ -500,6 +507,30 @@ fn attach_ports(
             }
         }
         Err(err) => Err(err),
+    }
+}
+
+/// Swaps our program into the link a previous daemon pinned at `path`, atomically
+/// (bpf_link_update): the port never stops bridging during a restart. None when there
+/// is no such link or it cannot be reused (e.g. its interface was recreated); the old
+/// link is then released and the caller attaches afresh.
+fn replace_pinned_link(program: &mut Xdp, path: &Path) -> Option<XdpLinkId> {
+    let pinned = PinnedLink::from_pin(path).ok()?;
+    // We hold the link's fd, so unpinning does not release it; ours is pinned later.
+    let fd_link = match pinned.unpin() {
+        Ok(fd_link) => fd_link,
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "cannot unpin the previous XDP link");
+            return None;
+        }
+    };
+    let old = XdpLink::try_from(fd_link).ok()?;
+    match program.attach_to_link(old) {
+        Ok(id) => Some(id),
+        Err(err) => {
+            tracing::info!(path = %path.display(), %err, "previous XDP link not reusable; attaching afresh");
+            None
+        }
     }
 }
 
@@ -598,14 +629,17 @@ fn private_mount_namespace() -> bool {
 
 /// Unpins everything the wire pins. Removing a link's last reference detaches it.
 fn remove_pins(pin_dir: &Path) -> Result<bool> {
+    let links = unpin(pin_dir, &[pins::LINK_INSIDE, pins::LINK_OUTSIDE])?;
+    Ok(remove_map_pins(pin_dir)? | links)
+}
+
+fn remove_map_pins(pin_dir: &Path) -> Result<bool> {
+    unpin(pin_dir, &[pins::COUNTERS, pins::CONFIG, pins::INSPECT_PORTS])
+}
+
+fn unpin(pin_dir: &Path, names: &[&str]) -> Result<bool> {
     let mut removed = false;
-    for name in [
-        pins::LINK_INSIDE,
-        pins::LINK_OUTSIDE,
-        pins::COUNTERS,
-        pins::CONFIG,
-        pins::INSPECT_PORTS,
-    ] {
+    for name in names {
         let path = pin_dir.join(name);
         match fs::remove_file(&path) {
             Ok(()) => removed = true,
