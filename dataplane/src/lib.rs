@@ -6,6 +6,7 @@ pub mod flow;
 pub mod frame;
 pub mod relay;
 pub mod tcp_device;
+pub mod tls;
 pub mod wire;
 pub mod worker;
 pub mod xsk;
