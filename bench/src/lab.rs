@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use loupe_dataplane::wire::{pinned_counters, WireCounters};
+
 use crate::size::ByteSize;
 use crate::traffic::{compare_reports, read_report, Comparison, ConnReport};
 
@@ -123,14 +125,14 @@ pub enum Middle {
 }
 
 impl Middle {
-    /// The middle the wire tests run against. `LOUPE_TEST_MIDDLE=bridge|loupe`
-    /// overrides; the default is the one line to flip once the daemon carries traffic.
+    /// The middle the wire tests run against: loupe, unless `LOUPE_TEST_MIDDLE=bridge`
+    /// asks for the kernel bridge (to tell a harness problem from a loupe problem).
     pub fn for_tests() -> Middle {
         match std::env::var("LOUPE_TEST_MIDDLE").as_deref() {
             Ok("loupe") => Middle::Loupe { args: Vec::new() },
             Ok("bridge") => Middle::KernelBridge,
             Ok(other) => panic!("LOUPE_TEST_MIDDLE must be 'bridge' or 'loupe', not '{other}'"),
-            Err(_) => Middle::KernelBridge,
+            Err(_) => Middle::Loupe { args: Vec::new() },
         }
     }
 
@@ -668,6 +670,17 @@ impl NsProcess<'_> {
         self.status
     }
 
+    /// SIGKILL, as an operator's `kill -9` or a crash would, and reaps the process.
+    pub fn kill_hard(&mut self) -> Result<ExitStatus> {
+        if let Some(st) = self.try_status()? {
+            bail!("{} had already exited with {st}", self.name);
+        }
+        self.child.kill()?;
+        let st = self.child.wait()?;
+        self.status = Some(st);
+        Ok(st)
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
@@ -766,6 +779,22 @@ impl MiddleGuard<'_> {
                     .map(Some)
                     .context("loupe counters")
             }
+        }
+    }
+
+    /// The XDP counters, read from the pinned map (works after the daemon died too).
+    pub fn wire_counters(&self) -> Result<WireCounters> {
+        match self {
+            MiddleGuard::Bridge { .. } => bail!("a kernel bridge has no XDP counters"),
+            MiddleGuard::Loupe { pin_dir, .. } => pinned_counters(pin_dir),
+        }
+    }
+
+    /// SIGKILLs the daemon; the wire it attached stays (see README: fail-open/closed).
+    pub fn kill_daemon(&mut self) -> Result<ExitStatus> {
+        match self {
+            MiddleGuard::Bridge { .. } => bail!("a kernel bridge is no daemon"),
+            MiddleGuard::Loupe { proc, .. } => proc.kill_hard(),
         }
     }
 

@@ -55,8 +55,9 @@ pub fn run_lossy_wire(iface: &str, per_mille: u32, pin_dir: Option<&Path>) -> Re
         .ok_or_else(|| anyhow!("map {} missing", maps::LOSSY_COUNTERS))?;
 
     if let Some(dir) = pin_dir {
-        ensure_bpffs(dir)?;
+        // Removing an earlier injector also removes its (empty) directory: first.
         remove_lossy_wire(dir)?;
+        ensure_bpffs(dir)?;
     }
 
     let xdp: &mut Xdp = ebpf
@@ -143,6 +144,8 @@ pub fn remove_lossy_wire(pin_dir: &Path) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("unpinning {}", path.display())),
         }
     }
+    // The directory itself, when nothing else was pinned there.
+    let _ = std::fs::remove_dir(pin_dir);
     Ok(())
 }
 

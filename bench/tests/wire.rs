@@ -1,14 +1,14 @@
-//! Traffic through the wire between the lab's client and server namespaces, checked
-//! byte for byte (SHA-256 both ways).
+//! Traffic through loupe between the lab's client and server namespaces, checked byte
+//! for byte (SHA-256 both ways), with the XDP counters saying which path it took.
 //!
-//! What sits in the wire is chosen in one place, [`middle`]: today a kernel bridge
-//! (the daemon does not carry traffic yet), `LOUPE_TEST_MIDDLE=loupe` to run the same
-//! tests through `loupe run` in the app namespace. Needs root; fails without it.
+//! `LOUPE_TEST_MIDDLE=bridge` runs the same traffic through a kernel bridge instead, to
+//! tell a harness problem from a loupe problem. Needs root; fails without it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use loupe_bench::lab::{require_root, Lab, Middle, MiddleGuard, Ns, WireOutcome, WireSpec, SERVER_ADDRS};
+use loupe_bench::lossy;
 use loupe_bench::traffic::Mode;
 use sha2::{Digest, Sha256};
 
@@ -56,6 +56,89 @@ fn one_connection_256mib_each_way() {
     assert_eq!(c.sent_sha256, out.server[0].received_sha256);
     assert_eq!(c.received_sha256, out.server[0].sent_sha256);
     ok(mid.check_alive(), "middle alive after the run");
+    assert_steered(&mid, 2 * size);
+}
+
+/// Through loupe, the bytes took the userspace path: at least one steered frame per
+/// 1500 bytes moved, and nothing inspected was bridged around it.
+fn assert_steered(mid: &MiddleGuard, bytes: u64) {
+    if middle() != (Middle::Loupe { args: Vec::new() }) {
+        return; // the kernel bridge has no XDP counters to check
+    }
+    let c = ok(mid.wire_counters(), "XDP counters");
+    assert!(
+        c.steered >= bytes / 1500,
+        "only {} frames steered for {bytes} bytes: {c:?}",
+        c.steered
+    );
+    assert_eq!(c.unserved, 0, "inspected frames bridged around loupe: {c:?}");
+    assert_eq!(c.dropped_fail_closed, 0, "{c:?}");
+}
+
+#[test]
+fn two_percent_loss_between_loupe_and_server_still_delivers_256mib() {
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let mut mid = ok(lab.start(&middle()), "start middle");
+    // The loss injector runs on the server's interface: XDP drops 2% of what loupe sends
+    // the server, tc egress 2% of what the server sends back.
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}lossy", lab.prefix()));
+    let bench = ok(loupe_bench::lab::binary("loupe-bench"), "loupe-bench binary");
+    let per_mille = "20";
+    let argv = [
+        bench.as_os_str(),
+        "lossy-wire".as_ref(),
+        "--iface".as_ref(),
+        "eth0".as_ref(),
+        "--per-mille".as_ref(),
+        per_mille.as_ref(),
+        "--pin-dir".as_ref(),
+        pins.as_os_str(),
+    ];
+    let mut injector = ok(
+        lab.spawn_net_only(Ns::Server, "lossy", &argv),
+        "start the loss injector",
+    );
+    let status = ok(injector.wait_timeout(Duration::from_secs(30)), "loss injector pinned");
+    assert!(status.success(), "lossy-wire failed with {status}\n{}", injector.logs());
+    let _remove = RemoveLossy(pins.clone());
+    let size = 256u64 << 20;
+    let out = wire(
+        &lab,
+        &mid,
+        WireSpec {
+            bytes: size,
+            reply_bytes: size,
+            connections: 1,
+            timeout: Duration::from_secs(900),
+            ..WireSpec::default()
+        },
+        "256 MiB each way across 2% loss",
+    );
+    assert_eq!(out.comparison.client_to_server_bytes, size);
+    assert_eq!(out.comparison.server_to_client_bytes, size);
+    let dropped = ok(lossy::lossy_counters(&pins), "loss counters");
+    let lost = dropped.ingress_dropped + dropped.egress_dropped;
+    let passed = dropped.ingress_passed + dropped.egress_passed;
+    eprintln!("loss injector: {dropped:?}");
+    assert!(lost > 1000, "the injector dropped only {lost} frames: {dropped:?}");
+    let rate = lost as f64 / (lost + passed) as f64;
+    assert!(
+        (0.01..0.03).contains(&rate),
+        "drop rate {rate:.4} is not about 2%: {dropped:?}"
+    );
+    ok(mid.check_alive(), "middle alive after the run");
+}
+
+/// Unpins the loss injector even when the test fails.
+struct RemoveLossy(std::path::PathBuf);
+
+impl Drop for RemoveLossy {
+    fn drop(&mut self) {
+        if let Err(e) = lossy::remove_lossy_wire(&self.0) {
+            eprintln!("removing the loss injector at {}: {e:#}", self.0.display());
+        }
+    }
 }
 
 #[test]
@@ -95,6 +178,7 @@ fn two_hundred_concurrent_connections_own_payloads() {
     tuples.dedup();
     assert_eq!(tuples.len(), 200, "expected 200 distinct connections");
     ok(mid.check_alive(), "middle alive after the run");
+    assert_steered(&mid, 200 * ((512 + 768) << 10));
 }
 
 #[test]
@@ -215,4 +299,10 @@ fn arp_icmp_and_tcp80_cross_the_wire() {
         "blob corrupted on the way"
     );
     ok(mid.check_alive(), "middle alive after the run");
+    if middle() == (Middle::Loupe { args: Vec::new() }) {
+        // ARP, ICMP and port 80 never left XDP: bridged, not steered.
+        let c = ok(mid.wire_counters(), "XDP counters");
+        assert_eq!(c.steered, 0, "non-inspected traffic was steered to userspace: {c:?}");
+        assert!(c.bridged > (blob.len() / 1500) as u64, "too few frames bridged: {c:?}");
+    }
 }
