@@ -1,5 +1,11 @@
-//! TLS wire formats the appliance reads before it decides anything: the ClientHello,
-//! and the names of TLS code points for logs and diagnoses.
+//! TLS: the ClientHello parser, names of protocol values, the decryption CA and forged
+//! certificates, the trust store, the split-TLS session and the decryption log.
 
+pub mod ca;
 pub mod client_hello;
+pub mod diagnosis;
+pub mod forge;
 pub mod names;
+pub mod record;
+pub mod session;
+pub mod trust;
