@@ -339,14 +339,19 @@ impl Lab {
                 // Network namespace only: under `ip netns exec` the daemon would see no
                 // bpffs, and its pins (and `loupe counters`) would die with it.
                 let mut proc = self.spawn_net_only(Ns::App, "loupe", &argv)?;
-                // Ready = XDP attached to both ports. The daemon attaches once its
-                // workers are set up; fail-open bridging covers the instant between.
+                // Ready = XDP attached to both ports and the sockets registered.
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
                     if let Some(st) = proc.try_status()? {
                         bail!("loupe exited during start-up with {st}\n{}", proc.logs());
                     }
-                    if self.has_xdp(Ns::App, "in0")? && self.has_xdp(Ns::App, "out0")? {
+                    // The daemon writes its counters file once its AF_XDP sockets are
+                    // registered: from then on inspected traffic goes through it, not
+                    // around it (fail-open bridging while it starts).
+                    if state.join("counters.json").exists()
+                        && self.has_xdp(Ns::App, "in0")?
+                        && self.has_xdp(Ns::App, "out0")?
+                    {
                         break;
                     }
                     if Instant::now() >= deadline {

@@ -10,8 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use loupe_control::config::{Config, FailMode};
 
+use crate::tls::forge::Forger;
+use crate::tls::record::DecryptionLog;
+use crate::tls::session::{Profile, SplitTlsContext};
+use crate::tls::trust::TrustStore;
 use crate::wire::{PortSide, Wire, WireSettings, XdpAttachMode};
-use crate::worker::{Worker, WorkerSettings, WorkerStats};
+use crate::worker::{Worker, WorkerSettings, WorkerStats, WorkerTls};
 use crate::xsk::{XskPort, XskSizes};
 
 pub struct RunOptions {
@@ -20,9 +24,51 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
     pub pin_dir: PathBuf,
+    /// Extra CA files (`--trust-ca`) trusted for upstream validation on top of the system
+    /// roots and the configured ones.
+    pub trust_ca: Vec<PathBuf>,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Forged certificates kept (per process; the workers share the cache).
+const FORGED_CERT_CACHE: usize = 4096;
+/// How often `<state-dir>/counters.json` is rewritten.
+const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Publishes the counters as one JSON object in a file, replaced atomically (rename), so
+/// scripts and tests can read them until the control socket serves them.
+fn write_counters(path: &std::path::Path, wire: &Wire, workers: &[Arc<WorkerStats>], forger: &Forger) {
+    let xdp = wire
+        .counters()
+        .map(|c| c.to_json())
+        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+    let sum = |field: fn(&WorkerStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+        workers.iter().map(|w| field(w).load(Ordering::Relaxed)).sum()
+    };
+    let forge = forger.stats();
+    let text = format!(
+        "{{\"xdp\":{xdp},\"flows_opened\":{},\"flows_active\":{},\"orphan_segments\":{},\"malformed_frames\":{},\
+         \"sessions_decrypted\":{},\"sessions_blocked\":{},\"sessions_aborted\":{},\"log_write_errors\":{},\
+         \"forged_signed\":{},\"forged_cache_hits\":{},\"forged_cache_misses\":{},\"forged_evictions\":{}}}\n",
+        sum(|w| &w.flows_opened),
+        sum(|w| &w.flows_active),
+        sum(|w| &w.orphan_segments),
+        sum(|w| &w.malformed_frames),
+        sum(|w| &w.sessions_decrypted),
+        sum(|w| &w.sessions_blocked),
+        sum(|w| &w.sessions_aborted),
+        sum(|w| &w.log_write_errors),
+        forge.signed,
+        forge.cache_hits,
+        forge.cache_misses,
+        forge.evictions,
+    );
+    let tmp = path.with_extension("json.tmp");
+    if let Err(err) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+        tracing::warn!(path = %path.display(), %err, "cannot write the counters file");
+    }
+}
 
 extern "C" fn request_stop(_signal: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
@@ -64,6 +110,18 @@ pub fn run(options: RunOptions) -> Result<()> {
         "wire attached"
     );
 
+    // TLS: the trust store, the decryption CA (generated on first run), the forger whose
+    // clones share one certificate cache, and the decryption log.
+    let trust = TrustStore::from_files(true, &options.trust_ca).context("loading the trust store")?;
+    let forger = Forger::from_state_dir(&options.state_dir, FORGED_CERT_CACHE).context("loading the decryption CA")?;
+    tracing::info!(
+        ca_sha256 = %forger.decryption_ca().fingerprint_sha256(), trust_anchors = trust.len(),
+        "decryption CA ready; clients must trust the output of 'loupe ca show'"
+    );
+    let log = Arc::new(DecryptionLog::open(&options.log_dir)?);
+    tracing::info!(path = %log.path().display(), "decryption log");
+    let profile = Profile::default();
+
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
     let mut all_stats = Vec::new();
@@ -72,6 +130,13 @@ pub fn run(options: RunOptions) -> Result<()> {
         let outside = XskPort::open(&d.outside, queue, XskSizes::default())?;
         wire.register_socket(PortSide::Inside, queue, inside.raw_fd())?;
         wire.register_socket(PortSide::Outside, queue, outside.raw_fd())?;
+        let tls = WorkerTls {
+            profile: profile.clone(),
+            context: SplitTlsContext::new(&profile, trust.build_store()?)
+                .map_err(|e| anyhow::anyhow!("the default decryption profile: {e}"))?,
+            forger: forger.clone(),
+            log: log.clone(),
+        };
         let stats = Arc::new(WorkerStats::default());
         all_stats.push(stats.clone());
         let worker_settings = WorkerSettings {
@@ -92,14 +157,20 @@ pub fn run(options: RunOptions) -> Result<()> {
                         tracing::warn!(queue, core = core.id, "could not pin worker to its core");
                     }
                 }
-                Worker::new(worker_settings, inside, outside, stats).run(&STOP);
+                Worker::new(worker_settings, inside, outside, stats, tls).run(&STOP);
             })
             .context("spawning a worker thread")?;
         handles.push(handle);
     }
     tracing::info!(workers = handles.len(), "loupe running; SIGINT or SIGTERM stops it");
 
+    let counters_file = options.state_dir.join("counters.json");
+    let mut last_write = std::time::Instant::now() - COUNTERS_INTERVAL;
     while !STOP.load(Ordering::Relaxed) && handles.iter().all(|h| !h.is_finished()) {
+        if last_write.elapsed() >= COUNTERS_INTERVAL {
+            write_counters(&counters_file, &wire, &all_stats, &forger);
+            last_write = std::time::Instant::now();
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     STOP.store(true, Ordering::Relaxed);
@@ -108,6 +179,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             tracing::error!("a worker panicked");
         }
     }
+    write_counters(&counters_file, &wire, &all_stats, &forger);
     let counters = wire.counters()?;
     let mut flows_opened = 0;
     let mut bytes = (0, 0);

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod flow;
 pub mod frame;
 pub mod relay;
+pub mod session;
 pub mod tcp_device;
 pub mod tls;
 pub mod wire;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use loupe_control::config::Config;
+use loupe_dataplane::tls::ca::{self, CaKeyType, CaRole, DecryptionCa};
 use loupe_dataplane::{daemon, wire};
 
 #[derive(Parser)]
@@ -27,6 +28,15 @@ enum Command {
         /// Where the XDP links and maps are pinned (bpffs).
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Also trust the CA certificates in FILE (PEM bundle or DER) for upstream validation,
+        /// on top of the system roots and the configured ones. Repeatable.
+        #[arg(long = "trust-ca", value_name = "FILE")]
+        trust_ca: Vec<PathBuf>,
+    },
+    /// The decryption CA: create it, or print its certificate for clients to trust.
+    Ca {
+        #[command(subcommand)]
+        action: CaCommand,
     },
     /// Validate a configuration file without starting anything.
     Check { file: PathBuf },
@@ -41,6 +51,26 @@ enum Command {
     Detach {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Generate the decryption CA (and the untrusted CA) into the state directory.
+    Init {
+        #[arg(long, default_value = "/var/lib/loupe")]
+        state_dir: PathBuf,
+        /// RSA 2048 instead of ECDSA P-256, for clients that cannot validate ECDSA chains.
+        #[arg(long)]
+        rsa: bool,
+        /// Replace an existing CA (clients trusting the old one must be given the new one).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the decryption CA certificate (PEM) for clients to trust.
+    Show {
+        #[arg(long, default_value = "/var/lib/loupe")]
+        state_dir: PathBuf,
     },
 }
 
@@ -68,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             log_dir,
             pin_dir,
+            trust_ca,
         } => {
             let parsed = match &config {
                 Some(file) => Config::load(file)?,
@@ -79,8 +110,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state_dir,
                 log_dir,
                 pin_dir,
+                trust_ca,
             })
         }
+        Command::Ca { action } => ca(action),
         Command::Check { file } => {
             Config::load(&file)?;
             println!("{}: ok", file.display());
@@ -100,6 +133,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detach { pin_dir } => {
             wire::detach(&pin_dir)?;
             println!("detached: the ports no longer pass traffic");
+            Ok(())
+        }
+    }
+}
+
+fn ca(action: CaCommand) -> anyhow::Result<()> {
+    match action {
+        CaCommand::Init { state_dir, rsa, force } => {
+            let key_type = if rsa { CaKeyType::Rsa2048 } else { CaKeyType::EcdsaP256 };
+            let ca = DecryptionCa::init(&state_dir, CaRole::Decryption, key_type, force)?;
+            // The untrusted CA is never shown to clients; keep an existing one unless forced.
+            let untrusted_exists = ca::cert_path(&state_dir, CaRole::Untrusted).exists()
+                || ca::key_path(&state_dir, CaRole::Untrusted).exists();
+            if force || !untrusted_exists {
+                DecryptionCa::init(&state_dir, CaRole::Untrusted, CaKeyType::EcdsaP256, force)?;
+            }
+            println!(
+                "decryption CA written to {} (key {}, mode 0600)",
+                ca::cert_path(&state_dir, CaRole::Decryption).display(),
+                ca::key_path(&state_dir, CaRole::Decryption).display()
+            );
+            println!("SHA-256 fingerprint {}", ca.fingerprint_sha256());
+            println!(
+                "clients must trust it: `loupe ca show --state-dir {}` prints it",
+                state_dir.display()
+            );
+            Ok(())
+        }
+        CaCommand::Show { state_dir } => {
+            let ca = DecryptionCa::load(&state_dir, CaRole::Decryption)?;
+            print!("{}", ca.cert_pem());
             Ok(())
         }
     }

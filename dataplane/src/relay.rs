@@ -63,11 +63,7 @@ pub struct TcpPair {
     client_handle: SocketHandle,
     server_handle: SocketHandle,
     pub phase: Phase,
-    /// The peer's FIN has been seen (it may still have buffered bytes to relay).
-    client_fin_received: bool,
-    server_fin_received: bool,
-    client_fin_forwarded: bool,
-    server_fin_forwarded: bool,
+    fins: Fins,
     pub end_reason: Option<EndReason>,
     pub bytes: ByteCounts,
 }
@@ -96,10 +92,7 @@ impl TcpPair {
             client_handle,
             server_handle,
             phase: Phase::Finished,
-            client_fin_received: false,
-            server_fin_received: false,
-            client_fin_forwarded: false,
-            server_fin_forwarded: false,
+            fins: Fins::default(),
             end_reason: None,
             bytes: ByteCounts::default(),
         }
@@ -109,10 +102,7 @@ impl TcpPair {
     /// paused), the server side connects as the client. The caller then feeds the SYN.
     pub fn open(&mut self, key: FlowKey, cx: &mut smoltcp::iface::Context) -> Result<(), String> {
         self.phase = Phase::Connecting;
-        self.client_fin_received = false;
-        self.server_fin_received = false;
-        self.client_fin_forwarded = false;
-        self.server_fin_forwarded = false;
+        self.fins = Fins::default();
         self.end_reason = None;
         self.bytes = ByteCounts::default();
         let server_end = IpEndpoint::new(key.server.ip().into(), key.server.port());
@@ -141,9 +131,9 @@ impl TcpPair {
         self.server.get_mut(self.server_handle)
     }
 
-    /// Moves bytes both ways and carries connection state across. Call after any ingress
-    /// or timer on either side, before polling egress.
-    pub fn relay(&mut self) {
+    /// Moves bytes both ways (through `pump`) and carries connection state across. Call
+    /// after any ingress or timer on either side, before polling egress.
+    pub fn relay(&mut self, pump: &mut dyn StreamPump) {
         let client = self.client.get_mut::<tcp::Socket>(self.client_handle);
         let server = self.server.get_mut::<tcp::Socket>(self.server_handle);
 
@@ -168,39 +158,83 @@ impl TcpPair {
             return;
         }
 
-        // Observe FINs before acting: a socket we close below may reach Closed before the
+        // Observe FINs before acting: a socket closed below may reach Closed before the
         // next round, and must not then be mistaken for a reset.
-        self.client_fin_received |= fin_received(client.state());
-        self.server_fin_received |= fin_received(server.state());
+        self.fins.client_fin_received |= fin_received(client.state());
+        self.fins.server_fin_received |= fin_received(server.state());
 
-        self.bytes.client_to_server += move_bytes(client, server);
-        self.bytes.server_to_client += move_bytes(server, client);
+        // The client can only send once its handshake completed (SYN-ACK was paused).
+        if client.state() != State::SynReceived {
+            let moved = pump.pump(client, server, &mut self.fins);
+            self.bytes.client_to_server += moved.client_to_server;
+            self.bytes.server_to_client += moved.server_to_client;
+        }
 
         // A reset on one side resets the other (once: our own abort closes a socket too).
         if self.end_reason.is_none() {
-            if client.state() == State::Closed && !self.client_fin_received {
+            if client.state() == State::Closed && !self.fins.client_fin_received {
                 server.abort();
                 self.end_reason = Some(EndReason::ClientReset);
-            } else if server.state() == State::Closed && !self.server_fin_received {
+            } else if server.state() == State::Closed && !self.fins.server_fin_received {
                 client.abort();
                 self.end_reason = Some(EndReason::ServerReset);
             }
-        }
-
-        // A FIN is forwarded once every byte before it has been handed to the other side.
-        if !self.client_fin_forwarded && self.client_fin_received && client.recv_queue() == 0 {
-            server.close();
-            self.client_fin_forwarded = true;
-        }
-        if !self.server_fin_forwarded && self.server_fin_received && server.recv_queue() == 0 {
-            client.close();
-            self.server_fin_forwarded = true;
         }
 
         if is_done(client.state()) && is_done(server.state()) {
             self.end_reason.get_or_insert(EndReason::Closed);
             self.phase = Phase::Finished;
         }
+    }
+}
+
+/// Which FINs have been seen and passed on. A FIN is passed on only after every byte
+/// before it has been handed to the other side.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fins {
+    /// The peer's FIN has been seen (it may still have buffered bytes to relay).
+    pub client_fin_received: bool,
+    pub server_fin_received: bool,
+    pub client_fin_forwarded: bool,
+    pub server_fin_forwarded: bool,
+}
+
+/// What moves between the two connected sockets of a flow: the bytes themselves
+/// ([`Splice`]) or a TLS session in the middle. Only called while both are connected.
+pub trait StreamPump {
+    /// Moves what it can without blocking; closes a socket when its direction ended
+    /// (recording it in `fins`). Returns the bytes it handed to each socket.
+    fn pump(
+        &mut self,
+        client: &mut tcp::Socket<'static>,
+        server: &mut tcp::Socket<'static>,
+        fins: &mut Fins,
+    ) -> ByteCounts;
+}
+
+/// Bytes relayed unchanged, FIN after the last byte.
+pub struct Splice;
+
+impl StreamPump for Splice {
+    fn pump(
+        &mut self,
+        client: &mut tcp::Socket<'static>,
+        server: &mut tcp::Socket<'static>,
+        fins: &mut Fins,
+    ) -> ByteCounts {
+        let moved = ByteCounts {
+            client_to_server: move_bytes(client, server),
+            server_to_client: move_bytes(server, client),
+        };
+        if !fins.client_fin_forwarded && fins.client_fin_received && client.recv_queue() == 0 {
+            server.close();
+            fins.client_fin_forwarded = true;
+        }
+        if !fins.server_fin_forwarded && fins.server_fin_received && server.recv_queue() == 0 {
+            client.close();
+            fins.server_fin_forwarded = true;
+        }
+        moved
     }
 }
 

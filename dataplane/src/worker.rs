@@ -16,7 +16,11 @@ use xdpilone::xdp::XdpDesc;
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{parse_tcp_frame, MacAddr};
 use crate::relay::{ByteCounts, EndReason, Phase, TcpPair};
+use crate::session::{Session, TlsEnv};
 use crate::tcp_device::{transparent_interface, FrameDevice, L2Header};
+use crate::tls::forge::Forger;
+use crate::tls::record::{DecryptionLog, Outcome};
+use crate::tls::session::{Profile, SplitTlsContext};
 use crate::xsk::{XskPort, BATCH};
 
 pub const INSIDE: usize = 0;
@@ -53,6 +57,19 @@ pub struct WorkerStats {
     pub bytes_client_to_server: AtomicU64,
     pub bytes_server_to_client: AtomicU64,
     pub tx_no_frame: AtomicU64,
+    pub sessions_decrypted: AtomicU64,
+    pub sessions_blocked: AtomicU64,
+    pub sessions_aborted: AtomicU64,
+    pub log_write_errors: AtomicU64,
+}
+
+/// What a worker needs to split TLS: built once by the daemon, one per worker.
+pub struct WorkerTls {
+    pub profile: Profile,
+    pub context: SplitTlsContext,
+    /// Clones share the CA, the leaf key and the certificate cache.
+    pub forger: Forger,
+    pub log: Arc<DecryptionLog>,
 }
 
 impl WorkerStats {
@@ -70,6 +87,7 @@ struct FlowState {
     peer_mac: MacAddr,
     scheduled: Option<Instant>,
     ready: bool,
+    session: Session,
 }
 
 impl FlowState {
@@ -96,11 +114,19 @@ pub struct Worker {
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     ready: Vec<FlowId>,
     stats: Arc<WorkerStats>,
+    tls: WorkerTls,
+    next_session: u64,
     clock: std::time::Instant,
 }
 
 impl Worker {
-    pub fn new(settings: WorkerSettings, mut inside: XskPort, outside: XskPort, stats: Arc<WorkerStats>) -> Worker {
+    pub fn new(
+        settings: WorkerSettings,
+        mut inside: XskPort,
+        outside: XskPort,
+        stats: Arc<WorkerStats>,
+        tls: WorkerTls,
+    ) -> Worker {
         let clock = std::time::Instant::now();
         let now = Instant::from_micros(0);
         let seed = u64::from(std::process::id()) << 32 | u64::from(settings.queue);
@@ -112,6 +138,7 @@ impl Worker {
         let client_iface = transparent_interface(&mut device, seed ^ random_seed(), now);
         let server_iface = transparent_interface(&mut device, seed ^ random_seed().rotate_left(17), now);
         let max_flows = settings.max_flows;
+        let settings_queue = settings.queue;
         Worker {
             settings,
             ports: [inside, outside],
@@ -121,6 +148,9 @@ impl Worker {
             timers: BinaryHeap::with_capacity(max_flows * 4),
             ready: Vec::with_capacity(max_flows),
             stats,
+            // Session ids are unique across workers: the queue in the top bits.
+            next_session: u64::from(settings_queue) << 48,
+            tls,
             clock,
         }
     }
@@ -205,6 +235,10 @@ impl Worker {
         };
         let Some(flow) = self.flows.get_mut(id) else { return };
         match direction {
+            Direction::ClientToServer => flow.session.packets.client_to_server += 1,
+            Direction::ServerToClient => flow.session.packets.server_to_client += 1,
+        }
+        match direction {
             Direction::ClientToServer => {
                 let mut device = FrameDevice {
                     ingress: Some(packet),
@@ -238,6 +272,8 @@ impl Worker {
         peer_mac: MacAddr,
     ) -> Option<FlowId> {
         let buffer = self.settings.tcp_buffer;
+        self.next_session += 1;
+        let session_id = self.next_session;
         let (id, flow) = match self.flows.insert(key, || FlowState {
             pair: TcpPair::new(buffer),
             client_port,
@@ -245,6 +281,7 @@ impl Worker {
             peer_mac,
             scheduled: None,
             ready: false,
+            session: Session::new(session_id, key),
         }) {
             Ok(inserted) => inserted,
             Err(full) => {
@@ -258,6 +295,7 @@ impl Worker {
         flow.peer_mac = peer_mac;
         flow.scheduled = None;
         flow.ready = false;
+        flow.session = Session::new(session_id, key);
         if let Err(err) = flow.pair.open(key, self.server_iface.context()) {
             tracing::warn!(flow = %key, %err, "cannot open flow");
             self.flows.remove(id);
@@ -306,7 +344,11 @@ impl Worker {
         let Some(flow) = self.flows.get_mut(id) else { return };
         flow.ready = false;
         let before = flow.pair.bytes;
-        flow.pair.relay();
+        let env = TlsEnv {
+            context: &self.tls.context,
+            certs: &mut self.tls.forger,
+        };
+        flow.pair.relay(&mut flow.session.pump(env));
         let mut more = false;
         {
             let mut device = FrameDevice {
@@ -339,7 +381,9 @@ impl Worker {
         if flow.pair.phase == Phase::Finished {
             let reason = flow.pair.end_reason.unwrap_or(EndReason::Closed);
             let bytes = flow.pair.bytes;
+            let record = flow.session.record(Some(reason), bytes, &self.tls.profile);
             self.finish(id, reason, bytes);
+            self.log_session(&record);
             return;
         }
         if more || relayed {
@@ -395,6 +439,19 @@ impl Worker {
         self.stats
             .flows_active
             .store(self.flows.len() as u64, Ordering::Relaxed);
+    }
+
+    fn log_session(&self, record: &crate::tls::record::DecryptionRecord) {
+        let counter = match record.outcome {
+            Outcome::Decrypted => &self.stats.sessions_decrypted,
+            Outcome::Blocked => &self.stats.sessions_blocked,
+            Outcome::Aborted | Outcome::Spliced => &self.stats.sessions_aborted,
+        };
+        WorkerStats::add(counter, 1);
+        if let Err(err) = self.tls.log.write(record) {
+            WorkerStats::add(&self.stats.log_write_errors, 1);
+            tracing::error!(%err, session = record.session_id, "decryption log write failed");
+        }
     }
 
     fn publish_io_stats(&self) {

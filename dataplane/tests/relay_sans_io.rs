@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use loupe_dataplane::flow::FlowKey;
-use loupe_dataplane::relay::{EndReason, Phase, TcpPair};
+use loupe_dataplane::relay::{EndReason, Phase, Splice, TcpPair};
 use loupe_dataplane::tcp_device::transparent_interface;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -161,7 +161,7 @@ impl Appliance {
             self.server_iface
                 .poll_ingress_single(now, &mut dev, &mut self.pair.server);
         }
-        self.pair.relay();
+        self.pair.relay(&mut Splice);
         let mut dev = LinkEnd {
             rx: &mut client_link.toward_loupe,
             tx: &mut client_link.toward_host,
