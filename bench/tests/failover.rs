@@ -36,13 +36,16 @@ fn fetch(lab: &Lab, url: &str, max_time: &str) -> anyhow::Result<String> {
     )
 }
 
-fn start_loupe<'lab>(lab: &'lab Lab, args: &[&str]) -> MiddleGuard<'lab> {
-    ok(
-        lab.start(&Middle::Loupe {
-            args: args.iter().map(|a| a.to_string()).collect(),
-        }),
-        "start loupe",
+/// loupe with `fail` as given; plain HTTP on port 443 is spliced (`not_tls = "splice"`).
+fn start_loupe<'lab>(lab: &'lab Lab, fail: &str) -> MiddleGuard<'lab> {
+    let config = lab.dir().join("loupe.toml");
+    std::fs::write(
+        &config,
+        format!("[dataplane]\nfail = \"{fail}\"\n\n[decryption]\nnot_tls = \"splice\"\n"),
     )
+    .expect("write config");
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    ok(lab.start(&Middle::Loupe { args }), "start loupe")
 }
 
 #[test]
@@ -50,7 +53,7 @@ fn sigkill_fails_open_within_a_second() {
     require_root();
     let lab = ok(Lab::up(), "lab up");
     let (_nginx, url) = web_on_443(&lab);
-    let mut loupe = start_loupe(&lab, &[]);
+    let mut loupe = start_loupe(&lab, "open");
     assert_eq!(ok(fetch(&lab, &url, "10"), "fetch through loupe"), "through the wire\n");
     let before = ok(loupe.wire_counters(), "counters");
     assert!(before.steered > 0, "the fetch did not go through loupe: {before:?}");
@@ -77,10 +80,7 @@ fn sigkill_with_fail_closed_drops_port_443_and_counts_it() {
     require_root();
     let lab = ok(Lab::up(), "lab up");
     let (_nginx, url) = web_on_443(&lab);
-    let config = lab.dir().join("loupe.toml");
-    std::fs::write(&config, "[dataplane]\nfail = \"closed\"\n").expect("write config");
-    let config = config.to_str().expect("utf-8 path").to_string();
-    let mut loupe = start_loupe(&lab, &["--config", &config]);
+    let mut loupe = start_loupe(&lab, "closed");
     assert_eq!(ok(fetch(&lab, &url, "10"), "fetch through loupe"), "through the wire\n");
 
     ok(loupe.kill_daemon(), "SIGKILL loupe");

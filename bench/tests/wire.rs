@@ -12,9 +12,23 @@ use loupe_bench::lossy;
 use loupe_bench::traffic::Mode;
 use sha2::{Digest, Sha256};
 
-/// The one switch: what joins in0 and out0 for every test in this file.
-fn middle() -> Middle {
-    Middle::for_tests()
+/// The one switch: what joins in0 and out0 for every test in this file. These tests push
+/// raw bytes (not TLS) on port 443, so loupe runs with `not_tls = "splice"`: they test the
+/// virtual wire and the TCP relay, not decryption.
+fn middle(lab: &Lab) -> Middle {
+    match Middle::for_tests() {
+        Middle::Loupe { mut args } => {
+            let config = lab.dir().join("splice-non-tls.toml");
+            std::fs::write(&config, "[decryption]\nnot_tls = \"splice\"\n").expect("write config");
+            args.extend(["--config".to_string(), config.display().to_string()]);
+            Middle::Loupe { args }
+        }
+        bridge => bridge,
+    }
+}
+
+fn through_loupe() -> bool {
+    matches!(Middle::for_tests(), Middle::Loupe { .. })
 }
 
 fn ok<T>(r: anyhow::Result<T>, what: &str) -> T {
@@ -24,7 +38,7 @@ fn ok<T>(r: anyhow::Result<T>, what: &str) -> T {
 /// A verified wire run, or a panic carrying the traffic tool's and the middle's logs.
 fn wire(lab: &Lab, mid: &MiddleGuard, spec: WireSpec, what: &str) -> WireOutcome {
     lab.run_wire(&spec)
-        .unwrap_or_else(|e| panic!("{what} through {}: {e:#}\n{}", middle().name(), mid.logs()))
+        .unwrap_or_else(|e| panic!("{what} through {}: {e:#}\n{}", Middle::for_tests().name(), mid.logs()))
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
@@ -35,7 +49,7 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
 fn one_connection_256mib_each_way() {
     require_root();
     let lab = ok(Lab::up(), "lab up");
-    let mut mid = ok(lab.start(&middle()), "start middle");
+    let mut mid = ok(lab.start(&middle(&lab)), "start middle");
     let size = 256u64 << 20;
     let out = wire(
         &lab,
@@ -62,7 +76,7 @@ fn one_connection_256mib_each_way() {
 /// Through loupe, the bytes took the userspace path: at least one steered frame per
 /// 1500 bytes moved, and nothing inspected was bridged around it.
 fn assert_steered(mid: &MiddleGuard, bytes: u64) {
-    if middle() != (Middle::Loupe { args: Vec::new() }) {
+    if !through_loupe() {
         return; // the kernel bridge has no XDP counters to check
     }
     let c = ok(mid.wire_counters(), "XDP counters");
@@ -79,7 +93,7 @@ fn assert_steered(mid: &MiddleGuard, bytes: u64) {
 fn two_percent_loss_between_loupe_and_server_still_delivers_256mib() {
     require_root();
     let lab = ok(Lab::up(), "lab up");
-    let mut mid = ok(lab.start(&middle()), "start middle");
+    let mut mid = ok(lab.start(&middle(&lab)), "start middle");
     // The loss injector runs on the server's interface: XDP drops 2% of what loupe sends
     // the server, tc egress 2% of what the server sends back.
     let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}lossy", lab.prefix()));
@@ -145,7 +159,7 @@ impl Drop for RemoveLossy {
 fn two_hundred_concurrent_connections_own_payloads() {
     require_root();
     let lab = ok(Lab::up(), "lab up");
-    let mut mid = ok(lab.start(&middle()), "start middle");
+    let mut mid = ok(lab.start(&middle(&lab)), "start middle");
     // Spread over all eight server addresses so the middle sees many distinct flows.
     let servers: Vec<SocketAddr> = SERVER_ADDRS.iter().map(|a| addr(a, 443)).collect();
     let out = wire(
@@ -185,7 +199,7 @@ fn two_hundred_concurrent_connections_own_payloads() {
 fn half_close_server_replies_after_client_fin() {
     require_root();
     let lab = ok(Lab::up(), "lab up");
-    let mut mid = ok(lab.start(&middle()), "start middle");
+    let mut mid = ok(lab.start(&middle(&lab)), "start middle");
     // Both directions substantial: the reply starts only after the client's FIN has
     // crossed the wire, so a middle that drops or mis-sequences the FIN stalls here.
     let out = wire(
@@ -226,7 +240,7 @@ fn half_close_server_replies_after_client_fin() {
 fn arp_icmp_and_tcp80_cross_the_wire() {
     require_root();
     let lab = ok(Lab::up(), "lab up");
-    let mut mid = ok(lab.start(&middle()), "start middle");
+    let mut mid = ok(lab.start(&middle(&lab)), "start middle");
 
     // ICMP to the first and the last server address (names from the lab hosts file).
     for target in ["server.lab", "s8.lab"] {
@@ -299,7 +313,7 @@ fn arp_icmp_and_tcp80_cross_the_wire() {
         "blob corrupted on the way"
     );
     ok(mid.check_alive(), "middle alive after the run");
-    if middle() == (Middle::Loupe { args: Vec::new() }) {
+    if through_loupe() {
         // ARP, ICMP and port 80 never left XDP: bridged, not steered.
         let c = ok(mid.wire_counters(), "XDP counters");
         assert_eq!(c.steered, 0, "non-inspected traffic was steered to userspace: {c:?}");

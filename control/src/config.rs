@@ -50,11 +50,31 @@ impl Default for Dataplane {
     }
 }
 
+/// What to do with a stream on an inspected port that does not start with a TLS
+/// ClientHello.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotTls {
+    /// Reset both connections and log `not TLS` (the default).
+    #[default]
+    Block,
+    /// Relay it byte for byte, uninspected, and log it as spliced.
+    Splice,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Decryption {
+    pub not_tls: NotTls,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub dataplane: Dataplane,
+    #[serde(default)]
+    pub decryption: Decryption,
 }
 
 /// A configuration error with its place in the file.
@@ -184,6 +204,18 @@ mod tests {
         assert_eq!(c.dataplane.outside, "out0");
         assert_eq!(c.dataplane.inspect_ports, vec![443]);
         assert_eq!(c.dataplane.fail, FailMode::Open);
+    }
+
+    #[test]
+    fn reads_not_tls_policy() {
+        assert_eq!(parse("").unwrap().decryption.not_tls, NotTls::Block);
+        let c = parse("[decryption]\nnot_tls = \"splice\"\n").unwrap();
+        assert_eq!(c.decryption.not_tls, NotTls::Splice);
+        let err = parse("[decryption]\nnot_tls = \"allow\"\n").unwrap_err();
+        assert!(
+            err.starts_with("loupe.toml:2: ") && err.contains("block") && err.contains("splice"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -144,6 +144,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             inspect_ports: d.inspect_ports.clone(),
             max_flows: d.max_flows,
             tcp_buffer: d.tcp_buffer,
+            not_tls: options.config.decryption.not_tls,
         };
         let core = match d.first_core {
             Some(first) => cores.iter().find(|c| c.id == first + queue as usize).copied(),

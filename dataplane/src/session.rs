@@ -5,12 +5,13 @@
 use smoltcp::socket::tcp;
 
 use crate::flow::FlowKey;
-use crate::relay::{ByteCounts, EndReason, Fins, StreamPump};
+use crate::relay::{ByteCounts, EndReason, Fins, Splice, StreamPump};
 use crate::tls::client_hello::{ClientHello, ClientHelloError, ClientHelloReader};
 use crate::tls::diagnosis::{ClientOffer, ConnectFailure, DiagnosisInput, ProfileFacts, UpstreamOffer};
 use crate::tls::forge::CertSource;
 use crate::tls::record::{Action, DecryptionRecord, Outcome, Stage};
 use crate::tls::session::{PlaintextCounter, Profile, SessionFailure, SplitTls, SplitTlsContext, UntrustedAction};
+use loupe_control::config::NotTls;
 
 /// What a worker lends a session while it runs: the TLS contexts and the forger.
 pub struct TlsEnv<'a> {
@@ -24,12 +25,19 @@ enum Stream {
     Decrypting(Box<SplitTls>),
     /// Not TLS (or a hostile hello): both connections were reset.
     Refused(ClientHelloError),
+    /// Not TLS, relayed byte for byte by policy: the bytes read so far go first.
+    Spliced {
+        reason: ClientHelloError,
+        head: Vec<u8>,
+        sent: usize,
+    },
     /// The client closed before its ClientHello was complete.
     ClosedBeforeHello,
 }
 
 pub struct Session {
     id: u64,
+    not_tls: NotTls,
     key: FlowKey,
     stream: Stream,
     hello: Option<ClientHello>,
@@ -40,9 +48,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, key: FlowKey) -> Session {
+    pub fn new(id: u64, key: FlowKey, not_tls: NotTls) -> Session {
         Session {
             id,
+            not_tls,
             key,
             stream: Stream::AwaitingHello(ClientHelloReader::new()),
             hello: None,
@@ -83,6 +92,11 @@ impl Session {
             Stream::AwaitingHello(_) | Stream::ClosedBeforeHello => {
                 record.stage = Some(Stage::ClientHello);
                 record.end_reason = "the client closed before sending a complete ClientHello".into();
+            }
+            Stream::Spliced { reason, .. } => {
+                record.end_reason = format!("spliced uninspected: {reason}");
+                record.error = Some(reason.to_string());
+                not_tls = Some(reason.to_string());
             }
             Stream::Refused(err) => {
                 record.stage = Some(Stage::ClientHello);
@@ -129,6 +143,7 @@ impl Session {
     fn verdict(&self) -> (Action, Outcome) {
         match &self.stream {
             Stream::Refused(_) => (Action::Block, Outcome::Blocked),
+            Stream::Spliced { .. } => (Action::NoDecrypt, Outcome::Spliced),
             Stream::AwaitingHello(_) | Stream::ClosedBeforeHello => (Action::Decrypt, Outcome::Aborted),
             Stream::Decrypting(tls) => match tls.outcome() {
                 None if tls.stage() == Stage::Established => (Action::Decrypt, Outcome::Decrypted),
@@ -195,6 +210,14 @@ impl StreamPump for SessionPump<'_, '_> {
                     }
                     return ByteCounts::default();
                 }
+                Err(err) if session.not_tls == NotTls::Splice && err.is_not_tls() => {
+                    tracing::debug!(flow = %session.key, %err, "not TLS: spliced by policy");
+                    session.stream = Stream::Spliced {
+                        reason: err,
+                        head: reader.raw().to_vec(),
+                        sent: 0,
+                    };
+                }
                 Err(err) => {
                     tracing::info!(flow = %session.key, %err, "refused: not a TLS ClientHello");
                     session.stream = Stream::Refused(err);
@@ -203,6 +226,23 @@ impl StreamPump for SessionPump<'_, '_> {
                     return ByteCounts::default();
                 }
             }
+        }
+        if let Stream::Spliced { head, sent, .. } = &mut session.stream {
+            // What the reader consumed goes first; then the sockets are joined as they are.
+            if *sent < head.len() {
+                let n = drain(server, &head[*sent..]);
+                *sent += n;
+                if *sent < head.len() {
+                    return ByteCounts {
+                        client_to_server: n as u64,
+                        server_to_client: 0,
+                    };
+                }
+                let mut moved = Splice.pump(client, server, fins);
+                moved.client_to_server += n as u64;
+                return moved;
+            }
+            return Splice.pump(client, server, fins);
         }
         let Stream::Decrypting(tls) = &mut session.stream else {
             return ByteCounts::default();
@@ -255,7 +295,10 @@ fn read_hello(
         let result = client
             .recv(|bytes| match reader.push(bytes) {
                 Ok(found) => (bytes.len(), Ok(found)),
-                Err(err) => (0, Err(err)),
+                // Refused whole: the bytes stay in the socket.
+                Err(err @ ClientHelloError::BufferFull { .. }) => (0, Err(err)),
+                // Kept in `raw()` (spliced from there, or dropped with the connection).
+                Err(err) => (bytes.len(), Err(err)),
             })
             .unwrap_or(Ok(None));
         match result {

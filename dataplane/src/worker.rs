@@ -38,6 +38,7 @@ pub struct WorkerSettings {
     pub max_flows: usize,
     /// Bytes of TCP buffer per direction and side of a flow.
     pub tcp_buffer: usize,
+    pub not_tls: loupe_control::config::NotTls,
 }
 
 /// Counters a worker publishes; single writer, relaxed atomics, read by status queries.
@@ -272,6 +273,7 @@ impl Worker {
         peer_mac: MacAddr,
     ) -> Option<FlowId> {
         let buffer = self.settings.tcp_buffer;
+        let not_tls = self.settings.not_tls;
         self.next_session += 1;
         let session_id = self.next_session;
         let (id, flow) = match self.flows.insert(key, || FlowState {
@@ -281,7 +283,7 @@ impl Worker {
             peer_mac,
             scheduled: None,
             ready: false,
-            session: Session::new(session_id, key),
+            session: Session::new(session_id, key, not_tls),
         }) {
             Ok(inserted) => inserted,
             Err(full) => {
@@ -295,7 +297,7 @@ impl Worker {
         flow.peer_mac = peer_mac;
         flow.scheduled = None;
         flow.ready = false;
-        flow.session = Session::new(session_id, key);
+        flow.session = Session::new(session_id, key, not_tls);
         if let Err(err) = flow.pair.open(key, self.server_iface.context()) {
             tracing::warn!(flow = %key, %err, "cannot open flow");
             self.flows.remove(id);

@@ -921,6 +921,13 @@ impl fmt::Display for Malformation {
     }
 }
 
+impl ClientHelloError {
+    /// The stream is some other protocol, not a broken or hostile TLS ClientHello.
+    pub fn is_not_tls(&self) -> bool {
+        matches!(self, ClientHelloError::NotTls { .. })
+    }
+}
+
 impl fmt::Display for ClientHelloError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
