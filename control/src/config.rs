@@ -68,6 +68,76 @@ pub struct Decryption {
     pub not_tls: NotTls,
 }
 
+/// What to do when the server's certificate chain does not validate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Untrusted {
+    /// Refuse the session: the client gets a TLS alert.
+    #[default]
+    Block,
+    /// Decrypt, but present a certificate from loupe's untrusted CA, so the client shows
+    /// the warning the real server deserves.
+    ForwardUntrust,
+}
+
+/// A decryption profile: how loupe talks TLS to servers (and what it accepts from them).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    /// "1.0", "1.1", "1.2" or "1.3".
+    #[serde(default = "default_min_version")]
+    pub min_version: String,
+    #[serde(default = "default_max_version")]
+    pub max_version: String,
+    /// SHA-1 suites and signatures (TLS 1.0/1.1 need them).
+    #[serde(default)]
+    pub allow_sha1: bool,
+    #[serde(default)]
+    pub untrusted: Untrusted,
+    /// TLS 1.2-and-older suites by OpenSSL name; empty means the modern AEAD default.
+    #[serde(default)]
+    pub ciphers: Vec<String>,
+    /// Key-exchange groups (`X25519`, `P-256`, `P-384`); empty means those three.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+fn default_min_version() -> String {
+    "1.2".into()
+}
+
+fn default_max_version() -> String {
+    "1.3".into()
+}
+
+impl Profile {
+    /// The built-in `default` profile: TLS 1.2–1.3, modern AEAD suites, no SHA-1, block
+    /// untrusted servers.
+    pub fn builtin_default() -> Profile {
+        Profile {
+            name: "default".into(),
+            min_version: default_min_version(),
+            max_version: default_max_version(),
+            allow_sha1: false,
+            untrusted: Untrusted::Block,
+            ciphers: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// A version setting as on the wire (0x0301 = TLS 1.0 … 0x0304 = TLS 1.3).
+    pub fn wire_version(text: &str) -> Option<u16> {
+        match text {
+            "1.0" => Some(0x0301),
+            "1.1" => Some(0x0302),
+            "1.2" => Some(0x0303),
+            "1.3" => Some(0x0304),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -75,6 +145,19 @@ pub struct Config {
     pub dataplane: Dataplane,
     #[serde(default)]
     pub decryption: Decryption,
+    #[serde(default, rename = "profile")]
+    pub profiles: Vec<Profile>,
+}
+
+impl Config {
+    /// The profile named `name`: a configured one, or the built-in default.
+    pub fn profile(&self, name: &str) -> Option<Profile> {
+        self.profiles
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .or_else(|| (name == "default").then(Profile::builtin_default))
+    }
 }
 
 /// A configuration error with its place in the file.
@@ -98,6 +181,32 @@ impl std::error::Error for ConfigError {}
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// Finds the line of `key = ` in the `index`-th `[[table]]`, else the table's header.
+fn line_of_array_key(text: &str, table: &str, index: usize, key: &str) -> Option<usize> {
+    let header = format!("[[{table}]]");
+    let mut count = 0;
+    let mut inside = false;
+    let mut header_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            inside = false;
+            if trimmed == header {
+                count += 1;
+                if count == index + 1 {
+                    inside = true;
+                    header_line = Some(i + 1);
+                }
+            }
+            continue;
+        }
+        if inside && trimmed.split('=').next().map(str::trim) == Some(key) {
+            return Some(i + 1);
+        }
+    }
+    header_line
 }
 
 /// Finds the line of `key = ` inside `[table]`, for errors found after parsing.
@@ -185,6 +294,41 @@ impl Config {
                 format!("expected \"native\" or \"generic\", got {:?}", d.xdp_mode),
             ));
         }
+        self.validate_profiles(text, file)
+    }
+
+    fn validate_profiles(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
+        let mut seen: Vec<&str> = Vec::new();
+        for (index, profile) in self.profiles.iter().enumerate() {
+            let error = |key: &str, message: String| ConfigError {
+                file: file.to_path_buf(),
+                line: line_of_array_key(text, "profile", index, key),
+                message: format!("profile {:?}: {key}: {message}", profile.name),
+            };
+            if profile.name.is_empty() {
+                return Err(error("name", "expected a non-empty name".into()));
+            }
+            if seen.contains(&profile.name.as_str()) {
+                return Err(error("name", "defined twice".into()));
+            }
+            seen.push(&profile.name);
+            let versions = "expected \"1.0\", \"1.1\", \"1.2\" or \"1.3\"";
+            let min = Profile::wire_version(&profile.min_version)
+                .ok_or_else(|| error("min_version", format!("{versions}, got {:?}", profile.min_version)))?;
+            let max = Profile::wire_version(&profile.max_version)
+                .ok_or_else(|| error("max_version", format!("{versions}, got {:?}", profile.max_version)))?;
+            if min > max {
+                let message = format!("{} is above max_version {}", profile.min_version, profile.max_version);
+                return Err(error("min_version", message));
+            }
+            if min < 0x0303 && !profile.allow_sha1 {
+                let message = format!(
+                    "TLS {} needs SHA-1 suites: set allow_sha1 = true as well",
+                    profile.min_version
+                );
+                return Err(error("min_version", message));
+            }
+        }
         Ok(())
     }
 }
@@ -214,6 +358,35 @@ mod tests {
         let err = parse("[decryption]\nnot_tls = \"allow\"\n").unwrap_err();
         assert!(
             err.starts_with("loupe.toml:2: ") && err.contains("block") && err.contains("splice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reads_profiles() {
+        let c = parse("[[profile]]\nname = \"default\"\nuntrusted = \"forward-untrust\"\n").unwrap();
+        let p = c.profile("default").unwrap();
+        assert_eq!(p.untrusted, Untrusted::ForwardUntrust);
+        assert_eq!((p.min_version.as_str(), p.max_version.as_str()), ("1.2", "1.3"));
+        assert_eq!(parse("").unwrap().profile("default"), Some(Profile::builtin_default()));
+        assert_eq!(parse("").unwrap().profile("strict"), None);
+    }
+
+    #[test]
+    fn profile_errors_name_the_line() {
+        let text = "[[profile]]\nname = \"default\"\n\n[[profile]]\nname = \"legacy\"\nmin_version = \"1.0\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:6: profile \"legacy\": min_version: TLS 1.0 needs SHA-1 suites: set allow_sha1 = true as well"
+        );
+        let err = parse("[[profile]]\nname = \"x\"\nmax_version = \"2.0\"\n").unwrap_err();
+        assert!(
+            err.starts_with("loupe.toml:3: profile \"x\": max_version: expected"),
+            "{err}"
+        );
+        let err = parse("[[profile]]\nname = \"x\"\nuntrusted = \"allow\"\n").unwrap_err();
+        assert!(
+            err.starts_with("loupe.toml:3: ") && err.contains("forward-untrust"),
             "{err}"
         );
     }

@@ -120,7 +120,14 @@ pub fn run(options: RunOptions) -> Result<()> {
     );
     let log = Arc::new(DecryptionLog::open(&options.log_dir)?);
     tracing::info!(path = %log.path().display(), "decryption log");
-    let profile = Profile::default();
+    let profile_config = options
+        .config
+        .profile("default")
+        .expect("the default profile always exists");
+    let profile = Profile::from_config(&profile_config);
+    profile
+        .validate()
+        .map_err(|e| anyhow::anyhow!("profile \"default\": {e}"))?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
@@ -133,7 +140,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         let tls = WorkerTls {
             profile: profile.clone(),
             context: SplitTlsContext::new(&profile, trust.build_store()?)
-                .map_err(|e| anyhow::anyhow!("the default decryption profile: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("profile \"default\": {e}"))?,
             forger: forger.clone(),
             log: log.clone(),
         };

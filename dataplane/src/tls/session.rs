@@ -142,6 +142,34 @@ impl Default for Profile {
     }
 }
 
+impl Profile {
+    /// The engine's profile for a configured one (versions already validated there).
+    pub fn from_config(config: &loupe_control::config::Profile) -> Profile {
+        let defaults = Profile::default();
+        let version = |text: &str, fallback| loupe_control::config::Profile::wire_version(text).unwrap_or(fallback);
+        Profile {
+            min_version: version(&config.min_version, defaults.min_version),
+            max_version: version(&config.max_version, defaults.max_version),
+            cipher_list: if config.ciphers.is_empty() {
+                defaults.cipher_list
+            } else {
+                config.ciphers.join(":")
+            },
+            groups: if config.groups.is_empty() {
+                defaults.groups
+            } else {
+                config.groups.join(":")
+            },
+            sigalgs: None,
+            allow_sha1: config.allow_sha1,
+            untrusted: match config.untrusted {
+                loupe_control::config::Untrusted::Block => UntrustedAction::Block,
+                loupe_control::config::Untrusted::ForwardUntrust => UntrustedAction::ForwardUntrust,
+            },
+        }
+    }
+}
+
 /// A profile BoringSSL cannot be configured with, in the operator's terms.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
