@@ -1,34 +1,26 @@
 #!/usr/bin/env bash
-# loupe demo: put loupe in the lab wire, push 16 MiB each way over tcp/443 with the
-# wire traffic tool, show both reports, check them against each other, and print
-# loupe's XDP counters. Everything it creates is torn down on exit.
+# loupe demo: a real HTTPS server (nginx, certificate from a lab origin CA) behind loupe
+# in the lab wire. curl in the client namespace trusts only loupe's decryption CA and
+# fetches a page and a 4 MiB file (checked by SHA-256); the demo prints the certificate
+# the client saw (issued by the decryption CA, with the origin's names), one session a
+# client refuses (it trusts only the origin CA), the decryption-log records, and the
+# counters. Everything it creates is torn down on exit.
 #
-# Usage: scripts/demo.sh [--prefix P] [--bytes SIZE] [--middle loupe|bridge]
-#   --middle bridge runs the same traffic through a kernel bridge instead (baseline).
+# Usage: scripts/demo.sh [--prefix P]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 PREFIX=lpdemo-
-BYTES=16MiB
-MIDDLE=loupe
 while (($#)); do
     case $1 in
     --prefix)
         PREFIX=${2:?}
         shift 2
         ;;
-    --bytes)
-        BYTES=${2:?}
-        shift 2
-        ;;
-    --middle)
-        MIDDLE=${2:?}
-        shift 2
-        ;;
     -h | --help)
-        sed -n '2,8p' "$0"
+        sed -n '2,9p' "$0"
         exit 0
         ;;
     *)
@@ -37,10 +29,6 @@ while (($#)); do
         ;;
     esac
 done
-[[ $MIDDLE == loupe || $MIDDLE == bridge ]] || {
-    echo "demo: --middle must be loupe or bridge" >&2
-    exit 2
-}
 
 if [[ -t 1 ]]; then
     say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -58,25 +46,25 @@ CLIENT=${PREFIX}client
 APP=${PREFIX}app
 SERVER=${PREFIX}server
 LOUPE=$ROOT/target/release/loupe
-BENCH=$ROOT/target/release/loupe-bench
 WORK=$(mktemp -d /tmp/loupe-demo.XXXXXX)
 PIN_DIR=/sys/fs/bpf/${PREFIX}loupe
+PKI=$WORK/pki
 LOUPE_PID=
-SERVER_PID=
+NGINX_PID=
 
 cleanup() {
     local rc=$?
     set +e
-    for pid in $SERVER_PID $LOUPE_PID; do
+    for pid in $NGINX_PID $LOUPE_PID; do
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid"
-            # Give it 5 s to detach XDP and exit cleanly, then insist.
             for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             kill -KILL "$pid" 2>/dev/null
             wait "$pid" 2>/dev/null
         fi
     done
-    # loupe pins its XDP links so the wire outlives the daemon: unpin to release them.
+    # loupe pins its XDP links so the wire outlives the daemon: detach to release them.
+    "$LOUPE" detach --pin-dir "$PIN_DIR" >/dev/null 2>&1
     rm -rf "$PIN_DIR"
     bash "$ROOT/scripts/lab.sh" down --prefix "$PREFIX" >/dev/null
     if ((rc != 0)); then
@@ -98,65 +86,77 @@ cargo build --release --workspace
 say "lab up ($PREFIX)"
 bash scripts/lab.sh up --prefix "$PREFIX"
 
-if [[ $MIDDLE == loupe ]]; then
-    say "loupe run in $APP (lab defaults: in0/out0, inspect tcp/443)"
-    mkdir -p "$WORK/state" "$WORK/log"
-    # nsenter --net, not `ip netns exec`: the latter remounts /sys without bpffs, so
-    # the daemon's pins (which `loupe counters` reads) would be invisible and die with
-    # it. A pin dir of our own keeps clear of any other loupe on this host.
-    NO_COLOR=1 nsenter --net="/run/netns/$APP" -- "$LOUPE" run --state-dir "$WORK/state" \
-        --log-dir "$WORK/log" --pin-dir "$PIN_DIR" >"$WORK/loupe.out" 2>&1 &
-    LOUPE_PID=$!
-    # Ready once XDP is attached to both ports (bounded: 30 s).
-    ready=
-    for _ in $(seq 300); do
-        kill -0 "$LOUPE_PID" 2>/dev/null || {
-            cat "$WORK/loupe.out" >&2
-            die "loupe exited during start-up"
-        }
-        if [[ $(ip -n "$APP" link show dev in0) == *xdp* && $(ip -n "$APP" link show dev out0) == *xdp* ]]; then
-            ready=1
-            break
-        fi
-        sleep 0.1
-    done
-    [[ -n $ready ]] || {
+say "lab origin CA and server certificate (server.lab, 198.18.0.2)"
+mkdir -p "$PKI"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -keyout "$PKI/origin-ca.key" -out "$PKI/origin-ca.crt" -subj "/CN=loupe lab origin CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$PKI/server.key" \
+    -out "$PKI/server.csr" -subj "/CN=server.lab" 2>/dev/null
+printf 'subjectAltName=DNS:server.lab,IP:198.18.0.2\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    >"$PKI/ext.cnf"
+openssl x509 -req -in "$PKI/server.csr" -CA "$PKI/origin-ca.crt" -CAkey "$PKI/origin-ca.key" \
+    -CAcreateserial -days 20 -extfile "$PKI/ext.cnf" -out "$PKI/server.crt" 2>/dev/null
+openssl x509 -in "$PKI/server.crt" -noout -subject -issuer
+
+say "nginx (HTTPS, HTTP/2) on 198.18.0.2:443 in $SERVER"
+mkdir -p "$WORK/www" "$WORK/nginx"
+echo "hello through loupe" >"$WORK/www/index.html"
+head -c 4M /dev/urandom >"$WORK/www/blob.bin"
+{
+    echo "daemon off; master_process off; worker_processes 1; pid $WORK/nginx/nginx.pid;"
+    echo "error_log $WORK/nginx/error.log; events { worker_connections 64; }"
+    echo "http { access_log off; client_body_temp_path $WORK/nginx/body;"
+    echo "  server { listen 198.18.0.2:443 ssl http2; ssl_protocols TLSv1.2 TLSv1.3;"
+    echo "    ssl_certificate $PKI/server.crt; ssl_certificate_key $PKI/server.key;"
+    echo "    root $WORK/www; location / { } } }"
+} >"$WORK/nginx/nginx.conf"
+ip netns exec "$SERVER" nginx -c "$WORK/nginx/nginx.conf" &
+NGINX_PID=$!
+
+say "loupe run in $APP (lab defaults: in0/out0, decrypt tcp/443), trusting the origin CA"
+mkdir -p "$WORK/state" "$WORK/log"
+# nsenter --net, not `ip netns exec`: the latter remounts /sys without bpffs, and the
+# daemon's pinned XDP links would die with it.
+NO_COLOR=1 nsenter --net="/run/netns/$APP" -- "$LOUPE" run --state-dir "$WORK/state" --log-dir "$WORK/log" \
+    --pin-dir "$PIN_DIR" --trust-ca "$PKI/origin-ca.crt" >"$WORK/loupe.out" 2>&1 &
+LOUPE_PID=$!
+# Ready once it serves: it writes its counters after registering its AF_XDP sockets.
+for _ in $(seq 300); do
+    kill -0 "$LOUPE_PID" 2>/dev/null || {
         cat "$WORK/loupe.out" >&2
-        die "loupe did not attach XDP to in0 and out0 within 30 s"
+        die "loupe exited during start-up"
     }
-    echo "loupe is up (pid $LOUPE_PID)"
-else
-    say "kernel bridge in $APP (baseline, no loupe)"
-    bash scripts/lab.sh bridge on --prefix "$PREFIX"
-fi
-
-say "wire-server on 198.18.0.2:443 in $SERVER"
-ip netns exec "$SERVER" "$BENCH" wire-server --listen 198.18.0.2:443 --max-conns 1 \
-    --timeout-secs 120 --report "$WORK/server.jsonl" 2>"$WORK/server.err" &
-SERVER_PID=$!
-for _ in $(seq 100); do
-    [[ -n $(ip netns exec "$SERVER" ss -Hltn 'sport = :443') ]] && break
-    sleep 0.05
+    [[ -f $WORK/state/counters.json ]] && break
+    sleep 0.1
 done
+[[ -f $WORK/state/counters.json ]] || die "loupe did not come up within 30 s"
+"$LOUPE" ca show --state-dir "$WORK/state" >"$WORK/decryption-ca.pem"
+echo "decryption CA (what clients are told to trust):"
+openssl x509 -in "$WORK/decryption-ca.pem" -noout -subject -fingerprint -sha256
 
-say "wire-client: $BYTES each way to server.lab:443"
-ip netns exec "$CLIENT" "$BENCH" wire-client --connect server.lab:443 --bytes "$BYTES" \
-    --reply-bytes "$BYTES" --connections 1 --timeout-secs 60 --report "$WORK/client.jsonl"
-wait "$SERVER_PID" || die "wire-server failed: $(cat "$WORK/server.err")"
-SERVER_PID=
+say "curl from $CLIENT, trusting only the decryption CA"
+ip netns exec "$CLIENT" curl -sS --max-time 10 --cacert "$WORK/decryption-ca.pem" https://server.lab/ \
+    -w '(HTTP %{http_version}, status %{http_code})\n'
+ip netns exec "$CLIENT" curl -sS --max-time 30 --cacert "$WORK/decryption-ca.pem" \
+    https://server.lab/blob.bin -o "$WORK/blob.got"
+want=$(sha256sum <"$WORK/www/blob.bin" | cut -d' ' -f1)
+got=$(sha256sum <"$WORK/blob.got" | cut -d' ' -f1)
+echo "4 MiB file: sent $want"
+echo "            got  $got"
+[[ $want == "$got" ]] || die "the file changed on the way"
 
-say "client report"
-python3 -m json.tool --json-lines "$WORK/client.jsonl"
-say "server report"
-python3 -m json.tool --json-lines "$WORK/server.jsonl"
-say "compare"
-"$BENCH" wire-compare --client "$WORK/client.jsonl" --server "$WORK/server.jsonl"
+say "the certificate the client saw"
+echo | ip netns exec "$CLIENT" openssl s_client -connect 198.18.0.2:443 -servername server.lab \
+    -CAfile "$WORK/decryption-ca.pem" 2>/dev/null | openssl x509 -noout -subject -issuer -ext subjectAltName
 
-if [[ $MIDDLE == loupe ]]; then
-    say "loupe counters"
-    "$LOUPE" counters --pin-dir "$PIN_DIR" ||
-        echo "demo: 'loupe counters' failed (see above)" >&2
-    say "loupe output"
-    tail -n 40 "$WORK/loupe.out"
-fi
+say "a client that trusts only the origin CA refuses loupe's certificate"
+ip netns exec "$CLIENT" curl -sS --max-time 10 --cacert "$PKI/origin-ca.crt" https://server.lab/ || true
+
+sleep 1.2 # the counters file is rewritten every second
+say "decryption log ($WORK/log/decryption.jsonl)"
+python3 "$ROOT/scripts/show-records.py" "$WORK/log/decryption.jsonl"
+
+say "counters ($WORK/state/counters.json)"
+python3 -m json.tool "$WORK/state/counters.json"
 say "done"
