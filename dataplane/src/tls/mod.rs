@@ -6,6 +6,7 @@ pub mod client_hello;
 pub mod diagnosis;
 pub mod forge;
 pub mod names;
+pub mod probe;
 pub mod record;
 pub mod session;
 pub mod trust;

@@ -753,7 +753,7 @@ impl ByteQueue {
 /// One TCP endpoint as BoringSSL sees it: reads drain `incoming` (would-block when empty,
 /// end of stream once the peer's FIN was seen), writes fill `outgoing` up to the cap.
 #[derive(Default)]
-struct Wire {
+pub(crate) struct Wire {
     incoming: ByteQueue,
     outgoing: ByteQueue,
     peer_fin: bool,
@@ -765,6 +765,23 @@ struct Wire {
 const ALERT_RECORD_LEN: usize = 7;
 
 impl Wire {
+    /// Takes what fits of what the peer sent; returns how much.
+    pub(crate) fn accept_incoming(&mut self, bytes: &[u8]) -> usize {
+        push(self, bytes, false)
+    }
+
+    pub(crate) fn peer_closed(&mut self) {
+        self.peer_fin = true;
+    }
+
+    pub(crate) fn outgoing_bytes(&self) -> &[u8] {
+        self.outgoing.as_slice()
+    }
+
+    pub(crate) fn consume_outgoing(&mut self, n: usize) {
+        self.outgoing.consume(n.min(self.outgoing.len()));
+    }
+
     fn note_tail(&mut self, bytes: &[u8]) {
         let keep = bytes.len().min(ALERT_RECORD_LEN);
         self.tail.copy_within(keep.., 0);

@@ -1190,3 +1190,71 @@ fn a_plaintext_alert_sent_last_is_recognised_across_pushes() {
     wire.note_tail(&[21, 3, 1, 0, 2, 1, 0]);
     assert_eq!(wire.plaintext_alert(), Some((false, 0)));
 }
+
+/// Runs the wide-offer probe against `server`, moving bytes by hand.
+fn probe_against(server: &SslContext) -> crate::tls::probe::ProbeOutcome {
+    use crate::tls::probe::{ProbeContext, ProbeTls};
+    let context = ProbeContext::new().expect("probe context");
+    let mut probe = ProbeTls::start(&context, Some(HOST)).expect("probe");
+    let mut origin = SslStream::new(Ssl::new(server).unwrap(), Wire::default()).unwrap();
+    for _ in 0..50 {
+        if let Some(outcome) = probe.advance() {
+            return outcome.clone();
+        }
+        let n = origin.get_mut().accept_incoming(probe.pending_to_server());
+        probe.consume_to_server(n);
+        let _ = origin.accept();
+        let n = probe.push_from_server(origin.get_ref().outgoing_bytes());
+        origin.get_mut().consume_outgoing(n);
+    }
+    panic!("the probe learnt nothing in 50 rounds");
+}
+
+#[test]
+fn probe_learns_the_sha1_suite_a_server_insists_on() {
+    let world = World::new(&Profile::default());
+    let rsa = rsa_key();
+    let leaf = issue(
+        &Spec {
+            sans: &[HOST],
+            ..Spec::leaf(HOST)
+        },
+        &rsa,
+        Some((&world.origin.root, &world.origin.root_key)),
+    );
+    let server = origin_context(&[leaf], &rsa, |b| {
+        b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+        b.set_cipher_list("ECDHE-RSA-AES128-SHA").unwrap();
+    });
+    let outcome = probe_against(&server);
+    assert_eq!(
+        outcome,
+        crate::tls::probe::ProbeOutcome::Picked(crate::tls::diagnosis::ProbeResult {
+            version: 0x0303,
+            cipher: 0xc013
+        })
+    );
+}
+
+#[test]
+fn probe_learns_that_a_server_speaks_only_tls10() {
+    let world = World::new(&Profile::default());
+    let rsa = rsa_key();
+    let leaf = issue(
+        &Spec {
+            sans: &[HOST],
+            ..Spec::leaf(HOST)
+        },
+        &rsa,
+        Some((&world.origin.root, &world.origin.root_key)),
+    );
+    let server = origin_context(&[leaf], &rsa, |b| {
+        b.set_min_proto_version(Some(SslVersion::TLS1)).unwrap();
+        b.set_max_proto_version(Some(SslVersion::TLS1)).unwrap();
+        b.set_cipher_list("ECDHE-RSA-AES128-SHA").unwrap();
+    });
+    match probe_against(&server) {
+        crate::tls::probe::ProbeOutcome::Picked(result) => assert_eq!(result.version, 0x0301),
+        other => panic!("expected a TLS 1.0 pick, got {other:?}"),
+    }
+}
