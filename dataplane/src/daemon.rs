@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use loupe_control::config::{Config, FailMode};
 
 use crate::tls::forge::Forger;
+use crate::tls::probe::ProbeContext;
 use crate::tls::record::DecryptionLog;
 use crate::tls::session::{Profile, SplitTlsContext};
 use crate::tls::trust::TrustStore;
@@ -144,6 +145,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             forger: forger.clone(),
             log: log.clone(),
         };
+        let probe = ProbeContext::new().map_err(|e| anyhow::anyhow!("the TLS probe: {e}"))?;
         let stats = Arc::new(WorkerStats::default());
         all_stats.push(stats.clone());
         let worker_settings = WorkerSettings {
@@ -165,7 +167,7 @@ pub fn run(options: RunOptions) -> Result<()> {
                         tracing::warn!(queue, core = core.id, "could not pin worker to its core");
                     }
                 }
-                Worker::new(worker_settings, inside, outside, stats, tls).run(&STOP);
+                Worker::new(worker_settings, inside, outside, stats, tls, probe).run(&STOP);
             })
             .context("spawning a worker thread")?;
         handles.push(handle);

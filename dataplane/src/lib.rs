@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod flow;
 pub mod frame;
+pub mod probing;
 pub mod relay;
 pub mod session;
 pub mod tcp_device;

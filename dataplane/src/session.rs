@@ -71,8 +71,14 @@ impl Session {
         matches!(&self.stream, Stream::Decrypting(tls) if tls.outcome().is_none() && tls.stage() == Stage::Established)
     }
 
-    /// The record for the decryption log, once the flow has ended.
-    pub fn record(&self, tcp_end: Option<EndReason>, tcp_bytes: ByteCounts, profile: &Profile) -> DecryptionRecord {
+    /// The record for the decryption log once the flow has ended, and what its diagnosis
+    /// is made from (a probe may add to it before `record.explain(&input)`).
+    pub fn record(
+        &self,
+        tcp_end: Option<EndReason>,
+        tcp_bytes: ByteCounts,
+        profile: &Profile,
+    ) -> (DecryptionRecord, DiagnosisInput) {
         let (action, outcome) = self.verdict();
         let mut record = DecryptionRecord::new(self.id, self.key.client, self.key.server, action, outcome);
         record.sni = self.hello.as_ref().and_then(|h| h.sni.clone());
@@ -136,8 +142,18 @@ impl Session {
         input.client_offer = self.hello.as_ref().map(ClientOffer::from_client_hello);
         input.not_tls = not_tls;
         input.connect_failure = connect_failure;
-        record.explain(&input);
-        record
+        (record, input)
+    }
+
+    /// The server refused our handshake with an alert: worth a probe of what it accepts.
+    pub fn server_refused_handshake(&self) -> bool {
+        matches!(&self.stream, Stream::Decrypting(tls)
+            if tls.stage() == Stage::UpstreamHandshake
+                && tls.facts().alerts.iter().any(|a| a.sender == crate::tls::record::Peer::Server && a.fatal))
+    }
+
+    pub fn sni(&self) -> Option<&str> {
+        self.hello.as_ref().and_then(|h| h.sni.as_deref())
     }
 
     fn verdict(&self) -> (Action, Outcome) {

@@ -15,6 +15,7 @@ use xdpilone::xdp::XdpDesc;
 
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{parse_tcp_frame, MacAddr};
+use crate::probing::{PendingRecord, Probes, MAX_PROBES};
 use crate::relay::{ByteCounts, EndReason, Phase, TcpPair};
 use crate::session::{Session, TlsEnv};
 use crate::tcp_device::{transparent_interface, FrameDevice, L2Header};
@@ -30,6 +31,8 @@ pub const OUTSIDE: usize = 1;
 const EGRESS_BURST: usize = 64;
 /// Longest sleep when idle: bounds how late a stop request is noticed.
 const MAX_IDLE_WAIT_MS: i32 = 100;
+/// Probes have no timers of their own: poll them this often while any runs.
+const PROBE_POLL_MS: i32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -116,6 +119,8 @@ pub struct Worker {
     ready: Vec<FlowId>,
     stats: Arc<WorkerStats>,
     tls: WorkerTls,
+    probes: Probes,
+    probe_done: Vec<PendingRecord>,
     next_session: u64,
     clock: std::time::Instant,
 }
@@ -127,6 +132,7 @@ impl Worker {
         outside: XskPort,
         stats: Arc<WorkerStats>,
         tls: WorkerTls,
+        probe: crate::tls::probe::ProbeContext,
     ) -> Worker {
         let clock = std::time::Instant::now();
         let now = Instant::from_micros(0);
@@ -152,6 +158,8 @@ impl Worker {
             // Session ids are unique across workers: the queue in the top bits.
             next_session: u64::from(settings_queue) << 48,
             tls,
+            probes: Probes::new(probe),
+            probe_done: Vec::with_capacity(MAX_PROBES),
             clock,
         }
     }
@@ -181,6 +189,13 @@ impl Worker {
             }
             self.expire_timers(now);
             self.service_ready(now);
+            if !self.probes.is_empty() {
+                self.probes
+                    .service(&mut self.server_iface, &mut self.ports, now, &mut self.probe_done);
+                while let Some(pending) = self.probe_done.pop() {
+                    self.log_session(pending);
+                }
+            }
             let mut backlog = false;
             for port in &mut self.ports {
                 backlog |= port.flush();
@@ -211,6 +226,13 @@ impl Worker {
         let packet = &frame[tcp.ip_offset..tcp.ip_offset + tcp.ip_len];
         let src = SocketAddr::new(tcp.src, tcp.src_port);
         let dst = SocketAddr::new(tcp.dst, tcp.dst_port);
+        if !self.probes.is_empty()
+            && self
+                .probes
+                .ingest(src, dst, packet, &mut self.server_iface, &mut self.ports, now)
+        {
+            return;
+        }
         let (id, direction) = match self.flows.lookup(src, dst) {
             Some(found) => found,
             None if tcp.is_syn() && self.settings.inspect_ports.contains(&tcp.dst_port) => {
@@ -383,9 +405,36 @@ impl Worker {
         if flow.pair.phase == Phase::Finished {
             let reason = flow.pair.end_reason.unwrap_or(EndReason::Closed);
             let bytes = flow.pair.bytes;
-            let record = flow.session.record(Some(reason), bytes, &self.tls.profile);
+            let (record, input) = flow.session.record(Some(reason), bytes, &self.tls.profile);
+            let pending = PendingRecord { record, input };
+            let probe_from = flow.session.server_refused_handshake().then(|| {
+                (
+                    flow.session.sni().map(str::to_string),
+                    1 - flow.client_port,
+                    flow.toward_server(),
+                )
+            });
+            let key = self.flows.key(id);
             self.finish(id, reason, bytes);
-            self.log_session(&record);
+            match (probe_from, key) {
+                (Some((sni, server_port, l2)), Some(key)) => {
+                    let flows = &self.flows;
+                    let in_use = |local| flows.lookup(local, key.server).is_some();
+                    let write_now = self.probes.consider(
+                        pending,
+                        key,
+                        sni.as_deref(),
+                        server_port,
+                        l2,
+                        &mut self.server_iface,
+                        in_use,
+                    );
+                    if let Some(pending) = write_now {
+                        self.log_session(pending);
+                    }
+                }
+                _ => self.log_session(pending),
+            }
             return;
         }
         if more || relayed {
@@ -443,7 +492,10 @@ impl Worker {
             .store(self.flows.len() as u64, Ordering::Relaxed);
     }
 
-    fn log_session(&self, record: &crate::tls::record::DecryptionRecord) {
+    fn log_session(&self, pending: PendingRecord) {
+        let PendingRecord { mut record, input } = pending;
+        record.explain(&input);
+        let record = &record;
         let counter = match record.outcome {
             Outcome::Decrypted => &self.stats.sessions_decrypted,
             Outcome::Blocked => &self.stats.sessions_blocked,
@@ -470,9 +522,14 @@ impl Worker {
 
     /// Sleeps until a frame arrives or the next timer is due.
     fn wait(&self, now: Instant) {
+        let cap = if self.probes.is_empty() {
+            MAX_IDLE_WAIT_MS
+        } else {
+            PROBE_POLL_MS
+        };
         let timeout = match self.timers.peek() {
-            Some(Reverse((at, _, _))) => ((*at - now).total_micros().div_ceil(1000) as i32).clamp(0, MAX_IDLE_WAIT_MS),
-            None => MAX_IDLE_WAIT_MS,
+            Some(Reverse((at, _, _))) => ((*at - now).total_micros().div_ceil(1000) as i32).clamp(0, cap),
+            None => cap,
         };
         let mut fds = [
             libc::pollfd {
