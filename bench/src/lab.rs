@@ -888,3 +888,113 @@ pub struct WireOutcome {
     /// Wall time of the client process.
     pub elapsed: Duration,
 }
+
+/// An nginx TLS origin (see [`Lab::spawn_nginx_tls`]).
+#[derive(Clone, Debug)]
+pub struct NginxTls {
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+    /// PEM certificate file (the leaf, followed by intermediates for a full chain).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// nginx `ssl_protocols`; nginx 1.22's default leaves TLS 1.3 out.
+    pub protocols: String,
+    /// Offer HTTP/2 through ALPN (`listen … ssl http2`, the nginx 1.22 syntax).
+    pub http2: bool,
+    /// Accept `PUT /upload/NAME` and store the body as `<root>/upload/NAME` (WebDAV),
+    /// so a test can hash what arrived.
+    pub uploads: bool,
+}
+
+impl NginxTls {
+    /// TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1, uploads on.
+    pub fn new(listen: SocketAddr, root: &Path, cert: &Path, key: &Path) -> NginxTls {
+        NginxTls {
+            listen,
+            root: root.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            protocols: "TLSv1.2 TLSv1.3".to_string(),
+            http2: true,
+            uploads: true,
+        }
+    }
+}
+
+impl Lab {
+    /// Starts nginx in `ns` serving `spec.root` over TLS, single process, everything it
+    /// writes kept under [`Lab::dir`] (its error.log is in the returned error if it does
+    /// not come up).
+    pub fn spawn_nginx_tls(&self, ns: Ns, spec: &NginxTls) -> Result<NsProcess<'_>> {
+        let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
+        let base = self.dir.join(format!("nginx-tls-{n}"));
+        std::fs::create_dir_all(base.join("tmp"))?;
+        let b = base.display();
+        let listen = format!("{} ssl{}", spec.listen, if spec.http2 { " http2" } else { "" });
+        let uploads = if spec.uploads {
+            // Unlimited body size; the body is spooled under client_body_temp_path and
+            // renamed into place when complete.
+            "location /upload/ { dav_methods PUT; create_full_put_path on; client_max_body_size 0; }"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {b}/nginx.pid;\n\
+             error_log {b}/error.log info;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n  access_log {b}/access.log;\n  default_type application/octet-stream;\n\
+             \x20 client_body_temp_path {b}/tmp/body;\n  proxy_temp_path {b}/tmp/proxy;\n\
+             \x20 fastcgi_temp_path {b}/tmp/fastcgi;\n  uwsgi_temp_path {b}/tmp/uwsgi;\n\
+             \x20 scgi_temp_path {b}/tmp/scgi;\n\
+             \x20 server {{\n    listen {listen};\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
+             \x20   ssl_protocols {};\n    root {};\n    location / {{ }}\n    {uploads}\n  }}\n}}\n",
+            spec.cert.display(),
+            spec.key.display(),
+            spec.protocols,
+            spec.root.display()
+        );
+        let conf_path = base.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let mut p = self.spawn(
+            ns,
+            "nginx-tls",
+            &[OsStr::new("nginx"), OsStr::new("-c"), conf_path.as_os_str()],
+        )?;
+        if let Err(e) = self.wait_listening(ns, spec.listen, Duration::from_secs(10)) {
+            let err_log = std::fs::read_to_string(base.join("error.log")).unwrap_or_default();
+            let _ = p.stop();
+            bail!("{e:#}\nnginx error.log:\n{err_log}\n{}", p.logs());
+        }
+        Ok(p)
+    }
+
+    /// Starts `openssl s_server -accept LISTEN -cert CERT -key KEY -www EXTRA…` in `ns`
+    /// (it answers any GET with a status page) and waits until it listens. `extra` picks
+    /// versions and suites, e.g. `["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"]`.
+    pub fn spawn_s_server(
+        &self,
+        ns: Ns,
+        listen: SocketAddr,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> Result<NsProcess<'_>> {
+        let mut argv: Vec<OsString> = vec![
+            "openssl".into(),
+            "s_server".into(),
+            "-accept".into(),
+            listen.to_string().into(),
+            "-cert".into(),
+            cert.into(),
+            "-key".into(),
+            key.into(),
+            "-www".into(),
+        ];
+        argv.extend(extra.iter().map(OsString::from));
+        let mut p = self.spawn(ns, "s_server", &argv)?;
+        if let Err(e) = self.wait_listening(ns, listen, Duration::from_secs(10)) {
+            let _ = p.stop();
+            bail!("{e:#}\n{}", p.logs());
+        }
+        Ok(p)
+    }
+}

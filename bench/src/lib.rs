@@ -1,6 +1,8 @@
 //! loupe-bench: traffic tools, the lab harness and reports.
 
+pub mod handshakes;
 pub mod lab;
 pub mod lossy;
+pub mod pki;
 pub mod size;
 pub mod traffic;

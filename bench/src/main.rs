@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use loupe_bench::handshakes::{run_handshakes, HandshakeSpec};
 use loupe_bench::lossy;
 use loupe_bench::size::ByteSize;
 use loupe_bench::traffic::{compare_reports, read_report, run_client, run_server, ClientConfig, Mode, ServerConfig};
@@ -97,6 +98,27 @@ enum Cmd {
     LossyCounters {
         #[arg(long)]
         pin_dir: PathBuf,
+    },
+    /// N sequential full TLS handshakes (new TCP connection each, no resumption),
+    /// verified against --cafile only; prints a JSON report. Exits non-zero if any failed.
+    TlsHandshakes {
+        /// host:port to connect to.
+        #[arg(long)]
+        connect: String,
+        /// Server name to send and verify (default: the host of --connect).
+        #[arg(long)]
+        sni: Option<String>,
+        /// PEM file of the CAs to trust (the system roots are not used).
+        #[arg(long)]
+        cafile: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Offer at most TLS 1.2.
+        #[arg(long)]
+        tls12: bool,
+        /// Bound on each connection, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
     },
 }
 
@@ -206,6 +228,36 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 c.ingress_passed, c.ingress_dropped, c.egress_passed, c.egress_dropped
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::TlsHandshakes {
+            connect,
+            sni,
+            cafile,
+            count,
+            tls12,
+            timeout_secs,
+        } => {
+            let sni = sni.unwrap_or_else(|| {
+                connect
+                    .rsplit_once(':')
+                    .map_or(connect.as_str(), |(h, _)| h)
+                    .to_string()
+            });
+            let spec = HandshakeSpec {
+                connect,
+                sni,
+                ca_file: cafile,
+                count,
+                max_version: tls12.then_some(boring::ssl::SslVersion::TLS1_2),
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            let report = run_handshakes(&spec)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(if report.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Cmd::WireCompare { client, server } => {
             let c = read_report(&client)?;

@@ -18,6 +18,10 @@ use crate::flow::FlowKey;
 
 /// How long the upstream connection may take before the client's connection is refused.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a finished flow lingers before its slot is released: longer than smoltcp's
+/// delayed ACK (10 ms), so the ACK of the peers' last bytes and FIN still goes out, and a
+/// retransmitted FIN is still answered.
+pub const LINGER: Duration = Duration::from_millis(50);
 /// A peer that acknowledges nothing for this long while we have data for it is gone.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -16,7 +16,7 @@ use xdpilone::xdp::XdpDesc;
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{parse_tcp_frame, MacAddr};
 use crate::probing::{PendingRecord, Probes, MAX_PROBES};
-use crate::relay::{ByteCounts, EndReason, Phase, TcpPair};
+use crate::relay::{ByteCounts, EndReason, Phase, TcpPair, LINGER};
 use crate::session::{Session, TlsEnv};
 use crate::tcp_device::{transparent_interface, FrameDevice, L2Header};
 use crate::tls::forge::Forger;
@@ -92,6 +92,8 @@ struct FlowState {
     scheduled: Option<Instant>,
     ready: bool,
     session: Session,
+    /// Set when both endpoints closed: the slot is released then (see `relay::LINGER`).
+    release_at: Option<Instant>,
 }
 
 impl FlowState {
@@ -306,6 +308,7 @@ impl Worker {
             scheduled: None,
             ready: false,
             session: Session::new(session_id, key, not_tls),
+            release_at: None,
         }) {
             Ok(inserted) => inserted,
             Err(full) => {
@@ -319,6 +322,7 @@ impl Worker {
         flow.peer_mac = peer_mac;
         flow.scheduled = None;
         flow.ready = false;
+        flow.release_at = None;
         flow.session = Session::new(session_id, key, not_tls);
         if let Err(err) = flow.pair.open(key, self.server_iface.context()) {
             tracing::warn!(flow = %key, %err, "cannot open flow");
@@ -402,7 +406,10 @@ impl Worker {
             flow.pair.bytes.server_to_client - before.server_to_client,
         );
 
-        if flow.pair.phase == Phase::Finished {
+        if flow.pair.phase == Phase::Finished && flow.release_at.is_none() {
+            flow.release_at = Some(now + LINGER);
+        }
+        if flow.release_at.is_some_and(|at| at <= now) {
             let reason = flow.pair.end_reason.unwrap_or(EndReason::Closed);
             let bytes = flow.pair.bytes;
             let (record, input) = flow.session.record(Some(reason), bytes, &self.tls.profile);
@@ -445,6 +452,7 @@ impl Worker {
         let next = [
             self.client_iface.poll_at(now, &flow.pair.client),
             self.server_iface.poll_at(now, &flow.pair.server),
+            flow.release_at,
         ]
         .into_iter()
         .flatten()
