@@ -94,6 +94,11 @@ struct Tls<'lab> {
 }
 
 fn setup(lab: &Lab) -> (Tls<'_>, NsProcess<'_>) {
+    setup_with(lab, None)
+}
+
+/// [`setup`], with loupe started from a configuration file holding `config`.
+fn setup_with<'lab>(lab: &'lab Lab, config: Option<&str>) -> (Tls<'lab>, NsProcess<'lab>) {
     let pki = ok(TestPki::build(&lab.dir().join("pki")), "build the test PKI");
     let www = lab.dir().join("www");
     std::fs::create_dir_all(&www).expect("www dir");
@@ -105,7 +110,12 @@ fn setup(lab: &Lab) -> (Tls<'_>, NsProcess<'_>) {
         ),
         "start nginx (TLS) on server.lab",
     );
-    let args = vec!["--trust-ca".to_string(), pki.origin_ca.cert_file.display().to_string()];
+    let mut args = vec!["--trust-ca".to_string(), pki.origin_ca.cert_file.display().to_string()];
+    if let Some(config) = config {
+        let file = lab.dir().join("loupe.toml");
+        std::fs::write(&file, config).expect("write the configuration");
+        args.extend(["--config".to_string(), file.display().to_string()]);
+    }
     let mid = ok(lab.start(&Middle::Loupe { args }), "start loupe");
     let state = mid.state_dir().expect("loupe has a state dir");
     let shown = ok(
@@ -1045,4 +1055,75 @@ fn sessions_closed_after_the_handshake_leave_no_server_socket_behind() {
         );
     }
     ok(t.mid.check_alive(), "loupe alive at the end");
+}
+
+/// With `untrusted = "forward-untrust"`, a self-signed server is decrypted but the client
+/// is shown a certificate from loupe's untrusted CA: verification fails as it would have
+/// against the real server, and a client that skips verification gets the page.
+#[test]
+fn forward_untrust_shows_the_client_the_warning_the_server_deserves() {
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let profile = "[[profile]]\nname = \"default\"\nuntrusted = \"forward-untrust\"\n";
+    let (t, _nginx) = setup_with(&lab, Some(profile));
+    let p = &t.pki;
+    let _server = ok(
+        lab.spawn_s_server(
+            Ns::Server,
+            addr("198.18.0.3"),
+            &p.self_signed.cert_file,
+            &p.self_signed.key_file,
+            &[],
+        ),
+        "openssl s_server on s2.lab",
+    );
+
+    let verified = t.curl(&["--cacert", t.dca(), "https://s2.lab/"]);
+    if verified.code() != Some(60) {
+        t.fail(
+            None,
+            &format!(
+                "curl trusting the decryption CA must fail verification (60):\n{}",
+                verified.show()
+            ),
+        );
+    }
+    let unverified = t.curl(&["-k", "https://s2.lab/"]);
+    if unverified.code() != Some(0) || !unverified.stdout.contains("s_server") {
+        t.fail(None, &format!("curl -k must get the page:\n{}", unverified.show()));
+    }
+
+    // The certificate the client saw: issued by the untrusted CA, with the server's name.
+    let shown = ok(
+        lab.exec_output(
+            Ns::Client,
+            &[
+                "openssl",
+                "s_client",
+                "-connect",
+                "198.18.0.3:443",
+                "-servername",
+                "s2.lab",
+                "-showcerts",
+            ],
+        ),
+        "openssl s_client",
+    );
+    let issuer_line = shown
+        .stdout
+        .lines()
+        .find(|l| l.contains("i:"))
+        .unwrap_or("")
+        .to_string();
+    if !issuer_line.contains("loupe UNTRUSTED") {
+        t.fail(
+            None,
+            &format!("the presented leaf is not from the untrusted CA: {issuer_line:?}"),
+        );
+    }
+
+    let rec = t.record(unverified.port, "curl -k through forward-untrust");
+    t.expect_eq(&rec, "/outcome", Value::from("decrypted"), "forward-untrust");
+    t.expect_eq(&rec, "/verify/code", Value::from(18), "forward-untrust");
+    t.expect_eq(&rec, "/verify/trusted", Value::from(false), "forward-untrust");
 }

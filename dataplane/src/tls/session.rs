@@ -1250,9 +1250,12 @@ impl SplitTls {
             Err(e) => {
                 let eof = client.get_ref().at_eof();
                 let mut alerts = received_alerts(&e, Peer::Client);
+                let mut detail = error_detail(&e);
                 if alerts.is_empty() {
                     if let Some((fatal, code)) = client.get_ref().plaintext_alert() {
-                        alerts.push(AlertFact::new(Peer::Client, fatal, code));
+                        let alert = AlertFact::new(Peer::Client, fatal, code);
+                        detail = format!("the client sent {} alert {} ({code})", alert_level(fatal), alert.name);
+                        alerts.push(alert);
                     }
                 }
                 let failure = if alerts.is_empty() && eof {
@@ -1263,9 +1266,7 @@ impl SplitTls {
                     }
                 } else {
                     self.facts.client_end = Some(LegEnd::Error);
-                    SessionFailure::ClientHandshake {
-                        detail: error_detail(&e),
-                    }
+                    SessionFailure::ClientHandshake { detail }
                 };
                 self.facts.alerts.extend(alerts);
                 // BoringSSL queued its own alert for the client, if any; send it, then FIN.
@@ -1387,6 +1388,14 @@ fn push(wire: &mut Wire, bytes: &[u8], discard: bool) -> usize {
     wire.incoming.push(&bytes[..n]);
     wire.note_tail(&bytes[..n]);
     n
+}
+
+fn alert_level(fatal: bool) -> &'static str {
+    if fatal {
+        "fatal"
+    } else {
+        "warning"
+    }
 }
 
 fn would_block(error: &boring::ssl::Error) -> bool {
