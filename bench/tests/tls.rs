@@ -111,26 +111,25 @@ fn setup_with<'lab>(lab: &'lab Lab, config: Option<&str>) -> (Tls<'lab>, NsProce
         "start nginx (TLS) on server.lab",
     );
     let mut args = vec!["--trust-ca".to_string(), pki.origin_ca.cert_file.display().to_string()];
+    let config_file = lab.dir().join("loupe.toml");
     if let Some(config) = config {
-        let file = lab.dir().join("loupe.toml");
-        std::fs::write(&file, config).expect("write the configuration");
-        args.extend(["--config".to_string(), file.display().to_string()]);
+        std::fs::write(&config_file, config).expect("write the configuration");
+        args.extend(["--config".to_string(), config_file.display().to_string()]);
     }
     let mid = ok(lab.start(&Middle::Loupe { args }), "start loupe");
     let state = mid.state_dir().expect("loupe has a state dir");
-    let shown = ok(
-        lab.exec(
-            Ns::App,
-            &[
-                binary("loupe").expect("loupe binary").as_os_str(),
-                "ca".as_ref(),
-                "show".as_ref(),
-                "--state-dir".as_ref(),
-                state.as_os_str(),
-            ],
-        ),
-        "loupe ca show",
-    );
+    let loupe = binary("loupe").expect("loupe binary");
+    let mut show = vec![
+        loupe.as_os_str(),
+        "ca".as_ref(),
+        "show".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ];
+    if config.is_some() {
+        show.extend(["--config".as_ref(), config_file.as_os_str()]);
+    }
+    let shown = ok(lab.exec(Ns::App, &show), "loupe ca show");
     assert!(
         shown.contains("BEGIN CERTIFICATE"),
         "loupe ca show printed no PEM:\n{shown}"
@@ -1126,4 +1125,39 @@ fn forward_untrust_shows_the_client_the_warning_the_server_deserves() {
     t.expect_eq(&rec, "/outcome", Value::from("decrypted"), "forward-untrust");
     t.expect_eq(&rec, "/verify/code", Value::from(18), "forward-untrust");
     t.expect_eq(&rec, "/verify/trusted", Value::from(false), "forward-untrust");
+}
+
+/// The operator's own CA, named in `[ca]` as PEM files, signs the forgeries: a client that
+/// trusts only that CA gets the page.
+#[test]
+fn an_operator_ca_from_pem_files_signs_the_forgeries() {
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let operator = ok(Pki::new(lab.dir().join("operator")), "operator PKI");
+    let ca = ok(operator.root_ca("operator-ca", "operator decryption CA"), "operator CA");
+    let config = format!(
+        "[ca]\ncert = {:?}\nkey = {:?}\n",
+        ca.cert_file.display().to_string(),
+        ca.key_file.display().to_string()
+    );
+    let (t, _nginx) = setup_with(&lab, Some(&config));
+    let shown = X509::from_pem(&std::fs::read(&t.decryption_ca).expect("shown CA")).expect("PEM");
+    assert_eq!(
+        shown.to_der().unwrap(),
+        ca.cert.to_der().unwrap(),
+        "'loupe ca show --config' shows another CA"
+    );
+    let operator_ca = ca.cert_file.display().to_string();
+    let got = t.curl(&["--cacert", &operator_ca, "https://server.lab/"]);
+    if got.code() != Some(0) || got.stdout != INDEX {
+        t.fail(
+            None,
+            &format!(
+                "a client trusting only the operator's CA must get the page:\n{}",
+                got.show()
+            ),
+        );
+    }
+    let rec = t.record(got.port, "curl trusting the operator CA");
+    t.expect_decrypted(&rec, "TLSv1.3", "operator CA");
 }

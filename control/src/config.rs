@@ -138,11 +138,21 @@ impl Profile {
     }
 }
 
+/// The decryption CA from PEM files of the operator's (default: generated in the state
+/// directory).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ca {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub dataplane: Dataplane,
+    pub ca: Option<Ca>,
     #[serde(default)]
     pub decryption: Decryption,
     #[serde(default, rename = "profile")]
@@ -360,6 +370,16 @@ mod tests {
             err.starts_with("loupe.toml:2: ") && err.contains("block") && err.contains("splice"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn reads_ca_files() {
+        let c = parse("[ca]\ncert = \"/etc/loupe/ca.crt\"\nkey = \"/etc/loupe/ca.key\"\n").unwrap();
+        let ca = c.ca.unwrap();
+        assert_eq!(ca.cert, PathBuf::from("/etc/loupe/ca.crt"));
+        assert_eq!(ca.key, PathBuf::from("/etc/loupe/ca.key"));
+        let err = parse("[ca]\ncert = \"/etc/loupe/ca.crt\"\n").unwrap_err();
+        assert!(err.starts_with("loupe.toml:1: ") && err.contains("key"), "{err}");
     }
 
     #[test]

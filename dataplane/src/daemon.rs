@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use loupe_control::config::{Config, FailMode};
 
+use crate::tls::ca::{CaRole, DecryptionCa};
 use crate::tls::forge::Forger;
 use crate::tls::probe::ProbeContext;
 use crate::tls::record::DecryptionLog;
@@ -114,7 +115,15 @@ pub fn run(options: RunOptions) -> Result<()> {
     // TLS: the trust store, the decryption CA (generated on first run), the forger whose
     // clones share one certificate cache, and the decryption log.
     let trust = TrustStore::from_files(true, &options.trust_ca).context("loading the trust store")?;
-    let forger = Forger::from_state_dir(&options.state_dir, FORGED_CERT_CACHE).context("loading the decryption CA")?;
+    let forger = match &options.config.ca {
+        // The operator's CA; the untrusted CA still lives in the state directory.
+        Some(files) => Forger::new(
+            DecryptionCa::from_pem_files(CaRole::Decryption, &files.cert, &files.key)?,
+            DecryptionCa::load_or_init(&options.state_dir, CaRole::Untrusted)?,
+            FORGED_CERT_CACHE,
+        )?,
+        None => Forger::from_state_dir(&options.state_dir, FORGED_CERT_CACHE).context("loading the decryption CA")?,
+    };
     tracing::info!(
         ca_sha256 = %forger.decryption_ca().fingerprint_sha256(), trust_anchors = trust.len(),
         "decryption CA ready; clients must trust the output of 'loupe ca show'"

@@ -71,6 +71,9 @@ enum CaCommand {
     Show {
         #[arg(long, default_value = "/var/lib/loupe")]
         state_dir: PathBuf,
+        /// Show the CA this configuration names in `[ca]` (if it names one).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -161,8 +164,15 @@ fn ca(action: CaCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        CaCommand::Show { state_dir } => {
-            let ca = DecryptionCa::load(&state_dir, CaRole::Decryption)?;
+        CaCommand::Show { state_dir, config } => {
+            let configured = match &config {
+                Some(file) => Config::load(file)?.ca,
+                None => None,
+            };
+            let ca = match configured {
+                Some(files) => DecryptionCa::from_pem_files(CaRole::Decryption, &files.cert, &files.key)?,
+                None => DecryptionCa::load(&state_dir, CaRole::Decryption)?,
+            };
             print!("{}", ca.cert_pem());
             Ok(())
         }
