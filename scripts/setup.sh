@@ -19,7 +19,7 @@ export DEBIAN_FRONTEND=noninteractive
 # bpftool).
 PACKAGES=(
     clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config
-    iproute2 ethtool iputils-ping nginx curl openssl tshark linux-perf bpftool python3
+    iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3
 )
 
 missing=()
