@@ -349,6 +349,18 @@ fn origin_context(chain: &[X509], key: &PKey<Private>, tweak: impl FnOnce(&mut S
     builder.build()
 }
 
+/// An origin with an RSA leaf for HOST (the legacy ECDHE-RSA and static-RSA suites need
+/// one), set up by `tweak`.
+fn rsa_origin(world: &World, tweak: impl FnOnce(&mut SslContextBuilder)) -> SslContext {
+    let rsa = rsa_key();
+    let spec = Spec {
+        sans: &[HOST],
+        ..Spec::leaf(HOST)
+    };
+    let leaf = issue(&spec, &rsa, Some((&world.origin.root, &world.origin.root_key)));
+    origin_context(&[leaf], &rsa, tweak)
+}
+
 /// Client, session and server, with the bytes between them moved by hand.
 struct Harness {
     client: TestPeer,
@@ -735,13 +747,7 @@ fn certificate_for_another_name_is_blocked_with_code_62() {
 #[test]
 fn server_with_only_a_sha1_suite_answers_handshake_failure() {
     let world = World::new(&Profile::default());
-    let rsa = rsa_key();
-    let spec = Spec {
-        sans: &[HOST],
-        ..Spec::leaf(HOST)
-    };
-    let leaf = issue(&spec, &rsa, Some((&world.origin.root, &world.origin.root_key)));
-    let server = origin_context(&[leaf], &rsa, |b| {
+    let server = rsa_origin(&world, |b| {
         b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
         b.set_cipher_list("ECDHE-RSA-AES128-SHA").unwrap();
     });
@@ -762,13 +768,7 @@ fn server_with_only_a_sha1_suite_answers_handshake_failure() {
 #[test]
 fn tls10_only_server_answers_protocol_version() {
     let world = World::new(&Profile::default());
-    let rsa = rsa_key();
-    let spec = Spec {
-        sans: &[HOST],
-        ..Spec::leaf(HOST)
-    };
-    let leaf = issue(&spec, &rsa, Some((&world.origin.root, &world.origin.root_key)));
-    let server = origin_context(&[leaf], &rsa, |b| {
+    let server = rsa_origin(&world, |b| {
         b.set_min_proto_version(Some(SslVersion::TLS1)).unwrap();
         b.set_max_proto_version(Some(SslVersion::TLS1)).unwrap();
         b.set_cipher_list("ECDHE-RSA-AES128-SHA").unwrap();
@@ -790,13 +790,7 @@ fn legacy_profile_reaches_a_tls10_server() {
         ..Profile::default()
     };
     let world = World::new(&profile);
-    let rsa = rsa_key();
-    let spec = Spec {
-        sans: &[HOST],
-        ..Spec::leaf(HOST)
-    };
-    let leaf = issue(&spec, &rsa, Some((&world.origin.root, &world.origin.root_key)));
-    let server = origin_context(&[leaf], &rsa, |b| {
+    let server = rsa_origin(&world, |b| {
         b.set_min_proto_version(Some(SslVersion::TLS1)).unwrap();
         b.set_max_proto_version(Some(SslVersion::TLS1)).unwrap();
         b.set_cipher_list("ECDHE-RSA-AES128-SHA").unwrap();
@@ -833,13 +827,7 @@ fn triple_des_is_reachable_only_when_named() {
         cipher_list: format!("{}:DES-CBC3-SHA", Profile::default().cipher_list),
         ..Profile::default()
     });
-    let rsa = rsa_key();
-    let spec = Spec {
-        sans: &[HOST],
-        ..Spec::leaf(HOST)
-    };
-    let leaf = issue(&spec, &rsa, Some((&world.origin.root, &world.origin.root_key)));
-    let server = origin_context(&[leaf], &rsa, |b| {
+    let server = rsa_origin(&world, |b| {
         b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
         b.set_cipher_list("DES-CBC3-SHA").unwrap();
     });
@@ -1213,16 +1201,7 @@ fn probe_against(server: &SslContext) -> crate::tls::probe::ProbeOutcome {
 #[test]
 fn probe_learns_the_sha1_suite_a_server_insists_on() {
     let world = World::new(&Profile::default());
-    let rsa = rsa_key();
-    let leaf = issue(
-        &Spec {
-            sans: &[HOST],
-            ..Spec::leaf(HOST)
-        },
-        &rsa,
-        Some((&world.origin.root, &world.origin.root_key)),
-    );
-    let server = origin_context(&[leaf], &rsa, |b| {
+    let server = rsa_origin(&world, |b| {
         b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
         b.set_cipher_list("ECDHE-RSA-AES128-SHA").unwrap();
     });
@@ -1239,16 +1218,7 @@ fn probe_learns_the_sha1_suite_a_server_insists_on() {
 #[test]
 fn probe_learns_that_a_server_speaks_only_tls10() {
     let world = World::new(&Profile::default());
-    let rsa = rsa_key();
-    let leaf = issue(
-        &Spec {
-            sans: &[HOST],
-            ..Spec::leaf(HOST)
-        },
-        &rsa,
-        Some((&world.origin.root, &world.origin.root_key)),
-    );
-    let server = origin_context(&[leaf], &rsa, |b| {
+    let server = rsa_origin(&world, |b| {
         b.set_min_proto_version(Some(SslVersion::TLS1)).unwrap();
         b.set_max_proto_version(Some(SslVersion::TLS1)).unwrap();
         b.set_cipher_list("ECDHE-RSA-AES128-SHA").unwrap();
