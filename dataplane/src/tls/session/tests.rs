@@ -361,6 +361,17 @@ fn rsa_origin(world: &World, tweak: impl FnOnce(&mut SslContextBuilder)) -> SslC
     origin_context(&[leaf], &rsa, tweak)
 }
 
+/// A harness whose client trusts only loupe's decryption CA (the real forger's), talking
+/// through the session to `server`.
+fn harness_trusting_loupe(world: &World, server: &SslContext) -> Harness {
+    let forger = new_forger();
+    let (client, _) = test_client(ClientOptions {
+        trust: Some(forger.decryption_ca().cert()),
+        ..Default::default()
+    });
+    Harness::new(client, server, &world.ctx, forger)
+}
+
 /// Client, session and server, with the bytes between them moved by hand.
 struct Harness {
     client: TestPeer,
@@ -528,12 +539,7 @@ fn exchange(h: &mut Harness, request: &[u8], response: &[u8]) {
 #[test]
 fn tls13_request_and_response_pass_intact_and_are_counted() {
     let world = World::new(&Profile::default());
-    let forger = new_forger();
-    let (client, _) = test_client(ClientOptions {
-        trust: Some(forger.decryption_ca().cert()),
-        ..Default::default()
-    });
-    let mut h = Harness::new(client, &world.good_server(), &world.ctx, forger);
+    let mut h = harness_trusting_loupe(&world, &world.good_server());
     let mut request = b"GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec();
     request.extend(pattern(1 << 20, 1));
     let mut response = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
@@ -795,12 +801,7 @@ fn legacy_profile_reaches_a_tls10_server() {
         b.set_max_proto_version(Some(SslVersion::TLS1)).unwrap();
         b.set_cipher_list("ECDHE-RSA-AES128-SHA").unwrap();
     });
-    let forger = new_forger();
-    let (client, _) = test_client(ClientOptions {
-        trust: Some(forger.decryption_ca().cert()),
-        ..Default::default()
-    });
-    let mut h = Harness::new(client, &server, &world.ctx, forger);
+    let mut h = harness_trusting_loupe(&world, &server);
     exchange(&mut h, &pattern(100_000, 3), &pattern(100_000, 4));
     let facts = h.split.facts();
     assert_eq!(facts.upstream.version.as_deref(), Some("TLSv1"));
@@ -831,12 +832,7 @@ fn triple_des_is_reachable_only_when_named() {
         b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
         b.set_cipher_list("DES-CBC3-SHA").unwrap();
     });
-    let forger = new_forger();
-    let (client, _) = test_client(ClientOptions {
-        trust: Some(forger.decryption_ca().cert()),
-        ..Default::default()
-    });
-    let mut h = Harness::new(client, &server, &world.ctx, forger);
+    let mut h = harness_trusting_loupe(&world, &server);
     exchange(&mut h, b"old", b"server");
     assert_eq!(
         h.split.facts().upstream.cipher.as_deref(),
@@ -859,12 +855,7 @@ fn forward_untrust_presents_a_forgery_from_the_untrusted_ca() {
     let server = origin_context(&[leaf], &world.origin.key, |_| {});
 
     // A client trusting the decryption CA refuses the forgery.
-    let forger = new_forger();
-    let (client, _) = test_client(ClientOptions {
-        trust: Some(forger.decryption_ca().cert()),
-        ..Default::default()
-    });
-    let mut h = Harness::new(client, &server, &world.ctx, forger);
+    let mut h = harness_trusting_loupe(&world, &server);
     h.settle();
     assert!(h.client.failure.is_some());
     assert_eq!(h.split.facts().verdict, Some(Verdict::Untrusted));
@@ -990,12 +981,7 @@ fn untrusted_ticket_never_resumes_as_trusted() {
 #[test]
 fn close_notify_and_bare_fin_are_passed_on_as_they_came() {
     let world = World::new(&Profile::default());
-    let forger = new_forger();
-    let (client, _) = test_client(ClientOptions {
-        trust: Some(forger.decryption_ca().cert()),
-        ..Default::default()
-    });
-    let mut h = Harness::new(client, &world.good_server(), &world.ctx, forger);
+    let mut h = harness_trusting_loupe(&world, &world.good_server());
     h.client.outbox = b"request".to_vec();
     h.server.outbox = b"partial respon".to_vec();
     h.server.fin_when_sent = true;
@@ -1018,12 +1004,7 @@ fn close_notify_and_bare_fin_are_passed_on_as_they_came() {
 #[test]
 fn buffers_stay_bounded_when_the_client_does_not_read() {
     let world = World::new(&Profile::default());
-    let forger = new_forger();
-    let (client, _) = test_client(ClientOptions {
-        trust: Some(forger.decryption_ca().cert()),
-        ..Default::default()
-    });
-    let mut h = Harness::new(client, &world.good_server(), &world.ctx, forger);
+    let mut h = harness_trusting_loupe(&world, &world.good_server());
     h.client.outbox = b"GET /big".to_vec();
     h.settle();
     assert_eq!(h.split.stage(), Stage::Established);
