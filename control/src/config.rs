@@ -3,7 +3,9 @@
 //! dataplane section is what the virtual wire needs.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -32,6 +34,9 @@ pub struct Dataplane {
     pub xdp_mode: String,
     /// First CPU core to pin workers to; worker q runs on core first_core + q.
     pub first_core: Option<usize>,
+    /// Drop UDP to the inspected ports (QUIC) in XDP, so browsers fall back to TCP where
+    /// loupe can inspect them.
+    pub drop_quic: bool,
 }
 
 impl Default for Dataplane {
@@ -46,6 +51,7 @@ impl Default for Dataplane {
             tcp_buffer: 64 * 1024,
             xdp_mode: "native".into(),
             first_core: None,
+            drop_quic: true,
         }
     }
 }
@@ -62,10 +68,153 @@ pub enum NotTls {
     Splice,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Decryption {
     pub not_tls: NotTls,
+    /// What a flow that matches no rule gets (`decrypt`, `no-decrypt` or `block`).
+    pub default_action: RuleAction,
+    /// The profile of the default action when it decrypts.
+    pub default_profile: String,
+}
+
+impl Default for Decryption {
+    fn default() -> Self {
+        Decryption {
+            not_tls: NotTls::Block,
+            default_action: RuleAction::Decrypt,
+            default_profile: "default".into(),
+        }
+    }
+}
+
+/// Where loupe keeps its state (CA, trust store, exclusions) and writes its logs. The
+/// command line's `--state-dir` and `--log-dir` win over these.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    pub state_dir: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+}
+
+/// Upstream trust on top of the system roots and the certificates imported with
+/// `loupe trust import` (kept in the state directory).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Trust {
+    /// Whether the system's root bundle is trusted.
+    pub system_roots: bool,
+    /// PEM (or DER) files of CA certificates trusted for every name.
+    pub ca_files: Vec<PathBuf>,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Trust {
+            system_roots: true,
+            ca_files: Vec::new(),
+        }
+    }
+}
+
+/// A named list of domains, one per line in `file` (`#` comments; `example.com` also
+/// covers its subdomains).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Category {
+    pub name: String,
+    pub file: PathBuf,
+}
+
+/// What a rule does with the flows it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleAction {
+    /// Split TLS with the rule's profile.
+    Decrypt,
+    /// Leave TLS alone: bridged in XDP when the rule needs only addresses and ports,
+    /// spliced byte for byte after the ClientHello otherwise.
+    NoDecrypt,
+    /// Refuse: a TLS alert after the ClientHello (a reset before it), and a log record.
+    Block,
+    /// Decrypt-known-key: present the server's own certificate (`certificate`, `key`) to
+    /// the client and open loupe's own TLS connection to the server.
+    DecryptInbound,
+}
+
+impl RuleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Decrypt => "decrypt",
+            RuleAction::NoDecrypt => "no-decrypt",
+            RuleAction::Block => "block",
+            RuleAction::DecryptInbound => "decrypt-inbound",
+        }
+    }
+}
+
+/// An address block: `198.18.0.0/15`, `2001:db8::/32`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address (host bits cleared).
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+/// A policy rule. Every condition given must hold; an absent condition matches all.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    /// Client address blocks.
+    #[serde(default)]
+    pub source: Vec<Cidr>,
+    /// Server address blocks.
+    #[serde(default)]
+    pub destination: Vec<Cidr>,
+    /// Server ports.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Server names: exact (`www.example.com`) or `*.example.com` (any subdomain).
+    #[serde(default)]
+    pub sni: Vec<String>,
+    /// Category names (`[[category]]`).
+    #[serde(default)]
+    pub category: Vec<String>,
+    pub action: RuleAction,
+    /// The decryption profile (`decrypt` and `decrypt-inbound`); default: `default`.
+    pub profile: Option<String>,
+    /// `decrypt-inbound`: the server's certificate chain (PEM, leaf first).
+    pub certificate: Option<PathBuf>,
+    /// `decrypt-inbound`: the server's private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl Rule {
+    /// Whether the rule can be decided from addresses and ports alone (no SNI, no category).
+    pub fn needs_only_addresses(&self) -> bool {
+        self.sni.is_empty() && self.category.is_empty()
+    }
+}
+
+/// The exclusion cache: servers that cannot be decrypted, remembered and spliced.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Exclusions {
+    /// How long a server stays excluded: `12h`, `30m`, `90s`, `1d`.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Servers remembered at most; the one closest to expiry is dropped first.
+    pub max_entries: usize,
+}
+
+impl Default for Exclusions {
+    fn default() -> Self {
+        Exclusions {
+            ttl: Duration::from_secs(12 * 3600),
+            max_entries: 4096,
+        }
+    }
 }
 
 /// What to do when the server's certificate chain does not validate.
@@ -81,6 +230,18 @@ pub enum Untrusted {
 }
 
 /// A decryption profile: how loupe talks TLS to servers (and what it accepts from them).
+/// What to do with a session loupe cannot decrypt for a reason the profile names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Undecryptable {
+    /// End the session with a logged reason.
+    #[default]
+    Block,
+    /// End this session, remember the server in the exclusion cache, and splice the next
+    /// ones uninspected.
+    Bypass,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
@@ -101,6 +262,26 @@ pub struct Profile {
     /// Key-exchange groups (`X25519`, `P-256`, `P-384`); empty means those three.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Signature algorithms offered upstream, OpenSSL names (`ECDSA+SHA256`,
+    /// `RSA-PSS+SHA256`); empty means the built-in list.
+    #[serde(default)]
+    pub sigalgs: Vec<String>,
+    /// An expired (or not yet valid) server certificate; default: as `untrusted`.
+    #[serde(default)]
+    pub expired: Option<Untrusted>,
+    /// The server (or the client) speaks no version the profile allows.
+    #[serde(default)]
+    pub unsupported_version: Undecryptable,
+    /// The server (or the client) shares no suite with the profile.
+    #[serde(default)]
+    pub unsupported_cipher: Undecryptable,
+    /// The server asks for a client certificate (loupe cannot present the client's).
+    #[serde(default = "default_client_auth")]
+    pub client_auth: Undecryptable,
+}
+
+fn default_client_auth() -> Undecryptable {
+    Undecryptable::Bypass
 }
 
 fn default_min_version() -> String {
@@ -123,6 +304,11 @@ impl Profile {
             untrusted: Untrusted::Block,
             ciphers: Vec::new(),
             groups: Vec::new(),
+            sigalgs: Vec::new(),
+            expired: None,
+            unsupported_version: Undecryptable::Block,
+            unsupported_cipher: Undecryptable::Block,
+            client_auth: default_client_auth(),
         }
     }
 
@@ -157,6 +343,16 @@ pub struct Config {
     pub decryption: Decryption,
     #[serde(default, rename = "profile")]
     pub profiles: Vec<Profile>,
+    #[serde(default)]
+    pub paths: Paths,
+    #[serde(default)]
+    pub trust: Trust,
+    #[serde(default, rename = "category")]
+    pub categories: Vec<Category>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub exclusions: Exclusions,
 }
 
 impl Config {
@@ -168,6 +364,91 @@ impl Config {
             .cloned()
             .or_else(|| (name == "default").then(Profile::builtin_default))
     }
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the block (an IPv4 block never holds an IPv6 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let expected = || format!("expected an address or a CIDR block like \"198.18.0.0/15\" or \"2001:db8::/32\", got {text:?}");
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| expected())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(expected)?,
+            None => max,
+        };
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Cidr, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `90s`, `30m`, `12h`, `1d` (a number and one unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected = || format!("expected a duration like \"90s\", \"30m\", \"12h\" or \"1d\", got {text:?}");
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(expected)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(expected()),
+    };
+    number
+        .checked_mul(seconds)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(expected)
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 /// A configuration error with its place in the file.
