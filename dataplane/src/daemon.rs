@@ -2,22 +2,28 @@
 //! queue, and stops cleanly on SIGINT/SIGTERM. The XDP programs stay attached after the
 //! daemon (pinned links), so the wire keeps bridging or dropping as configured.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use loupe_control::config::{Config, FailMode};
+use boring::pkey::PKey;
+use boring::x509::X509;
+use crossbeam_channel::{Receiver, Sender};
+use loupe_control::config::{Config, FailMode, RuleAction};
+
+use crate::policy::{Exclusion, ExclusionCache, Policy, PolicyInputs, ProfileContext};
+use crate::tls::forge::ForgedCert;
 
 use crate::tls::ca::{CaRole, DecryptionCa};
 use crate::tls::forge::Forger;
 use crate::tls::probe::ProbeContext;
 use crate::tls::record::DecryptionLog;
-use crate::tls::session::{Profile, SplitTlsContext};
 use crate::tls::trust::TrustStore;
 use crate::wire::{PortSide, Wire, WireSettings, XdpAttachMode};
-use crate::worker::{Worker, WorkerSettings, WorkerStats, WorkerTls};
+use crate::worker::{ExclusionRequest, Worker, WorkerPolicy, WorkerSettings, WorkerStats, WorkerTls};
 use crate::xsk::{XskPort, XskSizes};
 
 pub struct RunOptions {
@@ -40,7 +46,7 @@ const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Publishes the counters as one JSON object in a file, replaced atomically (rename), so
 /// scripts and tests can read them until the control socket serves them.
-fn write_counters(path: &std::path::Path, wire: &Wire, workers: &[Arc<WorkerStats>], forger: &Forger) {
+fn write_counters(path: &Path, wire: &Wire, workers: &[Arc<WorkerStats>], forger: &Forger, policy: &Policy) {
     let xdp = wire
         .counters()
         .map(|c| c.to_json())
@@ -52,7 +58,8 @@ fn write_counters(path: &std::path::Path, wire: &Wire, workers: &[Arc<WorkerStat
     let text = format!(
         "{{\"xdp\":{xdp},\"flows_opened\":{},\"flows_active\":{},\"orphan_segments\":{},\"malformed_frames\":{},\
          \"sessions_decrypted\":{},\"sessions_blocked\":{},\"sessions_aborted\":{},\"log_write_errors\":{},\
-         \"forged_signed\":{},\"forged_cache_hits\":{},\"forged_cache_misses\":{},\"forged_evictions\":{}}}\n",
+         \"forged_signed\":{},\"forged_cache_hits\":{},\"forged_cache_misses\":{},\"forged_evictions\":{},\
+         \"config_version\":{},\"exclusions\":{},\"exclusions_dropped\":{},\"rules\":{}}}\n",
         sum(|w| &w.flows_opened),
         sum(|w| &w.flows_active),
         sum(|w| &w.orphan_segments),
@@ -65,10 +72,157 @@ fn write_counters(path: &std::path::Path, wire: &Wire, workers: &[Arc<WorkerStat
         forge.cache_hits,
         forge.cache_misses,
         forge.evictions,
+        policy.version,
+        policy.exclusions.len(),
+        sum(|w| &w.exclusions_dropped),
+        rules_json(policy),
     );
     let tmp = path.with_extension("json.tmp");
     if let Err(err) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
         tracing::warn!(path = %path.display(), %err, "cannot write the counters file");
+    }
+}
+
+/// `[{"name":"banks","hits":3}, …, {"name":"default","hits":0}]`: flows each rule decided
+/// in userspace.
+fn rules_json(policy: &Policy) -> String {
+    let rules: Vec<serde_json::Value> = policy
+        .hits()
+        .into_iter()
+        .map(|(name, hits)| serde_json::json!({ "name": name, "hits": hits }))
+        .collect();
+    serde_json::Value::from(rules).to_string()
+}
+
+/// The trust store for upstream validation: system roots (unless turned off), the
+/// configured CA files and `--trust-ca` files.
+fn trust_store(config: &Config, trust_ca: &[PathBuf]) -> Result<TrustStore> {
+    let mut files = config.trust.ca_files.clone();
+    files.extend(trust_ca.iter().cloned());
+    TrustStore::from_files(config.trust.system_roots, &files).context("loading the trust store")
+}
+
+/// A decrypt-inbound rule's chain (leaf first) and key, checked to belong together.
+fn inbound_certificate(rule: &str, cert: &Path, key: &Path) -> Result<ForgedCert> {
+    let read = |path: &Path| std::fs::read(path).with_context(|| format!("rule {rule:?}: reading {}", path.display()));
+    let chain = X509::stack_from_pem(&read(cert)?)
+        .with_context(|| format!("rule {rule:?}: {}: not a PEM certificate chain", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("rule {rule:?}: {}: holds no certificate", cert.display());
+    }
+    let key_pem = read(key)?;
+    let pkey = PKey::private_key_from_pem(&key_pem)
+        .with_context(|| format!("rule {rule:?}: {}: not a PEM private key", key.display()))?;
+    let public = chain[0].public_key()?;
+    if !public.public_eq(&pkey) {
+        anyhow::bail!(
+            "rule {rule:?}: the key {} does not belong to the certificate {}",
+            key.display(),
+            cert.display()
+        );
+    }
+    Ok(ForgedCert { chain, key: pkey })
+}
+
+/// Compiles the configuration into a policy snapshot: profiles with their TLS contexts,
+/// categories from their files, inbound certificates. `loupe check` runs this too, so a
+/// file that checks is a file that runs.
+pub fn build_policy(config: &Config, trust_ca: &[PathBuf], version: u64, exclusions: ExclusionCache) -> Result<Policy> {
+    let trust = trust_store(config, trust_ca)?;
+    let mut settings = config.profiles.clone();
+    if !settings.iter().any(|p| p.name == "default") {
+        settings.insert(0, loupe_control::config::Profile::builtin_default());
+    }
+    let mut profiles = Vec::new();
+    for profile in &settings {
+        let context = ProfileContext::new(profile, trust.build_store()?).map_err(anyhow::Error::msg)?;
+        profiles.push(Arc::new(context));
+    }
+    let mut inbound = HashMap::new();
+    for rule in config.rules.iter().filter(|r| r.action == RuleAction::DecryptInbound) {
+        let (Some(cert), Some(key)) = (&rule.certificate, &rule.key) else {
+            anyhow::bail!("rule {:?}: decrypt-inbound needs certificate and key", rule.name);
+        };
+        inbound.insert(rule.name.clone(), Arc::new(inbound_certificate(&rule.name, cert, key)?));
+    }
+    let categories = config.load_categories()?;
+    let inputs = PolicyInputs {
+        categories,
+        profiles,
+        inbound,
+    };
+    Policy::build(config, inputs, version, exclusions).map_err(anyhow::Error::msg)
+}
+
+/// Where the exclusion cache is kept across restarts.
+fn exclusions_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("exclusions.json")
+}
+
+fn load_exclusions(config: &Config, state_dir: &Path) -> ExclusionCache {
+    let mut cache = ExclusionCache::new(config.exclusions.ttl, config.exclusions.max_entries);
+    let path = exclusions_path(state_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<Vec<Exclusion>>(&bytes) {
+            Ok(saved) => cache.restore(saved, unix_now()),
+            Err(err) => tracing::warn!(path = %path.display(), %err, "ignoring an unreadable exclusion cache"),
+        },
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(path = %path.display(), %err, "cannot read the exclusion cache"),
+    }
+    cache
+}
+
+fn save_exclusions(cache: &ExclusionCache, state_dir: &Path) {
+    let path = exclusions_path(state_dir);
+    let entries: Vec<&Exclusion> = cache.entries().collect();
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec_pretty(&entries)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(err) = written {
+        tracing::warn!(path = %path.display(), %err, "cannot save the exclusion cache");
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The control thread's side of the policy: the current snapshot and the workers' queues.
+struct PolicyPublisher {
+    current: Arc<Policy>,
+    workers: Vec<Sender<Arc<Policy>>>,
+    requests: Receiver<ExclusionRequest>,
+}
+
+impl PolicyPublisher {
+    /// Waits up to `timeout` for exclusion requests; each makes a new snapshot, saved and
+    /// sent to every worker.
+    fn serve(&mut self, timeout: Duration, state_dir: &Path) {
+        let Ok(first) = self.requests.recv_timeout(timeout) else {
+            return;
+        };
+        let mut cache = (*self.current.exclusions).clone();
+        let now = unix_now();
+        for request in std::iter::once(first).chain(self.requests.try_iter()) {
+            let evicted = cache.insert(request.key.clone(), request.why.clone(), now);
+            tracing::info!(server = %request.key, why = %request.why, evicted, "server excluded from decryption");
+        }
+        save_exclusions(&cache, state_dir);
+        self.publish(Arc::new(self.current.with_exclusions(cache)));
+    }
+
+    fn publish(&mut self, policy: Arc<Policy>) {
+        tracing::info!(config_version = policy.version, "policy snapshot published");
+        for worker in &self.workers {
+            // A worker's queue holds a few snapshots; it always takes the newest.
+            let _ = worker.try_send(Arc::clone(&policy));
+        }
+        self.current = policy;
     }
 }
 
@@ -95,7 +249,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         outside: d.outside.clone(),
         inspect_ports: d.inspect_ports.clone(),
         fail_closed: d.fail == FailMode::Closed,
-        drop_quic: false,
+        drop_quic: d.drop_quic,
         pin_dir: options.pin_dir.clone(),
         mode: if d.xdp_mode == "generic" {
             XdpAttachMode::Generic
@@ -114,7 +268,7 @@ pub fn run(options: RunOptions) -> Result<()> {
 
     // TLS: the trust store, the decryption CA (generated on first run), the forger whose
     // clones share one certificate cache, and the decryption log.
-    let trust = TrustStore::from_files(true, &options.trust_ca).context("loading the trust store")?;
+    let trust = trust_store(&options.config, &options.trust_ca)?;
     let forger = match &options.config.ca {
         // The operator's CA; the untrusted CA still lives in the state directory.
         Some(files) => Forger::new(
@@ -130,14 +284,18 @@ pub fn run(options: RunOptions) -> Result<()> {
     );
     let log = Arc::new(DecryptionLog::open(&options.log_dir)?);
     tracing::info!(path = %log.path().display(), "decryption log");
-    let profile_config = options
-        .config
-        .profile("default")
-        .expect("the default profile always exists");
-    let profile = Profile::from_config(&profile_config);
-    profile
-        .validate()
-        .map_err(|e| anyhow::anyhow!("profile \"default\": {e}"))?;
+    let exclusions = load_exclusions(&options.config, &options.state_dir);
+    let policy = Arc::new(build_policy(&options.config, &options.trust_ca, 1, exclusions)?);
+    tracing::info!(
+        config_version = policy.version, rules = policy.rule_names().count(), excluded = policy.exclusions.len(),
+        "policy loaded"
+    );
+    let (exclusion_tx, exclusion_rx) = crossbeam_channel::bounded::<ExclusionRequest>(1024);
+    let mut publisher = PolicyPublisher {
+        current: Arc::clone(&policy),
+        workers: Vec::new(),
+        requests: exclusion_rx,
+    };
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
@@ -148,11 +306,15 @@ pub fn run(options: RunOptions) -> Result<()> {
         wire.register_socket(PortSide::Inside, queue, inside.raw_fd())?;
         wire.register_socket(PortSide::Outside, queue, outside.raw_fd())?;
         let tls = WorkerTls {
-            profile: profile.clone(),
-            context: SplitTlsContext::new(&profile, trust.build_store()?)
-                .map_err(|e| anyhow::anyhow!("profile \"default\": {e}"))?,
             forger: forger.clone(),
             log: log.clone(),
+        };
+        let (policy_tx, policy_rx) = crossbeam_channel::bounded(8);
+        publisher.workers.push(policy_tx);
+        let worker_policy = WorkerPolicy {
+            current: Arc::clone(&policy),
+            updates: policy_rx,
+            exclusions: exclusion_tx.clone(),
         };
         let probe = ProbeContext::new().map_err(|e| anyhow::anyhow!("the TLS probe: {e}"))?;
         let stats = Arc::new(WorkerStats::default());
@@ -162,7 +324,6 @@ pub fn run(options: RunOptions) -> Result<()> {
             inspect_ports: d.inspect_ports.clone(),
             max_flows: d.max_flows,
             tcp_buffer: d.tcp_buffer,
-            not_tls: options.config.decryption.not_tls,
         };
         let core = match d.first_core {
             Some(first) => cores.iter().find(|c| c.id == first + queue as usize).copied(),
@@ -176,7 +337,7 @@ pub fn run(options: RunOptions) -> Result<()> {
                         tracing::warn!(queue, core = core.id, "could not pin worker to its core");
                     }
                 }
-                Worker::new(worker_settings, inside, outside, stats, tls, probe).run(&STOP);
+                Worker::new(worker_settings, inside, outside, stats, tls, worker_policy, probe).run(&STOP);
             })
             .context("spawning a worker thread")?;
         handles.push(handle);
@@ -187,10 +348,10 @@ pub fn run(options: RunOptions) -> Result<()> {
     let mut last_write = std::time::Instant::now() - COUNTERS_INTERVAL;
     while !STOP.load(Ordering::Relaxed) && handles.iter().all(|h| !h.is_finished()) {
         if last_write.elapsed() >= COUNTERS_INTERVAL {
-            write_counters(&counters_file, &wire, &all_stats, &forger);
+            write_counters(&counters_file, &wire, &all_stats, &forger, &publisher.current);
             last_write = std::time::Instant::now();
         }
-        std::thread::sleep(Duration::from_millis(100));
+        publisher.serve(Duration::from_millis(100), &options.state_dir);
     }
     STOP.store(true, Ordering::Relaxed);
     for handle in handles {
@@ -198,7 +359,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             tracing::error!("a worker panicked");
         }
     }
-    write_counters(&counters_file, &wire, &all_stats, &forger);
+    write_counters(&counters_file, &wire, &all_stats, &forger, &publisher.current);
     let counters = wire.counters()?;
     let mut flows_opened = 0;
     let mut bytes = (0, 0);

@@ -2,6 +2,7 @@
 //! and the pinned workers.
 
 pub mod daemon;
+pub mod policy;
 pub mod flow;
 pub mod frame;
 pub mod probing;

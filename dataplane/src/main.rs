@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use loupe_dataplane::policy::ExclusionCache;
 use loupe_control::config::Config;
 use loupe_dataplane::tls::ca::{self, CaKeyType, CaRole, DecryptionCa};
 use loupe_dataplane::{daemon, wire};
@@ -21,10 +23,12 @@ enum Command {
     Run {
         #[arg(long)]
         config: Option<PathBuf>,
-        #[arg(long, default_value = "/var/lib/loupe")]
-        state_dir: PathBuf,
-        #[arg(long, default_value = "/var/log/loupe")]
-        log_dir: PathBuf,
+        /// State (CA, trust store, exclusions); default: `[paths] state_dir`, else /var/lib/loupe.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Logs (decryption.jsonl); default: `[paths] log_dir`, else /var/log/loupe.
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
         /// Where the XDP links and maps are pinned (bpffs).
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
@@ -38,7 +42,8 @@ enum Command {
         #[command(subcommand)]
         action: CaCommand,
     },
-    /// Validate a configuration file without starting anything.
+    /// Validate a configuration file without starting anything: the file, the category
+    /// files, the CA and certificate files it names, and every profile against BoringSSL.
     Check { file: PathBuf },
     /// Print the XDP counters from the pinned maps (works without a running daemon).
     Counters {
@@ -107,6 +112,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(file) => Config::load(file)?,
                 None => Config::default(),
             };
+            let state_dir = state_dir
+                .or_else(|| parsed.paths.state_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("/var/lib/loupe"));
+            let log_dir = log_dir
+                .or_else(|| parsed.paths.log_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("/var/log/loupe"));
             daemon::run(daemon::RunOptions {
                 config: parsed,
                 config_file: config,
@@ -118,8 +129,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ca { action } => ca(action),
         Command::Check { file } => {
-            Config::load(&file)?;
-            println!("{}: ok", file.display());
+            let config = Config::load(&file)?;
+            let policy = daemon::build_policy(&config, &[], 1, ExclusionCache::default())
+                .with_context(|| format!("{}", file.display()))?;
+            let bypassed = policy.xdp_bypasses(&config.dataplane.inspect_ports);
+            println!(
+                "{}: ok ({} rules, {} profiles; {} no-decrypt entries enforced in XDP)",
+                file.display(),
+                config.rules.len(),
+                config.profiles.len().max(1),
+                bypassed.len()
+            );
             Ok(())
         }
         Command::Counters { pin_dir, json } => {

@@ -1,7 +1,11 @@
 //! A flow's session: what its TCP stream carries and what loupe does with it. It reads
-//! the client's ClientHello, then decrypts through split TLS (or refuses what is not TLS),
-//! and when the flow ends it produces the flow's one decryption-log record.
+//! the client's ClientHello, asks the policy snapshot the flow started with, then decrypts
+//! through split TLS, splices, or blocks (and refuses what is not TLS), and when the flow
+//! ends it produces the flow's one decryption-log record.
 
+use std::sync::Arc;
+
+use loupe_control::config::{RuleAction, Undecryptable};
 use smoltcp::socket::tcp;
 
 use crate::flow::FlowKey;
@@ -9,14 +13,40 @@ use crate::relay::{ByteCounts, EndReason, Fins, Splice, StreamPump};
 use crate::tls::client_hello::{ClientHello, ClientHelloError, ClientHelloReader};
 use crate::tls::diagnosis::{ClientOffer, ConnectFailure, DiagnosisInput, ProfileFacts, UpstreamOffer};
 use crate::tls::forge::CertSource;
-use crate::tls::record::{Action, DecryptionRecord, Outcome, Stage};
-use crate::tls::session::{PlaintextCounter, Profile, SessionFailure, SplitTls, SplitTlsContext, UntrustedAction};
+use crate::policy::{Decision, ExclusionKey, Policy, ProfileContext};
+use crate::tls::record::{Action, DecryptionRecord, Outcome, Peer, Stage};
+use crate::tls::session::{
+    PlaintextCounter, SessionFailure, SplitTls, UntrustedAction, ALERT_ACCESS_DENIED, ALERT_HANDSHAKE_FAILURE,
+};
 use loupe_control::config::NotTls;
 
-/// What a worker lends a session while it runs: the TLS contexts and the forger.
+/// What a worker lends a session while it runs: the forger.
 pub struct TlsEnv<'a> {
-    pub context: &'a SplitTlsContext,
     pub certs: &'a mut dyn CertSource,
+}
+
+/// Alert sent to a client that offers no TLS version the profile allows.
+const ALERT_PROTOCOL_VERSION: u8 = 70;
+
+/// Why a stream is relayed without decryption.
+#[derive(Debug)]
+enum SpliceReason {
+    /// Not TLS, relayed by `not_tls = "splice"`.
+    NotTls(ClientHelloError),
+    /// A no-decrypt rule or the exclusion cache (the decision says which).
+    Policy,
+    /// The client offers nothing the profile allows and the profile bypasses such sessions.
+    ClientUnsupported(String),
+}
+
+/// Why loupe refused a TLS session before any handshake.
+#[derive(Debug)]
+enum BlockReason {
+    /// A block rule.
+    Rule,
+    /// The client offers nothing the profile allows (`unsupported_version` or
+    /// `unsupported_cipher` = block).
+    ClientUnsupported(String),
 }
 
 enum Stream {
@@ -25,10 +55,17 @@ enum Stream {
     Decrypting(Box<SplitTls>),
     /// Not TLS (or a hostile hello): both connections were reset.
     Refused(ClientHelloError),
-    /// Not TLS, relayed byte for byte by policy: the bytes read so far go first.
+    /// Relayed byte for byte: the bytes read so far go first.
     Spliced {
-        reason: ClientHelloError,
+        reason: SpliceReason,
         head: Vec<u8>,
+        sent: usize,
+    },
+    /// Refused by policy after the ClientHello: a fatal alert goes to the client, then
+    /// both connections close.
+    Blocked {
+        reason: BlockReason,
+        alert: [u8; 7],
         sent: usize,
     },
     /// The client closed before its ClientHello was complete.
@@ -37,7 +74,9 @@ enum Stream {
 
 pub struct Session {
     id: u64,
-    not_tls: NotTls,
+    /// The snapshot the flow started with: it keeps it for its whole life.
+    policy: Arc<Policy>,
+    decision: Option<Decision>,
     key: FlowKey,
     stream: Stream,
     hello: Option<ClientHello>,
@@ -48,12 +87,26 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, key: FlowKey, not_tls: NotTls) -> Session {
+    pub fn new(id: u64, key: FlowKey, policy: Arc<Policy>) -> Session {
+        // A no-decrypt rule on addresses alone: spliced from the first byte.
+        let early = policy.at_connect(key.client, key.server);
+        let stream = match &early {
+            Some(decision) => {
+                policy.count_hit(decision);
+                Stream::Spliced {
+                    reason: SpliceReason::Policy,
+                    head: Vec::new(),
+                    sent: 0,
+                }
+            }
+            None => Stream::AwaitingHello(ClientHelloReader::new()),
+        };
         Session {
             id,
-            not_tls,
+            policy,
+            decision: early,
             key,
-            stream: Stream::AwaitingHello(ClientHelloReader::new()),
+            stream,
             hello: None,
             inspector: PlaintextCounter::default(),
             client_fin_told: false,
@@ -73,12 +126,7 @@ impl Session {
 
     /// The record for the decryption log once the flow has ended, and what its diagnosis
     /// is made from (a probe may add to it before `record.explain(&input)`).
-    pub fn record(
-        &self,
-        tcp_end: Option<EndReason>,
-        tcp_bytes: ByteCounts,
-        profile: &Profile,
-    ) -> (DecryptionRecord, DiagnosisInput) {
+    pub fn record(&self, tcp_end: Option<EndReason>, tcp_bytes: ByteCounts) -> (DecryptionRecord, DiagnosisInput) {
         let (action, outcome) = self.verdict();
         let mut record = DecryptionRecord::new(self.id, self.key.client, self.key.server, action, outcome);
         record.sni = self.hello.as_ref().and_then(|h| h.sni.clone());
@@ -86,7 +134,13 @@ impl Session {
         record.bytes_server_to_client = tcp_bytes.server_to_client;
         record.packets_client_to_server = self.packets.client_to_server;
         record.packets_server_to_client = self.packets.server_to_client;
-        record.profile = "default".into();
+        record.config_version = self.policy.version;
+        let profile = self.profile();
+        record.profile = profile.map(|p| p.name.clone());
+        if let Some(decision) = &self.decision {
+            record.rule = decision.rule.clone();
+            record.reason = Some(decision.reason.clone());
+        }
         let mut not_tls = None;
         let mut connect_failure = None;
         match &self.stream {
@@ -100,9 +154,34 @@ impl Session {
                 record.end_reason = "the client closed before sending a complete ClientHello".into();
             }
             Stream::Spliced { reason, .. } => {
-                record.end_reason = format!("spliced uninspected: {reason}");
-                record.error = Some(reason.to_string());
-                not_tls = Some(reason.to_string());
+                let end = tcp_end.map_or("closed", EndReason::as_str);
+                match reason {
+                    SpliceReason::NotTls(err) => {
+                        record.end_reason = format!("spliced uninspected: {err}");
+                        record.error = Some(err.to_string());
+                        not_tls = Some(err.to_string());
+                    }
+                    SpliceReason::Policy => {
+                        record.end_reason = end.to_string();
+                    }
+                    SpliceReason::ClientUnsupported(why) => {
+                        record.end_reason = end.to_string();
+                        record.reason = Some(format!("bypassed: {why}"));
+                    }
+                }
+            }
+            Stream::Blocked { reason, .. } => {
+                record.stage = Some(Stage::ClientHello);
+                match reason {
+                    BlockReason::Rule => {
+                        record.end_reason = format!("blocked by rule {:?}", record.rule);
+                    }
+                    BlockReason::ClientUnsupported(why) => {
+                        record.error = Some(why.clone());
+                        record.end_reason = format!("blocked: {why}");
+                        record.reason = Some(why.clone());
+                    }
+                }
             }
             Stream::Refused(err) => {
                 record.stage = Some(Stage::ClientHello);
@@ -130,26 +209,93 @@ impl Session {
                     (None, Some(end)) => end.as_str().to_string(),
                     (None, None) => "closed".into(),
                 };
+                if let Some((what, setting)) = self.undecryptable() {
+                    let ttl = self.policy.exclusion_ttl();
+                    record.reason = Some(match setting {
+                        Undecryptable::Block => format!("{what}: blocked ({} = \"block\")", what.setting()),
+                        Undecryptable::Bypass => format!(
+                            "{what}: the server is excluded from decryption for {} ({} = \"bypass\"); the next connections are spliced",
+                            humanize(ttl),
+                            what.setting()
+                        ),
+                    });
+                }
             }
         }
         let mut input = DiagnosisInput::from_record(&record);
-        input.profile = profile_facts(profile);
-        input.offered = Some(UpstreamOffer {
-            min_version: profile.min_version,
-            max_version: profile.max_version,
-            ciphers: profile.cipher_list.split(':').map(str::to_string).collect(),
-        });
+        if let Some(profile) = profile {
+            let p = &profile.profile;
+            input.profile = profile_facts(profile);
+            input.offered = Some(UpstreamOffer {
+                min_version: p.min_version,
+                max_version: p.max_version,
+                ciphers: p.cipher_list.split(':').map(str::to_string).collect(),
+            });
+        }
         input.client_offer = self.hello.as_ref().map(ClientOffer::from_client_hello);
         input.not_tls = not_tls;
         input.connect_failure = connect_failure;
         (record, input)
     }
 
+    fn profile(&self) -> Option<&Arc<ProfileContext>> {
+        self.decision.as_ref().and_then(|d| d.profile.as_ref())
+    }
+
+    /// Why the server could not be decrypted, when the profile has a setting for it, and
+    /// that setting.
+    fn undecryptable(&self) -> Option<(Obstacle, Undecryptable)> {
+        let Stream::Decrypting(tls) = &self.stream else {
+            return None;
+        };
+        let settings = &self.profile()?.settings;
+        let what = match tls.outcome()? {
+            SessionFailure::ClientCertificateRequested => Obstacle::ClientAuth,
+            SessionFailure::UpstreamHandshake { detail } => {
+                let alert = tls
+                    .facts()
+                    .alerts
+                    .iter()
+                    .find(|a| a.sender == Peer::Server && a.fatal)
+                    .map(|a| a.code);
+                match alert {
+                    Some(70) => Obstacle::Version,
+                    Some(40) | Some(71) => Obstacle::Cipher,
+                    _ if detail.contains("UNSUPPORTED_PROTOCOL") || detail.contains("WRONG_VERSION") => {
+                        Obstacle::Version
+                    }
+                    _ if detail.contains("NO_SHARED_CIPHER") || detail.contains("WRONG_CIPHER") => {
+                        Obstacle::Cipher
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        let setting = match what {
+            Obstacle::ClientAuth => settings.client_auth,
+            Obstacle::Version => settings.unsupported_version,
+            Obstacle::Cipher => settings.unsupported_cipher,
+        };
+        Some((what, setting))
+    }
+
+    /// When this session's failure puts its server in the exclusion cache: the key and why.
+    pub fn exclusion(&self) -> Option<(ExclusionKey, String)> {
+        match self.undecryptable()? {
+            (what, Undecryptable::Bypass) => Some((
+                ExclusionKey::new(self.sni(), self.key.server),
+                what.to_string(),
+            )),
+            (_, Undecryptable::Block) => None,
+        }
+    }
+
     /// The server refused our handshake with an alert: worth a probe of what it accepts.
     pub fn server_refused_handshake(&self) -> bool {
         matches!(&self.stream, Stream::Decrypting(tls)
             if tls.stage() == Stage::UpstreamHandshake
-                && tls.facts().alerts.iter().any(|a| a.sender == crate::tls::record::Peer::Server && a.fatal))
+                && tls.facts().alerts.iter().any(|a| a.sender == Peer::Server && a.fatal))
     }
 
     pub fn sni(&self) -> Option<&str> {
@@ -157,17 +303,29 @@ impl Session {
     }
 
     fn verdict(&self) -> (Action, Outcome) {
+        let action = match self.decision.as_ref().map(|d| d.action) {
+            Some(RuleAction::NoDecrypt) => Action::NoDecrypt,
+            Some(RuleAction::Block) => Action::Block,
+            Some(RuleAction::DecryptInbound) => Action::DecryptInbound,
+            Some(RuleAction::Decrypt) | None => Action::Decrypt,
+        };
         match &self.stream {
             Stream::Refused(_) => (Action::Block, Outcome::Blocked),
-            Stream::Spliced { .. } => (Action::NoDecrypt, Outcome::Spliced),
-            Stream::AwaitingHello(_) | Stream::ClosedBeforeHello => (Action::Decrypt, Outcome::Aborted),
+            Stream::Spliced {
+                reason: SpliceReason::NotTls(_),
+                ..
+            } => (Action::NoDecrypt, Outcome::Spliced),
+            Stream::Spliced { .. } => (action, Outcome::Spliced),
+            Stream::Blocked { .. } => (action, Outcome::Blocked),
+            Stream::AwaitingHello(_) | Stream::ClosedBeforeHello => (action, Outcome::Aborted),
             Stream::Decrypting(tls) => match tls.outcome() {
-                None if tls.stage() == Stage::Established => (Action::Decrypt, Outcome::Decrypted),
-                None => (Action::Decrypt, Outcome::Aborted),
-                Some(SessionFailure::UpstreamUntrusted { .. }) => (Action::Decrypt, Outcome::Blocked),
+                None if tls.stage() == Stage::Established => (action, Outcome::Decrypted),
+                None => (action, Outcome::Aborted),
+                Some(SessionFailure::UpstreamUntrusted { .. }) => (action, Outcome::Blocked),
                 // Decrypted as far as it went; a truncated or broken stream afterwards.
-                Some(SessionFailure::Stream { .. }) => (Action::Decrypt, Outcome::Decrypted),
-                Some(_) => (Action::Decrypt, Outcome::Aborted),
+                Some(SessionFailure::Stream { .. }) => (action, Outcome::Decrypted),
+                Some(_) if self.undecryptable().is_some() => (action, Outcome::Blocked),
+                Some(_) => (action, Outcome::Aborted),
             },
         }
     }
@@ -178,9 +336,51 @@ impl Session {
     }
 }
 
-fn profile_facts(profile: &Profile) -> ProfileFacts {
+/// A reason the profile names for not decrypting a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Obstacle {
+    ClientAuth,
+    Version,
+    Cipher,
+}
+
+impl Obstacle {
+    /// The profile setting that decides.
+    fn setting(self) -> &'static str {
+        match self {
+            Obstacle::ClientAuth => "client_auth",
+            Obstacle::Version => "unsupported_version",
+            Obstacle::Cipher => "unsupported_cipher",
+        }
+    }
+}
+
+impl std::fmt::Display for Obstacle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Obstacle::ClientAuth => "the server requested a client certificate",
+            Obstacle::Version => "the server speaks no TLS version the profile allows",
+            Obstacle::Cipher => "the server shares no cipher suite with the profile",
+        })
+    }
+}
+
+/// `12h`, `30m`, `90s`.
+fn humanize(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn profile_facts(context: &ProfileContext) -> ProfileFacts {
+    let profile = &context.profile;
     ProfileFacts {
-        name: "default".into(),
+        name: context.name.clone(),
         allow_sha1: profile.allow_sha1,
         min_version: profile.min_version,
         max_version: profile.max_version,
@@ -211,9 +411,12 @@ impl StreamPump for SessionPump<'_, '_> {
         if let Stream::AwaitingHello(reader) = &mut session.stream {
             match read_hello(reader, client) {
                 Ok(Some(hello)) => {
-                    let tls = SplitTls::start(&hello, reader.raw(), session.key.server, self.env.context);
+                    let decision = session.policy.at_hello(session.key.client, session.key.server, hello.sni.as_deref());
+                    session.policy.count_hit(&decision);
+                    tracing::debug!(flow = %session.key, ?decision, "policy decision");
+                    session.stream = start(&hello, reader.raw(), session.key.server, &decision);
                     session.hello = Some(hello);
-                    session.stream = Stream::Decrypting(Box::new(tls));
+                    session.decision = Some(decision);
                 }
                 Ok(None) => {
                     if fins.client_fin_received && client.recv_queue() == 0 {
@@ -226,10 +429,10 @@ impl StreamPump for SessionPump<'_, '_> {
                     }
                     return ByteCounts::default();
                 }
-                Err(err) if session.not_tls == NotTls::Splice && err.is_not_tls() => {
+                Err(err) if session.policy.not_tls == NotTls::Splice && err.is_not_tls() => {
                     tracing::debug!(flow = %session.key, %err, "not TLS: spliced by policy");
                     session.stream = Stream::Spliced {
-                        reason: err,
+                        reason: SpliceReason::NotTls(err),
                         head: reader.raw().to_vec(),
                         sent: 0,
                     };
@@ -259,6 +462,18 @@ impl StreamPump for SessionPump<'_, '_> {
                 return moved;
             }
             return Splice.pump(client, server, fins);
+        }
+        if let Stream::Blocked { alert, sent, .. } = &mut session.stream {
+            if *sent < alert.len() {
+                *sent += drain(client, &alert[*sent..]);
+            }
+            if *sent == alert.len() && !fins.server_fin_forwarded {
+                client.close();
+                server.close();
+                fins.client_fin_forwarded = true;
+                fins.server_fin_forwarded = true;
+            }
+            return ByteCounts::default();
         }
         let Stream::Decrypting(tls) = &mut session.stream else {
             return ByteCounts::default();
@@ -300,6 +515,73 @@ impl StreamPump for SessionPump<'_, '_> {
         }
         moved
     }
+}
+
+/// What the session becomes once policy decided on its ClientHello.
+fn start(hello: &ClientHello, raw: &[u8], server: std::net::SocketAddr, decision: &Decision) -> Stream {
+    let alert = |code: u8| {
+        let [major, minor] = hello.max_version().clamp(0x0301, 0x0303).to_be_bytes();
+        [21, major, minor, 0, 2, 2, code]
+    };
+    let profile = match (decision.action, &decision.profile) {
+        (RuleAction::NoDecrypt, _) => {
+            return Stream::Spliced {
+                reason: SpliceReason::Policy,
+                head: raw.to_vec(),
+                sent: 0,
+            }
+        }
+        (RuleAction::Block, _) | (_, None) => {
+            return Stream::Blocked {
+                reason: BlockReason::Rule,
+                alert: alert(ALERT_ACCESS_DENIED),
+                sent: 0,
+            }
+        }
+        (_, Some(profile)) => profile,
+    };
+    if let Some((why, setting, code)) = client_shortfall(hello, profile) {
+        return match setting {
+            Undecryptable::Block => Stream::Blocked {
+                reason: BlockReason::ClientUnsupported(why),
+                alert: alert(code),
+                sent: 0,
+            },
+            Undecryptable::Bypass => Stream::Spliced {
+                reason: SpliceReason::ClientUnsupported(why),
+                head: raw.to_vec(),
+                sent: 0,
+            },
+        };
+    }
+    let tls = SplitTls::start_with(hello, raw, server, &profile.context, decision.inbound.clone());
+    Stream::Decrypting(Box::new(tls))
+}
+
+/// A client that offers less than the profile allows: what it lacks, the profile's
+/// setting for it, and the alert it gets when blocked.
+fn client_shortfall(hello: &ClientHello, profile: &ProfileContext) -> Option<(String, Undecryptable, u8)> {
+    let p = &profile.profile;
+    let names = crate::tls::names::version_name;
+    if hello.max_version() < p.min_version {
+        let why = format!(
+            "unsupported version: the client offers at most {}, the profile {:?} requires {} or newer",
+            names(hello.max_version()),
+            profile.name,
+            names(p.min_version)
+        );
+        return Some((why, profile.settings.unsupported_version, ALERT_PROTOCOL_VERSION));
+    }
+    let tls13 = hello.max_version() >= 0x0304 && p.max_version >= 0x0304;
+    let shared = tls13 || hello.cipher_suites.iter().any(|id| profile.client_suites.contains(id));
+    if !shared {
+        let why = format!(
+            "unsupported cipher: the client offers no cipher suite the profile {:?} allows",
+            profile.name
+        );
+        return Some((why, profile.settings.unsupported_cipher, ALERT_HANDSHAKE_FAILURE));
+    }
+    None
 }
 
 /// Feeds what the client sent into the reader until the ClientHello is complete.

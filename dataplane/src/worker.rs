@@ -21,7 +21,8 @@ use crate::session::{Session, TlsEnv};
 use crate::tcp_device::{transparent_interface, FrameDevice, L2Header};
 use crate::tls::forge::Forger;
 use crate::tls::record::{DecryptionLog, Outcome};
-use crate::tls::session::{Profile, SplitTlsContext};
+use crate::policy::{ExclusionKey, Policy};
+use crossbeam_channel::{Receiver, Sender};
 use crate::xsk::{XskPort, BATCH};
 
 pub const INSIDE: usize = 0;
@@ -41,7 +42,6 @@ pub struct WorkerSettings {
     pub max_flows: usize,
     /// Bytes of TCP buffer per direction and side of a flow.
     pub tcp_buffer: usize,
-    pub not_tls: loupe_control::config::NotTls,
 }
 
 /// Counters a worker publishes; single writer, relaxed atomics, read by status queries.
@@ -65,15 +65,30 @@ pub struct WorkerStats {
     pub sessions_blocked: AtomicU64,
     pub sessions_aborted: AtomicU64,
     pub log_write_errors: AtomicU64,
+    /// Exclusions the control thread could not be told about (its queue was full).
+    pub exclusions_dropped: AtomicU64,
 }
 
 /// What a worker needs to split TLS: built once by the daemon, one per worker.
 pub struct WorkerTls {
-    pub profile: Profile,
-    pub context: SplitTlsContext,
     /// Clones share the CA, the leaf key and the certificate cache.
     pub forger: Forger,
     pub log: Arc<DecryptionLog>,
+}
+
+/// How a worker follows the policy: the current snapshot, newer ones from the control
+/// thread, and where it reports servers to exclude.
+pub struct WorkerPolicy {
+    pub current: Arc<Policy>,
+    pub updates: Receiver<Arc<Policy>>,
+    pub exclusions: Sender<ExclusionRequest>,
+}
+
+/// A server this worker could not decrypt and whose profile says bypass.
+#[derive(Debug, Clone)]
+pub struct ExclusionRequest {
+    pub key: ExclusionKey,
+    pub why: String,
 }
 
 impl WorkerStats {
@@ -121,6 +136,7 @@ pub struct Worker {
     ready: Vec<FlowId>,
     stats: Arc<WorkerStats>,
     tls: WorkerTls,
+    policy: WorkerPolicy,
     probes: Probes,
     probe_done: Vec<PendingRecord>,
     next_session: u64,
@@ -134,6 +150,7 @@ impl Worker {
         outside: XskPort,
         stats: Arc<WorkerStats>,
         tls: WorkerTls,
+        policy: WorkerPolicy,
         probe: crate::tls::probe::ProbeContext,
     ) -> Worker {
         let clock = std::time::Instant::now();
@@ -160,6 +177,7 @@ impl Worker {
             // Session ids are unique across workers: the queue in the top bits.
             next_session: u64::from(settings_queue) << 48,
             tls,
+            policy,
             probes: Probes::new(probe),
             probe_done: Vec::with_capacity(MAX_PROBES),
             clock,
@@ -178,6 +196,10 @@ impl Worker {
         }; BATCH];
         tracing::info!(queue = self.settings.queue, inside = %self.ports[INSIDE].name, outside = %self.ports[OUTSIDE].name, "worker running");
         while !stop.load(Ordering::Relaxed) {
+            // Snapshots switch between batches; flows keep the one they started with.
+            while let Ok(newer) = self.policy.updates.try_recv() {
+                self.policy.current = newer;
+            }
             let now = self.now();
             let mut received = 0;
             for port in [INSIDE, OUTSIDE] {
@@ -297,7 +319,7 @@ impl Worker {
         peer_mac: MacAddr,
     ) -> Option<FlowId> {
         let buffer = self.settings.tcp_buffer;
-        let not_tls = self.settings.not_tls;
+        let policy = &self.policy.current;
         self.next_session += 1;
         let session_id = self.next_session;
         let (id, flow) = match self.flows.insert(key, || FlowState {
@@ -307,7 +329,7 @@ impl Worker {
             peer_mac,
             scheduled: None,
             ready: false,
-            session: Session::new(session_id, key, not_tls),
+            session: Session::new(session_id, key, Arc::clone(policy)),
             release_at: None,
         }) {
             Ok(inserted) => inserted,
@@ -323,7 +345,7 @@ impl Worker {
         flow.scheduled = None;
         flow.ready = false;
         flow.release_at = None;
-        flow.session = Session::new(session_id, key, not_tls);
+        flow.session = Session::new(session_id, key, Arc::clone(policy));
         if let Err(err) = flow.pair.open(key, self.server_iface.context()) {
             tracing::warn!(flow = %key, %err, "cannot open flow");
             self.flows.remove(id);
@@ -373,7 +395,6 @@ impl Worker {
         flow.ready = false;
         let before = flow.pair.bytes;
         let env = TlsEnv {
-            context: &self.tls.context,
             certs: &mut self.tls.forger,
         };
         flow.pair.relay(&mut flow.session.pump(env));
@@ -412,7 +433,13 @@ impl Worker {
         if flow.release_at.is_some_and(|at| at <= now) {
             let reason = flow.pair.end_reason.unwrap_or(EndReason::Closed);
             let bytes = flow.pair.bytes;
-            let (record, input) = flow.session.record(Some(reason), bytes, &self.tls.profile);
+            let (record, input) = flow.session.record(Some(reason), bytes);
+            if let Some((key, why)) = flow.session.exclusion() {
+                tracing::info!(server = %key, %why, "excluding the server from decryption");
+                if self.policy.exclusions.try_send(ExclusionRequest { key, why }).is_err() {
+                    WorkerStats::add(&self.stats.exclusions_dropped, 1);
+                }
+            }
             let pending = PendingRecord { record, input };
             let probe_from = flow.session.server_refused_handshake().then(|| {
                 (

@@ -227,7 +227,7 @@ impl DiagnosisInput {
             chain: ChainShape::of(&record.server_chain),
             alerts: record.alerts.clone(),
             profile: ProfileFacts {
-                name: record.profile.clone(),
+                name: record.profile.clone().unwrap_or_default(),
                 ..ProfileFacts::default()
             },
             end_reason: (!record.end_reason.is_empty()).then(|| record.end_reason.clone()),

@@ -199,6 +199,8 @@ pub enum Action {
     Decrypt,
     NoDecrypt,
     Block,
+    /// Decrypt-known-key: the client saw the server's own certificate.
+    DecryptInbound,
 }
 
 /// How the session ended up.
@@ -243,12 +245,17 @@ pub struct DecryptionRecord {
     pub protocol: Transport,
     /// Server name from the ClientHello; null when the client sent none.
     pub sni: Option<String>,
-    /// Name of the rule that matched (`"default"` until rules exist).
+    /// Name of the rule that matched; `"default"` when none did (the default action).
     pub rule: String,
-    /// Name of the decryption profile applied.
-    pub profile: String,
-    /// Policy decision: `decrypt`, `no-decrypt` or `block`.
+    /// Name of the decryption profile applied; null when the session was not decrypted by
+    /// policy (no-decrypt, block).
+    pub profile: Option<String>,
+    /// Policy decision: `decrypt`, `no-decrypt`, `block` or `decrypt-inbound`.
     pub action: Action,
+    /// Why policy decided so (`rule "banks" matched (category financial)`,
+    /// `excluded: the server requested a client certificate`), and what a profile setting
+    /// did about a server it cannot decrypt.
+    pub reason: Option<String>,
     /// Result: `decrypted`, `spliced`, `blocked` or `aborted`.
     pub outcome: Outcome,
     /// Where the session failed; null when nothing failed.
@@ -300,8 +307,9 @@ impl DecryptionRecord {
             protocol: Transport::Tcp,
             sni: None,
             rule: "default".to_string(),
-            profile: "default".to_string(),
+            profile: None,
             action,
+            reason: None,
             outcome,
             stage: None,
             client_leg: NegotiatedFact::default(),

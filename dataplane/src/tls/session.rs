@@ -116,6 +116,8 @@ pub struct Profile {
     /// SHA-1 in suites (`…-SHA`) and handshake signatures. Required for TLS 1.0/1.1.
     pub allow_sha1: bool,
     pub untrusted: UntrustedAction,
+    /// An expired or not-yet-valid server certificate (an untrusted case of its own).
+    pub expired: UntrustedAction,
 }
 
 impl Default for Profile {
@@ -138,6 +140,7 @@ impl Default for Profile {
             sigalgs: None,
             allow_sha1: false,
             untrusted: UntrustedAction::Block,
+            expired: UntrustedAction::Block,
         }
     }
 }
@@ -160,13 +163,18 @@ impl Profile {
             } else {
                 config.groups.join(":")
             },
-            sigalgs: None,
+            sigalgs: (!config.sigalgs.is_empty()).then(|| config.sigalgs.join(":")),
             allow_sha1: config.allow_sha1,
-            untrusted: match config.untrusted {
-                loupe_control::config::Untrusted::Block => UntrustedAction::Block,
-                loupe_control::config::Untrusted::ForwardUntrust => UntrustedAction::ForwardUntrust,
-            },
+            untrusted: untrusted_action(config.untrusted),
+            expired: untrusted_action(config.expired.unwrap_or(config.untrusted)),
         }
+    }
+}
+
+fn untrusted_action(setting: loupe_control::config::Untrusted) -> UntrustedAction {
+    match setting {
+        loupe_control::config::Untrusted::Block => UntrustedAction::Block,
+        loupe_control::config::Untrusted::ForwardUntrust => UntrustedAction::ForwardUntrust,
     }
 }
 
@@ -334,6 +342,7 @@ pub struct SplitTlsContext {
     client_untrusted: SslContext,
     sessions: Arc<Mutex<SessionCache>>,
     untrusted: UntrustedAction,
+    expired: UntrustedAction,
 }
 
 impl fmt::Debug for SplitTlsContext {
@@ -417,6 +426,10 @@ impl SplitTlsContext {
                 None => false,
             }
         });
+        // A server asking for a client certificate suspends the handshake (loupe holds none
+        // of the client's), so the session can end with that reason before any data flows.
+        // SAFETY: the context is alive; the callback is a plain function with the right ABI.
+        unsafe { boring_sys::SSL_CTX_set_client_cert_cb(up.as_ptr(), Some(suspend_on_certificate_request)) };
         up.set_session_cache_mode(SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL);
         let cache = Arc::clone(&sessions);
         up.set_new_session_callback(move |ssl, session| {
@@ -437,7 +450,16 @@ impl SplitTlsContext {
             client_untrusted,
             sessions,
             untrusted: profile.untrusted,
+            expired: profile.expired,
         })
+    }
+
+    /// The TLS 1.2-and-older suites the client leg accepts (IANA ids).
+    pub fn client_suite_ids(&self) -> Vec<u16> {
+        self.client_trusted
+            .ciphers()
+            .map(|stack| stack.iter().map(|c| c.protocol_id()).collect())
+            .unwrap_or_default()
     }
 
     /// Upstream sessions currently cached for resumption.
@@ -490,6 +512,17 @@ impl SplitTlsContext {
         );
         Ok(ssl)
     }
+}
+
+/// Called by BoringSSL when the server sends a CertificateRequest: -1 suspends the
+/// handshake with SSL_ERROR_WANT_X509_LOOKUP, which the session turns into
+/// [`SessionFailure::ClientCertificateRequested`].
+unsafe extern "C" fn suspend_on_certificate_request(
+    _ssl: *mut boring_sys::SSL,
+    _x509: *mut *mut boring_sys::X509,
+    _key: *mut *mut boring_sys::EVP_PKEY,
+) -> std::os::raw::c_int {
+    -1
 }
 
 /// The client-leg `Ssl`: presents `forged`, offers the server's ALPN choice.
@@ -549,6 +582,17 @@ fn verification_of(ssl: &SslRef, extra: &UpstreamExtra) -> (i32, u32) {
         (Some(recorded), _) => recorded,
         (None, Ok(())) => (0, 0),
         (None, Err(e)) => (e.as_raw(), 0),
+    }
+}
+
+/// X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: the profile's
+/// `expired` setting applies instead of `untrusted`.
+const EXPIRY_CODES: [i32; 2] = [9, 10];
+
+fn same_certificate(a: &X509Ref, b: &X509Ref) -> bool {
+    match (a.digest(MessageDigest::sha256()), b.digest(MessageDigest::sha256())) {
+        (Ok(a), Ok(b)) => *a == *b,
+        _ => false,
     }
 }
 
@@ -652,6 +696,8 @@ pub enum SessionFailure {
     UpstreamHandshake { detail: String },
     /// The server's chain or name did not verify and the profile blocks such servers.
     UpstreamUntrusted { code: i32, depth: u32, reason: String },
+    /// The server asked for a client certificate: loupe cannot present the client's.
+    ClientCertificateRequested,
     /// No certificate could be forged for the client.
     Forge { detail: String },
     /// The handshake with the client failed (it distrusts the CA, nothing in common …).
@@ -666,7 +712,9 @@ impl SessionFailure {
     pub fn stage(&self) -> Stage {
         match self {
             SessionFailure::Setup { stage, .. } => *stage,
-            SessionFailure::UpstreamHandshake { .. } => Stage::UpstreamHandshake,
+            SessionFailure::UpstreamHandshake { .. } | SessionFailure::ClientCertificateRequested => {
+                Stage::UpstreamHandshake
+            }
             SessionFailure::UpstreamUntrusted { .. } => Stage::UpstreamVerify,
             SessionFailure::Forge { .. } | SessionFailure::ClientHandshake { .. } => Stage::ClientHandshake,
             SessionFailure::PeerClosed { stage, .. } => *stage,
@@ -684,6 +732,9 @@ impl fmt::Display for SessionFailure {
                 f,
                 "server certificate not trusted: {reason} (code {code}, depth {depth}); blocked by the profile"
             ),
+            SessionFailure::ClientCertificateRequested => {
+                write!(f, "the server requested a client certificate")
+            }
             SessionFailure::Forge { detail } => write!(f, "forging the certificate failed: {detail}"),
             SessionFailure::ClientHandshake { detail } => write!(f, "handshake with the client failed: {detail}"),
             SessionFailure::PeerClosed { peer, stage } => {
@@ -934,6 +985,9 @@ pub struct SplitTls {
     client_trusted: SslContext,
     client_untrusted: SslContext,
     untrusted_action: UntrustedAction,
+    expired_action: UntrustedAction,
+    /// decrypt-inbound: the server's own chain and key, presented to the client as is.
+    inbound: Option<Arc<ForgedCert>>,
     /// Record version for an alert loupe writes to the client itself.
     alert_record_version: u16,
     /// Client → server plaintext.
@@ -960,6 +1014,19 @@ impl SplitTls {
     /// `server`. Never fails: a session that cannot start is returned failed, with a fatal
     /// alert queued for the client. `client_bytes` beyond [`BUFFER_CAP`] fail the session.
     pub fn start(hello: &ClientHello, client_bytes: &[u8], server: SocketAddr, ctx: &SplitTlsContext) -> SplitTls {
+        SplitTls::start_with(hello, client_bytes, server, ctx, None)
+    }
+
+    /// As [`SplitTls::start`]; with `inbound`, the client is shown that chain (the server's
+    /// own, decrypt-known-key) instead of a forgery, and the server is trusted when it
+    /// presents that leaf.
+    pub fn start_with(
+        hello: &ClientHello,
+        client_bytes: &[u8],
+        server: SocketAddr,
+        ctx: &SplitTlsContext,
+        inbound: Option<Arc<ForgedCert>>,
+    ) -> SplitTls {
         let checked_name = hello.sni.clone().unwrap_or_else(|| server.ip().to_string());
         let mut session = SplitTls {
             phase: Phase::UpstreamHandshake,
@@ -968,6 +1035,8 @@ impl SplitTls {
             client_trusted: ctx.client_trusted.clone(),
             client_untrusted: ctx.client_untrusted.clone(),
             untrusted_action: ctx.untrusted,
+            expired_action: ctx.expired,
+            inbound,
             alert_record_version: hello.max_version().clamp(TLS1_0, TLS1_2),
             to_server: Direction::new(),
             to_client: Direction::new(),
@@ -1142,6 +1211,15 @@ impl SplitTls {
                 true
             }
             Err(e) if would_block(&e) => false,
+            Err(e) if e.code() == ErrorCode::WANT_X509_LOOKUP => {
+                self.facts.server_end = Some(LegEnd::Error);
+                self.fail_before_client_leg(
+                    SessionFailure::ClientCertificateRequested,
+                    ALERT_HANDSHAKE_FAILURE,
+                    false,
+                );
+                true
+            }
             Err(e) => {
                 let eof = upstream.get_ref().at_eof();
                 let alerts = received_alerts(&e, Peer::Server);
@@ -1182,19 +1260,39 @@ impl SplitTls {
             // Our state vanished: treat as unverified (X509_V_ERR_UNSPECIFIED).
             None => (1, 0),
         };
-        let trusted = code == 0;
-        let reason = verify_reason(code);
+        let leaf = ssl.peer_certificate();
+        // decrypt-inbound: the server is the one whose certificate the operator configured.
+        let known_leaf = match (&self.inbound, &leaf) {
+            (Some(inbound), Some(leaf)) => inbound
+                .chain
+                .first()
+                .is_some_and(|known| same_certificate(known, leaf)),
+            _ => false,
+        };
+        let trusted = code == 0 || known_leaf;
+        let reason = if code != 0 && known_leaf {
+            format!(
+                "the configured certificate of the decrypt-inbound rule (the chain alone: {})",
+                verify_reason(code)
+            )
+        } else {
+            verify_reason(code)
+        };
         self.facts.verify = Some(VerifyFact {
-            code,
+            code: if trusted { 0 } else { code },
             depth,
             reason: reason.clone(),
             checked_name: self.facts.checked_name.clone(),
             trusted,
         });
-        let leaf = ssl.peer_certificate();
         let upstream_alpn = ssl.selected_alpn_protocol().map(<[u8]>::to_vec);
+        let action = if EXPIRY_CODES.contains(&code) {
+            self.expired_action
+        } else {
+            self.untrusted_action
+        };
 
-        if !trusted && self.untrusted_action == UntrustedAction::Block {
+        if !trusted && action == UntrustedAction::Block {
             self.fail_before_client_leg(
                 SessionFailure::UpstreamUntrusted { code, depth, reason },
                 ALERT_ACCESS_DENIED,
@@ -1205,9 +1303,10 @@ impl SplitTls {
         let verdict = if trusted { Verdict::Trusted } else { Verdict::Untrusted };
         self.facts.verdict = Some(verdict);
         self.facts.stage = Stage::ClientHandshake;
-        let forged = match leaf {
-            Some(leaf) => certs.certificate_for(&leaf, verdict, &self.facts.checked_name),
-            None => Err("the server presented no certificate".to_string()),
+        let forged = match (&self.inbound, leaf) {
+            (Some(inbound), _) => Ok(Arc::clone(inbound)),
+            (None, Some(leaf)) => certs.certificate_for(&leaf, verdict, &self.facts.checked_name),
+            (None, None) => Err("the server presented no certificate".to_string()),
         };
         let forged = match forged {
             Ok(forged) => forged,
