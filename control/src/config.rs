@@ -1,6 +1,7 @@
 //! The configuration file (TOML). Every error names the file, the line and what was
-//! expected. The policy issue grows this schema (profiles, rules, trust, categories); the
-//! dataplane section is what the virtual wire needs.
+//! expected: `loupe.toml:42: rule "banks": unknown profile "strict2" (known: default, strict)`.
+//! Parse errors get their table and key from the spans of the document; checks after
+//! parsing (`Config::validate`) find the line of the offending key the same way.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::de::{DeString, DeTable, DeValue};
+use toml::Spanned;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,8 +120,8 @@ impl Default for Trust {
     }
 }
 
-/// A named list of domains, one per line in `file` (`#` comments; `example.com` also
-/// covers its subdomains).
+/// A named list of domains, one per line in `file` (read by `Config::load_categories`;
+/// `#` comments; `example.com` also covers its subdomains).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Category {
@@ -175,7 +178,8 @@ pub struct Rule {
     /// Server ports.
     #[serde(default)]
     pub ports: Vec<u16>,
-    /// Server names: exact (`www.example.com`) or `*.example.com` (any subdomain).
+    /// Server names: exact (`www.example.com`) or `*.example.com` (any name below
+    /// `example.com`, not `example.com` itself). Stored lowercase.
     #[serde(default)]
     pub sni: Vec<String>,
     /// Category names (`[[category]]`).
@@ -353,6 +357,35 @@ pub struct Config {
     pub rules: Vec<Rule>,
     #[serde(default)]
     pub exclusions: Exclusions,
+    /// The file and text this configuration was parsed from (empty for `Config::default()`),
+    /// so that errors found later (category files, CA files) can name the line.
+    #[serde(skip)]
+    pub source: ConfigSource,
+}
+
+/// Where a configuration came from: the file name used in errors and the text, from which
+/// the lines of tables and keys are found.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub file: PathBuf,
+    pub text: String,
+}
+
+impl fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("file", &self.file)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .finish()
+    }
+}
+
+/// A category with its domains, read from its file: lowercase, without a leading `*.` or
+/// `.`, each covering itself and every name below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedCategory {
+    pub name: String,
+    pub domains: Vec<String>,
 }
 
 impl Config {
@@ -387,7 +420,8 @@ impl std::str::FromStr for Cidr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Cidr, String> {
-        let expected = || format!("expected an address or a CIDR block like \"198.18.0.0/15\" or \"2001:db8::/32\", got {text:?}");
+        let expected =
+            || format!("expected an address or a CIDR block like \"198.18.0.0/15\" or \"2001:db8::/32\", got {text:?}");
         let (addr, prefix) = match text.split_once('/') {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (text, None),
@@ -474,75 +508,290 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
 }
 
-/// Finds the line of `key = ` in the `index`-th `[[table]]`, else the table's header.
-fn line_of_array_key(text: &str, table: &str, index: usize, key: &str) -> Option<usize> {
-    let header = format!("[[{table}]]");
-    let mut count = 0;
-    let mut inside = false;
-    let mut header_line = None;
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            inside = false;
-            if trimmed == header {
-                count += 1;
-                if count == index + 1 {
-                    inside = true;
-                    header_line = Some(i + 1);
-                }
-            }
-            continue;
-        }
-        if inside && trimmed.split('=').next().map(str::trim) == Some(key) {
-            return Some(i + 1);
-        }
-    }
-    header_line
+/// The document with the spans of its keys and values (whatever the syntax: headers,
+/// dotted keys, inline tables, comments). `None` when the text is not TOML.
+fn spans(text: &str) -> Option<DeTable<'_>> {
+    DeTable::parse(text).ok().map(Spanned::into_inner)
 }
 
-/// Finds the line of `key = ` inside `[table]`, for errors found after parsing.
+fn entry<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<(&'t Spanned<DeString<'i>>, &'t Spanned<DeValue<'i>>)> {
+    table.iter().find(|(k, _)| k.get_ref() == key)
+}
+
+/// The line of `key` in the `index`-th `[[table]]`; the line of that table's header when
+/// the key is absent; `None` when there is no such table.
+fn line_of_array_key(text: &str, table: &str, index: usize, key: &str) -> Option<usize> {
+    let doc = spans(text)?;
+    let (_, array) = entry(&doc, table)?;
+    let DeValue::Array(items) = array.get_ref() else {
+        return Some(line_of(text, array.span().start));
+    };
+    let item = items.get(index)?;
+    let offset = match item.get_ref() {
+        DeValue::Table(fields) => entry(fields, key).map_or(item.span().start, |(k, _)| k.span().start),
+        _ => item.span().start,
+    };
+    Some(line_of(text, offset))
+}
+
+/// The line of `key` in `[table]`; the line of the table's header when the key is absent;
+/// `None` when the table is absent too.
 fn line_of_key(text: &str, table: &str, key: &str) -> Option<usize> {
-    let mut in_table = false;
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            in_table = trimmed.trim_start_matches('[').trim_end_matches(']').trim() == table;
-            continue;
+    let doc = spans(text)?;
+    let (name, value) = entry(&doc, table)?;
+    let offset = match value.get_ref() {
+        DeValue::Table(fields) => entry(fields, key).map_or(value.span().start, |(k, _)| k.span().start),
+        _ => name.span().start,
+    };
+    Some(line_of(text, offset))
+}
+
+/// What a parse error at `offset` lies in: the table (`[dataplane] `, `rule "banks": `, or
+/// nothing at the top level) and the key whose value holds it (`None` when the error is
+/// about a key itself or a whole table, e.g. an unknown or a missing key).
+fn place_of(text: &str, offset: usize) -> (String, Option<String>) {
+    let Some(doc) = spans(text) else {
+        return (String::new(), None);
+    };
+    // `Some(None)`: the table itself; `Some(Some(key))`: the value of `key`.
+    let inside = |fields: &DeTable<'_>, span: std::ops::Range<usize>| {
+        for (key, value) in fields.iter() {
+            if key.span().contains(&offset) {
+                return Some(None);
+            }
+            if value.span().contains(&offset) {
+                return Some(Some(key.get_ref().to_string()));
+            }
         }
-        if in_table && trimmed.split('=').next().map(str::trim) == Some(key) {
-            return Some(i + 1);
+        span.contains(&offset).then_some(None)
+    };
+    for (name, value) in doc.iter() {
+        if name.span().contains(&offset) {
+            return (String::new(), None);
+        }
+        match value.get_ref() {
+            DeValue::Table(fields) => {
+                if let Some(key) = inside(fields, value.span()) {
+                    return (format!("[{}] ", name.get_ref()), key);
+                }
+            }
+            DeValue::Array(items) if items.iter().all(|item| matches!(item.get_ref(), DeValue::Table(_))) => {
+                for (index, item) in items.iter().enumerate() {
+                    let DeValue::Table(fields) = item.get_ref() else {
+                        continue;
+                    };
+                    if let Some(key) = inside(fields, item.span()) {
+                        let label = match entry(fields, "name").map(|(_, v)| v.get_ref()) {
+                            Some(DeValue::String(item_name)) => {
+                                format!("{} {:?}: ", name.get_ref(), item_name.as_ref())
+                            }
+                            _ => format!("{} #{}: ", name.get_ref(), index + 1),
+                        };
+                        return (label, key);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if value.span().contains(&offset) {
+            return (String::new(), Some(name.get_ref().to_string()));
         }
     }
-    None
+    (String::new(), None)
+}
+
+/// serde's words for integer types, in an operator's words.
+fn plain_words(key: Option<&str>, message: &str) -> String {
+    if matches!(key, Some("ports" | "inspect_ports")) {
+        if let Some(head) = message.strip_suffix("expected u16") {
+            return format!("{head}expected a port from 1 to 65535");
+        }
+    }
+    for (rust, words) in [
+        ("u8", "an integer from 0 to 255"),
+        ("u16", "an integer from 0 to 65535"),
+        ("u32", "an integer from 0 to 4294967295"),
+        ("u64", "a non-negative integer"),
+        ("usize", "a non-negative integer"),
+    ] {
+        if let Some(head) = message.strip_suffix(&format!("expected {rust}")) {
+            return format!("{head}expected {words}");
+        }
+    }
+    message.to_string()
+}
+
+/// Whether `name` is a DNS name loupe can compare: labels of 1 to 63 ASCII letters,
+/// digits, `-` or `_`, at most 253 characters in all (internationalised names in their
+/// `xn--` form).
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Whether `pattern` is a rule's server name: a DNS name, or `*.` and a DNS name.
+fn is_sni_pattern(pattern: &str) -> bool {
+    is_dns_name(pattern.strip_prefix("*.").unwrap_or(pattern))
+}
+
+fn known_list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none configured".to_string()
+    } else {
+        format!("known: {}", names.join(", "))
+    }
+}
+
+fn path_is_empty(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
+/// Builds errors that point into one configuration text.
+struct Errors<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Errors<'_> {
+    /// An error about `key` of `[table]`: `[table] key: message`.
+    fn key(&self, table: &str, key: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: line_of_key(self.text, table, key),
+            message: format!("[{table}] {key}: {message}"),
+        }
+    }
+
+    /// An error in the `index`-th `[[table]]` named `name`, at `key`:
+    /// `table "name": message` (the message names the key).
+    fn item(&self, table: &str, index: usize, name: &str, key: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: line_of_array_key(self.text, table, index, key),
+            message: format!("{table} {name:?}: {message}"),
+        }
+    }
 }
 
 impl Config {
+    /// Parses and validates a configuration. `file` only names it in errors: nothing is
+    /// read from the filesystem, and relative paths stay as written (see [`Config::load`]).
+    /// Rule server names (`sni`) are stored lowercase.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
-            file: file.to_path_buf(),
-            line: e.span().map(|span| line_of(text, span.start)),
-            message: e.message().trim().to_string(),
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|span| span.start);
+            let (table, key) = offset.map_or((String::new(), None), |offset| place_of(text, offset));
+            let message = plain_words(key.as_deref(), e.message().trim());
+            ConfigError {
+                file: file.to_path_buf(),
+                line: offset.map(|offset| line_of(text, offset)),
+                message: match key {
+                    Some(key) => format!("{table}{key}: {message}"),
+                    None => format!("{table}{message}"),
+                },
+            }
         })?;
         config.validate(text, file)?;
+        for rule in &mut config.rules {
+            for pattern in &mut rule.sni {
+                pattern.make_ascii_lowercase();
+            }
+        }
+        config.source = ConfigSource {
+            file: file.to_path_buf(),
+            text: text.to_string(),
+        };
         Ok(config)
     }
 
+    /// Reads, parses and validates the file. Relative paths in it (`[ca]`, `[paths]`,
+    /// `[trust] ca_files`, `[[category]] file`, a rule's `certificate` and `key`) are taken
+    /// relative to the directory of the configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
             file: file.to_path_buf(),
             line: None,
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, file)
+        let mut config = Config::parse(&text, file)?;
+        config.resolve_paths(file.parent().unwrap_or(Path::new("")));
+        Ok(config)
+    }
+
+    /// Makes every relative path of the configuration relative to `dir` (what
+    /// [`Config::load`] does with the configuration file's directory).
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() && !path_is_empty(path) {
+                *path = dir.join(&*path);
+            }
+        };
+        if let Some(ca) = &mut self.ca {
+            resolve(&mut ca.cert);
+            resolve(&mut ca.key);
+        }
+        self.paths.state_dir.iter_mut().for_each(resolve);
+        self.paths.log_dir.iter_mut().for_each(resolve);
+        self.trust.ca_files.iter_mut().for_each(resolve);
+        self.categories.iter_mut().for_each(|c| resolve(&mut c.file));
+        for rule in &mut self.rules {
+            rule.certificate.iter_mut().for_each(resolve);
+            rule.key.iter_mut().for_each(resolve);
+        }
+    }
+
+    /// Reads every category's file (see [`LoadedCategory::parse`] for the format). A file
+    /// that cannot be read is reported at the line of its `file` key in the configuration;
+    /// a bad line at its line in the category file.
+    pub fn load_categories(&self) -> Result<Vec<LoadedCategory>, ConfigError> {
+        let mut loaded = Vec::with_capacity(self.categories.len());
+        for (index, category) in self.categories.iter().enumerate() {
+            let text = std::fs::read_to_string(&category.file).map_err(|e| ConfigError {
+                file: self.source.file.clone(),
+                line: line_of_array_key(&self.source.text, "category", index, "file"),
+                message: format!(
+                    "category {:?}: file \"{}\": cannot read: {e}",
+                    category.name,
+                    category.file.display()
+                ),
+            })?;
+            loaded.push(LoadedCategory::parse(&category.name, &category.file, &text)?);
+        }
+        Ok(loaded)
+    }
+
+    /// The profile names a rule may use, in file order; the built-in `default` first when
+    /// the file does not configure it.
+    pub fn profile_names(&self) -> Vec<&str> {
+        let mut names = Vec::with_capacity(self.profiles.len() + 1);
+        if !self.profiles.iter().any(|p| p.name == "default") {
+            names.push("default");
+        }
+        names.extend(self.profiles.iter().map(|p| p.name.as_str()));
+        names
     }
 
     fn validate(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
+        let errors = Errors { text, file };
+        self.validate_dataplane(&errors)?;
+        self.validate_files(&errors)?;
+        self.validate_profiles(&errors)?;
+        self.validate_decryption(&errors)?;
+        self.validate_exclusions(&errors)?;
+        self.validate_categories(&errors)?;
+        self.validate_rules(&errors)
+    }
+
+    fn validate_dataplane(&self, errors: &Errors) -> Result<(), ConfigError> {
         let d = &self.dataplane;
-        let error = |key: &str, message: String| ConfigError {
-            file: file.to_path_buf(),
-            line: line_of_key(text, "dataplane", key),
-            message: format!("[dataplane] {key}: {message}"),
-        };
+        let error = |key: &str, message: String| errors.key("dataplane", key, message);
         if d.inside.is_empty() || d.inside.len() > 15 {
             return Err(error(
                 "inside",
@@ -585,16 +834,34 @@ impl Config {
                 format!("expected \"native\" or \"generic\", got {:?}", d.xdp_mode),
             ));
         }
-        self.validate_profiles(text, file)
+        Ok(())
     }
 
-    fn validate_profiles(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
+    /// File and directory names may not be empty (`""` would mean the current directory).
+    fn validate_files(&self, errors: &Errors) -> Result<(), ConfigError> {
+        if let Some(ca) = &self.ca {
+            for (key, path) in [("cert", &ca.cert), ("key", &ca.key)] {
+                if path_is_empty(path) {
+                    return Err(errors.key("ca", key, "expected a file name, got \"\"".into()));
+                }
+            }
+        }
+        for (key, path) in [("state_dir", &self.paths.state_dir), ("log_dir", &self.paths.log_dir)] {
+            if path.as_deref().is_some_and(path_is_empty) {
+                return Err(errors.key("paths", key, "expected a directory, got \"\"".into()));
+            }
+        }
+        if self.trust.ca_files.iter().any(|path| path_is_empty(path)) {
+            return Err(errors.key("trust", "ca_files", "expected file names, got \"\"".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_profiles(&self, errors: &Errors) -> Result<(), ConfigError> {
         let mut seen: Vec<&str> = Vec::new();
         for (index, profile) in self.profiles.iter().enumerate() {
-            let error = |key: &str, message: String| ConfigError {
-                file: file.to_path_buf(),
-                line: line_of_array_key(text, "profile", index, key),
-                message: format!("profile {:?}: {key}: {message}", profile.name),
+            let error = |key: &str, message: String| {
+                errors.item("profile", index, &profile.name, key, format!("{key}: {message}"))
             };
             if profile.name.is_empty() {
                 return Err(error("name", "expected a non-empty name".into()));
@@ -621,6 +888,172 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_decryption(&self, errors: &Errors) -> Result<(), ConfigError> {
+        let d = &self.decryption;
+        if d.default_action == RuleAction::DecryptInbound {
+            return Err(errors.key(
+                "decryption",
+                "default_action",
+                "expected \"decrypt\", \"no-decrypt\" or \"block\", got \"decrypt-inbound\" \
+                 (it needs a server's certificate and key: write a [[rule]] for that server)"
+                    .into(),
+            ));
+        }
+        let known = self.profile_names();
+        if !known.contains(&d.default_profile.as_str()) {
+            return Err(errors.key(
+                "decryption",
+                "default_profile",
+                format!("unknown profile {:?} ({})", d.default_profile, known_list(&known)),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_exclusions(&self, errors: &Errors) -> Result<(), ConfigError> {
+        if self.exclusions.max_entries == 0 {
+            return Err(errors.key("exclusions", "max_entries", "expected at least 1, got 0".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_categories(&self, errors: &Errors) -> Result<(), ConfigError> {
+        let mut seen: Vec<&str> = Vec::new();
+        for (index, category) in self.categories.iter().enumerate() {
+            let error = |key: &str, message: &str| {
+                errors.item("category", index, &category.name, key, format!("{key}: {message}"))
+            };
+            if category.name.is_empty() {
+                return Err(error("name", "expected a non-empty name"));
+            }
+            if seen.contains(&category.name.as_str()) {
+                return Err(error("name", "defined twice"));
+            }
+            seen.push(&category.name);
+            if path_is_empty(&category.file) {
+                return Err(error("file", "expected a file name, got \"\""));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_rules(&self, errors: &Errors) -> Result<(), ConfigError> {
+        let profiles = self.profile_names();
+        let categories: Vec<&str> = self.categories.iter().map(|c| c.name.as_str()).collect();
+        let mut seen: Vec<&str> = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let error = |key: &str, message: String| errors.item("rule", index, &rule.name, key, message);
+            let action = rule.action.as_str();
+            if rule.name.is_empty() {
+                return Err(error("name", "name: expected a non-empty name".into()));
+            }
+            if seen.contains(&rule.name.as_str()) {
+                return Err(error("name", "name: defined twice".into()));
+            }
+            seen.push(&rule.name);
+            if rule.ports.contains(&0) {
+                return Err(error("ports", "ports: expected ports from 1 to 65535, got 0".into()));
+            }
+            if let Some(pattern) = rule.sni.iter().find(|p| !is_sni_pattern(p)) {
+                return Err(error(
+                    "sni",
+                    format!(
+                        "sni: expected a server name like \"www.example.com\" or \"*.example.com\" \
+                         (a wildcard only as the whole first label), got {pattern:?}"
+                    ),
+                ));
+            }
+            if let Some(name) = rule.category.iter().find(|c| !categories.contains(&c.as_str())) {
+                return Err(error(
+                    "category",
+                    format!("unknown category {name:?} ({})", known_list(&categories)),
+                ));
+            }
+            let decrypts = matches!(rule.action, RuleAction::Decrypt | RuleAction::DecryptInbound);
+            if let Some(profile) = &rule.profile {
+                if !decrypts {
+                    return Err(error(
+                        "profile",
+                        format!(
+                            "profile: only allowed with action \"decrypt\" or \"decrypt-inbound\", \
+                             this rule's action is {action:?}"
+                        ),
+                    ));
+                }
+                if !profiles.contains(&profile.as_str()) {
+                    return Err(error(
+                        "profile",
+                        format!("unknown profile {profile:?} ({})", known_list(&profiles)),
+                    ));
+                }
+            }
+            let pem_files = [
+                (
+                    "certificate",
+                    &rule.certificate,
+                    "the server's certificate chain, a PEM file",
+                ),
+                ("key", &rule.key, "the server's private key, a PEM file"),
+            ];
+            for (key, path, what) in pem_files {
+                match (rule.action, path) {
+                    (RuleAction::DecryptInbound, None) => {
+                        return Err(error(key, format!("action \"decrypt-inbound\" needs {key} ({what})")));
+                    }
+                    (RuleAction::DecryptInbound, Some(path)) if path_is_empty(path) => {
+                        return Err(error(key, format!("{key}: expected {what}, got \"\"")));
+                    }
+                    (RuleAction::DecryptInbound, Some(_)) | (_, None) => {}
+                    (_, Some(_)) => {
+                        return Err(error(
+                            key,
+                            format!(
+                                "{key}: only allowed with action \"decrypt-inbound\", this rule's action is {action:?}"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LoadedCategory {
+    /// Reads a category file's text: one domain per line, lowercased; a leading `*.` or `.`
+    /// is accepted and dropped (a domain always covers its subdomains); `#` starts a
+    /// comment; blank lines are skipped; a domain listed twice is kept once. `file` only
+    /// names the file in errors.
+    pub fn parse(name: &str, file: &Path, text: &str) -> Result<LoadedCategory, ConfigError> {
+        let mut domains: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (index, line) in text.lines().enumerate() {
+            let content = line.split('#').next().unwrap_or_default().trim();
+            if content.is_empty() {
+                continue;
+            }
+            let domain = content
+                .strip_prefix("*.")
+                .or_else(|| content.strip_prefix('.'))
+                .unwrap_or(content)
+                .to_ascii_lowercase();
+            if !is_dns_name(&domain) {
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    line: Some(index + 1),
+                    message: format!("category {name:?}: expected a domain name, got {content:?}"),
+                });
+            }
+            if seen.insert(domain.clone()) {
+                domains.push(domain);
+            }
+        }
+        Ok(LoadedCategory {
+            name: name.to_string(),
+            domains,
+        })
     }
 }
 
@@ -719,6 +1152,436 @@ mod tests {
         assert_eq!(
             err,
             "loupe.toml:2: [dataplane] outside: expected a port other than inside (\"in0\")"
+        );
+    }
+
+    const PROFILES: &str = "[[profile]]\nname = \"strict\"\n\n";
+
+    #[test]
+    fn serde_errors_name_the_table_and_key() {
+        assert_eq!(
+            parse("[dataplane]\ninside = \"in0\"\nfail = \"ajar\"\n").unwrap_err(),
+            "loupe.toml:3: [dataplane] fail: unknown variant `ajar`, expected `open` or `closed`"
+        );
+        assert_eq!(
+            parse("dataplane = { fail = \"ajar\" }\n").unwrap_err(),
+            "loupe.toml:1: [dataplane] fail: unknown variant `ajar`, expected `open` or `closed`"
+        );
+        assert_eq!(
+            parse("[dataplane]\ninspect_ports = [443, 70000]\n").unwrap_err(),
+            "loupe.toml:2: [dataplane] inspect_ports: invalid value: integer `70000`, expected a port from 1 to 65535"
+        );
+        assert_eq!(
+            parse("[dataplane]\nqueues = -1\n").unwrap_err(),
+            "loupe.toml:2: [dataplane] queues: invalid value: integer `-1`, expected an integer from 0 to 4294967295"
+        );
+        assert_eq!(
+            parse("[ca]\ncert = \"/etc/loupe/ca.crt\"\n").unwrap_err(),
+            "loupe.toml:1: [ca] missing field `key`"
+        );
+        assert_eq!(
+            parse("[dataplan]\n").unwrap_err(),
+            "loupe.toml:1: unknown field `dataplan`, expected one of `dataplane`, `ca`, `decryption`, `profile`, \
+             `paths`, `trust`, `category`, `rule`, `exclusions`"
+        );
+        assert_eq!(
+            parse("[[rule]]\nname = \"a\"\naction = \"block\"\n\n[[rule]]\naction = \"block\"\n").unwrap_err(),
+            "loupe.toml:5: rule #2: missing field `name`"
+        );
+        assert_eq!(
+            parse("[[rule]]\nname = \"a\"\naction = \"allow\"\n").unwrap_err(),
+            "loupe.toml:3: rule \"a\": action: unknown variant `allow`, expected one of `decrypt`, `no-decrypt`, \
+             `block`, `decrypt-inbound`"
+        );
+        // Not TOML at all: toml's own words.
+        assert_eq!(
+            parse("[dataplane]\nfail = \n").unwrap_err(),
+            "loupe.toml:2: string values must be quoted, expected literal string"
+        );
+    }
+
+    #[test]
+    fn profile_values_come_with_their_line() {
+        let text = "[[profile]]\nname = \"default\"\n\n[[profile]]\nname = \"strict\"\nexpired = \"allow\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:6: profile \"strict\": expired: unknown variant `allow`, expected `block` or `forward-untrust`"
+        );
+        let text = "[[profile]]\nname = \"strict\"\nclient_auth = \"ignore\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:3: profile \"strict\": client_auth: unknown variant `ignore`, expected `block` or `bypass`"
+        );
+        let text = "[[profile]]\nname = \"strict\"\nsigalgs = \"ECDSA+SHA256\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:3: profile \"strict\": sigalgs: invalid type: string \"ECDSA+SHA256\", expected a sequence"
+        );
+        let text = "[[profile]]\nname = \"strict\"\n\n[[profile]]\nname = \"strict\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:5: profile \"strict\": name: defined twice"
+        );
+    }
+
+    #[test]
+    fn reads_profile_actions() {
+        let text = "[[profile]]\nname = \"strict\"\nsigalgs = [\"ECDSA+SHA256\"]\nexpired = \"forward-untrust\"\n\
+                    unsupported_version = \"bypass\"\nunsupported_cipher = \"bypass\"\nclient_auth = \"block\"\n";
+        let p = parse(text).unwrap().profile("strict").unwrap();
+        assert_eq!(p.sigalgs, vec!["ECDSA+SHA256"]);
+        assert_eq!(p.expired, Some(Untrusted::ForwardUntrust));
+        assert_eq!(p.unsupported_version, Undecryptable::Bypass);
+        assert_eq!(p.unsupported_cipher, Undecryptable::Bypass);
+        assert_eq!(p.client_auth, Undecryptable::Block);
+        let p = parse("[[profile]]\nname = \"x\"\n").unwrap().profile("x").unwrap();
+        assert_eq!(p.client_auth, Undecryptable::Bypass);
+        assert_eq!(p.unsupported_cipher, Undecryptable::Block);
+        assert_eq!(p.expired, None);
+    }
+
+    #[test]
+    fn rule_names_are_non_empty_and_unique() {
+        let text = "[[rule]]\nname = \"x\"\naction = \"block\"\n\n[[rule]]\nname = \"x\"\naction = \"decrypt\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:6: rule \"x\": name: defined twice"
+        );
+        let text = "[[rule]]\nname = \"\"\naction = \"block\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:2: rule \"\": name: expected a non-empty name"
+        );
+    }
+
+    #[test]
+    fn rule_profile_must_be_known() {
+        let text = format!("{PROFILES}[[rule]]\nname = \"banks\"\naction = \"decrypt\"\nprofile = \"strict2\"\n");
+        assert_eq!(
+            parse(&text).unwrap_err(),
+            "loupe.toml:7: rule \"banks\": unknown profile \"strict2\" (known: default, strict)"
+        );
+        // A configured default keeps its place in the file.
+        let text = "[[profile]]\nname = \"strict\"\n\n[[profile]]\nname = \"default\"\n\n\
+                    [[rule]]\nname = \"banks\"\naction = \"decrypt\"\nprofile = \"x\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:10: rule \"banks\": unknown profile \"x\" (known: strict, default)"
+        );
+        let text = format!("{PROFILES}[[rule]]\nname = \"a\"\naction = \"decrypt\"\nprofile = \"strict\"\n");
+        assert_eq!(parse(&text).unwrap().rules[0].profile.as_deref(), Some("strict"));
+        let text = "[[rule]]\nname = \"a\"\naction = \"decrypt\"\nprofile = \"default\"\n";
+        assert!(parse(text).is_ok());
+    }
+
+    #[test]
+    fn rule_profile_only_with_decrypting_actions() {
+        let text = "[[rule]]\nname = \"a\"\naction = \"no-decrypt\"\nprofile = \"default\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:4: rule \"a\": profile: only allowed with action \"decrypt\" or \"decrypt-inbound\", \
+             this rule's action is \"no-decrypt\""
+        );
+        let text = "[[rule]]\nname = \"a\"\naction = \"block\"\nprofile = \"default\"\n";
+        assert!(parse(text).unwrap_err().ends_with("this rule's action is \"block\""));
+    }
+
+    #[test]
+    fn rule_categories_must_be_configured() {
+        let categories = "[[category]]\nname = \"financial\"\nfile = \"financial.txt\"\n\n\
+                          [[category]]\nname = \"health\"\nfile = \"health.txt\"\n\n";
+        let text = format!("{categories}[[rule]]\nname = \"banks\"\ncategory = [\"financial\", \"finance\"]\naction = \"no-decrypt\"\n");
+        assert_eq!(
+            parse(&text).unwrap_err(),
+            "loupe.toml:11: rule \"banks\": unknown category \"finance\" (known: financial, health)"
+        );
+        let text = "[[rule]]\nname = \"banks\"\ncategory = [\"financial\"]\naction = \"no-decrypt\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:3: rule \"banks\": unknown category \"financial\" (none configured)"
+        );
+        let text =
+            format!("{categories}[[rule]]\nname = \"banks\"\ncategory = [\"health\"]\naction = \"no-decrypt\"\n");
+        assert_eq!(parse(&text).unwrap().rules[0].category, vec!["health"]);
+    }
+
+    #[test]
+    fn decrypt_inbound_needs_certificate_and_key() {
+        let text = "[[rule]]\nname = \"shop\"\naction = \"decrypt-inbound\"\ncertificate = \"shop.crt\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:1: rule \"shop\": action \"decrypt-inbound\" needs key (the server's private key, a PEM file)"
+        );
+        let text = "[[rule]]\nname = \"shop\"\naction = \"decrypt-inbound\"\nkey = \"shop.key\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:1: rule \"shop\": action \"decrypt-inbound\" needs certificate \
+             (the server's certificate chain, a PEM file)"
+        );
+        let text = "[[rule]]\nname = \"shop\"\naction = \"decrypt-inbound\"\ncertificate = \"\"\nkey = \"k\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:4: rule \"shop\": certificate: expected the server's certificate chain, a PEM file, got \"\""
+        );
+        let text = "[[rule]]\nname = \"shop\"\naction = \"decrypt\"\ncertificate = \"shop.crt\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:4: rule \"shop\": certificate: only allowed with action \"decrypt-inbound\", \
+             this rule's action is \"decrypt\""
+        );
+        let text = "[[rule]]\nname = \"shop\"\naction = \"block\"\nkey = \"shop.key\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:4: rule \"shop\": key: only allowed with action \"decrypt-inbound\", \
+             this rule's action is \"block\""
+        );
+        let text = "[[rule]]\nname = \"shop\"\naction = \"decrypt-inbound\"\ncertificate = \"/c\"\nkey = \"/k\"\n";
+        let rule = &parse(text).unwrap().rules[0];
+        assert_eq!(rule.certificate.as_deref(), Some(Path::new("/c")));
+        assert_eq!(rule.key.as_deref(), Some(Path::new("/k")));
+    }
+
+    #[test]
+    fn rule_ports_are_1_to_65535() {
+        let text = "[[rule]]\nname = \"a\"\nports = [443, 0]\naction = \"block\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:3: rule \"a\": ports: expected ports from 1 to 65535, got 0"
+        );
+        let text = "[[rule]]\nname = \"a\"\nports = [65536]\naction = \"block\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:3: rule \"a\": ports: invalid value: integer `65536`, expected a port from 1 to 65535"
+        );
+        let text = "[[rule]]\nname = \"a\"\nports = [1, 65535]\naction = \"block\"\n";
+        assert_eq!(parse(text).unwrap().rules[0].ports, vec![1, 65535]);
+    }
+
+    #[test]
+    fn rule_sni_patterns() {
+        let text = |sni: &str| format!("[[rule]]\nname = \"a\"\nsni = [\"ok.example\", {sni:?}]\naction = \"block\"\n");
+        for bad in [
+            "www.*.com",
+            "*",
+            "*.",
+            "*example.com",
+            "**.example.com",
+            "*.*.example.com",
+            "a..b",
+            ".example.com",
+            "example.com.",
+            "bank .com",
+            "",
+            "bücher.de",
+            "a/b",
+        ] {
+            assert_eq!(
+                parse(&text(bad)).unwrap_err(),
+                format!(
+                    "loupe.toml:3: rule \"a\": sni: expected a server name like \"www.example.com\" or \
+                     \"*.example.com\" (a wildcard only as the whole first label), got {bad:?}"
+                ),
+                "{bad}"
+            );
+        }
+        let long_label = "a".repeat(64);
+        assert!(parse(&text(&format!("{long_label}.com"))).is_err());
+        let c = parse(&text("*.Example.COM")).unwrap();
+        assert_eq!(c.rules[0].sni, vec!["ok.example", "*.example.com"]);
+        for good in [
+            "localhost",
+            "xn--bcher-kva.de",
+            "_dmarc.example.com",
+            "*.a-b.example",
+            "10.0.0.1",
+        ] {
+            assert!(parse(&text(good)).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn rule_addresses_come_with_their_line() {
+        let text = "[[rule]]\nname = \"a\"\naction = \"block\"\n\n[[rule]]\nname = \"b\"\naction = \"block\"\n\
+                    destination = [\n  \"198.18.0.0/15\",\n  \"10.0.0.0/33\",\n]\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:8: rule \"b\": destination: expected an address or a CIDR block like \"198.18.0.0/15\" \
+             or \"2001:db8::/32\", got \"10.0.0.0/33\""
+        );
+        let text = "[[rule]]\nname = \"a\"\nsource = [\"198.18.0.1/24\", \"2001:db8::1\"]\naction = \"block\"\n";
+        let rule = &parse(text).unwrap().rules[0];
+        assert_eq!(rule.source[0].to_string(), "198.18.0.0/24");
+        assert_eq!(rule.source[1].to_string(), "2001:db8::1/128");
+        assert!(rule.source[0].contains("198.18.0.200".parse().unwrap()));
+        assert!(!rule.source[0].contains("198.18.1.1".parse().unwrap()));
+        assert!(!rule.source[0].contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_key_in_a_rule() {
+        let text = "[[rule]]\nname = \"a\"\naction = \"block\"\n\n[[rule]]\nname = \"b\"\nsorce = [\"10.0.0.0/8\"]\n\
+                    action = \"block\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:7: rule \"b\": unknown field `sorce`, expected one of `name`, `source`, `destination`, \
+             `ports`, `sni`, `category`, `action`, `profile`, `certificate`, `key`"
+        );
+    }
+
+    #[test]
+    fn categories_are_named_once() {
+        let text = "[[category]]\nname = \"x\"\nfile = \"x.txt\"\n\n[[category]]\nname = \"x\"\nfile = \"y.txt\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:6: category \"x\": name: defined twice"
+        );
+        let text = "[[category]]\nname = \"\"\nfile = \"x.txt\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:2: category \"\": name: expected a non-empty name"
+        );
+        let text = "[[category]]\nname = \"x\"\nfile = \"\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:3: category \"x\": file: expected a file name, got \"\""
+        );
+        let text = "[[category]]\nname = \"x\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:1: category \"x\": missing field `file`"
+        );
+    }
+
+    #[test]
+    fn decryption_defaults() {
+        let d = parse("").unwrap().decryption;
+        assert_eq!(
+            (d.default_action, d.default_profile.as_str()),
+            (RuleAction::Decrypt, "default")
+        );
+        let text = format!("{PROFILES}[decryption]\ndefault_action = \"no-decrypt\"\ndefault_profile = \"strict\"\n");
+        let d = parse(&text).unwrap().decryption;
+        assert_eq!(
+            (d.default_action, d.default_profile.as_str()),
+            (RuleAction::NoDecrypt, "strict")
+        );
+        let text = format!("{PROFILES}[decryption]\ndefault_profile = \"strict2\"\n");
+        assert_eq!(
+            parse(&text).unwrap_err(),
+            "loupe.toml:5: [decryption] default_profile: unknown profile \"strict2\" (known: default, strict)"
+        );
+        let text = "[decryption]\nnot_tls = \"splice\"\ndefault_action = \"decrypt-inbound\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:3: [decryption] default_action: expected \"decrypt\", \"no-decrypt\" or \"block\", got \
+             \"decrypt-inbound\" (it needs a server's certificate and key: write a [[rule]] for that server)"
+        );
+    }
+
+    #[test]
+    fn exclusions() {
+        let e = parse("").unwrap().exclusions;
+        assert_eq!((e.ttl, e.max_entries), (Duration::from_secs(12 * 3600), 4096));
+        let e = parse("[exclusions]\nttl = \"30m\"\nmax_entries = 10\n")
+            .unwrap()
+            .exclusions;
+        assert_eq!((e.ttl, e.max_entries), (Duration::from_secs(1800), 10));
+        assert_eq!(
+            parse("[exclusions]\nmax_entries = 0\n").unwrap_err(),
+            "loupe.toml:2: [exclusions] max_entries: expected at least 1, got 0"
+        );
+        assert_eq!(
+            parse("[exclusions]\n\nttl = \"12 hours\"\n").unwrap_err(),
+            "loupe.toml:3: [exclusions] ttl: expected a duration like \"90s\", \"30m\", \"12h\" or \"1d\", \
+             got \"12 hours\""
+        );
+        assert_eq!(
+            parse("[exclusions]\nttl = 3600\n").unwrap_err(),
+            "loupe.toml:2: [exclusions] ttl: invalid type: integer `3600`, expected a string"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        for bad in ["0h", "h", "12", "1.5h", "-1h", "12H", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_file_names_are_refused() {
+        assert_eq!(
+            parse("[ca]\ncert = \"\"\nkey = \"k\"\n").unwrap_err(),
+            "loupe.toml:2: [ca] cert: expected a file name, got \"\""
+        );
+        assert_eq!(
+            parse("[trust]\nca_files = [\"a.pem\", \"\"]\n").unwrap_err(),
+            "loupe.toml:2: [trust] ca_files: expected file names, got \"\""
+        );
+        assert_eq!(
+            parse("[paths]\nlog_dir = \"\"\n").unwrap_err(),
+            "loupe.toml:2: [paths] log_dir: expected a directory, got \"\""
+        );
+    }
+
+    #[test]
+    fn header_line_when_the_key_is_absent() {
+        let text = "# loupe\n[dataplane]   # the wire\ninside = \"out0\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:2: [dataplane] outside: expected a port other than inside (\"out0\")"
+        );
+        let text = "[[rule]]\nname = \"a\"\naction = \"block\"\n\n[[ rule ]]  # second\nname = \"b\"\n\
+                    action = \"decrypt-inbound\"\nkey = \"k\"\n";
+        assert_eq!(line_of_array_key(text, "rule", 1, "certificate"), Some(5));
+        assert_eq!(line_of_array_key(text, "rule", 1, "key"), Some(8));
+        assert_eq!(line_of_array_key(text, "rule", 2, "key"), None);
+        assert_eq!(line_of_key(text, "dataplane", "inside"), None);
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let text = "[ca]\ncert = \"ca.crt\"\nkey = \"/abs/ca.key\"\n[paths]\nstate_dir = \"state\"\n\
+                    [trust]\nca_files = [\"roots/a.pem\"]\n[[category]]\nname = \"c\"\nfile = \"c.txt\"\n\
+                    [[rule]]\nname = \"r\"\naction = \"decrypt-inbound\"\ncertificate = \"r.crt\"\nkey = \"r.key\"\n";
+        let mut c = parse(text).unwrap();
+        assert_eq!(c.categories[0].file, PathBuf::from("c.txt"), "parse leaves paths alone");
+        c.resolve_paths(Path::new("/etc/loupe"));
+        let ca = c.ca.as_ref().unwrap();
+        assert_eq!(ca.cert, PathBuf::from("/etc/loupe/ca.crt"));
+        assert_eq!(ca.key, PathBuf::from("/abs/ca.key"));
+        assert_eq!(c.paths.state_dir, Some(PathBuf::from("/etc/loupe/state")));
+        assert_eq!(c.paths.log_dir, None);
+        assert_eq!(c.trust.ca_files, vec![PathBuf::from("/etc/loupe/roots/a.pem")]);
+        assert_eq!(c.categories[0].file, PathBuf::from("/etc/loupe/c.txt"));
+        assert_eq!(c.rules[0].certificate, Some(PathBuf::from("/etc/loupe/r.crt")));
+        assert_eq!(c.rules[0].key, Some(PathBuf::from("/etc/loupe/r.key")));
+    }
+
+    #[test]
+    fn category_file_format() {
+        let file = Path::new("/etc/loupe/categories/financial.txt");
+        let text = "# banks\n\nExample-Bank.COM\n*.broker.example\n.pay.example   # payments\n  trailing.example  \n\
+                    example-bank.com\n";
+        let loaded = LoadedCategory::parse("financial", file, text).unwrap();
+        assert_eq!(loaded.name, "financial");
+        assert_eq!(
+            loaded.domains,
+            vec!["example-bank.com", "broker.example", "pay.example", "trailing.example"]
+        );
+        let bad = "a.example\n\n# c\n\n\n\nbank .com\n";
+        assert_eq!(
+            LoadedCategory::parse("financial", file, bad).unwrap_err().to_string(),
+            "/etc/loupe/categories/financial.txt:7: category \"financial\": expected a domain name, got \"bank .com\""
+        );
+        for bad in ["*.*.x", "a.*.b", "*", "a..b", "x/y", "ü.de", "https://a.example"] {
+            assert!(LoadedCategory::parse("c", file, bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            LoadedCategory::parse("c", file, "").unwrap().domains,
+            Vec::<String>::new()
         );
     }
 }
