@@ -630,12 +630,13 @@ mod tests {
     #[test]
     fn address_rules_decide_at_connect_and_go_to_xdp_unless_pre_empted() {
         let p = policy(
-            "[[rule]]\nname = \"lab-a\"\ndestination = [\"198.18.0.3\"]\naction = \"no-decrypt\"\n\n[[rule]]\nname = \"named\"\nsni = [\"a.lab\"]\naction = \"decrypt\"\n\n[[rule]]\nname = \"lab-b\"\ndestination = [\"198.18.0.0/24\"]\nports = [443]\naction = \"no-decrypt\"\n\n[[rule]]\nname = \"v6\"\ndestination = [\"2001:db8::/32\"]\naction = \"no-decrypt\"\n",
+            "[[rule]]\nname = \"lab-a\"\ndestination = [\"198.18.0.3\"]\naction = \"no-decrypt\"\n\n[[rule]]\nname = \"named\"\ndestination = [\"198.18.0.4\"]\nsni = [\"a.lab\"]\naction = \"decrypt\"\n\n[[rule]]\nname = \"lab-b\"\ndestination = [\"198.18.0.0/24\"]\nports = [443]\naction = \"no-decrypt\"\n\n[[rule]]\nname = \"v6\"\ndestination = [\"2001:db8::/32\"]\naction = \"no-decrypt\"\n",
             vec![],
         );
         let d = p.at_connect(at(CLIENT, 1), at("198.18.0.3", 443)).unwrap();
         assert_eq!(d.rule, "lab-a");
-        // The SNI rule before lab-b must see the ClientHello first.
+        // The SNI rule before lab-b must see the ClientHello first; it pre-empts lab-b in
+        // XDP too, but not the IPv6 rule, whose servers it cannot match.
         assert!(p.at_connect(at(CLIENT, 1), at("198.18.0.4", 443)).is_none());
         let xdp = p.xdp_bypasses(&[443, 8443]);
         let rules: Vec<usize> = xdp.iter().map(|b| b.rule).collect();

@@ -659,6 +659,7 @@ mod tests {
             "rule",
             "profile",
             "action",
+            "reason",
             "outcome",
             "stage",
             "client_leg",
