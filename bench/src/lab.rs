@@ -904,6 +904,8 @@ pub struct NginxTls {
     /// Accept `PUT /upload/NAME` and store the body as `<root>/upload/NAME` (WebDAV),
     /// so a test can hash what arrived.
     pub uploads: bool,
+    /// More directives for the server block, e.g. `ssl_verify_client on; …`.
+    pub server_directives: String,
 }
 
 impl NginxTls {
@@ -917,6 +919,7 @@ impl NginxTls {
             protocols: "TLSv1.2 TLSv1.3".to_string(),
             http2: true,
             uploads: true,
+            server_directives: String::new(),
         }
     }
 }
@@ -946,11 +949,12 @@ impl Lab {
              \x20 fastcgi_temp_path {b}/tmp/fastcgi;\n  uwsgi_temp_path {b}/tmp/uwsgi;\n\
              \x20 scgi_temp_path {b}/tmp/scgi;\n\
              \x20 server {{\n    listen {listen};\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
-             \x20   ssl_protocols {};\n    root {};\n    location / {{ }}\n    {uploads}\n  }}\n}}\n",
+             \x20   ssl_protocols {};\n    root {};\n    location / {{ }}\n    {uploads}\n    {}\n  }}\n}}\n",
             spec.cert.display(),
             spec.key.display(),
             spec.protocols,
-            spec.root.display()
+            spec.root.display(),
+            spec.server_directives
         );
         let conf_path = base.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;

@@ -287,7 +287,9 @@ pub fn run(options: RunOptions) -> Result<()> {
     let exclusions = load_exclusions(&options.config, &options.state_dir);
     let policy = Arc::new(build_policy(&options.config, &options.trust_ca, 1, exclusions)?);
     tracing::info!(
-        config_version = policy.version, rules = policy.rule_names().count(), excluded = policy.exclusions.len(),
+        config_version = policy.version,
+        rules = policy.rule_names().count(),
+        excluded = policy.exclusions.len(),
         "policy loaded"
     );
     let (exclusion_tx, exclusion_rx) = crossbeam_channel::bounded::<ExclusionRequest>(1024);

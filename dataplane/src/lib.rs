@@ -2,9 +2,9 @@
 //! and the pinned workers.
 
 pub mod daemon;
-pub mod policy;
 pub mod flow;
 pub mod frame;
+pub mod policy;
 pub mod probing;
 pub mod relay;
 pub mod session;

@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use loupe_dataplane::policy::ExclusionCache;
 use loupe_control::config::Config;
+use loupe_dataplane::policy::ExclusionCache;
 use loupe_dataplane::tls::ca::{self, CaKeyType, CaRole, DecryptionCa};
 use loupe_dataplane::{daemon, wire};
 

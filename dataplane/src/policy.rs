@@ -63,9 +63,11 @@ impl SniPattern {
     fn matches(&self, sni: &str) -> bool {
         match self {
             SniPattern::Exact(name) => name == sni,
-            SniPattern::Below(suffix) => sni.len() > suffix.len() + 1
-                && sni.ends_with(suffix.as_str())
-                && sni.as_bytes()[sni.len() - suffix.len() - 1] == b'.',
+            SniPattern::Below(suffix) => {
+                sni.len() > suffix.len() + 1
+                    && sni.ends_with(suffix.as_str())
+                    && sni.as_bytes()[sni.len() - suffix.len() - 1] == b'.'
+            }
         }
     }
 }
@@ -348,7 +350,12 @@ pub struct PolicyInputs {
 impl Policy {
     /// Compiles the configuration (already validated by `loupe_control`) into snapshot
     /// version `version`.
-    pub fn build(config: &Config, inputs: PolicyInputs, version: u64, exclusions: ExclusionCache) -> Result<Policy, String> {
+    pub fn build(
+        config: &Config,
+        inputs: PolicyInputs,
+        version: u64,
+        exclusions: ExclusionCache,
+    ) -> Result<Policy, String> {
         let categories = Categories::new(&inputs.categories)?;
         let profile = |name: &str| -> Result<Arc<ProfileContext>, String> {
             inputs
@@ -386,7 +393,10 @@ impl Policy {
                 categories: bits,
                 action: rule.action,
                 profile: if decrypts {
-                    Some(profile(rule.profile.as_deref().unwrap_or("default")).map_err(|e| format!("rule {:?}: {e}", rule.name))?)
+                    Some(
+                        profile(rule.profile.as_deref().unwrap_or("default"))
+                            .map_err(|e| format!("rule {:?}: {e}", rule.name))?,
+                    )
                 } else {
                     None
                 },
@@ -533,7 +543,11 @@ impl Policy {
             let ports: Vec<u16> = if rule.ports.is_empty() {
                 inspect_ports.to_vec()
             } else {
-                rule.ports.iter().copied().filter(|p| inspect_ports.contains(p)).collect()
+                rule.ports
+                    .iter()
+                    .copied()
+                    .filter(|p| inspect_ports.contains(p))
+                    .collect()
             };
             let servers: Vec<Cidr> = if rule.destination.is_empty() {
                 let any4: Cidr = "0.0.0.0/0".parse().expect("a valid block");
@@ -566,7 +580,8 @@ fn overlaps(a: &CompiledRule, b: &CompiledRule) -> bool {
     let blocks = |x: &[Cidr], y: &[Cidr]| {
         x.is_empty()
             || y.is_empty()
-            || x.iter().any(|c| y.iter().any(|d| c.contains(d.addr) || d.contains(c.addr)))
+            || x.iter()
+                .any(|c| y.iter().any(|d| c.contains(d.addr) || d.contains(c.addr)))
     };
     ports && blocks(&a.destination, &b.destination) && blocks(&a.source, &b.source)
 }
@@ -649,7 +664,10 @@ mod tests {
     fn excluded_servers_are_spliced_with_the_reason() {
         let p = policy("", vec![]);
         let server = at("198.18.0.2", 443);
-        assert_eq!(p.at_hello(at(CLIENT, 1), server, Some("s.lab")).action, RuleAction::Decrypt);
+        assert_eq!(
+            p.at_hello(at(CLIENT, 1), server, Some("s.lab")).action,
+            RuleAction::Decrypt
+        );
         let mut cache = (*p.exclusions).clone();
         cache.insert(
             ExclusionKey::new(Some("S.lab"), server),
@@ -662,7 +680,10 @@ mod tests {
         assert_eq!(d.action, RuleAction::NoDecrypt);
         assert_eq!(d.reason, "excluded: the server requested a client certificate");
         // Another name on the same address is not excluded.
-        assert_eq!(next.at_hello(at(CLIENT, 1), server, Some("t.lab")).action, RuleAction::Decrypt);
+        assert_eq!(
+            next.at_hello(at(CLIENT, 1), server, Some("t.lab")).action,
+            RuleAction::Decrypt
+        );
     }
 
     #[test]

@@ -9,11 +9,11 @@ use loupe_control::config::{RuleAction, Undecryptable};
 use smoltcp::socket::tcp;
 
 use crate::flow::FlowKey;
+use crate::policy::{Decision, ExclusionKey, Policy, ProfileContext};
 use crate::relay::{ByteCounts, EndReason, Fins, Splice, StreamPump};
 use crate::tls::client_hello::{ClientHello, ClientHelloError, ClientHelloReader};
 use crate::tls::diagnosis::{ClientOffer, ConnectFailure, DiagnosisInput, ProfileFacts, UpstreamOffer};
 use crate::tls::forge::CertSource;
-use crate::policy::{Decision, ExclusionKey, Policy, ProfileContext};
 use crate::tls::record::{Action, DecryptionRecord, Outcome, Peer, Stage};
 use crate::tls::session::{
     PlaintextCounter, SessionFailure, SplitTls, UntrustedAction, ALERT_ACCESS_DENIED, ALERT_HANDSHAKE_FAILURE,
@@ -264,9 +264,7 @@ impl Session {
                     _ if detail.contains("UNSUPPORTED_PROTOCOL") || detail.contains("WRONG_VERSION") => {
                         Obstacle::Version
                     }
-                    _ if detail.contains("NO_SHARED_CIPHER") || detail.contains("WRONG_CIPHER") => {
-                        Obstacle::Cipher
-                    }
+                    _ if detail.contains("NO_SHARED_CIPHER") || detail.contains("WRONG_CIPHER") => Obstacle::Cipher,
                     _ => return None,
                 }
             }
@@ -283,10 +281,7 @@ impl Session {
     /// When this session's failure puts its server in the exclusion cache: the key and why.
     pub fn exclusion(&self) -> Option<(ExclusionKey, String)> {
         match self.undecryptable()? {
-            (what, Undecryptable::Bypass) => Some((
-                ExclusionKey::new(self.sni(), self.key.server),
-                what.to_string(),
-            )),
+            (what, Undecryptable::Bypass) => Some((ExclusionKey::new(self.sni(), self.key.server), what.to_string())),
             (_, Undecryptable::Block) => None,
         }
     }
@@ -411,7 +406,10 @@ impl StreamPump for SessionPump<'_, '_> {
         if let Stream::AwaitingHello(reader) = &mut session.stream {
             match read_hello(reader, client) {
                 Ok(Some(hello)) => {
-                    let decision = session.policy.at_hello(session.key.client, session.key.server, hello.sni.as_deref());
+                    let decision =
+                        session
+                            .policy
+                            .at_hello(session.key.client, session.key.server, hello.sni.as_deref());
                     session.policy.count_hit(&decision);
                     tracing::debug!(flow = %session.key, ?decision, "policy decision");
                     session.stream = start(&hello, reader.raw(), session.key.server, &decision);

@@ -15,15 +15,15 @@ use xdpilone::xdp::XdpDesc;
 
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{parse_tcp_frame, MacAddr};
+use crate::policy::{ExclusionKey, Policy};
 use crate::probing::{PendingRecord, Probes, MAX_PROBES};
 use crate::relay::{ByteCounts, EndReason, Phase, TcpPair, LINGER};
 use crate::session::{Session, TlsEnv};
 use crate::tcp_device::{transparent_interface, FrameDevice, L2Header};
 use crate::tls::forge::Forger;
 use crate::tls::record::{DecryptionLog, Outcome};
-use crate::policy::{ExclusionKey, Policy};
-use crossbeam_channel::{Receiver, Sender};
 use crate::xsk::{XskPort, BATCH};
+use crossbeam_channel::{Receiver, Sender};
 
 pub const INSIDE: usize = 0;
 pub const OUTSIDE: usize = 1;

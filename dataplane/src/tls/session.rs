@@ -1263,10 +1263,7 @@ impl SplitTls {
         let leaf = ssl.peer_certificate();
         // decrypt-inbound: the server is the one whose certificate the operator configured.
         let known_leaf = match (&self.inbound, &leaf) {
-            (Some(inbound), Some(leaf)) => inbound
-                .chain
-                .first()
-                .is_some_and(|known| same_certificate(known, leaf)),
+            (Some(inbound), Some(leaf)) => inbound.chain.first().is_some_and(|known| same_certificate(known, leaf)),
             _ => false,
         };
         let trusted = code == 0 || known_leaf;
