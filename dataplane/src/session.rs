@@ -174,6 +174,8 @@ impl Session {
                 record.stage = Some(Stage::ClientHello);
                 match reason {
                     BlockReason::Rule => {
+                        // Nothing failed: policy refused it.
+                        record.stage = None;
                         record.end_reason = format!("blocked by rule {:?}", record.rule);
                     }
                     BlockReason::ClientUnsupported(why) => {
@@ -233,6 +235,8 @@ impl Session {
             });
         }
         input.client_offer = self.hello.as_ref().map(ClientOffer::from_client_hello);
+        input.client_cert_requested = matches!(&self.stream, Stream::Decrypting(tls)
+            if tls.outcome() == Some(&SessionFailure::ClientCertificateRequested));
         input.not_tls = not_tls;
         input.connect_failure = connect_failure;
         (record, input)

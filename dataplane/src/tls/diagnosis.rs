@@ -204,6 +204,8 @@ pub struct DiagnosisInput {
     pub not_tls: Option<String>,
     pub connect_failure: Option<ConnectFailure>,
     pub end_reason: Option<String>,
+    /// Why policy decided as it did (the record's `reason`).
+    pub reason: Option<String>,
     /// The engine's error, for the generic text.
     pub error: Option<String>,
 }
@@ -231,6 +233,7 @@ impl DiagnosisInput {
                 ..ProfileFacts::default()
             },
             end_reason: (!record.end_reason.is_empty()).then(|| record.end_reason.clone()),
+            reason: record.reason.clone(),
             error: record.error.clone(),
             ..DiagnosisInput::default()
         }
@@ -896,6 +899,14 @@ fn no_failure(input: &DiagnosisInput) -> Option<Diagnosis> {
         (Some(Action::Block), _) => found(
             format!("Blocked by policy: rule {rule} says block; no TLS failure."),
             format!("None needed if intended; otherwise change rule {rule}."),
+        ),
+        (Some(Action::NoDecrypt), _) if input.reason.as_deref().is_some_and(|r| r.starts_with("excluded: ")) => found(
+            format!(
+                "Spliced without decryption: {} is in the exclusion cache ({}).",
+                input.server_text(),
+                input.reason.as_deref().unwrap_or_default()
+            ),
+            "None needed: the exclusion expires on its own; the record that added it explains why.".to_string(),
         ),
         (Some(Action::NoDecrypt), _) => found(
             format!("Not decrypted by policy: rule {rule} says no-decrypt, so loupe spliced the session."),
