@@ -29,13 +29,13 @@ const PEM_CERTIFICATE_LABELS: [&[u8]; 2] = [b"CERTIFICATE", b"X509 CERTIFICATE"]
 pub enum TrustError {
     #[error("the system trust bundle {path} does not exist: install the package ca-certificates (apt-get install ca-certificates)")]
     SystemBundleMissing { path: PathBuf },
-    #[error("cannot read CA file {path}: {source}")]
+    #[error("cannot read certificate file {path}: {source}")]
     Unreadable { path: PathBuf, source: io::Error },
-    #[error("CA file {path} is larger than {max} bytes; is it really a certificate bundle?", max = MAX_FILE_BYTES)]
+    #[error("certificate file {path} is larger than {max} bytes; is it really a certificate bundle?", max = MAX_FILE_BYTES)]
     TooLarge { path: PathBuf },
-    #[error("CA file {path} holds no certificates: {detail}")]
+    #[error("certificate file {path} holds no certificates: {detail}")]
     NoCertificates { path: PathBuf, detail: String },
-    #[error("CA file {path}: certificate #{index} (PEM block starting at line {line}) does not parse: {reason}")]
+    #[error("certificate file {path}: certificate #{index} (PEM block starting at line {line}) does not parse: {reason}")]
     BadCertificate {
         path: PathBuf,
         index: usize,
