@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use loupe_control::config::Config;
 use loupe_dataplane::policy::ExclusionCache;
 use loupe_dataplane::tls::ca::{self, CaKeyType, CaRole, DecryptionCa};
+use loupe_dataplane::tls::trust::{self, ImportedEntry, ImportedTrust, TrustKind};
 use loupe_dataplane::{daemon, wire};
 
 #[derive(Parser)]
@@ -41,6 +42,12 @@ enum Command {
     Ca {
         #[command(subcommand)]
         action: CaCommand,
+    },
+    /// Imported certificates: CAs trusted for every name, or a server's own certificate
+    /// pinned for its host. Kept under the state directory; works without a running daemon.
+    Trust {
+        #[command(subcommand)]
+        action: TrustCommand,
     },
     /// Validate a configuration file without starting anything: the file, the category
     /// files, the CA and certificate files it names, and every profile against BoringSSL.
@@ -79,6 +86,38 @@ enum CaCommand {
         /// Show the CA this configuration names in `[ca]` (if it names one).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// Import the certificates of FILE (PEM bundle or DER). Without --host each must be a
+    /// CA and is trusted for every name; with --host the first one (a server's own
+    /// certificate, self-signed for instance) is trusted only when that host presents it.
+    Import {
+        file: PathBuf,
+        /// Pin the certificate for this host (DNS name or IP address) instead.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+        #[arg(long, default_value = "/var/lib/loupe")]
+        state_dir: PathBuf,
+    },
+    /// List the imported certificates.
+    List {
+        #[arg(long, default_value = "/var/lib/loupe")]
+        state_dir: PathBuf,
+        /// A JSON array of the entries, as stored in the index.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an imported certificate by its SHA-256 (or a unique prefix of it).
+    Remove {
+        sha256: String,
+        /// Only remove the pin for this host, keeping the others.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+        #[arg(long, default_value = "/var/lib/loupe")]
+        state_dir: PathBuf,
     },
 }
 
@@ -128,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Ca { action } => ca(action),
+        Command::Trust { action } => trust(action),
         Command::Check { file } => {
             let config = Config::load(&file)?;
             let policy = daemon::build_policy(&config, &[], 1, ExclusionCache::default())
@@ -197,4 +237,127 @@ fn ca(action: CaCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn trust(action: TrustCommand) -> anyhow::Result<()> {
+    match action {
+        TrustCommand::Import { file, host, state_dir } => {
+            let report = ImportedTrust::import(&state_dir, &file, host.as_deref())?;
+            // Only to look at what was stored; the import itself has succeeded.
+            let stored = ImportedTrust::load(&state_dir).ok();
+            for imported in &report.entries {
+                let entry = &imported.entry;
+                let what = describe(entry);
+                if imported.added {
+                    println!("imported: {what}");
+                } else {
+                    println!("already imported: {what}");
+                }
+                print_details(entry);
+                let cert = stored.as_ref().and_then(|s| s.certificate(&entry.sha256));
+                if let (Some(cert), Some(host)) = (cert, &entry.host) {
+                    let names_host = if host.parse::<std::net::IpAddr>().is_ok() {
+                        cert.check_ip_asc(host)
+                    } else {
+                        cert.check_host(host)
+                    };
+                    if names_host.ok() == Some(false) {
+                        println!(
+                            "  note: the certificate does not name {host}; it is trusted for {host} anyway, as pinned"
+                        );
+                    }
+                }
+                if let Some(cert) = cert {
+                    if boring::asn1::Asn1Time::days_from_now(0).is_ok_and(|now| cert.not_after() < now) {
+                        println!("  note: the certificate has expired ({})", entry.not_after);
+                    }
+                }
+            }
+            if report.ignored > 0 {
+                println!(
+                    "note: {} holds {} more certificate(s) after the first; only the first is pinned",
+                    file.display(),
+                    report.ignored
+                );
+            }
+            println!(
+                "stored in {}; `loupe run` loads it when it starts",
+                trust::trust_dir(&state_dir).display()
+            );
+            Ok(())
+        }
+        TrustCommand::List { state_dir, json } => {
+            let imported = ImportedTrust::load(&state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(imported.list())?);
+                return Ok(());
+            }
+            if imported.is_empty() {
+                println!(
+                    "no imported certificates in {} (add one with `loupe trust import FILE`)",
+                    imported.dir().display()
+                );
+                return Ok(());
+            }
+            let rows: Vec<[&str; 5]> = imported
+                .list()
+                .iter()
+                .map(|e| {
+                    [
+                        e.kind.as_str(),
+                        e.host.as_deref().unwrap_or("any"),
+                        &e.not_after,
+                        &e.sha256,
+                        &e.subject,
+                    ]
+                })
+                .collect();
+            let header = ["KIND", "HOST", "NOT AFTER", "SHA-256", "SUBJECT"];
+            let mut widths = header.map(str::len);
+            for row in &rows {
+                for (width, cell) in widths.iter_mut().zip(row) {
+                    *width = (*width).max(cell.len());
+                }
+            }
+            for row in std::iter::once(&header).chain(&rows) {
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(widths)
+                    .map(|(cell, width)| format!("{cell:<width$}"))
+                    .collect();
+                println!("{}", line.join("  ").trim_end());
+            }
+            Ok(())
+        }
+        TrustCommand::Remove {
+            sha256,
+            host,
+            state_dir,
+        } => {
+            for entry in ImportedTrust::remove(&state_dir, &sha256, host.as_deref())? {
+                println!("removed: {}", describe(&entry));
+                print_details(&entry);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `CA trusted for every name, CN=…` or `pinned for host h, CN=…`.
+fn describe(entry: &ImportedEntry) -> String {
+    let subject = if entry.subject.is_empty() {
+        "(empty subject)"
+    } else {
+        &entry.subject
+    };
+    match (entry.kind, &entry.host) {
+        (TrustKind::Pinned, Some(host)) => format!("pinned for host {host}: {subject}"),
+        _ => format!("CA trusted for every name: {subject}"),
+    }
+}
+
+fn print_details(entry: &ImportedEntry) {
+    println!("  sha256     {}", entry.sha256);
+    println!("  issuer     {}", entry.issuer);
+    println!("  not after  {}", entry.not_after);
 }
