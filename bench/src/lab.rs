@@ -336,37 +336,42 @@ impl Lab {
                     pins.clone().into(),
                 ];
                 argv.extend(args.iter().map(OsString::from));
-                // Network namespace only: under `ip netns exec` the daemon would see no
-                // bpffs, and its pins (and `loupe counters`) would die with it.
-                let mut proc = self.spawn_net_only(Ns::App, "loupe", &argv)?;
-                // Ready = XDP attached to both ports and the sockets registered.
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    if let Some(st) = proc.try_status()? {
-                        bail!("loupe exited during start-up with {st}\n{}", proc.logs());
-                    }
-                    // The daemon writes its counters file once its AF_XDP sockets are
-                    // registered: from then on inspected traffic goes through it, not
-                    // around it (fail-open bridging while it starts).
-                    if state.join("counters.json").exists()
-                        && self.has_xdp(Ns::App, "in0")?
-                        && self.has_xdp(Ns::App, "out0")?
-                    {
-                        break;
-                    }
-                    if Instant::now() >= deadline {
-                        bail!("loupe did not attach XDP to in0 and out0 within 30 s\n{}", proc.logs());
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                let proc = self.spawn_loupe(&argv, &state)?;
                 Ok(MiddleGuard::Loupe {
                     proc,
                     loupe,
+                    argv,
                     state_dir: state,
                     log_dir: logs,
                     pin_dir: pins,
                 })
             }
+        }
+    }
+
+    /// Starts `loupe run` (argv) and waits until it serves the wire.
+    fn spawn_loupe(&self, argv: &[OsString], state: &Path) -> Result<NsProcess<'_>> {
+        // A counters file left by an earlier daemon must not pass for readiness.
+        let _ = std::fs::remove_file(state.join("counters.json"));
+        // Network namespace only: under `ip netns exec` the daemon would see no
+        // bpffs, and its pins (and `loupe counters`) would die with it.
+        let mut proc = self.spawn_net_only(Ns::App, "loupe", argv)?;
+        // Ready = XDP attached to both ports and the sockets registered.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = proc.try_status()? {
+                bail!("loupe exited during start-up with {st}\n{}", proc.logs());
+            }
+            // The daemon writes its counters file once its AF_XDP sockets are
+            // registered: from then on inspected traffic goes through it, not
+            // around it (fail-open bridging while it starts).
+            if state.join("counters.json").exists() && self.has_xdp(Ns::App, "in0")? && self.has_xdp(Ns::App, "out0")? {
+                return Ok(proc);
+            }
+            if Instant::now() >= deadline {
+                bail!("loupe did not attach XDP to in0 and out0 within 30 s\n{}", proc.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -731,13 +736,30 @@ pub enum MiddleGuard<'lab> {
         proc: NsProcess<'lab>,
         /// The `loupe` binary, for `counters`.
         loupe: PathBuf,
+        /// How it was started, for [`MiddleGuard::restart`].
+        argv: Vec<OsString>,
         state_dir: PathBuf,
         log_dir: PathBuf,
         pin_dir: PathBuf,
     },
 }
 
-impl MiddleGuard<'_> {
+impl<'lab> MiddleGuard<'lab> {
+    /// Stops loupe (SIGTERM) and starts it again the same way, as an operator does to apply
+    /// a changed configuration or trust store; the state and log directories stay.
+    pub fn restart(&mut self, lab: &'lab Lab) -> Result<()> {
+        match self {
+            MiddleGuard::Bridge { .. } => bail!("a kernel bridge has no daemon to restart"),
+            MiddleGuard::Loupe {
+                proc, argv, state_dir, ..
+            } => {
+                proc.stop();
+                *proc = lab.spawn_loupe(argv, state_dir)?;
+                Ok(())
+            }
+        }
+    }
+
     /// Fails if the middle died since it started (loupe crashed).
     pub fn check_alive(&mut self) -> Result<()> {
         match self {

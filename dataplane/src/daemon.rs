@@ -21,7 +21,7 @@ use crate::tls::ca::{CaRole, DecryptionCa};
 use crate::tls::forge::Forger;
 use crate::tls::probe::ProbeContext;
 use crate::tls::record::DecryptionLog;
-use crate::tls::trust::TrustStore;
+use crate::tls::trust::{ImportedTrust, PinnedLeafs, TrustStore};
 use crate::wire::{PortSide, Wire, WireSettings, XdpAttachMode};
 use crate::worker::{ExclusionRequest, Worker, WorkerPolicy, WorkerSettings, WorkerStats, WorkerTls};
 use crate::xsk::{XskPort, XskSizes};
@@ -95,11 +95,21 @@ fn rules_json(policy: &Policy) -> String {
 }
 
 /// The trust store for upstream validation: system roots (unless turned off), the
-/// configured CA files and `--trust-ca` files.
-fn trust_store(config: &Config, trust_ca: &[PathBuf]) -> Result<TrustStore> {
+/// configured CA files, `--trust-ca` files and the CAs imported into the state directory;
+/// and the server certificates imported pinned to their hosts.
+fn trust_store(config: &Config, trust_ca: &[PathBuf], state_dir: Option<&Path>) -> Result<(TrustStore, PinnedLeafs)> {
     let mut files = config.trust.ca_files.clone();
     files.extend(trust_ca.iter().cloned());
-    TrustStore::from_files(config.trust.system_roots, &files).context("loading the trust store")
+    let mut store = TrustStore::from_files(config.trust.system_roots, &files).context("loading the trust store")?;
+    let pins = match state_dir {
+        Some(dir) => {
+            let imported = ImportedTrust::load(dir).context("loading the imported certificates")?;
+            store.add_imported(&imported)?;
+            imported.pinned()
+        }
+        None => PinnedLeafs::default(),
+    };
+    Ok((store, pins))
 }
 
 /// A decrypt-inbound rule's chain (leaf first) and key, checked to belong together.
@@ -127,15 +137,21 @@ fn inbound_certificate(rule: &str, cert: &Path, key: &Path) -> Result<ForgedCert
 /// Compiles the configuration into a policy snapshot: profiles with their TLS contexts,
 /// categories from their files, inbound certificates. `loupe check` runs this too, so a
 /// file that checks is a file that runs.
-pub fn build_policy(config: &Config, trust_ca: &[PathBuf], version: u64, exclusions: ExclusionCache) -> Result<Policy> {
-    let trust = trust_store(config, trust_ca)?;
+pub fn build_policy(
+    config: &Config,
+    trust_ca: &[PathBuf],
+    state_dir: Option<&Path>,
+    version: u64,
+    exclusions: ExclusionCache,
+) -> Result<Policy> {
+    let (trust, pins) = trust_store(config, trust_ca, state_dir)?;
     let mut settings = config.profiles.clone();
     if !settings.iter().any(|p| p.name == "default") {
         settings.insert(0, loupe_control::config::Profile::builtin_default());
     }
     let mut profiles = Vec::new();
     for profile in &settings {
-        let context = ProfileContext::new(profile, trust.build_store()?).map_err(anyhow::Error::msg)?;
+        let context = ProfileContext::new(profile, trust.build_store()?, pins.clone()).map_err(anyhow::Error::msg)?;
         profiles.push(Arc::new(context));
     }
     let mut inbound = HashMap::new();
@@ -268,7 +284,7 @@ pub fn run(options: RunOptions) -> Result<()> {
 
     // TLS: the trust store, the decryption CA (generated on first run), the forger whose
     // clones share one certificate cache, and the decryption log.
-    let trust = trust_store(&options.config, &options.trust_ca)?;
+    let (trust, pins) = trust_store(&options.config, &options.trust_ca, Some(&options.state_dir))?;
     let forger = match &options.config.ca {
         // The operator's CA; the untrusted CA still lives in the state directory.
         Some(files) => Forger::new(
@@ -279,13 +295,19 @@ pub fn run(options: RunOptions) -> Result<()> {
         None => Forger::from_state_dir(&options.state_dir, FORGED_CERT_CACHE).context("loading the decryption CA")?,
     };
     tracing::info!(
-        ca_sha256 = %forger.decryption_ca().fingerprint_sha256(), trust_anchors = trust.len(),
+        ca_sha256 = %forger.decryption_ca().fingerprint_sha256(), trust_anchors = trust.len(), pinned = pins.len(),
         "decryption CA ready; clients must trust the output of 'loupe ca show'"
     );
     let log = Arc::new(DecryptionLog::open(&options.log_dir)?);
     tracing::info!(path = %log.path().display(), "decryption log");
     let exclusions = load_exclusions(&options.config, &options.state_dir);
-    let policy = Arc::new(build_policy(&options.config, &options.trust_ca, 1, exclusions)?);
+    let policy = Arc::new(build_policy(
+        &options.config,
+        &options.trust_ca,
+        Some(&options.state_dir),
+        1,
+        exclusions,
+    )?);
     tracing::info!(
         config_version = policy.version,
         rules = policy.rule_names().count(),

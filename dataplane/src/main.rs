@@ -170,7 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trust { action } => trust(action),
         Command::Check { file } => {
             let config = Config::load(&file)?;
-            let policy = daemon::build_policy(&config, &[], 1, ExclusionCache::default())
+            let policy = daemon::build_policy(&config, &[], None, 1, ExclusionCache::default())
                 .with_context(|| format!("{}", file.display()))?;
             let bypassed = policy.xdp_bypasses(&config.dataplane.inspect_ports);
             println!(

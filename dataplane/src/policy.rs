@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use boring::x509::store::X509Store;
 
 use crate::tls::forge::ForgedCert;
+use crate::tls::trust::PinnedLeafs;
 use crate::tls::session::{Profile, SplitTlsContext};
 
 /// A profile as the workers use it: the operator's settings and the TLS contexts built
@@ -30,9 +31,11 @@ pub struct ProfileContext {
 }
 
 impl ProfileContext {
-    pub fn new(settings: &config::Profile, trust: X509Store) -> Result<ProfileContext, String> {
+    pub fn new(settings: &config::Profile, trust: X509Store, pins: PinnedLeafs) -> Result<ProfileContext, String> {
         let profile = Profile::from_config(settings);
-        let context = SplitTlsContext::new(&profile, trust).map_err(|e| format!("profile {:?}: {e}", settings.name))?;
+        let context = SplitTlsContext::new(&profile, trust)
+            .map_err(|e| format!("profile {:?}: {e}", settings.name))?
+            .with_pins(pins);
         Ok(ProfileContext {
             name: settings.name.clone(),
             settings: settings.clone(),
@@ -594,7 +597,7 @@ mod tests {
         let trust = boring::x509::store::X509StoreBuilder::new().unwrap().build();
         let mut settings = config::Profile::builtin_default();
         settings.name = name.into();
-        Arc::new(ProfileContext::new(&settings, trust).unwrap())
+        Arc::new(ProfileContext::new(&settings, trust, PinnedLeafs::default()).unwrap())
     }
 
     fn policy(toml: &str, categories: Vec<LoadedCategory>) -> Policy {

@@ -54,6 +54,7 @@ use boring::x509::{X509NameRef, X509Ref, X509StoreContext, X509VerifyError};
 use super::client_hello::ClientHello;
 use super::forge::{CertSource, ForgedCert, Verdict};
 use super::names;
+use super::trust::PinnedLeafs;
 use super::record::{AlertFact, CertFact, NegotiatedFact, Peer, Stage, VerifyFact};
 
 /// Cap of each of the four ciphertext queues (in and out, client and server side).
@@ -343,6 +344,8 @@ pub struct SplitTlsContext {
     sessions: Arc<Mutex<SessionCache>>,
     untrusted: UntrustedAction,
     expired: UntrustedAction,
+    /// Server certificates the operator imported for one host each.
+    pins: PinnedLeafs,
 }
 
 impl fmt::Debug for SplitTlsContext {
@@ -451,7 +454,15 @@ impl SplitTlsContext {
             sessions,
             untrusted: profile.untrusted,
             expired: profile.expired,
+            pins: PinnedLeafs::default(),
         })
+    }
+
+    /// Trust these certificates for the hosts they were imported for (`loupe trust import
+    /// --host`), whatever their chain says.
+    pub fn with_pins(mut self, pins: PinnedLeafs) -> SplitTlsContext {
+        self.pins = pins;
+        self
     }
 
     /// The TLS 1.2-and-older suites the client leg accepts (IANA ids).
@@ -988,6 +999,7 @@ pub struct SplitTls {
     expired_action: UntrustedAction,
     /// decrypt-inbound: the server's own chain and key, presented to the client as is.
     inbound: Option<Arc<ForgedCert>>,
+    pins: PinnedLeafs,
     /// Record version for an alert loupe writes to the client itself.
     alert_record_version: u16,
     /// Client → server plaintext.
@@ -1037,6 +1049,7 @@ impl SplitTls {
             untrusted_action: ctx.untrusted,
             expired_action: ctx.expired,
             inbound,
+            pins: ctx.pins.clone(),
             alert_record_version: hello.max_version().clamp(TLS1_0, TLS1_2),
             to_server: Direction::new(),
             to_client: Direction::new(),
@@ -1266,10 +1279,23 @@ impl SplitTls {
             (Some(inbound), Some(leaf)) => inbound.chain.first().is_some_and(|known| same_certificate(known, leaf)),
             _ => false,
         };
-        let trusted = code == 0 || known_leaf;
+        let leaf_sha256: Option<[u8; 32]> = leaf
+            .as_ref()
+            .and_then(|l| l.digest(MessageDigest::sha256()).ok())
+            .and_then(|d| <[u8; 32]>::try_from(&*d).ok());
+        let pinned_for = match (code, leaf_sha256) {
+            (0, _) | (_, None) => None,
+            (_, Some(sha)) => self.pins.allows(&self.facts.checked_name, &sha).map(str::to_string),
+        };
+        let trusted = code == 0 || known_leaf || pinned_for.is_some();
         let reason = if code != 0 && known_leaf {
             format!(
                 "the configured certificate of the decrypt-inbound rule (the chain alone: {})",
+                verify_reason(code)
+            )
+        } else if let Some(host) = pinned_for {
+            format!(
+                "certificate imported for {host} (loupe trust import --host); the chain alone: {}",
                 verify_reason(code)
             )
         } else {
