@@ -16,18 +16,27 @@
 //! - One XDP program per interface: a foreign XDP program makes attach fail (EBUSY).
 //!
 //! Map layout and names are in `loupe_common` (`maps`, `pins`, `counter`).
+//!
+//! No-decrypt rules that need only the server's address and port are enforced here:
+//! [`Wire::set_no_decrypt`] fills an LPM trie keyed on (server port, server address),
+//! and inspected TCP whose server matches is bridged like uninspected traffic. The
+//! program decides per segment, not per flow: an entry added or removed while a
+//! connection to that server is open moves the rest of that connection between
+//! bridging and the workers (which do not know it), so that connection breaks.
 
 use std::{
-    borrow::Borrow,
+    borrow::{Borrow, BorrowMut},
+    collections::BTreeMap,
     ffi::CString,
     fs, io,
+    net::{IpAddr, Ipv6Addr},
     os::{fd::RawFd, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray, XskMap},
+    maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, Map, MapData, PerCpuArray, XskMap},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
@@ -36,8 +45,8 @@ use aya::{
     Ebpf,
 };
 use loupe_common::{
-    counter, maps as map_names, pins, programs, xsk_key, WireConfig, MAX_INSPECT_PORTS, MAX_QUEUES, PORT_INSIDE,
-    PORT_OUTSIDE,
+    counter, maps as map_names, pins, programs, xsk_key, NoDecryptKey, WireConfig, MAX_INSPECT_PORTS, MAX_NO_DECRYPT,
+    MAX_QUEUES, MAX_RULE_HITS, NO_DECRYPT_NONE, PORT_INSIDE, PORT_OUTSIDE,
 };
 
 /// The wire's eBPF object (program `loupe_wire`), built by `build.rs`.
@@ -119,7 +128,7 @@ pub struct WireSettings {
     pub inspect_ports: Vec<u16>,
     /// Drop inspected TCP when no socket serves the queue (default: bridge it).
     pub fail_closed: bool,
-    /// Drop UDP to/from port 443 so clients fall back from QUIC to TCP.
+    /// Drop UDP to/from an inspected port so clients fall back from QUIC to TCP.
     pub drop_quic: bool,
     /// Where links and maps are pinned (on bpffs).
     pub pin_dir: PathBuf,
@@ -190,7 +199,7 @@ impl WireSettings {
 }
 
 /// Counters of the XDP program, summed over CPUs. `bridged` includes the frames
-/// counted in `malformed`, `unserved`, `vlan` and `fragments`.
+/// counted in `malformed`, `unserved`, `vlan`, `fragments` and `bridged_no_decrypt`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WireCounters {
     /// Inspected TCP handed to an AF_XDP socket.
@@ -203,7 +212,7 @@ pub struct WireCounters {
     pub malformed: u64,
     /// Redirects refused inside the program (dropped).
     pub redirect_failed: u64,
-    /// UDP/443 dropped by `drop_quic`.
+    /// UDP to/from an inspected port dropped by `drop_quic`.
     pub dropped_quic: u64,
     /// Inspected TCP bridged uninspected: no socket, fail-open.
     pub unserved: u64,
@@ -213,10 +222,12 @@ pub struct WireCounters {
     pub vlan: u64,
     /// IP fragments (bridged).
     pub fragments: u64,
+    /// Inspected TCP bridged because its server matched a no-decrypt entry.
+    pub bridged_no_decrypt: u64,
 }
 
 impl WireCounters {
-    pub fn fields(&self) -> [(&'static str, u64); 10] {
+    pub fn fields(&self) -> [(&'static str, u64); counter::COUNT as usize] {
         [
             ("steered", self.steered),
             ("bridged", self.bridged),
@@ -228,6 +239,7 @@ impl WireCounters {
             ("unknown_ingress", self.unknown_ingress),
             ("vlan", self.vlan),
             ("fragments", self.fragments),
+            ("bridged_no_decrypt", self.bridged_no_decrypt),
         ]
     }
 
@@ -245,6 +257,7 @@ impl WireCounters {
             unknown_ingress: at(counter::UNKNOWN_INGRESS),
             vlan: at(counter::VLAN),
             fragments: at(counter::FRAGMENTS),
+            bridged_no_decrypt: at(counter::BRIDGED_NO_DECRYPT),
         }
     }
 
@@ -252,6 +265,150 @@ impl WireCounters {
     pub fn to_json(&self) -> String {
         let body: Vec<String> = self.fields().iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
         format!("{{{}}}", body.join(","))
+    }
+}
+
+/// A no-decrypt entry enforced in XDP: inspected TCP whose server (the side with
+/// the inspected port) is `port` at an address in `addr/prefix` is bridged, never
+/// steered to a worker. `rule` is the policy's rule index, below
+/// [`loupe_common::MAX_RULE_HITS`]; a client's SYN that matches counts in
+/// [`Wire::rule_hits`]`()[rule]`. Where entries overlap, the longest prefix wins;
+/// for the very same block and port, the first entry given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NoDecryptEntry {
+    pub addr: IpAddr,
+    /// Prefix length: 0..=32 for IPv4, 0..=128 for IPv6. Host bits of `addr` are ignored.
+    pub prefix: u8,
+    /// Server port.
+    pub port: u16,
+    pub rule: u32,
+}
+
+/// Contents of the no-decrypt trie: (trie prefix length, key data) → rule index.
+type NoDecryptTable = BTreeMap<(u32, NoDecryptKey), u32>;
+
+/// The trie contents for `entries`, validated: what [`Wire::set_no_decrypt`] writes.
+///
+/// An IPv6 block that covers `::ffff:0:0/96` on a port would also cover the
+/// IPv4-mapped keys of IPv4 servers; a [`NO_DECRYPT_NONE`] entry under that /96
+/// (unless an IPv4 `/0` on the same port takes its place) keeps IPv6 rules to IPv6.
+fn no_decrypt_table(entries: &[NoDecryptEntry]) -> Result<NoDecryptTable> {
+    let mut table = NoDecryptTable::new();
+    let mut mapped_ports = Vec::new();
+    for e in entries {
+        if e.port == 0 {
+            bail!(
+                "no-decrypt entry {}/{} (rule {}): port 0 is not a TCP port",
+                e.addr,
+                e.prefix,
+                e.rule
+            );
+        }
+        if e.rule >= MAX_RULE_HITS {
+            bail!(
+                "no-decrypt entry {}/{} port {}: rule index {} is beyond the {MAX_RULE_HITS} rules the wire counts",
+                e.addr,
+                e.prefix,
+                e.port,
+                e.rule
+            );
+        }
+        let key = match e.addr {
+            IpAddr::V4(a) => {
+                if e.prefix > 32 {
+                    bail!("no-decrypt entry {}/{}: an IPv4 prefix is at most 32", e.addr, e.prefix);
+                }
+                let mask = u32::MAX.checked_shl(32 - u32::from(e.prefix)).unwrap_or(0);
+                let net = (u32::from(a) & mask).to_be_bytes();
+                (NoDecryptKey::prefix_v4(e.prefix), NoDecryptKey::v4(e.port, net))
+            }
+            IpAddr::V6(a) => {
+                if e.prefix > 128 {
+                    bail!(
+                        "no-decrypt entry {}/{}: an IPv6 prefix is at most 128",
+                        e.addr,
+                        e.prefix
+                    );
+                }
+                let mask = u128::MAX.checked_shl(128 - u32::from(e.prefix)).unwrap_or(0);
+                let net = u128::from(a) & mask;
+                let mapped = u128::from(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0, 0]));
+                if e.prefix <= 96 && mapped & mask == net {
+                    mapped_ports.push(e.port);
+                }
+                (
+                    NoDecryptKey::prefix_v6(e.prefix),
+                    NoDecryptKey::v6(e.port, net.to_be_bytes()),
+                )
+            }
+        };
+        table.entry(key).or_insert(e.rule);
+    }
+    for port in mapped_ports {
+        table
+            .entry((NoDecryptKey::prefix_v4(0), NoDecryptKey::v4(port, [0; 4])))
+            .or_insert(NO_DECRYPT_NONE);
+    }
+    if table.len() > MAX_NO_DECRYPT as usize {
+        bail!(
+            "{} no-decrypt entries (blocks times ports), the wire holds at most {MAX_NO_DECRYPT}",
+            table.len()
+        );
+    }
+    Ok(table)
+}
+
+/// Makes the trie hold exactly `table`, writing only new or changed entries, in an order
+/// that never uncovers a server that stays covered: new entries first, then stale ones
+/// removed (the other way round only when the map has no room for both). Guards go in
+/// before and out after the IPv6 blocks they fence off.
+fn sync_no_decrypt<T: BorrowMut<MapData>>(
+    trie: &mut LpmTrie<T, NoDecryptKey, u32>,
+    table: &NoDecryptTable,
+) -> Result<()> {
+    let mut present = NoDecryptTable::new();
+    for key in trie.keys() {
+        let key = key.context("listing the no-decrypt map")?;
+        let rule = match trie.get(&key, 0) {
+            Ok(rule) => rule,
+            // Gone between the listing and the lookup: nothing to compare.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(err) => return Err(err).context("reading the no-decrypt map"),
+        };
+        present.insert((key.prefix_len(), key.data()), rule);
+    }
+    let is_guard = |rule: &u32| *rule == NO_DECRYPT_NONE;
+    let mut inserts: Vec<_> = table
+        .iter()
+        .filter(|(key, rule)| present.get(key) != Some(rule))
+        .collect();
+    inserts.sort_by_key(|(_, rule)| !is_guard(rule));
+    let mut stale: Vec<_> = present.iter().filter(|(key, _)| !table.contains_key(key)).collect();
+    stale.sort_by_key(|(_, rule)| is_guard(rule));
+
+    let insert_all = |trie: &mut LpmTrie<T, NoDecryptKey, u32>| -> Result<()> {
+        for (&(prefix, data), &rule) in &inserts {
+            trie.insert(&Key::new(prefix, data), rule, 0)
+                .with_context(|| format!("writing no-decrypt entry for rule {rule}"))?;
+        }
+        Ok(())
+    };
+    let remove_all = |trie: &mut LpmTrie<T, NoDecryptKey, u32>| -> Result<()> {
+        for (&(prefix, data), _) in &stale {
+            match trie.remove(&Key::new(prefix, data)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("removing a stale no-decrypt entry"),
+            }
+        }
+        Ok(())
+    };
+    let added = inserts.iter().filter(|(key, _)| !present.contains_key(key)).count();
+    if present.len() + added <= MAX_NO_DECRYPT as usize {
+        insert_all(trie)?;
+        remove_all(trie)
+    } else {
+        remove_all(trie)?;
+        insert_all(trie)
     }
 }
 
@@ -263,6 +420,8 @@ pub struct Wire {
     config: Array<MapData, WireConfig>,
     xsks: XskMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    no_decrypt: LpmTrie<MapData, NoDecryptKey, u32>,
+    rule_hits: PerCpuArray<MapData, u64>,
     current: WireConfig,
     settings: WireSettings,
     mode: XdpAttachMode,
@@ -279,8 +438,20 @@ impl Wire {
     /// In [`XdpAttachMode::Native`], if the driver refuses native XDP, both ports
     /// are attached in generic mode instead (see [`Wire::mode`]) and a warning is
     /// logged.
+    ///
+    /// Every attach starts with new maps: no-decrypt entries and counters of a previous
+    /// daemon do not carry over. Use [`Wire::attach_with_no_decrypt`] to have the
+    /// entries in place before the program takes over the ports.
     pub fn attach(settings: &WireSettings) -> Result<Wire> {
+        Self::attach_with_no_decrypt(settings, &[])
+    }
+
+    /// [`Wire::attach`] with the no-decrypt entries written before the links are
+    /// created or swapped, so that across a daemon restart connections to those servers
+    /// stay bridged without a moment of being steered to the new workers.
+    pub fn attach_with_no_decrypt(settings: &WireSettings, no_decrypt: &[NoDecryptEntry]) -> Result<Wire> {
         settings.validate()?;
+        let no_decrypt_table = no_decrypt_table(no_decrypt)?;
         let inside_ifindex = ifindex(&settings.inside)?;
         let outside_ifindex = ifindex(&settings.outside)?;
         ensure_bpffs(&settings.pin_dir)?;
@@ -301,6 +472,12 @@ impl Wire {
         let ports_map = take_map(&mut ebpf, map_names::PORTS)?;
         let xsks_map = take_map(&mut ebpf, map_names::XSKS)?;
         let counters_map = take_map(&mut ebpf, map_names::COUNTERS)?;
+        let mut no_decrypt_map = take_map(&mut ebpf, map_names::NO_DECRYPT)?;
+        let rule_hits_map = take_map(&mut ebpf, map_names::RULE_HITS)?;
+        sync_no_decrypt(
+            &mut LpmTrie::try_from(&mut no_decrypt_map).context("no-decrypt map type")?,
+            &no_decrypt_table,
+        )?;
         {
             let mut inspect: HashMap<&mut MapData, u16, u8> =
                 HashMap::try_from(&mut inspect_map).context("inspected-ports map type")?;
@@ -325,6 +502,8 @@ impl Wire {
                 ("counters map", &counters_map, pins::COUNTERS),
                 ("config map", &config_map, pins::CONFIG),
                 ("inspected-ports map", &inspect_map, pins::INSPECT_PORTS),
+                ("no-decrypt map", &no_decrypt_map, pins::NO_DECRYPT),
+                ("rule-hits map", &rule_hits_map, pins::RULE_HITS),
             ] {
                 let path = settings.pin_dir.join(name);
                 map.pin(&path)
@@ -374,11 +553,15 @@ impl Wire {
 
         let xsks = XskMap::try_from(xsks_map).context("XSKMAP type")?;
         let counters = PerCpuArray::try_from(counters_map).context("counters map type")?;
+        let no_decrypt = LpmTrie::try_from(no_decrypt_map).context("no-decrypt map type")?;
+        let rule_hits = PerCpuArray::try_from(rule_hits_map).context("rule-hits map type")?;
         Ok(Wire {
             _ebpf: ebpf,
             config,
             xsks,
             counters,
+            no_decrypt,
+            rule_hits,
             current,
             settings: settings.clone(),
             mode,
@@ -429,7 +612,21 @@ impl Wire {
         Ok(())
     }
 
-    /// Switches QUIC (UDP/443) dropping on or off.
+    /// Replaces the no-decrypt entries (adds new and changed ones, removes the ones no
+    /// longer listed) while traffic flows. The entries are checked first: on an error
+    /// the map is left as it was. See [`NoDecryptEntry`].
+    pub fn set_no_decrypt(&mut self, entries: &[NoDecryptEntry]) -> Result<()> {
+        let table = no_decrypt_table(entries)?;
+        sync_no_decrypt(&mut self.no_decrypt, &table)
+    }
+
+    /// Client SYNs bridged by each no-decrypt rule since `attach`, summed over CPUs;
+    /// index = rule index, [`loupe_common::MAX_RULE_HITS`] entries.
+    pub fn rule_hits(&self) -> Result<Vec<u64>> {
+        read_rule_hits(&self.rule_hits)
+    }
+
+    /// Switches QUIC (UDP on an inspected port) dropping on or off.
     pub fn set_drop_quic(&mut self, drop: bool) -> Result<()> {
         let mut next = self.current;
         if drop {
@@ -634,7 +831,16 @@ fn remove_pins(pin_dir: &Path) -> Result<bool> {
 }
 
 fn remove_map_pins(pin_dir: &Path) -> Result<bool> {
-    unpin(pin_dir, &[pins::COUNTERS, pins::CONFIG, pins::INSPECT_PORTS])
+    unpin(
+        pin_dir,
+        &[
+            pins::COUNTERS,
+            pins::CONFIG,
+            pins::INSPECT_PORTS,
+            pins::NO_DECRYPT,
+            pins::RULE_HITS,
+        ],
+    )
 }
 
 fn unpin(pin_dir: &Path, names: &[&str]) -> Result<bool> {
@@ -652,13 +858,36 @@ fn unpin(pin_dir: &Path, names: &[&str]) -> Result<bool> {
 
 fn read_counters<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<WireCounters> {
     let mut sums = [0u64; counter::COUNT as usize];
-    for (i, sum) in sums.iter_mut().enumerate() {
+    // A map pinned by an older build may have fewer counters: the rest read as zero.
+    let len = (map.len() as usize).min(sums.len());
+    for (i, sum) in sums[..len].iter_mut().enumerate() {
         let per_cpu = map
             .get(&(i as u32), 0)
             .with_context(|| format!("reading wire counter {i}"))?;
         *sum = per_cpu.iter().fold(0u64, |acc, v| acc.wrapping_add(*v));
     }
     Ok(WireCounters::from_sums(&sums))
+}
+
+fn read_rule_hits<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Vec<u64>> {
+    (0..map.len())
+        .map(|i| {
+            let per_cpu = map
+                .get(&i, 0)
+                .with_context(|| format!("reading rule hit counter {i}"))?;
+            Ok(per_cpu.iter().fold(0u64, |acc, v| acc.wrapping_add(*v)))
+        })
+        .collect()
+}
+
+/// Reads the pinned per-rule hit counters (see [`Wire::rule_hits`]) without a running daemon.
+pub fn pinned_rule_hits(pin_dir: &Path) -> Result<Vec<u64>> {
+    let path = pin_dir.join(pins::RULE_HITS);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening the pinned rule hits {}", path.display()))?;
+    let map = Map::from_map_data(data).context("pinned rule-hits map")?;
+    let hits: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(map).context("pinned rule-hits map has an unexpected type")?;
+    read_rule_hits(&hits)
 }
 
 /// Reads the pinned counters map without a running daemon.
@@ -702,12 +931,13 @@ mod tests {
             unknown_ingress: 8,
             vlan: 9,
             fragments: u64::MAX,
+            bridged_no_decrypt: 11,
         };
         assert_eq!(
             c.to_json(),
             "{\"steered\":1,\"bridged\":2,\"dropped_fail_closed\":3,\"malformed\":4,\
              \"redirect_failed\":5,\"dropped_quic\":6,\"unserved\":7,\"unknown_ingress\":8,\
-             \"vlan\":9,\"fragments\":18446744073709551615}"
+             \"vlan\":9,\"fragments\":18446744073709551615,\"bridged_no_decrypt\":11}"
         );
         assert!(WireCounters::default().to_json().starts_with("{\"steered\":0,"));
     }
@@ -724,6 +954,7 @@ mod tests {
         assert_eq!(c.dropped_fail_closed, 100 + counter::DROPPED_FAIL_CLOSED as u64);
         assert_eq!(c.malformed, 100 + counter::MALFORMED as u64);
         assert_eq!(c.fragments, 100 + counter::FRAGMENTS as u64);
+        assert_eq!(c.bridged_no_decrypt, 100 + counter::BRIDGED_NO_DECRYPT as u64);
         // Every counter index appears exactly once among the fields.
         let mut seen: Vec<u64> = c.fields().iter().map(|(_, v)| *v).collect();
         seen.sort_unstable();
@@ -779,6 +1010,67 @@ mod tests {
         let c = s.config(3, 4, XdpAttachMode::Native);
         assert!(c.fail_closed() && c.drop_quic());
         assert_eq!(c.attach_mode, WireConfig::ATTACH_NATIVE);
+    }
+
+    fn entry(addr: &str, prefix: u8, port: u16, rule: u32) -> NoDecryptEntry {
+        NoDecryptEntry {
+            addr: addr.parse().unwrap(),
+            prefix,
+            port,
+            rule,
+        }
+    }
+
+    #[test]
+    fn no_decrypt_table_masks_host_bits_and_keeps_the_first_rule() {
+        let t = no_decrypt_table(&[
+            entry("198.18.0.77", 24, 443, 3),
+            entry("198.18.0.0", 24, 443, 9),
+            entry("198.18.0.2", 32, 8443, 4),
+            entry("2001:db8::1", 32, 443, 5),
+        ])
+        .unwrap();
+        let want: NoDecryptTable = [
+            ((16 + 96 + 24, NoDecryptKey::v4(443, [198, 18, 0, 0])), 3),
+            ((16 + 128, NoDecryptKey::v4(8443, [198, 18, 0, 2])), 4),
+            (
+                (
+                    16 + 32,
+                    NoDecryptKey::v6(443, "2001:db8::".parse::<Ipv6Addr>().unwrap().octets()),
+                ),
+                5,
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(t, want);
+        assert!(no_decrypt_table(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn no_decrypt_table_keeps_ipv6_blocks_off_ipv4() {
+        // ::/0 and ::/64 cover ::ffff:0:0/96; 2001:db8::/32 does not.
+        let t = no_decrypt_table(&[entry("::", 0, 443, 1), entry("2001:db8::", 32, 8443, 2)]).unwrap();
+        assert_eq!(t.get(&(16 + 96, NoDecryptKey::v4(443, [0; 4]))), Some(&NO_DECRYPT_NONE));
+        assert_eq!(t.get(&(16 + 96, NoDecryptKey::v4(8443, [0; 4]))), None);
+        assert_eq!(t.len(), 3);
+        // An IPv4 /0 on the same port is the entry there, not the guard.
+        let t = no_decrypt_table(&[entry("::", 64, 443, 1), entry("0.0.0.0", 0, 443, 2)]).unwrap();
+        assert_eq!(t.get(&(16 + 96, NoDecryptKey::v4(443, [0; 4]))), Some(&2));
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn no_decrypt_table_rejects_bad_entries() {
+        let err = |e: NoDecryptEntry| no_decrypt_table(&[e]).unwrap_err().to_string();
+        assert!(err(entry("198.18.0.2", 33, 443, 0)).contains("at most 32"));
+        assert!(err(entry("2001:db8::", 129, 443, 0)).contains("at most 128"));
+        assert!(err(entry("198.18.0.2", 32, 0, 0)).contains("port 0"));
+        assert!(err(entry("198.18.0.2", 32, 443, MAX_RULE_HITS)).contains("rule index"));
+        let many: Vec<_> = (1..=MAX_NO_DECRYPT as u16 + 1)
+            .map(|port| entry("198.18.0.2", 32, port, 0))
+            .collect();
+        assert!(no_decrypt_table(&many).unwrap_err().to_string().contains("at most"));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! in0, app out0 <-> server eth0), attaches the wire to in0/out0 from a thread
 //! that entered the app namespace, and checks bridging, fail-open, fail-closed,
 //! QUIC dropping, malformed frames, survival of the pinned links without the
-//! daemon, replacement, and detach. Must run as root; fails (never skips) otherwise.
+//! daemon, replacement, and detach; no-decrypt entries (bridged in XDP even when
+//! fail-closed, replaced, cleared by a new attach) and QUIC dropping on inspected
+//! ports. Must run as root; fails (never skips) otherwise.
 //!
 //! Traffic stays inside the namespaces, on 198.18.0.0/24; IPv6 is disabled in them.
 
@@ -24,13 +26,23 @@ use std::{
 };
 
 use loupe_dataplane::{
-    wire::{detach, pinned_counters, PortSide, Wire, WireCounters, WireSettings, XdpAttachMode},
+    wire::{
+        detach, pinned_counters, pinned_rule_hits, NoDecryptEntry, PortSide, Wire, WireCounters, WireSettings,
+        XdpAttachMode,
+    },
     xsk::{XskPort, XskSizes, BATCH},
 };
 use xdpilone::xdp::XdpDesc;
 
 const CLIENT_IP: &str = "198.18.0.1";
 const SERVER_IP: &str = "198.18.0.2";
+/// A second server address on the same interface (for no-decrypt entries that must
+/// not cover it).
+const SERVER2_IP: &str = "198.18.0.3";
+/// TCP ports the echo server listens on.
+const TCP_PORTS: [u16; 3] = [80, 443, 8443];
+/// UDP ports whose datagrams the server counts.
+const UDP_PORTS: [u16; 3] = [443, 8443, 5353];
 
 fn run(cmd: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd[0])
@@ -128,6 +140,10 @@ impl Lab {
         for (ns, addr) in [(&lab.client, CLIENT_IP), (&lab.server, SERVER_IP)] {
             let cidr = format!("{addr}/24");
             must(&["ip", "-n", ns, "addr", "add", &cidr, "dev", "eth0"]);
+            if ns == &lab.server {
+                let cidr = format!("{SERVER2_IP}/24");
+                must(&["ip", "-n", ns, "addr", "add", &cidr, "dev", "eth0"]);
+            }
             // Redirected frames keep no CHECKSUM_PARTIAL state, and a veth delivers
             // XDP_REDIRECTed frames only if its peer runs NAPI (GRO on).
             must(&["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]);
@@ -186,9 +202,14 @@ impl Lab {
 
     /// TCP connect from the client, one line out, the echo back. Err on any failure.
     fn tcp_exchange(&self, port: u16, timeout: Duration) -> Result<(), String> {
+        self.tcp_exchange_to(SERVER_IP, port, timeout)
+    }
+
+    /// [`Lab::tcp_exchange`] with server address `ip`.
+    fn tcp_exchange_to(&self, ip: &'static str, port: u16, timeout: Duration) -> Result<(), String> {
         let client = self.client.clone();
         Lab::within(&client, move || {
-            let addr: SocketAddr = format!("{SERVER_IP}:{port}").parse().unwrap();
+            let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
             let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
             s.set_read_timeout(Some(timeout)).unwrap();
             let msg = format!("hello over {port}\n");
@@ -213,6 +234,19 @@ impl Lab {
                 s.send_to(b"quic-ish", (SERVER_IP, port)).expect("udp send");
             }
         });
+    }
+
+    /// A TCP connection from the client namespace, kept open (the socket stays in the
+    /// namespace it was created in, whichever thread uses it).
+    fn tcp_open(&self, ip: &'static str, port: u16) -> BufReader<TcpStream> {
+        let client = self.client.clone();
+        let s = Lab::within(&client, move || {
+            let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        })
+        .unwrap_or_else(|e| panic!("connect {ip}:{port}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        BufReader::new(s)
     }
 
     /// Sends one raw Ethernet frame out of the client's eth0.
@@ -266,33 +300,39 @@ fn send_raw(iface: &str, frame: &[u8]) {
     }
 }
 
-/// Echo server in the server namespace: TCP 80 and 443 echo one line back with an
-/// `echo:` prefix; UDP 443 datagrams are counted.
+/// Echo server in the server namespace, on every server address: TCP [`TCP_PORTS`]
+/// echo one line back with an `echo:` prefix; datagrams to [`UDP_PORTS`] are counted.
 struct Server {
     stop: Arc<AtomicBool>,
-    udp_received: Arc<AtomicU64>,
+    udp_received: Arc<[AtomicU64; UDP_PORTS.len()]>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
     fn start(ns: &str) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
-        let udp_received = Arc::new(AtomicU64::new(0));
+        let udp_received = Arc::new([const { AtomicU64::new(0) }; UDP_PORTS.len()]);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let path = format!("/run/netns/{ns}");
         let (stop2, udp2) = (stop.clone(), udp_received.clone());
         let thread = thread::spawn(move || {
             enter_netns(&path);
-            let listeners: Vec<TcpListener> = [80u16, 443]
+            let listeners: Vec<TcpListener> = TCP_PORTS
                 .iter()
                 .map(|p| {
-                    let l = TcpListener::bind((SERVER_IP, *p)).expect("tcp bind");
+                    let l = TcpListener::bind(("0.0.0.0", *p)).expect("tcp bind");
                     l.set_nonblocking(true).unwrap();
                     l
                 })
                 .collect();
-            let udp = UdpSocket::bind((SERVER_IP, 443)).expect("udp bind");
-            udp.set_nonblocking(true).unwrap();
+            let udps: Vec<UdpSocket> = UDP_PORTS
+                .iter()
+                .map(|p| {
+                    let u = UdpSocket::bind(("0.0.0.0", *p)).expect("udp bind");
+                    u.set_nonblocking(true).unwrap();
+                    u
+                })
+                .collect();
             ready_tx.send(()).unwrap();
             let mut buf = [0u8; 2048];
             while !stop2.load(Ordering::Relaxed) {
@@ -301,8 +341,10 @@ impl Server {
                         thread::spawn(move || echo(s));
                     }
                 }
-                while udp.recv_from(&mut buf).is_ok() {
-                    udp2.fetch_add(1, Ordering::Relaxed);
+                for (udp, count) in udps.iter().zip(udp2.iter()) {
+                    while udp.recv_from(&mut buf).is_ok() {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 thread::sleep(Duration::from_millis(5));
             }
@@ -316,6 +358,27 @@ impl Server {
             thread: Some(thread),
         }
     }
+
+    /// Datagrams received on UDP `port` (one of [`UDP_PORTS`]).
+    fn udp(&self, port: u16) -> u64 {
+        let i = UDP_PORTS
+            .iter()
+            .position(|p| *p == port)
+            .expect("a UDP port the server counts");
+        self.udp_received[i].load(Ordering::Relaxed)
+    }
+
+    /// Waits until `want` datagrams arrived on `port`; false after 3 s.
+    fn wait_udp(&self, port: u16, want: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.udp(port) < want {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
 }
 
 impl Drop for Server {
@@ -327,13 +390,18 @@ impl Drop for Server {
     }
 }
 
+/// Echoes lines (up to 64 KiB in all) until the peer closes or is silent for 5 s.
 fn echo(s: TcpStream) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s.take(64 * 1024));
     let mut line = String::new();
-    if BufReader::new(s.take(4096)).read_line(&mut line).is_ok() && !line.is_empty() {
-        let _ = w.write_all(format!("echo:{line}").as_bytes());
+    while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+        if w.write_all(format!("echo:{line}").as_bytes()).is_err() {
+            break;
+        }
+        line.clear();
     }
 }
 
@@ -442,20 +510,12 @@ fn wire_bridges_steers_and_fails_as_configured() {
 
     // QUIC: UDP/443 reaches the server until drop_quic is set.
     lab.udp_send(443, 5);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while server.udp_received.load(Ordering::Relaxed) < 5 {
-        assert!(Instant::now() < deadline, "UDP/443 not bridged with drop_quic off");
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(server.wait_udp(443, 5), "UDP/443 not bridged with drop_quic off");
     wire.set_drop_quic(true).unwrap();
     lab.udp_send(443, 5);
     wait_counters(&wire, "dropped_quic", |c| c.dropped_quic >= 5);
     thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        server.udp_received.load(Ordering::Relaxed),
-        5,
-        "UDP/443 reached the server with drop_quic on"
-    );
+    assert_eq!(server.udp(443), 5, "UDP/443 reached the server with drop_quic on");
 
     // Malformed and VLAN frames are counted and still bridged (no out-of-bounds read:
     // the verifier accepted the program, and the frames do not crash anything).
@@ -525,4 +585,198 @@ fn wire_works_in_generic_mode() {
     assert_eq!(c.steered, 0);
     detach(&lab.pin_dir).expect("detach");
     assert!(!lab.ping(), "ping still crosses after detach (generic)");
+}
+
+fn no_decrypt(addr: &str, prefix: u8, port: u16, rule: u32) -> NoDecryptEntry {
+    NoDecryptEntry {
+        addr: addr.parse().unwrap(),
+        prefix,
+        port,
+        rule,
+    }
+}
+
+/// Asserts that `(ip, port)` does not connect through the fail-closed wire and that
+/// the wire, not something else, dropped it.
+fn assert_dropped_fail_closed(lab: &Lab, wire: &Wire, ip: &'static str, port: u16, why: &str) {
+    let before = wire.counters().unwrap();
+    if lab.tcp_exchange_to(ip, port, Duration::from_secs(1)).is_ok() {
+        panic!("{ip}:{port} connected through the fail-closed wire: {why}");
+    }
+    let c = wait_counters(wire, "dropped_fail_closed", |c| {
+        c.dropped_fail_closed > before.dropped_fail_closed
+    });
+    assert_eq!(
+        c.bridged_no_decrypt,
+        before.bridged_no_decrypt,
+        "{ip}:{port} ({why}) counted as bridged by a no-decrypt entry: {}",
+        c.to_json()
+    );
+}
+
+/// `n` connections to `(ip, port)` through the fail-closed wire with no AF_XDP socket:
+/// only a no-decrypt entry lets them through. Checks that every inspected segment of
+/// them was bridged by the entry (none steered, dropped or unserved).
+fn assert_bridged_by_rule(lab: &Lab, wire: &Wire, ip: &'static str, port: u16, n: u64) {
+    let before = wire.counters().unwrap();
+    for i in 0..n {
+        lab.tcp_exchange_to(ip, port, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{ip}:{port} connection {i} not bridged by its no-decrypt entry: {e}"));
+    }
+    // Per connection at least SYN, SYN-ACK, ACK, request, reply.
+    let c = wait_counters(wire, "bridged_no_decrypt", |c| {
+        c.bridged_no_decrypt >= before.bridged_no_decrypt + 5 * n
+    });
+    assert_eq!(c.dropped_fail_closed, before.dropped_fail_closed, "{}", c.to_json());
+    assert_eq!(c.steered, 0, "{}", c.to_json());
+    assert_eq!(c.unserved, 0, "{}", c.to_json());
+    assert!(
+        c.bridged - before.bridged >= c.bridged_no_decrypt - before.bridged_no_decrypt,
+        "bridged_no_decrypt is not a subset of bridged: {}",
+        c.to_json()
+    );
+}
+
+/// One line out on an open connection, its echo back.
+fn exchange_line(conn: &mut BufReader<TcpStream>, msg: &str) -> Result<(), String> {
+    conn.get_mut()
+        .write_all(format!("{msg}\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut reply = String::new();
+    conn.read_line(&mut reply).map_err(|e| format!("read: {e}"))?;
+    if reply == format!("echo:{msg}\n") {
+        Ok(())
+    } else {
+        Err(format!("bad echo {reply:?}"))
+    }
+}
+
+/// Hit counters of the rules named in `want` equal it; every other slot is zero.
+fn assert_rule_hits(wire: &Wire, want: &[(usize, u64)]) {
+    // Rule hits are counted on the client's SYN, which has long arrived: no waiting.
+    let hits = wire.rule_hits().expect("rule_hits");
+    assert_eq!(hits.len(), loupe_common::MAX_RULE_HITS as usize);
+    for (rule, count) in hits.iter().enumerate() {
+        let expected = want.iter().find(|(r, _)| *r == rule).map_or(0, |(_, n)| *n);
+        assert_eq!(*count, expected, "rule {rule} hits (all: {want:?})");
+    }
+}
+
+#[test]
+fn no_decrypt_entries_bridge_in_xdp() {
+    let lab = Lab::new("d");
+    let _server = Server::start(&lab.server);
+    let mut settings = lab.settings(XdpAttachMode::Native);
+    settings.inspect_ports = vec![443, 8443];
+    settings.fail_closed = true;
+    let mut wire = attach_in(&lab, settings.clone());
+
+    // Fail-closed with no AF_XDP socket: inspected TCP goes nowhere.
+    assert_dropped_fail_closed(&lab, &wire, SERVER_IP, 443, "no entries yet");
+
+    // One server, one port: its connections are bridged by rule 7, both directions
+    // (the SYN-ACK matches on its source), and each client SYN is one hit.
+    wire.set_no_decrypt(&[no_decrypt(SERVER_IP, 32, 443, 7)]).unwrap();
+    assert_bridged_by_rule(&lab, &wire, SERVER_IP, 443, 3);
+    assert_rule_hits(&wire, &[(7, 3)]);
+    // Neither another address on that port nor another port of that address.
+    assert_dropped_fail_closed(&lab, &wire, SERVER2_IP, 443, "other server address");
+    assert_dropped_fail_closed(&lab, &wire, SERVER_IP, 8443, "other port of the server");
+    assert_rule_hits(&wire, &[(7, 3)]);
+
+    // A policy change that keeps a server covered (its /32 replaced by a /24 of another
+    // rule) does not disturb a connection open to it.
+    let mut conn = lab.tcp_open(SERVER_IP, 443);
+    exchange_line(&mut conn, "before the change").expect("open connection, bridged by rule 7");
+    let before = wire.counters().unwrap();
+    wire.set_no_decrypt(&[no_decrypt("198.18.0.0", 24, 443, 8)]).unwrap();
+    exchange_line(&mut conn, "after the change").expect("open connection after its entry was replaced");
+    let c = wire.counters().unwrap();
+    assert_eq!(c.dropped_fail_closed, before.dropped_fail_closed, "{}", c.to_json());
+    drop(conn);
+    assert_rule_hits(&wire, &[(7, 4)]);
+
+    // An IPv6 block covering everything never matches IPv4 servers.
+    wire.set_no_decrypt(&[no_decrypt("::", 0, 443, 9)]).unwrap();
+    assert_dropped_fail_closed(&lab, &wire, SERVER_IP, 443, "only an IPv6 ::/0 entry");
+
+    // Replacing the entries: a /30 on 8443 (rule 2) instead of the /32 on 443.
+    wire.set_no_decrypt(&[no_decrypt("198.18.0.0", 30, 8443, 2)]).unwrap();
+    assert_dropped_fail_closed(&lab, &wire, SERVER_IP, 443, "its entry was replaced");
+    assert_bridged_by_rule(&lab, &wire, SERVER_IP, 8443, 1);
+    assert_bridged_by_rule(&lab, &wire, SERVER2_IP, 8443, 1);
+    assert_rule_hits(&wire, &[(7, 4), (2, 2)]);
+    // Setting the same entries again changes nothing; an empty list removes them.
+    wire.set_no_decrypt(&[no_decrypt("198.18.0.1", 30, 8443, 2)]).unwrap();
+    assert_bridged_by_rule(&lab, &wire, SERVER2_IP, 8443, 1);
+    wire.set_no_decrypt(&[]).unwrap();
+    assert_dropped_fail_closed(&lab, &wire, SERVER2_IP, 8443, "all entries removed");
+    // A bad list is refused and leaves the entries as they were.
+    wire.set_no_decrypt(&[no_decrypt(SERVER_IP, 32, 443, 1)]).unwrap();
+    let err = wire
+        .set_no_decrypt(&[no_decrypt(SERVER2_IP, 32, 443, 1), no_decrypt(SERVER_IP, 33, 443, 1)])
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("at most 32"), "{err:#}");
+    assert_bridged_by_rule(&lab, &wire, SERVER_IP, 443, 1);
+    assert_dropped_fail_closed(&lab, &wire, SERVER2_IP, 443, "refused list");
+    assert_rule_hits(&wire, &[(7, 4), (2, 3), (1, 1)]);
+    let pinned = pinned_rule_hits(&lab.pin_dir).expect("pinned rule hits");
+    assert_eq!(pinned, wire.rule_hits().unwrap());
+
+    // A new daemon: the entries of the previous one do not survive its attach, and
+    // the rule hits start again.
+    drop(wire);
+    let wire = attach_in(&lab, settings.clone());
+    assert_rule_hits(&wire, &[]);
+    assert_dropped_fail_closed(&lab, &wire, SERVER_IP, 443, "entry of a previous attach");
+    drop(wire);
+
+    // Entries given at attach are in place before the program takes over.
+    let app = lab.app.clone();
+    let entries = [no_decrypt(SERVER2_IP, 32, 443, 4)];
+    let wire = Lab::within(&app, move || Wire::attach_with_no_decrypt(&settings, &entries))
+        .unwrap_or_else(|e| panic!("Wire::attach_with_no_decrypt: {e:#}"));
+    assert_bridged_by_rule(&lab, &wire, SERVER2_IP, 443, 2);
+    assert_rule_hits(&wire, &[(4, 2)]);
+
+    detach(&lab.pin_dir).expect("detach");
+    assert!(
+        !Path::new(&lab.pin_dir).exists(),
+        "detach left pins behind (no-decrypt or rule-hits map?)"
+    );
+    assert!(
+        lab.tcp_exchange_to(SERVER2_IP, 443, Duration::from_secs(1)).is_err(),
+        "still bridged after detach"
+    );
+    drop(wire);
+}
+
+#[test]
+fn quic_is_dropped_on_inspected_ports_only() {
+    let lab = Lab::new("q");
+    let server = Server::start(&lab.server);
+    let mut settings = lab.settings(XdpAttachMode::Native);
+    settings.inspect_ports = vec![443, 8443];
+    settings.drop_quic = true;
+    let mut wire = attach_in(&lab, settings);
+
+    // UDP to an inspected port is QUIC: dropped and counted.
+    lab.udp_send(443, 5);
+    lab.udp_send(8443, 3);
+    let c = wait_counters(&wire, "dropped_quic", |c| c.dropped_quic >= 8);
+    assert_eq!(c.dropped_quic, 8, "{}", c.to_json());
+    // UDP to another port is bridged.
+    lab.udp_send(5353, 4);
+    assert!(server.wait_udp(5353, 4), "UDP/5353 not bridged with drop_quic on");
+    assert_eq!((server.udp(443), server.udp(8443)), (0, 0), "QUIC reached the server");
+    assert_eq!(wire.counters().unwrap().dropped_quic, 8);
+
+    // drop_quic off: UDP/443 is bridged like any UDP.
+    wire.set_drop_quic(false).unwrap();
+    lab.udp_send(443, 5);
+    assert!(server.wait_udp(443, 5), "UDP/443 not bridged with drop_quic off");
+    assert_eq!(wire.counters().unwrap().dropped_quic, 8);
+    // TCP on the inspected port is unaffected by either (fail-open, no socket: unserved).
+    lab.tcp_exchange(443, Duration::from_secs(3))
+        .expect("TCP/443 fail-open");
 }

@@ -5,8 +5,10 @@
 //! use the `[u8]` implementation. Parsing never reads outside what `header`
 //! returned, so a truncated frame is `Malformed`, never an out-of-bounds read.
 //!
-//! The result keeps the L3 addresses so address rules (a no-decrypt LPM map)
-//! can be added between [`parse`] and the verdict without touching the parser.
+//! The result keeps the L3 addresses for the no-decrypt rules: [`no_decrypt_match`]
+//! builds the LPM keys of an inspected segment's server and asks the map.
+
+use crate::{NoDecryptKey, NO_DECRYPT_NONE};
 
 /// Bounds-checked access to a frame's bytes.
 pub trait Frame {
@@ -35,6 +37,8 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 const IPV6_HLEN: usize = 40;
 /// IPv6 extension headers walked before giving up (then the frame is `Other`).
 const IPV6_MAX_EXT: usize = 4;
@@ -42,10 +46,11 @@ const IPV6_MAX_EXT: usize = 4;
 /// Transport header as far as the wire cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
-    /// Ports in host byte order.
+    /// Ports in host byte order; `flags` is the TCP flags byte (CWR..FIN).
     Tcp {
         src: u16,
         dst: u16,
+        flags: u8,
     },
     Udp {
         src: u16,
@@ -204,6 +209,7 @@ fn parse_l4<F: Frame + ?Sized>(frame: &F, proto: u8, off: usize, l3_end: usize) 
             Some(L4::Tcp {
                 src: be16(tcp[0], tcp[1]),
                 dst: be16(tcp[2], tcp[3]),
+                flags: tcp[13],
             })
         }
         IPPROTO_UDP => {
@@ -223,9 +229,13 @@ fn parse_l4<F: Frame + ?Sized>(frame: &F, proto: u8, off: usize, l3_end: usize) 
 /// What the wire does with a frame, before looking at sockets and flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
-    /// TCP with an inspected port on either side: goes to AF_XDP when a socket serves the queue.
-    Inspect,
-    /// UDP to or from [`crate::QUIC_PORT`].
+    /// TCP with an inspected port on either side: goes to AF_XDP when a socket serves
+    /// the queue, unless its server matches a no-decrypt entry. `dst_inspected`: the
+    /// destination port is inspected (a client → server segment).
+    Inspect {
+        dst_inspected: bool,
+    },
+    /// UDP to or from an inspected port (QUIC, when that port is 443).
     Quic,
     /// Bridged: everything not inspected.
     Plain,
@@ -234,7 +244,10 @@ pub enum Class {
     Malformed,
 }
 
-/// Classifies a parsed frame; `inspected(port)` says whether a TCP port is inspected.
+/// Classifies a parsed frame; `inspected(port)` says whether a port is inspected.
+///
+/// UDP on an inspected port is `Quic`: a client that cannot use QUIC there falls back
+/// to TCP on the same port, which is inspected.
 #[inline(always)]
 pub fn classify(parsed: &Parsed, inspected: impl Fn(u16) -> bool) -> Class {
     let l4 = match parsed {
@@ -244,11 +257,80 @@ pub fn classify(parsed: &Parsed, inspected: impl Fn(u16) -> bool) -> Class {
         Parsed::Malformed => return Class::Malformed,
     };
     match l4 {
-        L4::Tcp { src, dst } if inspected(dst) || inspected(src) => Class::Inspect,
-        L4::Udp { src, dst } if src == crate::QUIC_PORT || dst == crate::QUIC_PORT => Class::Quic,
+        L4::Tcp { src, dst, .. } => {
+            if inspected(dst) {
+                Class::Inspect { dst_inspected: true }
+            } else if inspected(src) {
+                Class::Inspect { dst_inspected: false }
+            } else {
+                Class::Plain
+            }
+        }
+        L4::Udp { src, dst } if inspected(dst) || inspected(src) => Class::Quic,
         L4::Fragment => Class::Fragment,
         _ => Class::Plain,
     }
+}
+
+/// An inspected TCP segment whose server matched a no-decrypt entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoDecryptHit {
+    /// The entry's rule index.
+    pub rule: u32,
+    /// A client's SYN (SYN without ACK) to the matched server: one connection attempt,
+    /// counted against the rule.
+    pub client_syn: bool,
+}
+
+/// Looks up the server of an inspected TCP segment (`Class::Inspect { dst_inspected }`)
+/// in the no-decrypt map. The server is the destination when its port is inspected
+/// (client → server), else the source (server → client); when both ports are inspected
+/// the destination is tried first, then the source. `lookup` is a longest-prefix lookup
+/// of a key with [`NoDecryptKey::FULL_PREFIX`] bits; [`NO_DECRYPT_NONE`] is a miss.
+#[inline(always)]
+pub fn no_decrypt_match(
+    parsed: &Parsed,
+    dst_inspected: bool,
+    inspected: impl Fn(u16) -> bool,
+    lookup: impl Fn(&NoDecryptKey) -> Option<u32>,
+) -> Option<NoDecryptHit> {
+    let (src_key, dst_key, flags) = match *parsed {
+        Parsed::Ipv4 {
+            src,
+            dst,
+            l4: L4::Tcp {
+                src: sport,
+                dst: dport,
+                flags,
+            },
+        } => (NoDecryptKey::v4(sport, src), NoDecryptKey::v4(dport, dst), flags),
+        Parsed::Ipv6 {
+            src,
+            dst,
+            l4: L4::Tcp {
+                src: sport,
+                dst: dport,
+                flags,
+            },
+        } => (NoDecryptKey::v6(sport, src), NoDecryptKey::v6(dport, dst), flags),
+        _ => return None,
+    };
+    let rule_of = |key: &NoDecryptKey| lookup(key).filter(|rule| *rule != NO_DECRYPT_NONE);
+    if dst_inspected {
+        if let Some(rule) = rule_of(&dst_key) {
+            return Some(NoDecryptHit {
+                rule,
+                client_syn: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            });
+        }
+        if !inspected(u16::from_be_bytes(src_key.port)) {
+            return None;
+        }
+    }
+    rule_of(&src_key).map(|rule| NoDecryptHit {
+        rule,
+        client_syn: false,
+    })
 }
 
 #[cfg(test)]
@@ -268,12 +350,16 @@ mod tests {
     }
 
     fn tcp(src: u16, dst: u16) -> Vec<u8> {
+        tcp_flags(src, dst, TCP_SYN)
+    }
+
+    fn tcp_flags(src: u16, dst: u16, flags: u8) -> Vec<u8> {
         let mut t = Vec::new();
         t.extend_from_slice(&src.to_be_bytes());
         t.extend_from_slice(&dst.to_be_bytes());
         t.extend_from_slice(&[0; 8]);
         t.push(5 << 4); // data offset 20
-        t.extend_from_slice(&[0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        t.extend_from_slice(&[flags, 0xff, 0xff, 0, 0, 0, 0]);
         t
     }
 
@@ -321,6 +407,9 @@ mod tests {
         p == 443
     }
 
+    const CLIENT_SIDE: Class = Class::Inspect { dst_inspected: true };
+    const SERVER_SIDE: Class = Class::Inspect { dst_inspected: false };
+
     fn class(frame: &[u8]) -> Class {
         classify(&parse(frame), only_443)
     }
@@ -333,12 +422,16 @@ mod tests {
             Parsed::Ipv4 {
                 src: [198, 18, 0, 1],
                 dst: [198, 18, 0, 2],
-                l4: L4::Tcp { src: 40000, dst: 443 }
+                l4: L4::Tcp {
+                    src: 40000,
+                    dst: 443,
+                    flags: TCP_SYN
+                }
             }
         );
-        assert_eq!(class(&f), Class::Inspect);
+        assert_eq!(class(&f), CLIENT_SIDE);
         // Server-to-client direction is inspected too.
-        assert_eq!(class(&ipv4(IPPROTO_TCP, 0, &tcp(443, 40000))), Class::Inspect);
+        assert_eq!(class(&ipv4(IPPROTO_TCP, 0, &tcp(443, 40000))), SERVER_SIDE);
         assert_eq!(class(&ipv4(IPPROTO_TCP, 0, &tcp(40000, 80))), Class::Plain);
     }
 
@@ -346,7 +439,7 @@ mod tests {
     fn ethernet_padding_is_not_malformed() {
         let mut f = ipv4(IPPROTO_TCP, 0, &tcp(1, 443));
         f.extend_from_slice(&[0; 6]);
-        assert_eq!(class(&f), Class::Inspect);
+        assert_eq!(class(&f), CLIENT_SIDE);
     }
 
     #[test]
@@ -393,6 +486,11 @@ mod tests {
         assert_eq!(class(&ipv4(IPPROTO_UDP, 0, &udp(5000, 443, 20))), Class::Quic);
         assert_eq!(class(&ipv4(IPPROTO_UDP, 0, &udp(443, 5000, 20))), Class::Quic);
         assert_eq!(class(&ipv4(IPPROTO_UDP, 0, &udp(5000, 53, 20))), Class::Plain);
+        // QUIC follows the inspected ports: UDP/443 is plain when only 8443 is inspected.
+        let f = ipv4(IPPROTO_UDP, 0, &udp(5000, 443, 20));
+        assert_eq!(classify(&parse(&f[..]), |p| p == 8443), Class::Plain);
+        let f = ipv4(IPPROTO_UDP, 0, &udp(5000, 8443, 20));
+        assert_eq!(classify(&parse(&f[..]), |p| p == 8443), Class::Quic);
     }
 
     #[test]
@@ -405,14 +503,14 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(class(&f), Class::Inspect);
+        assert_eq!(class(&f), CLIENT_SIDE);
 
         // Hop-by-hop (8 bytes) then destination options (16 bytes) then TCP.
         let mut rest = std::vec![60, 0, 1, 4, 0, 0, 0, 0];
         rest.extend_from_slice(&[IPPROTO_TCP, 1, 1, 12]);
         rest.extend_from_slice(&[0; 12]);
         rest.extend_from_slice(&tcp(50000, 443));
-        assert_eq!(class(&ipv6(0, &rest)), Class::Inspect);
+        assert_eq!(class(&ipv6(0, &rest)), CLIENT_SIDE);
 
         // Fragment header.
         let mut frag = std::vec![IPPROTO_TCP, 0, 0, 1, 0, 0, 0, 7];
@@ -446,6 +544,106 @@ mod tests {
         let tagged = eth(ETH_P_8021Q, &[0, 5, 0x08, 0x00]);
         assert_eq!(class(&tagged), Class::Vlan);
         assert_eq!(class(&[0u8; 13]), Class::Malformed);
+    }
+
+    /// Longest-prefix match over `(prefix bits, key, rule)` entries, as the kernel's trie does.
+    fn lpm(entries: &[(u32, NoDecryptKey, u32)], key: &NoDecryptKey) -> Option<u32> {
+        let bits = |k: &NoDecryptKey| {
+            let mut b = [0u8; 18];
+            b[..2].copy_from_slice(&k.port);
+            b[2..].copy_from_slice(&k.addr);
+            b
+        };
+        let want = bits(key);
+        entries
+            .iter()
+            .filter(|(prefix, k, _)| {
+                let have = bits(k);
+                (0..*prefix as usize).all(|i| (have[i / 8] ^ want[i / 8]) & (0x80 >> (i % 8)) == 0)
+            })
+            .max_by_key(|(prefix, _, _)| *prefix)
+            .map(|(_, _, rule)| *rule)
+    }
+
+    fn nd(entries: &[(u32, NoDecryptKey, u32)], frame: &[u8], inspected: fn(u16) -> bool) -> Option<NoDecryptHit> {
+        let parsed = parse(frame);
+        let Class::Inspect { dst_inspected } = classify(&parsed, inspected) else {
+            panic!("not inspected: {parsed:?}");
+        };
+        no_decrypt_match(&parsed, dst_inspected, inspected, |k| lpm(entries, k))
+    }
+
+    #[test]
+    fn no_decrypt_matches_the_server_in_both_directions() {
+        // 198.18.0.0/31 on 443 is rule 7 (the test frames go 198.18.0.1 -> 198.18.0.2).
+        let server = [198, 18, 0, 0];
+        let entries = [(NoDecryptKey::prefix_v4(31), NoDecryptKey::v4(443, server), 7)];
+        let syn = ipv4(IPPROTO_TCP, 0, &tcp_flags(40000, 443, TCP_SYN));
+        assert_eq!(
+            nd(&entries, &syn, only_443),
+            None,
+            "client 198.18.0.1 is in the block but it is the client"
+        );
+        let entries = [(NoDecryptKey::prefix_v4(30), NoDecryptKey::v4(443, server), 7)];
+        assert_eq!(
+            nd(&entries, &syn, only_443),
+            Some(NoDecryptHit {
+                rule: 7,
+                client_syn: true
+            })
+        );
+        let ack = ipv4(IPPROTO_TCP, 0, &tcp_flags(40000, 443, TCP_ACK));
+        assert_eq!(nd(&entries, &ack, only_443).map(|h| h.client_syn), Some(false));
+        // Server -> client: the source is the server; its SYN-ACK is no new connection.
+        let mut synack = ipv4(IPPROTO_TCP, 0, &tcp_flags(443, 40000, TCP_SYN | TCP_ACK));
+        synack[ETH_HLEN + 12..ETH_HLEN + 20].copy_from_slice(&[198, 18, 0, 2, 198, 18, 0, 1]);
+        assert_eq!(
+            nd(&entries, &synack, only_443),
+            Some(NoDecryptHit {
+                rule: 7,
+                client_syn: false
+            })
+        );
+        // Another port of the same server is no match.
+        let entries = [(NoDecryptKey::prefix_v4(32), NoDecryptKey::v4(8443, [198, 18, 0, 2]), 1)];
+        assert_eq!(nd(&entries, &syn, |p| p == 443 || p == 8443), None);
+    }
+
+    #[test]
+    fn no_decrypt_tries_the_source_when_both_ports_are_inspected() {
+        // 198.18.0.1:443 -> 198.18.0.2:8443, both inspected; only the source is listed.
+        let entries = [(NoDecryptKey::prefix_v4(32), NoDecryptKey::v4(443, [198, 18, 0, 1]), 3)];
+        let f = ipv4(IPPROTO_TCP, 0, &tcp_flags(443, 8443, TCP_SYN));
+        assert_eq!(
+            nd(&entries, &f, |p| p == 443 || p == 8443),
+            Some(NoDecryptHit {
+                rule: 3,
+                client_syn: false
+            })
+        );
+    }
+
+    #[test]
+    fn no_decrypt_ipv6_and_the_none_value() {
+        let f = ipv6(IPPROTO_TCP, &tcp_flags(50000, 443, TCP_SYN));
+        let mut net = [0u8; 16];
+        net[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        let v6_block = (NoDecryptKey::prefix_v6(32), NoDecryptKey::v6(443, net), 4);
+        assert_eq!(nd(&[v6_block], &f, only_443).map(|h| h.rule), Some(4));
+        // ::/0 would cover IPv4-mapped keys; the NONE entry under ::ffff:0:0/96 stops it.
+        let any6 = (NoDecryptKey::prefix_v6(0), NoDecryptKey::v6(443, [0; 16]), 5);
+        let none4 = (
+            NoDecryptKey::prefix_v4(0),
+            NoDecryptKey::v4(443, [0; 4]),
+            NO_DECRYPT_NONE,
+        );
+        let syn4 = ipv4(IPPROTO_TCP, 0, &tcp(40000, 443));
+        assert_eq!(nd(&[any6], &syn4, only_443).map(|h| h.rule), Some(5));
+        assert_eq!(nd(&[any6, none4], &syn4, only_443), None);
+        assert_eq!(nd(&[any6, none4], &f, only_443).map(|h| h.rule), Some(5));
+        // A longer IPv4 block still wins over the NONE entry.
+        let v4 = (NoDecryptKey::prefix_v4(24), NoDecryptKey::v4(443, [198, 18, 0, 0]), 6);
+        assert_eq!(nd(&[any6, none4, v4], &syn4, only_443).map(|h| h.rule), Some(6));
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub mod maps {
     pub const XSKS: &str = "LOUPE_XSKS";
     /// `PerCpuArray<u64>` indexed by [`super::counter`] constants.
     pub const COUNTERS: &str = "LOUPE_COUNTERS";
+    /// `LpmTrie<NoDecryptKey, u32>`: server blocks whose inspected TCP is bridged in
+    /// XDP; the value is the rule index (or [`super::NO_DECRYPT_NONE`]).
+    pub const NO_DECRYPT: &str = "LOUPE_NODECRYPT";
+    /// `PerCpuArray<u64>` of [`super::MAX_RULE_HITS`] slots: client SYNs bridged by
+    /// each no-decrypt rule, indexed by rule index.
+    pub const RULE_HITS: &str = "LOUPE_RULE_HITS";
     /// Loss injector: `Array<u32>`, index 0 = drop probability in per-mille (0..=1000).
     pub const LOSSY_CONFIG: &str = "LOSSY_CONFIG";
     /// Loss injector: `PerCpuArray<u64>` indexed by [`super::lossy`] constants.
@@ -45,6 +51,8 @@ pub mod pins {
     pub const COUNTERS: &str = "counters";
     pub const CONFIG: &str = "config";
     pub const INSPECT_PORTS: &str = "inspect_ports";
+    pub const NO_DECRYPT: &str = "no_decrypt";
+    pub const RULE_HITS: &str = "rule_hits";
     /// Loss injector pins (only when the injector is pinned rather than held by a process).
     pub const LOSSY_INGRESS_LINK: &str = "lossy_ingress_link";
     pub const LOSSY_EGRESS_LINK: &str = "lossy_egress_link";
@@ -71,14 +79,73 @@ pub const fn xsk_key(port: u32, rx_queue: u32) -> u32 {
 /// Capacity of the inspected-ports hash map.
 pub const MAX_INSPECT_PORTS: u32 = 64;
 
-/// UDP port whose traffic is QUIC (dropped when [`WireConfig::FLAG_DROP_QUIC`] is set,
-/// so browsers fall back to TCP/TLS, which can be inspected).
-pub const QUIC_PORT: u16 = 443;
+/// Capacity of the no-decrypt LPM trie (entries, i.e. server blocks times ports).
+pub const MAX_NO_DECRYPT: u32 = 4096;
+/// Slots of the per-rule hit counters: rule indices at or above it cannot be counted.
+pub const MAX_RULE_HITS: u32 = 1024;
+/// No-decrypt value that means "no rule": stored under `::ffff:0:0/96` of a port when an
+/// IPv6 block would otherwise cover the IPv4-mapped addresses (an IPv6 rule never
+/// matches IPv4 traffic, as in the policy).
+pub const NO_DECRYPT_NONE: u32 = u32::MAX;
+
+/// Key data of the no-decrypt LPM trie: the server's port, then its address, both in
+/// network byte order; IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`). The trie key is
+/// `(prefix_len, NoDecryptKey)` with `prefix_len` from [`NoDecryptKey::prefix_v4`] /
+/// [`NoDecryptKey::prefix_v6`] for entries and [`NoDecryptKey::FULL_PREFIX`] for lookups.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NoDecryptKey {
+    /// Server port, big endian.
+    pub port: [u8; 2],
+    /// Server address: IPv6, or IPv4-mapped IPv6.
+    pub addr: [u8; 16],
+}
+
+impl NoDecryptKey {
+    /// Bits of a lookup key: the whole port and address.
+    pub const FULL_PREFIX: u32 = 16 + 128;
+
+    #[inline(always)]
+    pub const fn v4(port: u16, addr: [u8; 4]) -> Self {
+        let p = port.to_be_bytes();
+        NoDecryptKey {
+            port: p,
+            addr: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+            ],
+        }
+    }
+
+    #[inline(always)]
+    pub const fn v6(port: u16, addr: [u8; 16]) -> Self {
+        NoDecryptKey {
+            port: port.to_be_bytes(),
+            addr,
+        }
+    }
+
+    /// Trie prefix length of an IPv4 block `/prefix` (0..=32) on one port.
+    #[inline(always)]
+    pub const fn prefix_v4(prefix: u8) -> u32 {
+        16 + 96 + prefix as u32
+    }
+
+    /// Trie prefix length of an IPv6 block `/prefix` (0..=128) on one port.
+    #[inline(always)]
+    pub const fn prefix_v6(prefix: u8) -> u32 {
+        16 + prefix as u32
+    }
+}
+
+// SAFETY: repr(C), only byte arrays (alignment 1, 18 bytes), no padding.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NoDecryptKey {}
 
 /// Per-CPU counter indices of the `LOUPE_COUNTERS` map.
 ///
 /// `BRIDGED` counts every frame sent to the peer port; `MALFORMED`, `UNSERVED`,
-/// `VLAN` and `FRAGMENTS` are subsets of it (frames that were bridged for that reason).
+/// `VLAN`, `FRAGMENTS` and `BRIDGED_NO_DECRYPT` are subsets of it (frames that were
+/// bridged for that reason).
 pub mod counter {
     /// Inspected TCP redirected to an AF_XDP socket.
     pub const STEERED: u32 = 0;
@@ -91,7 +158,7 @@ pub mod counter {
     /// `bpf_redirect_map` refused the frame (peer missing from the devmap, socket
     /// vanished between lookup and redirect); the frame is dropped.
     pub const REDIRECT_FAILED: u32 = 4;
-    /// UDP/443 dropped because `drop_quic` is set.
+    /// UDP to or from an inspected port dropped because `drop_quic` is set.
     pub const DROPPED_QUIC: u32 = 5;
     /// Inspected TCP bridged uninspected because no socket served the queue (fail-open).
     pub const UNSERVED: u32 = 6;
@@ -101,8 +168,10 @@ pub mod counter {
     pub const VLAN: u32 = 8;
     /// IP fragment (bridged: only the first fragment carries ports).
     pub const FRAGMENTS: u32 = 9;
+    /// Inspected TCP bridged because its server matched a no-decrypt entry.
+    pub const BRIDGED_NO_DECRYPT: u32 = 10;
     /// Number of counters (size of the map).
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Per-CPU counter indices of the `LOSSY_COUNTERS` map.
@@ -133,7 +202,7 @@ pub struct WireConfig {
 impl WireConfig {
     /// Drop inspected TCP when no AF_XDP socket serves the queue (default: bridge it).
     pub const FLAG_FAIL_CLOSED: u32 = 1 << 0;
-    /// Drop UDP to/from port 443 (QUIC).
+    /// Drop UDP to/from an inspected port (QUIC), so clients fall back to TCP/TLS.
     pub const FLAG_DROP_QUIC: u32 = 1 << 1;
 
     pub const ATTACH_NATIVE: u32 = 0;
@@ -202,5 +271,20 @@ mod tests {
         assert!(cfg.drop_quic());
         assert!(!cfg.fail_closed());
         assert_eq!(core::mem::size_of::<WireConfig>(), 16);
+    }
+
+    #[test]
+    fn no_decrypt_key_layout_and_prefixes() {
+        assert_eq!(core::mem::size_of::<NoDecryptKey>(), 18);
+        assert_eq!(core::mem::align_of::<NoDecryptKey>(), 1);
+        let k = NoDecryptKey::v4(443, [198, 18, 0, 2]);
+        assert_eq!(k.port, [0x01, 0xbb]);
+        assert_eq!(k.addr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 2]);
+        // A /32 covers the port and all 128 address bits; a /0 the port and the v4-mapped prefix.
+        assert_eq!(NoDecryptKey::prefix_v4(32), NoDecryptKey::FULL_PREFIX);
+        assert_eq!(NoDecryptKey::prefix_v4(0), 16 + 96);
+        assert_eq!(NoDecryptKey::prefix_v6(128), NoDecryptKey::FULL_PREFIX);
+        assert_eq!(NoDecryptKey::prefix_v6(0), 16);
+        assert_eq!(counter::BRIDGED_NO_DECRYPT + 1, counter::COUNT);
     }
 }

@@ -1,8 +1,12 @@
 //! `loupe_wire`: the XDP virtual wire, one object attached to both appliance ports.
 //!
-//! - TCP with an inspected port (either side) goes to the AF_XDP socket of its RX
+//! - TCP with an inspected port (either side) whose server matches a no-decrypt
+//!   entry (`LOUPE_NODECRYPT`, longest prefix over server port and address) is
+//!   bridged; a client's SYN counts against the entry's rule (`LOUPE_RULE_HITS`).
+//! - Other TCP with an inspected port goes to the AF_XDP socket of its RX
 //!   queue (`LOUPE_XSKS[xsk_key(port, queue)]`) when one is registered.
 //! - With no socket: bridged (fail-open, default) or dropped (fail-closed flag).
+//! - UDP with an inspected port (QUIC) is dropped when the drop-QUIC flag is set.
 //! - Everything else is redirected to the peer port through `LOUPE_PORTS`
 //!   (a DEVMAP indexed by port: the ingress ifindex is matched against the two
 //!   ifindexes in `LOUPE_CONFIG`, and the frame goes to index `1 - port`).
@@ -16,13 +20,13 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, DevMap, HashMap, PerCpuArray, XskMap},
+    maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use loupe_common::{
     counter,
-    frame::{classify, parse, Class, Frame},
-    xsk_key, WireConfig, MAX_INSPECT_PORTS, MAX_QUEUES, XSK_ENTRIES,
+    frame::{classify, no_decrypt_match, parse, Class, Frame},
+    xsk_key, NoDecryptKey, WireConfig, MAX_INSPECT_PORTS, MAX_NO_DECRYPT, MAX_QUEUES, MAX_RULE_HITS, XSK_ENTRIES,
 };
 
 #[map]
@@ -39,6 +43,12 @@ static LOUPE_XSKS: XskMap = XskMap::with_max_entries(XSK_ENTRIES, 0);
 
 #[map]
 static LOUPE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map]
+static LOUPE_NODECRYPT: LpmTrie<NoDecryptKey, u32> = LpmTrie::with_max_entries(MAX_NO_DECRYPT, 0);
+
+#[map]
+static LOUPE_RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULE_HITS, 0);
 
 /// The packet as `[data, data_end)`; every access is checked against `data_end`
 /// in the pointer form the verifier tracks.
@@ -72,6 +82,15 @@ fn count(index: u32) {
     }
 }
 
+#[inline(always)]
+fn count_rule_hit(rule: u32) {
+    // Rule indices beyond the map are refused by userspace; the lookup fails for them anyway.
+    if let Some(slot) = LOUPE_RULE_HITS.get_ptr_mut(rule) {
+        // SAFETY: per-CPU slot, XDP runs with preemption disabled.
+        unsafe { *slot += 1 };
+    }
+}
+
 #[xdp]
 pub fn loupe_wire(ctx: XdpContext) -> u32 {
     let Some(cfg) = LOUPE_CONFIG.get(0) else {
@@ -91,7 +110,19 @@ pub fn loupe_wire(ctx: XdpContext) -> u32 {
     // SAFETY: the value is not kept past the lookup.
     let inspected = |p: u16| unsafe { LOUPE_INSPECT.get(p) }.is_some();
     match classify(&parsed, inspected) {
-        Class::Inspect => steer(&ctx, &cfg, port),
+        Class::Inspect { dst_inspected } => {
+            let lookup = |key: &NoDecryptKey| LOUPE_NODECRYPT.get(Key::new(NoDecryptKey::FULL_PREFIX, *key)).copied();
+            match no_decrypt_match(&parsed, dst_inspected, inspected, lookup) {
+                Some(hit) => {
+                    count(counter::BRIDGED_NO_DECRYPT);
+                    if hit.client_syn {
+                        count_rule_hit(hit.rule);
+                    }
+                    bridge(port)
+                }
+                None => steer(&ctx, &cfg, port),
+            }
+        }
         Class::Quic if cfg.drop_quic() => {
             count(counter::DROPPED_QUIC);
             xdp_action::XDP_DROP
