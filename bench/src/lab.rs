@@ -728,6 +728,8 @@ impl Drop for NsProcess<'_> {
 }
 
 /// The running middle; dropping it takes it out of the wire.
+// One guard lives per test; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum MiddleGuard<'lab> {
     Bridge {
         lab: &'lab Lab,

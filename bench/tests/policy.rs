@@ -85,9 +85,11 @@ fn no_decrypt_rule_on_the_server_address_stays_in_xdp() {
         steered_before,
         "no segment of the bypassed server may reach userspace"
     );
-    // No session was decrypted or logged: the flows never left XDP.
-    let counters = daemon_counters(&t);
+    // No session was decrypted or logged: the flows never left XDP; the rule counts the
+    // client's SYNs (curl and s_client) as its hits there.
+    let counters = wait_counters(&t, "XDP rule hits", |c| rule_hits(c, "origin-bypass") >= 2);
     assert_eq!(counters["flows_opened"], 0, "{counters}");
+    assert_eq!(rule_hits(&counters, "everything-else"), 0, "{counters}");
 
     // QUIC: a UDP datagram to 443 is dropped in XDP (browsers fall back to TCP).
     let quic_before = wire_counter(&t, "dropped_quic");
@@ -421,4 +423,76 @@ fn inbound_rule_presents_the_servers_own_certificate() {
         certificate_seen(&t, "server.lab", "198.18.0.2"),
         t.pki.good.sha256_hex()
     );
+}
+
+/// A self-signed server is blocked; once its certificate is imported pinned to its host
+/// (`loupe trust import --host`, then a restart), it is decrypted under that name, and
+/// still blocked under another name presenting the same certificate.
+#[test]
+fn a_pinned_self_signed_certificate_is_trusted_for_its_host_only() {
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let (mut t, _nginx) = setup(&lab);
+    let leaf = &t.pki.self_signed;
+    let _server = ok(
+        lab.spawn_s_server(Ns::Server, addr("198.18.0.3"), &leaf.cert_file, &leaf.key_file, &[]),
+        "openssl s_server on s2.lab",
+    );
+    let c = t.curl(&["--cacert", t.dca(), "https://s2.lab/"]);
+    let rec = (c.port != 0).then(|| t.record(c.port, "before the import"));
+    if c.code() != Some(35) {
+        t.fail(rec.as_ref(), &format!("self-signed before the import: {}", c.show()));
+    }
+    t.expect_eq(
+        rec.as_ref().expect("a record"),
+        "/verify/code",
+        18.into(),
+        "before the import",
+    );
+
+    let state = t.mid.state_dir().expect("state dir").to_path_buf();
+    let loupe = binary("loupe").expect("loupe binary");
+    let import = std::process::Command::new(&loupe)
+        .args(["trust", "import"])
+        .arg(&leaf.cert_file)
+        .args(["--host", "s2.lab", "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("run loupe trust import");
+    assert!(
+        import.status.success(),
+        "loupe trust import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    ok(t.mid.restart(&lab), "restart loupe");
+
+    let c = t.curl(&["--cacert", t.dca(), "https://s2.lab/"]);
+    let rec = (c.port != 0).then(|| t.record(c.port, "pinned"));
+    if c.code() != Some(0) || !c.stdout.contains("s_server") {
+        t.fail(rec.as_ref(), &format!("pinned for s2.lab: {}", c.show()));
+    }
+    let rec = rec.expect("a record");
+    t.expect_eq(&rec, "/outcome", "decrypted".into(), "pinned");
+    t.expect_eq(&rec, "/verify/trusted", true.into(), "pinned");
+    t.expect_contains(
+        &rec,
+        "/verify/reason",
+        &["imported for s2.lab", "self signed certificate"],
+        "pinned",
+    );
+
+    let c = t.curl(&[
+        "--cacert",
+        t.dca(),
+        "--resolve",
+        "other.lab:443:198.18.0.3",
+        "https://other.lab/",
+    ]);
+    let rec = (c.port != 0).then(|| t.record(c.port, "another name"));
+    if c.code() != Some(35) {
+        t.fail(rec.as_ref(), &format!("the pin must not cover other.lab: {}", c.show()));
+    }
+    let rec = rec.expect("a record");
+    t.expect_eq(&rec, "/outcome", "blocked".into(), "another name");
+    t.expect_eq(&rec, "/verify/trusted", false.into(), "another name");
 }

@@ -22,7 +22,7 @@ use crate::tls::forge::Forger;
 use crate::tls::probe::ProbeContext;
 use crate::tls::record::DecryptionLog;
 use crate::tls::trust::{ImportedTrust, PinnedLeafs, TrustStore};
-use crate::wire::{PortSide, Wire, WireSettings, XdpAttachMode};
+use crate::wire::{NoDecryptEntry, PortSide, Wire, WireSettings, XdpAttachMode};
 use crate::worker::{ExclusionRequest, Worker, WorkerPolicy, WorkerSettings, WorkerStats, WorkerTls};
 use crate::xsk::{XskPort, XskSizes};
 
@@ -75,7 +75,7 @@ fn write_counters(path: &Path, wire: &Wire, workers: &[Arc<WorkerStats>], forger
         policy.version,
         policy.exclusions.len(),
         sum(|w| &w.exclusions_dropped),
-        rules_json(policy),
+        rules_json(policy, &wire.rule_hits().unwrap_or_default()),
     );
     let tmp = path.with_extension("json.tmp");
     if let Err(err) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
@@ -83,13 +83,17 @@ fn write_counters(path: &Path, wire: &Wire, workers: &[Arc<WorkerStats>], forger
     }
 }
 
-/// `[{"name":"banks","hits":3}, …, {"name":"default","hits":0}]`: flows each rule decided
-/// in userspace.
-fn rules_json(policy: &Policy) -> String {
+/// `[{"name":"banks","hits":3,"hits_xdp":0}, …, {"name":"default",…}]`: flows each rule
+/// decided, in userspace or (its client SYNs) in XDP.
+fn rules_json(policy: &Policy, xdp_hits: &[u64]) -> String {
     let rules: Vec<serde_json::Value> = policy
         .hits()
         .into_iter()
-        .map(|(name, hits)| serde_json::json!({ "name": name, "hits": hits }))
+        .enumerate()
+        .map(|(index, (name, hits))| {
+            let xdp = xdp_hits.get(index).copied().unwrap_or(0);
+            serde_json::json!({ "name": name, "hits": hits + xdp, "hits_xdp": xdp })
+        })
         .collect();
     serde_json::Value::from(rules).to_string()
 }
@@ -168,6 +172,20 @@ pub fn build_policy(
         inbound,
     };
     Policy::build(config, inputs, version, exclusions).map_err(anyhow::Error::msg)
+}
+
+/// The policy's XDP-enforceable no-decrypt rules as map entries.
+fn xdp_entries(policy: &Policy, inspect_ports: &[u16]) -> Vec<NoDecryptEntry> {
+    policy
+        .xdp_bypasses(inspect_ports)
+        .into_iter()
+        .map(|b| NoDecryptEntry {
+            addr: b.server.addr,
+            prefix: b.server.prefix,
+            port: b.port,
+            rule: b.rule as u32,
+        })
+        .collect()
 }
 
 /// Where the exclusion cache is kept across restarts.
@@ -260,6 +278,21 @@ pub fn run(options: RunOptions) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating the {what} directory {}", dir.display()))?;
     }
     install_signal_handlers();
+    let exclusions = load_exclusions(&options.config, &options.state_dir);
+    let policy = Arc::new(build_policy(
+        &options.config,
+        &options.trust_ca,
+        Some(&options.state_dir),
+        1,
+        exclusions,
+    )?);
+    tracing::info!(
+        config_version = policy.version,
+        rules = policy.rule_names().count(),
+        excluded = policy.exclusions.len(),
+        "policy loaded"
+    );
+    let bypasses = xdp_entries(&policy, &d.inspect_ports);
     let settings = WireSettings {
         inside: d.inside.clone(),
         outside: d.outside.clone(),
@@ -273,8 +306,9 @@ pub fn run(options: RunOptions) -> Result<()> {
             XdpAttachMode::Native
         },
     };
-    let mut wire =
-        Wire::attach(&settings).with_context(|| format!("attaching the wire to {} and {}", d.inside, d.outside))?;
+    let mut wire = Wire::attach_with_no_decrypt(&settings, &bypasses)
+        .with_context(|| format!("attaching the wire to {} and {}", d.inside, d.outside))?;
+    tracing::info!(entries = bypasses.len(), "no-decrypt rules enforced in XDP");
     tracing::info!(
         inside = %d.inside, outside = %d.outside, ports = ?d.inspect_ports, queues = d.queues,
         fail = ?d.fail, mode = ?wire.mode(),
@@ -300,20 +334,6 @@ pub fn run(options: RunOptions) -> Result<()> {
     );
     let log = Arc::new(DecryptionLog::open(&options.log_dir)?);
     tracing::info!(path = %log.path().display(), "decryption log");
-    let exclusions = load_exclusions(&options.config, &options.state_dir);
-    let policy = Arc::new(build_policy(
-        &options.config,
-        &options.trust_ca,
-        Some(&options.state_dir),
-        1,
-        exclusions,
-    )?);
-    tracing::info!(
-        config_version = policy.version,
-        rules = policy.rule_names().count(),
-        excluded = policy.exclusions.len(),
-        "policy loaded"
-    );
     let (exclusion_tx, exclusion_rx) = crossbeam_channel::bounded::<ExclusionRequest>(1024);
     let mut publisher = PolicyPublisher {
         current: Arc::clone(&policy),

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use boring::x509::store::X509Store;
 
 use crate::tls::forge::ForgedCert;
-use crate::tls::trust::PinnedLeafs;
 use crate::tls::session::{Profile, SplitTlsContext};
+use crate::tls::trust::PinnedLeafs;
 
 /// A profile as the workers use it: the operator's settings and the TLS contexts built
 /// from them (shared by every worker).

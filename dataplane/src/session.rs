@@ -367,9 +367,9 @@ impl std::fmt::Display for Obstacle {
 /// `12h`, `30m`, `90s`.
 fn humanize(d: std::time::Duration) -> String {
     let s = d.as_secs();
-    if s % 3600 == 0 {
+    if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

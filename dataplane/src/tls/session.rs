@@ -54,8 +54,8 @@ use boring::x509::{X509NameRef, X509Ref, X509StoreContext, X509VerifyError};
 use super::client_hello::ClientHello;
 use super::forge::{CertSource, ForgedCert, Verdict};
 use super::names;
-use super::trust::PinnedLeafs;
 use super::record::{AlertFact, CertFact, NegotiatedFact, Peer, Stage, VerifyFact};
+use super::trust::PinnedLeafs;
 
 /// Cap of each of the four ciphertext queues (in and out, client and server side).
 pub const BUFFER_CAP: usize = 64 * 1024;
