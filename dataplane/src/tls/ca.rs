@@ -380,7 +380,7 @@ impl DecryptionCa {
 /// Checks the two extensions that make a certificate a CA for clients: basicConstraints
 /// with cA TRUE, and keyUsage (when present) with keyCertSign. BoringSSL's safe API does not
 /// expose them, so this walks the DER (bounded: it only descends the fixed structure).
-fn ca_extensions_allow_signing(cert_der: &[u8]) -> Result<(), String> {
+pub(crate) fn ca_extensions_allow_signing(cert_der: &[u8]) -> Result<(), String> {
     const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
     const KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
     let malformed = |what: &str| format!("its DER encoding is malformed ({what})");

@@ -1761,7 +1761,7 @@ pub fn cert_fact(cert: &X509Ref) -> CertFact {
 }
 
 /// `C=US, O=Example, CN=www.example.com`, in certificate order.
-fn name_line(name: &X509NameRef) -> String {
+pub(crate) fn name_line(name: &X509NameRef) -> String {
     let parts: Vec<String> = name
         .entries()
         .map(|entry| {

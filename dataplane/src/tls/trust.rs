@@ -30,7 +30,9 @@ use boring::x509::store::{X509Store, X509StoreBuilder};
 use boring::x509::{X509NameRef, X509Ref, X509};
 use serde::{Deserialize, Serialize};
 
+use crate::tls::ca::ca_extensions_allow_signing;
 use crate::tls::record::rfc3339_utc_ms;
+use crate::tls::session::name_line;
 
 /// Debian's bundle of the system roots, from the package `ca-certificates`.
 pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -62,7 +64,7 @@ pub enum TrustError {
     },
     #[error("building the certificate store for upstream validation failed: {0}")]
     Store(ErrorStack),
-    #[error("{path}: certificate #{index} ({subject}) is not a CA certificate ({why}); to trust it only for the server it belongs to, import it with --host NAME")]
+    #[error("{path}: certificate #{index} ({subject}) cannot be a trust anchor: {why}; to trust it only for the server it belongs to, import it with --host NAME")]
     NotCa {
         path: PathBuf,
         index: usize,
@@ -340,7 +342,8 @@ impl ImportedTrust {
             }
             None => {
                 for (i, cert) in certs.iter().enumerate() {
-                    if let Err(why) = ca_extensions(cert) {
+                    let der = cert.to_der().map_err(|e| e.to_string());
+                    if let Err(why) = der.and_then(|der| ca_extensions_allow_signing(&der)) {
                         return Err(TrustError::NotCa {
                             path: file.to_path_buf(),
                             index: i + 1,
@@ -811,114 +814,6 @@ fn flock(file: &fs::File, operation: libc::c_int) -> io::Result<()> {
             return Err(error);
         }
     }
-}
-
-/// Whether `cert` can act as a CA: basicConstraints with cA TRUE, and keyUsage (when present)
-/// with keyCertSign. BoringSSL's safe API does not expose extensions, so this walks the DER;
-/// the why is an error text for [`TrustError::NotCa`].
-fn ca_extensions(cert: &X509Ref) -> Result<(), String> {
-    const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
-    const KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
-    let der = cert.to_der().map_err(|e| format!("it cannot be encoded: {e}"))?;
-    let malformed = |what: &str| format!("its {what} is malformed");
-    let certificate = Der(&der).expect(0x30).ok_or_else(|| malformed("encoding"))?;
-    let mut tbs = Der(Der(certificate)
-        .expect(0x30)
-        .ok_or_else(|| malformed("tbsCertificate"))?);
-    let mut extensions: &[u8] = &[];
-    while let Some((tag, content)) = tbs.next_element() {
-        if tag == 0xa3 {
-            extensions = Der(content).expect(0x30).ok_or_else(|| malformed("extensions"))?;
-        }
-    }
-    let mut is_ca = false;
-    let mut key_cert_sign = None;
-    let mut list = Der(extensions);
-    while let Some((tag, extension)) = list.next_element() {
-        if tag != 0x30 {
-            return Err(malformed("extension list"));
-        }
-        let mut fields = Der(extension);
-        let oid = fields.expect(0x06).ok_or_else(|| malformed("extension id"))?;
-        let mut value = fields.next_element();
-        if let Some((0x01, _critical)) = value {
-            value = fields.next_element();
-        }
-        let Some((0x04, value)) = value else {
-            return Err(malformed("extension value"));
-        };
-        if oid == BASIC_CONSTRAINTS {
-            let constraints = Der(value).expect(0x30).ok_or_else(|| malformed("basicConstraints"))?;
-            is_ca = matches!(Der(constraints).next_element(), Some((0x01, [flag])) if *flag != 0);
-        } else if oid == KEY_USAGE {
-            let bits = Der(value).expect(0x03).ok_or_else(|| malformed("keyUsage"))?;
-            // bits[0] counts unused bits; keyCertSign is bit 5, 0x04 in the first byte.
-            key_cert_sign = Some(bits.get(1).is_some_and(|b| b & 0x04 != 0));
-        }
-    }
-    if !is_ca {
-        return Err("basicConstraints CA:TRUE is missing".to_string());
-    }
-    if key_cert_sign == Some(false) {
-        return Err("its keyUsage lacks keyCertSign, so it cannot sign certificates".to_string());
-    }
-    Ok(())
-}
-
-/// A minimal DER reader over one level of TLVs (single-byte tags, definite lengths).
-struct Der<'a>(&'a [u8]);
-
-impl<'a> Der<'a> {
-    fn next_element(&mut self) -> Option<(u8, &'a [u8])> {
-        let (&tag, rest) = self.0.split_first()?;
-        let (&first, mut rest) = rest.split_first()?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 || rest.len() < count {
-                return None;
-            }
-            let (bytes, after) = rest.split_at(count);
-            rest = after;
-            bytes.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
-        };
-        if rest.len() < len {
-            return None;
-        }
-        let (content, after) = rest.split_at(len);
-        self.0 = after;
-        Some((tag, content))
-    }
-
-    fn expect(&mut self, tag: u8) -> Option<&'a [u8]> {
-        match self.next_element()? {
-            (found, content) if found == tag => Some(content),
-            _ => None,
-        }
-    }
-}
-
-/// `C=US, O=Example, CN=www.example.com`, in certificate order.
-fn name_line(name: &X509NameRef) -> String {
-    let parts: Vec<String> = name
-        .entries()
-        .map(|entry| {
-            let key = entry
-                .object()
-                .nid()
-                .short_name()
-                .map(str::to_string)
-                .unwrap_or_else(|_| entry.object().to_string());
-            let value = entry
-                .data()
-                .as_utf8()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|_| String::from_utf8_lossy(entry.data().as_slice()).into_owned());
-            format!("{key}={value}")
-        })
-        .collect();
-    parts.join(", ")
 }
 
 /// [`name_line`] for messages: says so when the name is empty.
