@@ -635,3 +635,94 @@ fn drain(socket: &mut tcp::Socket<'static>, pending: &[u8]) -> usize {
     }
     socket.send_slice(pending).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::trust::PinnedLeafs;
+    use loupe_control::config::Profile as ProfileSettings;
+
+    fn profile(edit: impl FnOnce(&mut ProfileSettings)) -> ProfileContext {
+        let mut settings = ProfileSettings::builtin_default();
+        edit(&mut settings);
+        let trust = boring::x509::store::X509StoreBuilder::new().unwrap().build();
+        ProfileContext::new(&settings, trust, PinnedLeafs::default()).unwrap()
+    }
+
+    fn hello(max_version: u16, suites: &[u16]) -> ClientHello {
+        ClientHello {
+            legacy_version: max_version.min(0x0303),
+            supported_versions: if max_version >= 0x0304 {
+                vec![0x0304, 0x0303]
+            } else {
+                Vec::new()
+            },
+            cipher_suites: suites.to_vec(),
+            ..ClientHello::default()
+        }
+    }
+
+    /// TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA.
+    const GCM: u16 = 0xc02f;
+    const CBC_SHA: u16 = 0xc013;
+
+    #[test]
+    fn a_client_below_the_profile_minimum_gets_the_version_setting() {
+        let p = profile(|_| {});
+        let (why, setting, alert) = client_shortfall(&hello(0x0301, &[CBC_SHA]), &p).unwrap();
+        assert_eq!(setting, Undecryptable::Block);
+        assert_eq!(alert, ALERT_PROTOCOL_VERSION);
+        assert!(
+            why.contains("at most TLS 1.0") && why.contains("TLS 1.2 or newer"),
+            "{why}"
+        );
+        let p = profile(|s| s.unsupported_version = Undecryptable::Bypass);
+        assert_eq!(
+            client_shortfall(&hello(0x0301, &[CBC_SHA]), &p).unwrap().1,
+            Undecryptable::Bypass
+        );
+    }
+
+    #[test]
+    fn a_client_sharing_no_suite_gets_the_cipher_setting() {
+        let p = profile(|_| {});
+        // TLS 1.2 only, SHA-1 suites only: the default profile has none of them.
+        let (why, setting, alert) = client_shortfall(&hello(0x0303, &[CBC_SHA]), &p).unwrap();
+        assert_eq!((setting, alert), (Undecryptable::Block, ALERT_HANDSHAKE_FAILURE));
+        assert!(why.starts_with("unsupported cipher"), "{why}");
+        assert!(client_shortfall(&hello(0x0303, &[CBC_SHA, GCM]), &p).is_none());
+        // TLS 1.3 suites are always shared when both speak TLS 1.3.
+        assert!(client_shortfall(&hello(0x0304, &[0x1301]), &p).is_none());
+    }
+
+    #[test]
+    fn policy_decisions_start_the_right_stream() {
+        let p = Arc::new(profile(|_| {}));
+        let decision = |action| Decision {
+            rule: "r".into(),
+            rule_index: Some(0),
+            action,
+            profile: matches!(action, RuleAction::Decrypt).then(|| Arc::clone(&p)),
+            inbound: None,
+            reason: String::new(),
+        };
+        let h = hello(0x0304, &[0x1301]);
+        let server = "198.18.0.2:443".parse().unwrap();
+        assert!(matches!(
+            start(&h, b"raw", server, &decision(RuleAction::NoDecrypt)),
+            Stream::Spliced { reason: SpliceReason::Policy, ref head, .. } if head == b"raw"
+        ));
+        match start(&h, b"raw", server, &decision(RuleAction::Block)) {
+            Stream::Blocked { alert, .. } => assert_eq!(alert, [21, 3, 3, 0, 2, 2, ALERT_ACCESS_DENIED]),
+            _ => panic!("a block rule blocks"),
+        }
+        assert!(matches!(
+            start(&h, b"", server, &decision(RuleAction::Decrypt)),
+            Stream::Decrypting(_)
+        ));
+        assert!(matches!(
+            start(&hello(0x0301, &[CBC_SHA]), b"", server, &decision(RuleAction::Decrypt)),
+            Stream::Blocked { reason: BlockReason::ClientUnsupported(_), alert, .. } if alert[6] == ALERT_PROTOCOL_VERSION
+        ));
+    }
+}
