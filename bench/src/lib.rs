@@ -2,6 +2,7 @@
 
 pub mod handshakes;
 pub mod lab;
+pub mod load;
 pub mod lossy;
 pub mod pki;
 pub mod size;
