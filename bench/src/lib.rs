@@ -5,5 +5,6 @@ pub mod lab;
 pub mod load;
 pub mod lossy;
 pub mod pki;
+pub mod runner;
 pub mod size;
 pub mod traffic;

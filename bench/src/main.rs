@@ -22,6 +22,25 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// The bench: every mode (direct, loupe-bridge, loupe-splice, loupe-decrypt, sslsplit,
+    /// squid) × every workload in a lab of its own; writes the report to --out.
+    Run {
+        /// One repetition, short durations, a 256 MiB bulk object.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds per mode (the test suite's run).
+        #[arg(long, conflicts_with = "quick")]
+        tiny: bool,
+        /// Only these modes (in the fixed order).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        modes: Vec<loupe_bench::runner::Mode>,
+        /// Repetitions of each workload (default: 3, or 1 with --quick/--tiny).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Where the report goes.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
     /// Accept wire-client connections: send each its random reply while receiving its
     /// payload, hash both directions, write one JSON line per connection.
     WireServer {
@@ -135,6 +154,31 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
+        Cmd::Run {
+            quick,
+            tiny,
+            modes,
+            reps,
+            out,
+        } => {
+            use loupe_bench::runner::{BenchPlan, Mode};
+            let mut plan = if tiny {
+                BenchPlan::tiny(out)
+            } else if quick {
+                BenchPlan::quick(out)
+            } else {
+                BenchPlan::full(out)
+            };
+            if !modes.is_empty() {
+                plan.modes = Mode::ALL.into_iter().filter(|m| modes.contains(m)).collect();
+            }
+            if let Some(reps) = reps {
+                plan.reps = reps.max(1);
+            }
+            let report = loupe_bench::runner::run(&plan)?;
+            println!("{}", report.to_markdown());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::WireServer {
             listen,
             report,
