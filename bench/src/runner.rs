@@ -230,29 +230,42 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     let floor = CryptoFloor::measure(1).context("openssl speed")?;
 
     let mut measurements = Vec::new();
+    let workloads = workloads(plan);
+    let steps = (plan.modes.len() * workloads.len() * plan.reps) as u64;
+    let bar = indicatif::ProgressBar::new(steps).with_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     for &mode in &plan.modes {
         check_interrupted()?;
-        progress(&format!("mode {}: starting", mode.name()));
+        bar.set_message(format!("{}: starting", mode.name()));
         let (running, client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
-        let workloads = workloads(plan);
         for (name, workload) in &workloads {
             for rep in 1..=plan.reps {
                 check_interrupted()?;
-                progress(&format!("mode {} · {name} · rep {rep}/{}", mode.name(), plan.reps));
+                bar.set_message(format!("{} · {name} · rep {rep}/{}", mode.name(), plan.reps));
                 let m = measure(&lab, plan, &objects, &client_ca, &running, mode, name, *workload, rep)
                     .with_context(|| format!("{} {name} rep {rep}", mode.name()))?;
-                if m.load.completed == 0 {
-                    progress(&format!("  nothing completed: {:?}", m.load.first_errors));
+                if m.load.completed == 0 || m.load.errors > 0 {
+                    bar.println(format!(
+                        "{} {name}: {} completed, {} errors {:?}",
+                        mode.name(),
+                        m.load.completed,
+                        m.load.errors,
+                        m.load.first_errors
+                    ));
                 }
                 measurements.push(m);
+                bar.inc(1);
             }
         }
         drop(running);
     }
+    bar.finish_with_message("done");
     let machine = Machine::detect(&xdp_mode(&lab));
-    let report = BenchReport::build(machine, floor, measurements);
+    let report = BenchReport::new(machine, Some(floor), measurements);
     let written = report.write_all(&plan.out_dir)?;
-    for path in written {
+    for path in [&written.markdown, &written.json, &written.svg] {
         progress(&format!("wrote {}", path.display()));
     }
     Ok(report)
