@@ -188,16 +188,15 @@ fn make_objects(www: &Path, bulk_bytes: u64) -> Result<Objects> {
 
 /// The middle of one mode and the processes whose cost is the appliance's.
 enum Running<'lab> {
-    Bridge(MiddleGuard<'lab>),
-    Loupe(MiddleGuard<'lab>),
+    /// The kernel bridge (no process: its cost is the kernel's) or loupe.
+    Middle(MiddleGuard<'lab>),
     Interceptor(InterceptorGuard<'lab>),
 }
 
 impl Running<'_> {
     fn pids(&self) -> Vec<u32> {
         match self {
-            Running::Bridge(_) => Vec::new(),
-            Running::Loupe(guard) => guard.pid().into_iter().collect(),
+            Running::Middle(guard) => guard.pid().into_iter().collect(),
             Running::Interceptor(guard) => guard.pids(),
         }
     }
@@ -305,7 +304,7 @@ fn start_mode<'lab>(
     interceptor_ca: &Issued,
 ) -> Result<(Running<'lab>, PathBuf)> {
     match mode {
-        Mode::Direct => Ok((Running::Bridge(lab.start(&Middle::KernelBridge)?), origin_ca.cert_file.clone())),
+        Mode::Direct => Ok((Running::Middle(lab.start(&Middle::KernelBridge)?), origin_ca.cert_file.clone())),
         Mode::LoupeBridge | Mode::LoupeSplice | Mode::LoupeDecrypt => {
             let config = lab.dir().join(format!("{}.toml", mode.name()));
             std::fs::write(&config, mode.loupe_config().unwrap_or_default())?;
@@ -334,7 +333,7 @@ fn start_mode<'lab>(
             } else {
                 origin_ca.cert_file.clone()
             };
-            Ok((Running::Loupe(guard), client_ca))
+            Ok((Running::Middle(guard), client_ca))
         }
         Mode::Sslsplit | Mode::Squid => {
             let which = if mode == Mode::Sslsplit { Interceptor::Sslsplit } else { Interceptor::Squid };
