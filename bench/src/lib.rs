@@ -4,6 +4,7 @@ pub mod handshakes;
 pub mod lab;
 pub mod load;
 pub mod lossy;
+pub mod peers;
 pub mod pki;
 pub mod size;
 pub mod traffic;
