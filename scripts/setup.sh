@@ -16,10 +16,12 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Packages: the build (clang/LLVM 22 for bpf-linker and aya), the lab (iproute2,
 # ethtool, ping), end-to-end peers (nginx, curl, openssl), diagnosis (tshark, perf,
-# bpftool).
+# bpftool), the bench's comparison interceptors (sslsplit, squid-openssl for ssl-bump,
+# nftables for their redirect, util-linux's prlimit).
 PACKAGES=(
     clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config
     iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3
+    sslsplit squid-openssl nftables util-linux
 )
 
 missing=()
@@ -47,6 +49,18 @@ fi
 if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then
     log "stopping the system nginx service (tests run their own instances)"
     systemctl stop nginx || true
+fi
+
+# squid likewise: the bench starts its own instance in the lab; the Debian package
+# enables and starts a system proxy on :3128. sslsplit ships no service.
+if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+    if systemctl is-enabled --quiet squid 2>/dev/null || systemctl is-active --quiet squid 2>/dev/null; then
+        log "stopping and disabling the system squid service (the bench runs its own)"
+        systemctl disable --now squid </dev/null || true
+    fi
+elif [[ -x /etc/init.d/squid ]] && /etc/init.d/squid status >/dev/null 2>&1; then
+    log "stopping the system squid (the bench runs its own)"
+    /etc/init.d/squid stop </dev/null || true
 fi
 
 # Rust toolchain: the machine provides rustup; the eBPF crate needs nightly + rust-src.

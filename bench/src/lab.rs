@@ -762,6 +762,14 @@ impl<'lab> MiddleGuard<'lab> {
         }
     }
 
+    /// The daemon's process id (loupe), for its CPU and memory in /proc.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            MiddleGuard::Bridge { .. } => None,
+            MiddleGuard::Loupe { proc, .. } => Some(proc.pid()),
+        }
+    }
+
     /// Fails if the middle died since it started (loupe crashed).
     pub fn check_alive(&mut self) -> Result<()> {
         match self {

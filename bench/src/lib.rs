@@ -1,8 +1,14 @@
-//! loupe-bench: traffic tools, the lab harness and reports.
+//! loupe-bench: traffic tools, the lab harness, the load generator, the bench runner and
+//! its reports.
 
+pub mod costs;
 pub mod handshakes;
 pub mod lab;
+pub mod load;
 pub mod lossy;
+pub mod peers;
 pub mod pki;
+pub mod report;
+pub mod runner;
 pub mod size;
 pub mod traffic;

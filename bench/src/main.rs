@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use loupe_bench::handshakes::{run_handshakes, HandshakeSpec};
+use loupe_bench::load::{parse_duration, run_load, LoadSpec, Workload};
 use loupe_bench::lossy;
 use loupe_bench::size::ByteSize;
 use loupe_bench::traffic::{compare_reports, read_report, run_client, run_server, ClientConfig, Mode, ServerConfig};
@@ -22,6 +23,25 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// The bench: every mode (direct, loupe-bridge, loupe-splice, loupe-decrypt, sslsplit,
+    /// squid) × every workload in a lab of its own; writes the report to --out.
+    Run {
+        /// One repetition, short durations, a 256 MiB bulk object.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds per mode (the test suite's run).
+        #[arg(long, conflicts_with = "quick")]
+        tiny: bool,
+        /// Only these modes (in the fixed order).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        modes: Vec<loupe_bench::runner::Mode>,
+        /// Repetitions of each workload (default: 3, or 1 with --quick/--tiny).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Where the report goes.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
     /// Accept wire-client connections: send each its random reply while receiving its
     /// payload, hash both directions, write one JSON line per connection.
     WireServer {
@@ -120,6 +140,52 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
     },
+    /// Run one workload against an HTTPS (HTTP/1.1) server for a warm-up and a measured
+    /// duration; print what it measured as one JSON line. Connection failures are counted
+    /// in `errors`, not fatal. The idle workload writes `ready <n>` to stderr once its
+    /// sessions are all open.
+    Load {
+        /// Server address (IP:PORT).
+        #[arg(long)]
+        connect: SocketAddr,
+        /// Server name sent as SNI and Host, and verified in the certificate.
+        #[arg(long)]
+        sni: String,
+        /// PEM file of the only CAs trusted.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, value_enum)]
+        workload: LoadKind,
+        /// Path requested.
+        #[arg(long, default_value = "/1k")]
+        path: String,
+        /// Connections in flight (handshakes, requests; idle: sessions being opened).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Bulk: parallel downloads.
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        /// Idle: sessions held open.
+        #[arg(long, default_value_t = 10000)]
+        sessions: usize,
+        /// Run before measuring (handshakes, requests): 2s, 500ms, 1m.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Measured time (bulk: upper bound; idle: how long the sessions are held).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Bulk: the object's SHA-256 (hex), checked for every stream.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LoadKind {
+    Handshakes,
+    Requests,
+    Bulk,
+    Idle,
 }
 
 fn main() -> ExitCode {
@@ -135,6 +201,31 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
+        Cmd::Run {
+            quick,
+            tiny,
+            modes,
+            reps,
+            out,
+        } => {
+            use loupe_bench::runner::{BenchPlan, Mode};
+            let mut plan = if tiny {
+                BenchPlan::tiny(out)
+            } else if quick {
+                BenchPlan::quick(out)
+            } else {
+                BenchPlan::full(out)
+            };
+            if !modes.is_empty() {
+                plan.modes = Mode::ALL.into_iter().filter(|m| modes.contains(m)).collect();
+            }
+            if let Some(reps) = reps {
+                plan.reps = reps.max(1);
+            }
+            let report = loupe_bench::runner::run(&plan)?;
+            println!("{}", report.to_markdown());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::WireServer {
             listen,
             report,
@@ -258,6 +349,39 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Cmd::Load {
+            connect,
+            sni,
+            ca,
+            workload,
+            path,
+            concurrency,
+            streams,
+            sessions,
+            warmup,
+            duration,
+            sha256,
+        } => {
+            let spec = LoadSpec {
+                target: connect,
+                sni,
+                ca_file: ca,
+                path,
+                workload: match workload {
+                    LoadKind::Handshakes => Workload::Handshakes,
+                    LoadKind::Requests => Workload::Requests,
+                    LoadKind::Bulk => Workload::Bulk { streams },
+                    LoadKind::Idle => Workload::Idle { sessions },
+                },
+                concurrency,
+                warmup,
+                duration,
+                expect_sha256: sha256,
+            };
+            let result = run_load(&spec)?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::WireCompare { client, server } => {
             let c = read_report(&client)?;

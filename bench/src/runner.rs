@@ -1,0 +1,461 @@
+//! `loupe-bench run`: the bench. Brings up its own lab, starts the origin (nginx with the
+//! lab origin CA, objects generated for the run), then for each mode in a fixed order
+//! starts the middle in the app namespace, runs every workload from the client namespace
+//! with `loupe-bench load`, samples the middle's CPU and memory from /proc, and writes the
+//! report (markdown, JSON, SVG). Everything it started is torn down on return, also after
+//! Ctrl-C (the signal ends the current step; the guards then clean up).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::costs::{CryptoFloor, ProcessSample};
+use crate::lab::{binary, Lab, Middle, MiddleGuard, NginxTls, Ns};
+use crate::load::LoadResult;
+use crate::peers::{start_interceptor, Interceptor, InterceptorGuard};
+use crate::pki::{Issued, LeafSpec, Pki};
+use crate::report::{BenchReport, Machine, Measurement};
+
+/// The modes, in the order they always run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// A kernel bridge in the app namespace: the baseline.
+    Direct,
+    /// loupe with a no-decrypt address rule for everything: XDP only.
+    LoupeBridge,
+    /// loupe with an SNI no-decrypt rule: userspace TCP relay, no TLS.
+    LoupeSplice,
+    /// loupe decrypting with the default profile.
+    LoupeDecrypt,
+    Sslsplit,
+    Squid,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 6] = [
+        Mode::Direct,
+        Mode::LoupeBridge,
+        Mode::LoupeSplice,
+        Mode::LoupeDecrypt,
+        Mode::Sslsplit,
+        Mode::Squid,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::LoupeBridge => "loupe-bridge",
+            Mode::LoupeSplice => "loupe-splice",
+            Mode::LoupeDecrypt => "loupe-decrypt",
+            Mode::Sslsplit => "sslsplit",
+            Mode::Squid => "squid",
+        }
+    }
+
+    /// The interceptors run in the routed (bridge + redirect) variant of the lab.
+    fn routed(self) -> bool {
+        matches!(self, Mode::Sslsplit | Mode::Squid)
+    }
+
+    /// loupe's configuration for the mode.
+    fn loupe_config(self) -> Option<&'static str> {
+        match self {
+            Mode::LoupeBridge => Some(
+                "[[rule]]\nname = \"bench-bridge\"\ndestination = [\"0.0.0.0/0\"]\naction = \"no-decrypt\"\n",
+            ),
+            Mode::LoupeSplice => {
+                Some("[[rule]]\nname = \"bench-splice\"\nsni = [\"*.lab\", \"server.lab\"]\naction = \"no-decrypt\"\n")
+            }
+            Mode::LoupeDecrypt => Some(""),
+            _ => None,
+        }
+    }
+}
+
+/// How big and how long.
+#[derive(Debug, Clone)]
+pub struct BenchPlan {
+    pub modes: Vec<Mode>,
+    pub reps: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub concurrency: usize,
+    /// Bulk: object size in bytes (generated) and the stream counts.
+    pub bulk_bytes: u64,
+    pub bulk_streams: Vec<usize>,
+    pub idle_sessions: usize,
+    pub out_dir: PathBuf,
+}
+
+impl BenchPlan {
+    /// The full run: 3 repetitions, 5 s warm-up, 15 s measured, the 1 GiB object.
+    pub fn full(out_dir: PathBuf) -> BenchPlan {
+        BenchPlan {
+            modes: Mode::ALL.to_vec(),
+            reps: 3,
+            warmup: Duration::from_secs(5),
+            duration: Duration::from_secs(15),
+            concurrency: 64,
+            bulk_bytes: 1 << 30,
+            bulk_streams: vec![1, 8],
+            idle_sessions: 10_000,
+            out_dir,
+        }
+    }
+
+    /// `--quick`: one repetition, short durations, a 256 MiB object: under 10 minutes here.
+    pub fn quick(out_dir: PathBuf) -> BenchPlan {
+        BenchPlan {
+            reps: 1,
+            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(5),
+            bulk_bytes: 256 << 20,
+            idle_sessions: 2_000,
+            ..BenchPlan::full(out_dir)
+        }
+    }
+
+    /// `--tiny`: seconds per mode, for the test suite.
+    pub fn tiny(out_dir: PathBuf) -> BenchPlan {
+        BenchPlan {
+            reps: 1,
+            warmup: Duration::from_millis(300),
+            duration: Duration::from_secs(1),
+            concurrency: 8,
+            bulk_bytes: 8 << 20,
+            bulk_streams: vec![1, 2],
+            idle_sessions: 100,
+            ..BenchPlan::full(out_dir)
+        }
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted: tearing the lab down");
+    }
+    Ok(())
+}
+
+/// The origin's objects: path → (size, SHA-256).
+struct Objects {
+    small: String,
+    bulk: String,
+    bulk_sha256: String,
+}
+
+fn write_object(path: &Path, size: u64) -> Result<String> {
+    use rand::RngCore;
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut rng = rand::rng();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill_bytes(&mut buf[..n]);
+        hash.update(&buf[..n]);
+        file.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    file.flush()?;
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn make_objects(www: &Path, bulk_bytes: u64) -> Result<Objects> {
+    std::fs::create_dir_all(www)?;
+    for (name, size) in [("1k", 1u64 << 10), ("100k", 100 << 10), ("10m", 10 << 20)] {
+        write_object(&www.join(name), size)?;
+    }
+    let bulk_name = if bulk_bytes == 1 << 30 { "1g".to_string() } else { format!("{}m", bulk_bytes >> 20) };
+    let sha = write_object(&www.join(&bulk_name), bulk_bytes)?;
+    Ok(Objects {
+        small: "/1k".into(),
+        bulk: format!("/{bulk_name}"),
+        bulk_sha256: sha,
+    })
+}
+
+/// The middle of one mode and the processes whose cost is the appliance's.
+enum Running<'lab> {
+    /// The kernel bridge (no process: its cost is the kernel's) or loupe.
+    Middle(MiddleGuard<'lab>),
+    Interceptor(InterceptorGuard<'lab>),
+}
+
+impl Running<'_> {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Running::Middle(guard) => guard.pid().into_iter().collect(),
+            Running::Interceptor(guard) => guard.pids(),
+        }
+    }
+}
+
+fn sample(pids: &[u32]) -> Option<ProcessSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    ProcessSample::read_many(pids).ok()
+}
+
+/// Runs the plan; returns the report (already written to `plan.out_dir`).
+pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
+    let lab = Lab::up().context("bringing the lab up")?;
+    let pki = Pki::new(lab.dir().join("pki"))?;
+    let origin_ca = pki.root_ca("origin-ca", "loupe bench origin CA")?;
+    let origin = pki.leaf("origin", Some(&origin_ca), &LeafSpec::new(&["server.lab", "198.18.0.2"]))?;
+    let interceptor_ca = pki.root_ca("interceptor-ca", "loupe bench interceptor CA")?;
+    let www = lab.dir().join("www");
+    progress(&format!("generating the origin's objects ({} MiB bulk)", plan.bulk_bytes >> 20));
+    let objects = make_objects(&www, plan.bulk_bytes)?;
+    let mut nginx_spec = NginxTls::new("198.18.0.2:443".parse()?, &www, &origin.cert_file, &origin.key_file);
+    nginx_spec.http2 = false;
+    nginx_spec.uploads = false;
+    let _nginx = lab.spawn_nginx_tls(Ns::Server, &nginx_spec)?;
+    progress("measuring the crypto floor (openssl speed)");
+    let floor = CryptoFloor::measure(1).context("openssl speed")?;
+
+    let mut measurements = Vec::new();
+    let workloads = workloads(plan);
+    let steps = (plan.modes.len() * workloads.len() * plan.reps) as u64;
+    let bar = indicatif::ProgressBar::new(steps).with_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for &mode in &plan.modes {
+        check_interrupted()?;
+        bar.set_message(format!("{}: starting", mode.name()));
+        let (running, client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
+        for (name, workload) in &workloads {
+            for rep in 1..=plan.reps {
+                check_interrupted()?;
+                bar.set_message(format!("{} · {name} · rep {rep}/{}", mode.name(), plan.reps));
+                let m = measure(&lab, plan, &objects, &client_ca, &running, mode, name, *workload, rep)
+                    .with_context(|| format!("{} {name} rep {rep}", mode.name()))?;
+                if m.load.completed == 0 || m.load.errors > 0 {
+                    bar.println(format!(
+                        "{} {name}: {} completed, {} errors {:?}",
+                        mode.name(),
+                        m.load.completed,
+                        m.load.errors,
+                        m.load.first_errors
+                    ));
+                }
+                measurements.push(m);
+                bar.inc(1);
+            }
+        }
+        drop(running);
+    }
+    bar.finish_with_message("done");
+    let machine = Machine::detect(&xdp_mode(&lab));
+    let report = BenchReport::new(machine, Some(floor), measurements);
+    let written = report.write_all(&plan.out_dir)?;
+    for path in [&written.markdown, &written.json, &written.svg] {
+        progress(&format!("wrote {}", path.display()));
+    }
+    Ok(report)
+}
+
+fn xdp_mode(_lab: &Lab) -> String {
+    // The lab's veths take native XDP (loupe's default mode).
+    "native (veth)".to_string()
+}
+
+fn progress(line: &str) {
+    eprintln!("[loupe-bench] {line}");
+}
+
+fn workloads(plan: &BenchPlan) -> Vec<(String, crate::load::Workload)> {
+    use crate::load::Workload;
+    let mut out = vec![
+        ("handshakes".to_string(), Workload::Handshakes),
+        ("requests".to_string(), Workload::Requests),
+    ];
+    for &streams in &plan.bulk_streams {
+        out.push((format!("bulk-{streams}"), Workload::Bulk { streams }));
+    }
+    out.push((
+        "idle".to_string(),
+        Workload::Idle {
+            sessions: plan.idle_sessions,
+        },
+    ));
+    out
+}
+
+fn start_mode<'lab>(
+    lab: &'lab Lab,
+    mode: Mode,
+    origin_ca: &Issued,
+    interceptor_ca: &Issued,
+) -> Result<(Running<'lab>, PathBuf)> {
+    match mode {
+        Mode::Direct => Ok((Running::Middle(lab.start(&Middle::KernelBridge)?), origin_ca.cert_file.clone())),
+        Mode::LoupeBridge | Mode::LoupeSplice | Mode::LoupeDecrypt => {
+            let config = lab.dir().join(format!("{}.toml", mode.name()));
+            std::fs::write(&config, mode.loupe_config().unwrap_or_default())?;
+            let args = vec![
+                "--config".to_string(),
+                config.display().to_string(),
+                "--trust-ca".to_string(),
+                origin_ca.cert_file.display().to_string(),
+            ];
+            let guard = lab.start(&Middle::Loupe { args })?;
+            let client_ca = if mode == Mode::LoupeDecrypt {
+                let state = guard.state_dir().context("loupe state dir")?;
+                let shown = lab.exec(
+                    Ns::App,
+                    &[
+                        binary("loupe")?.as_os_str(),
+                        "ca".as_ref(),
+                        "show".as_ref(),
+                        "--state-dir".as_ref(),
+                        state.as_os_str(),
+                    ],
+                )?;
+                let path = lab.dir().join("loupe-ca.pem");
+                std::fs::write(&path, shown)?;
+                path
+            } else {
+                origin_ca.cert_file.clone()
+            };
+            Ok((Running::Middle(guard), client_ca))
+        }
+        Mode::Sslsplit | Mode::Squid => {
+            let which = if mode == Mode::Sslsplit { Interceptor::Sslsplit } else { Interceptor::Squid };
+            let guard = start_interceptor(
+                lab,
+                which,
+                &interceptor_ca.cert_file,
+                &interceptor_ca.key_file,
+                &origin_ca.cert_file,
+            )?;
+            Ok((Running::Interceptor(guard), interceptor_ca.cert_file.clone()))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    lab: &Lab,
+    plan: &BenchPlan,
+    objects: &Objects,
+    client_ca: &Path,
+    running: &Running<'_>,
+    mode: Mode,
+    name: &str,
+    workload: crate::load::Workload,
+    rep: usize,
+) -> Result<Measurement> {
+    use crate::load::Workload;
+    let bench = binary("loupe-bench")?;
+    let (path, sha) = match workload {
+        Workload::Bulk { .. } => (objects.bulk.as_str(), Some(objects.bulk_sha256.as_str())),
+        _ => (objects.small.as_str(), None),
+    };
+    let mut argv: Vec<String> = vec![
+        bench.display().to_string(),
+        "load".into(),
+        "--connect".into(),
+        "198.18.0.2:443".into(),
+        "--sni".into(),
+        "server.lab".into(),
+        "--ca".into(),
+        client_ca.display().to_string(),
+        "--path".into(),
+        path.into(),
+        "--concurrency".into(),
+        plan.concurrency.to_string(),
+        "--warmup".into(),
+        format!("{}ms", plan.warmup.as_millis()),
+        "--duration".into(),
+        format!("{}ms", plan.duration.as_millis()),
+    ];
+    match workload {
+        Workload::Handshakes => argv.extend(["--workload".into(), "handshakes".into()]),
+        Workload::Requests => argv.extend(["--workload".into(), "requests".into()]),
+        Workload::Bulk { streams } => argv.extend([
+            "--workload".into(),
+            "bulk".into(),
+            "--streams".into(),
+            streams.to_string(),
+            "--sha256".into(),
+            sha.unwrap_or_default().into(),
+        ]),
+        Workload::Idle { sessions } => {
+            argv.extend(["--workload".into(), "idle".into(), "--sessions".into(), sessions.to_string()])
+        }
+    }
+    let pids = running.pids();
+    let before = sample(&pids);
+    let (load, held_rss) = if matches!(workload, Workload::Idle { .. }) {
+        let mut p = lab.spawn(Ns::Client, "load-idle", &argv)?;
+        // Memory is sampled while the sessions are held (the generator says "ready").
+        let deadline = Instant::now() + plan.duration + Duration::from_secs(120);
+        let mut held = None;
+        loop {
+            check_interrupted()?;
+            if held.is_none() && p.stderr().lines().any(|l| l.starts_with("ready ")) {
+                held = sample(&pids);
+            }
+            if let Some(status) = p.try_status()? {
+                if !status.success() {
+                    bail!("loupe-bench load exited with {status}\n{}", p.logs());
+                }
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("loupe-bench load (idle) did not finish in time\n{}", p.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (parse_result(&p.stdout())?, held)
+    } else {
+        let out = lab.exec_output(Ns::Client, &argv)?;
+        if !out.status.success() {
+            bail!("loupe-bench load exited with {}: {}", out.status, out.stderr.trim());
+        }
+        (parse_result(&out.stdout)?, None)
+    };
+    let after = sample(&pids);
+    let appliance_cpu_s = match (&before, &after) {
+        (Some(b), Some(a)) => Some((a.cpu_s - b.cpu_s).max(0.0)),
+        _ => None,
+    };
+    let appliance_rss_bytes = match (&before, held_rss) {
+        (Some(b), Some(h)) => Some(h.rss_bytes.saturating_sub(b.rss_bytes)),
+        _ => None,
+    };
+    Ok(Measurement {
+        mode: mode.name().to_string(),
+        workload: name.to_string(),
+        rep,
+        load,
+        appliance_cpu_s,
+        appliance_rss_bytes,
+        routed: mode.routed(),
+    })
+}
+
+fn parse_result(stdout: &str) -> Result<LoadResult> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("loupe-bench load printed no JSON result")?;
+    serde_json::from_str(line).with_context(|| format!("parsing the load result {line}"))
+}
