@@ -62,9 +62,9 @@ impl Mode {
     /// loupe's configuration for the mode.
     fn loupe_config(self) -> Option<&'static str> {
         match self {
-            Mode::LoupeBridge => Some(
-                "[[rule]]\nname = \"bench-bridge\"\ndestination = [\"0.0.0.0/0\"]\naction = \"no-decrypt\"\n",
-            ),
+            Mode::LoupeBridge => {
+                Some("[[rule]]\nname = \"bench-bridge\"\ndestination = [\"0.0.0.0/0\"]\naction = \"no-decrypt\"\n")
+            }
             Mode::LoupeSplice => {
                 Some("[[rule]]\nname = \"bench-splice\"\nsni = [\"*.lab\", \"server.lab\"]\naction = \"no-decrypt\"\n")
             }
@@ -177,7 +177,11 @@ fn make_objects(www: &Path, bulk_bytes: u64) -> Result<Objects> {
     for (name, size) in [("1k", 1u64 << 10), ("100k", 100 << 10), ("10m", 10 << 20)] {
         write_object(&www.join(name), size)?;
     }
-    let bulk_name = if bulk_bytes == 1 << 30 { "1g".to_string() } else { format!("{}m", bulk_bytes >> 20) };
+    let bulk_name = if bulk_bytes == 1 << 30 {
+        "1g".to_string()
+    } else {
+        format!("{}m", bulk_bytes >> 20)
+    };
     let sha = write_object(&www.join(&bulk_name), bulk_bytes)?;
     Ok(Objects {
         small: "/1k".into(),
@@ -216,10 +220,17 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     let lab = Lab::up().context("bringing the lab up")?;
     let pki = Pki::new(lab.dir().join("pki"))?;
     let origin_ca = pki.root_ca("origin-ca", "loupe bench origin CA")?;
-    let origin = pki.leaf("origin", Some(&origin_ca), &LeafSpec::new(&["server.lab", "198.18.0.2"]))?;
+    let origin = pki.leaf(
+        "origin",
+        Some(&origin_ca),
+        &LeafSpec::new(&["server.lab", "198.18.0.2"]),
+    )?;
     let interceptor_ca = pki.root_ca("interceptor-ca", "loupe bench interceptor CA")?;
     let www = lab.dir().join("www");
-    progress(&format!("generating the origin's objects ({} MiB bulk)", plan.bulk_bytes >> 20));
+    progress(&format!(
+        "generating the origin's objects ({} MiB bulk)",
+        plan.bulk_bytes >> 20
+    ));
     let objects = make_objects(&www, plan.bulk_bytes)?;
     let mut nginx_spec = NginxTls::new("198.18.0.2:443".parse()?, &www, &origin.cert_file, &origin.key_file);
     nginx_spec.http2 = false;
@@ -304,7 +315,10 @@ fn start_mode<'lab>(
     interceptor_ca: &Issued,
 ) -> Result<(Running<'lab>, PathBuf)> {
     match mode {
-        Mode::Direct => Ok((Running::Middle(lab.start(&Middle::KernelBridge)?), origin_ca.cert_file.clone())),
+        Mode::Direct => Ok((
+            Running::Middle(lab.start(&Middle::KernelBridge)?),
+            origin_ca.cert_file.clone(),
+        )),
         Mode::LoupeBridge | Mode::LoupeSplice | Mode::LoupeDecrypt => {
             let config = lab.dir().join(format!("{}.toml", mode.name()));
             std::fs::write(&config, mode.loupe_config().unwrap_or_default())?;
@@ -336,7 +350,11 @@ fn start_mode<'lab>(
             Ok((Running::Middle(guard), client_ca))
         }
         Mode::Sslsplit | Mode::Squid => {
-            let which = if mode == Mode::Sslsplit { Interceptor::Sslsplit } else { Interceptor::Squid };
+            let which = if mode == Mode::Sslsplit {
+                Interceptor::Sslsplit
+            } else {
+                Interceptor::Squid
+            };
             let guard = start_interceptor(
                 lab,
                 which,
@@ -396,9 +414,12 @@ fn measure(
             "--sha256".into(),
             sha.unwrap_or_default().into(),
         ]),
-        Workload::Idle { sessions } => {
-            argv.extend(["--workload".into(), "idle".into(), "--sessions".into(), sessions.to_string()])
-        }
+        Workload::Idle { sessions } => argv.extend([
+            "--workload".into(),
+            "idle".into(),
+            "--sessions".into(),
+            sessions.to_string(),
+        ]),
     }
     let pids = running.pids();
     let before = sample(&pids);

@@ -31,9 +31,16 @@ fn tiny_bench_measures_every_mode_and_writes_the_report() {
         .output()
         .expect("run loupe-bench");
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "loupe-bench run --tiny failed: {}\n{stderr}", run.status);
+    assert!(
+        run.status.success(),
+        "loupe-bench run --tiny failed: {}\n{stderr}",
+        run.status
+    );
     eprintln!("tiny bench took {:?}", start.elapsed());
-    assert!(start.elapsed() < Duration::from_secs(600), "the tiny bench is meant to take minutes");
+    assert!(
+        start.elapsed() < Duration::from_secs(600),
+        "the tiny bench is meant to take minutes"
+    );
 
     let files: Vec<PathBuf> = std::fs::read_dir(&out)
         .expect("the report directory")
@@ -48,7 +55,11 @@ fn tiny_bench_measures_every_mode_and_writes_the_report() {
     let json = std::fs::read_to_string(with_ext("json")).expect("read the JSON report");
     let markdown = std::fs::read_to_string(with_ext("md")).expect("read the markdown report");
     let svg = std::fs::read_to_string(with_ext("svg")).expect("read the SVG chart");
-    assert!(svg.starts_with("<svg") || svg.contains("<svg"), "not an SVG: {}", &svg[..svg.len().min(200)]);
+    assert!(
+        svg.starts_with("<svg") || svg.contains("<svg"),
+        "not an SVG: {}",
+        &svg[..svg.len().min(200)]
+    );
     let report = BenchReport::from_json(&json).expect("the JSON report parses");
 
     assert_eq!(report.modes, MODES, "modes in their fixed order");
