@@ -975,7 +975,7 @@ impl Lab {
         };
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {b}/nginx.pid;\n\
-             error_log {b}/error.log info;\nevents {{ worker_connections 1024; }}\n\
+             error_log {b}/error.log info;\nworker_rlimit_nofile 20000;\nevents {{ worker_connections 19000; }}\n\
              http {{\n  access_log {b}/access.log;\n  default_type application/octet-stream;\n\
              \x20 client_body_temp_path {b}/tmp/body;\n  proxy_temp_path {b}/tmp/proxy;\n\
              \x20 fastcgi_temp_path {b}/tmp/fastcgi;\n  uwsgi_temp_path {b}/tmp/uwsgi;\n\
