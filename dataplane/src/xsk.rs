@@ -94,6 +94,8 @@ pub struct XskPort {
     free_frames: Vec<u64>,
     /// Frames written and waiting for room in the TX ring.
     tx_pending: Vec<XdpDesc>,
+    /// Frames handed to the TX ring whose completion has not been read back yet.
+    tx_in_flight: usize,
     /// Frames kept aside for transmission so that receiving cannot starve it.
     tx_reserve: usize,
     pub stats: XskStats,
@@ -163,6 +165,7 @@ impl XskPort {
             area,
             free_frames,
             tx_pending: Vec::with_capacity(sizes.frames as usize),
+            tx_in_flight: 0,
             tx_reserve: (sizes.frames / 2) as usize,
             stats: XskStats::default(),
         };
@@ -283,14 +286,18 @@ impl XskPort {
             };
             self.tx_pending.drain(..sent);
             self.stats.tx_frames += sent as u64;
+            self.tx_in_flight += sent;
         }
-        if self.tx.needs_wakeup() {
+        // A wakeup is a syscall: only while the kernel holds frames it has not sent (in
+        // copy mode the flag is always up, and an idle loop would otherwise kick it).
+        if self.tx_in_flight > 0 && self.tx.needs_wakeup() {
             self.tx.wake();
         }
         {
             let mut reader = self.fill_completion.complete(u32::MAX);
             while let Some(addr) = reader.read() {
                 self.free_frames.push(addr & !(u64::from(FRAME_SIZE) - 1));
+                self.tx_in_flight = self.tx_in_flight.saturating_sub(1);
             }
             reader.release();
         }

@@ -2893,6 +2893,18 @@ impl<'a> Socket<'a> {
     }
 
     #[allow(clippy::if_same_then_else)]
+    /// loupe: whether the SYN-ACK is held back by `pause_synack`.
+    fn synack_held(&self) -> bool {
+        #[cfg(feature = "socket-tcp-pause-synack")]
+        {
+            matches!(self.state, State::SynReceived) && self.synack_paused
+        }
+        #[cfg(not(feature = "socket-tcp-pause-synack"))]
+        {
+            false
+        }
+    }
+
     pub(crate) fn poll_at(&self, cx: &mut Context) -> PollAt {
         // The logic here mirrors the beginning of dispatch() closely.
         if self.tuple.is_none() {
@@ -2904,6 +2916,10 @@ impl<'a> Socket<'a> {
         } else if self.state == State::Closed {
             // Socket was aborted, we have an RST packet to transmit.
             PollAt::Now
+        } else if self.synack_held() {
+            // loupe: a paused SYN-ACK waits for `pause_synack(false)`, not for time;
+            // "now" here made every connection being set up a busy poll.
+            PollAt::Ingress
         } else if self.seq_to_transmit(cx) {
             // We have a data or flag packet to transmit.
             PollAt::Now
