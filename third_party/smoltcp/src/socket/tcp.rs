@@ -3647,8 +3647,11 @@ mod test {
         s.pause_synack(true);
         recv_nothing!(s);
         assert_eq!(s.state, State::SynReceived);
+        // loupe: nothing to do until unpaused, so no reason to be polled before ingress.
+        assert_eq!(s.socket.poll_at(&mut s.cx), PollAt::Ingress);
 
         s.pause_synack(false);
+        assert_eq!(s.socket.poll_at(&mut s.cx), PollAt::Now);
         recv!(
             s,
             [TcpRepr {
