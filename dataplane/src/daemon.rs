@@ -14,7 +14,7 @@ use boring::x509::X509;
 use crossbeam_channel::{Receiver, Sender};
 use loupe_control::config::{Config, FailMode, RuleAction};
 
-use crate::policy::{Exclusion, ExclusionCache, Policy, PolicyInputs, ProfileContext};
+use crate::policy::{unix_now, Exclusion, ExclusionCache, Policy, PolicyInputs, ProfileContext};
 use crate::tls::forge::ForgedCert;
 
 use crate::tls::ca::{CaRole, DecryptionCa};
@@ -149,6 +149,7 @@ pub fn build_policy(
     exclusions: ExclusionCache,
 ) -> Result<Policy> {
     let (trust, pins) = trust_store(config, trust_ca, state_dir)?;
+    tracing::info!(trust_anchors = trust.len(), pinned = pins.len(), "trust store loaded");
     let mut settings = config.profiles.clone();
     if !settings.iter().any(|p| p.name == "default") {
         settings.insert(0, loupe_control::config::Profile::builtin_default());
@@ -218,12 +219,6 @@ fn save_exclusions(cache: &ExclusionCache, state_dir: &Path) {
     if let Err(err) = written {
         tracing::warn!(path = %path.display(), %err, "cannot save the exclusion cache");
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The control thread's side of the policy: the current snapshot and the workers' queues.
@@ -318,7 +313,6 @@ pub fn run(options: RunOptions) -> Result<()> {
 
     // TLS: the trust store, the decryption CA (generated on first run), the forger whose
     // clones share one certificate cache, and the decryption log.
-    let (trust, pins) = trust_store(&options.config, &options.trust_ca, Some(&options.state_dir))?;
     let forger = match &options.config.ca {
         // The operator's CA; the untrusted CA still lives in the state directory.
         Some(files) => Forger::new(
@@ -329,7 +323,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         None => Forger::from_state_dir(&options.state_dir, FORGED_CERT_CACHE).context("loading the decryption CA")?,
     };
     tracing::info!(
-        ca_sha256 = %forger.decryption_ca().fingerprint_sha256(), trust_anchors = trust.len(), pinned = pins.len(),
+        ca_sha256 = %forger.decryption_ca().fingerprint_sha256(),
         "decryption CA ready; clients must trust the output of 'loupe ca show'"
     );
     let log = Arc::new(DecryptionLog::open(&options.log_dir)?);

@@ -248,7 +248,8 @@ pub struct ExclusionCache {
     max_entries: usize,
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch: the exclusion cache's clock (it is saved to disk).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
