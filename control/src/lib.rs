@@ -1,4 +1,5 @@
-//! loupe control plane: configuration schema and validation (the control socket and
-//! protocol come with the control-plane issue).
+//! loupe control plane: configuration schema and validation, the control protocol and
+//! its Unix-socket server, and the loupectl CLI.
 
 pub mod config;
+pub mod protocol;
