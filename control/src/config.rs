@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
@@ -98,6 +98,32 @@ impl Default for Decryption {
 pub struct Paths {
     pub state_dir: Option<PathBuf>,
     pub log_dir: Option<PathBuf>,
+}
+
+/// The control socket (`loupectl`) and what the control thread may do on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// The Unix socket; `loupe run --control-socket` wins over it.
+    pub socket: PathBuf,
+    /// Members of this group may use the socket besides root (it is created root:GROUP,
+    /// mode 0660); none: root only.
+    pub group: Option<String>,
+    /// The client address `loupectl trust fetch` probes a server from when no handshake
+    /// through loupe has shown its chain. loupe owns no address on the wire, so this must
+    /// be a host behind the inside port that answers ARP for it (the server's answers are
+    /// taken off the wire before they reach it); none: no probes.
+    pub probe_source: Option<IpAddr>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            socket: PathBuf::from(crate::protocol::DEFAULT_SOCKET),
+            group: None,
+            probe_source: None,
+        }
+    }
 }
 
 /// Upstream trust on top of the system roots and the certificates imported with
@@ -222,7 +248,7 @@ impl Default for Exclusions {
 }
 
 /// What to do when the server's certificate chain does not validate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Untrusted {
     /// Refuse the session: the client gets a TLS alert.
@@ -235,7 +261,7 @@ pub enum Untrusted {
 
 /// A decryption profile: how loupe talks TLS to servers (and what it accepts from them).
 /// What to do with a session loupe cannot decrypt for a reason the profile names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Undecryptable {
     /// End the session with a logged reason.
@@ -246,7 +272,7 @@ pub enum Undecryptable {
     Bypass,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub name: String,
@@ -316,6 +342,28 @@ impl Profile {
         }
     }
 
+    /// The checks a profile's settings must pass by themselves (BoringSSL checks the
+    /// cipher, group and signature names when the profile is built): the failing key and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let versions = "expected \"1.0\", \"1.1\", \"1.2\" or \"1.3\"";
+        let min = Profile::wire_version(&self.min_version)
+            .ok_or_else(|| ("min_version", format!("{versions}, got {:?}", self.min_version)))?;
+        let max = Profile::wire_version(&self.max_version)
+            .ok_or_else(|| ("max_version", format!("{versions}, got {:?}", self.max_version)))?;
+        if min > max {
+            let message = format!("{} is above max_version {}", self.min_version, self.max_version);
+            return Err(("min_version", message));
+        }
+        if min < 0x0303 && !self.allow_sha1 {
+            let message = format!(
+                "TLS {} needs SHA-1 suites: set allow_sha1 = true as well",
+                self.min_version
+            );
+            return Err(("min_version", message));
+        }
+        Ok(())
+    }
+
     /// A version setting as on the wire (0x0301 = TLS 1.0 … 0x0304 = TLS 1.3).
     pub fn wire_version(text: &str) -> Option<u16> {
         match text {
@@ -357,6 +405,8 @@ pub struct Config {
     pub rules: Vec<Rule>,
     #[serde(default)]
     pub exclusions: Exclusions,
+    #[serde(default)]
+    pub control: Control,
     /// The file and text this configuration was parsed from (empty for `Config::default()`),
     /// so that errors found later (category files, CA files) can name the line.
     #[serde(skip)]
@@ -737,6 +787,7 @@ impl Config {
             resolve(&mut ca.cert);
             resolve(&mut ca.key);
         }
+        resolve(&mut self.control.socket);
         self.paths.state_dir.iter_mut().for_each(resolve);
         self.paths.log_dir.iter_mut().for_each(resolve);
         self.trust.ca_files.iter_mut().for_each(resolve);
@@ -870,22 +921,7 @@ impl Config {
                 return Err(error("name", "defined twice".into()));
             }
             seen.push(&profile.name);
-            let versions = "expected \"1.0\", \"1.1\", \"1.2\" or \"1.3\"";
-            let min = Profile::wire_version(&profile.min_version)
-                .ok_or_else(|| error("min_version", format!("{versions}, got {:?}", profile.min_version)))?;
-            let max = Profile::wire_version(&profile.max_version)
-                .ok_or_else(|| error("max_version", format!("{versions}, got {:?}", profile.max_version)))?;
-            if min > max {
-                let message = format!("{} is above max_version {}", profile.min_version, profile.max_version);
-                return Err(error("min_version", message));
-            }
-            if min < 0x0303 && !profile.allow_sha1 {
-                let message = format!(
-                    "TLS {} needs SHA-1 suites: set allow_sha1 = true as well",
-                    profile.min_version
-                );
-                return Err(error("min_version", message));
-            }
+            profile.check().map_err(|(key, message)| error(key, message))?;
         }
         Ok(())
     }
@@ -1182,7 +1218,7 @@ mod tests {
         assert_eq!(
             parse("[dataplan]\n").unwrap_err(),
             "loupe.toml:1: unknown field `dataplan`, expected one of `dataplane`, `ca`, `decryption`, `profile`, \
-             `paths`, `trust`, `category`, `rule`, `exclusions`"
+             `paths`, `trust`, `category`, `rule`, `exclusions`, `control`"
         );
         assert_eq!(
             parse("[[rule]]\nname = \"a\"\naction = \"block\"\n\n[[rule]]\naction = \"block\"\n").unwrap_err(),

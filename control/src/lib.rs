@@ -2,4 +2,5 @@
 //! its Unix-socket server, and the loupectl CLI.
 
 pub mod config;
+pub mod overrides;
 pub mod protocol;
