@@ -1,6 +1,7 @@
 //! loupe dataplane: the XDP wire, AF_XDP I/O, the flow table, transparent TCP endpoints
 //! and the pinned workers.
 
+pub mod capture;
 pub mod daemon;
 pub mod flow;
 pub mod frame;
