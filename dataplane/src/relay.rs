@@ -145,14 +145,18 @@ impl TcpPair {
         self.server.get::<tcp::Socket>(self.server_handle).state()
     }
 
-    /// The longest smoltcp timeout either socket enforces now: `CONNECT_TIMEOUT` while the
-    /// upstream connection is being opened, `STALL_TIMEOUT` after. Note that smoltcp
-    /// enforces it only while a socket has unacknowledged data in flight (or is
-    /// connecting): loupe has no idle timeout, a quiet flow with nothing in flight stays.
+    /// The smoltcp timeout that ends this flow: the server socket's `CONNECT_TIMEOUT`
+    /// while the upstream connection is being opened, then the longer of both sockets'
+    /// (`STALL_TIMEOUT`). smoltcp enforces it only while a socket connects or has
+    /// unacknowledged data in flight (keep-alive is off): loupe has no idle timeout, a
+    /// quiet flow with nothing in flight is never ended by it.
     pub fn timeout(&self) -> Option<Duration> {
         let client = self.client.get::<tcp::Socket>(self.client_handle).timeout();
         let server = self.server.get::<tcp::Socket>(self.server_handle).timeout();
-        client.max(server)
+        match self.phase {
+            Phase::Connecting => server,
+            Phase::Relaying | Phase::Finished => client.max(server),
+        }
     }
 
     /// Whether the flow is winding down: a FIN was seen or passed on, or a reset ended it.
