@@ -23,7 +23,7 @@ use crate::tls::probe::ProbeContext;
 use crate::tls::record::DecryptionLog;
 use crate::tls::trust::{ImportedTrust, PinnedLeafs, TrustStore};
 use crate::wire::{NoDecryptEntry, PortSide, Wire, WireSettings, XdpAttachMode};
-use crate::worker::{ExclusionRequest, Worker, WorkerPolicy, WorkerSettings, WorkerStats, WorkerTls};
+use crate::worker::{ExclusionRequest, Worker, WorkerLinks, WorkerPolicy, WorkerSettings, WorkerStats, WorkerTls};
 use crate::xsk::{XskPort, XskSizes};
 
 pub struct RunOptions {
@@ -338,7 +338,9 @@ pub fn run(options: RunOptions) -> Result<()> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
     let mut all_stats = Vec::new();
-    for queue in 0..d.queues {
+    // The control thread's ends of the workers' query and presented-chain channels.
+    let (links, controls) = WorkerLinks::new(d.queues as usize);
+    for (queue, control) in (0..d.queues).zip(controls) {
         let inside = XskPort::open(&d.inside, queue, XskSizes::default())?;
         let outside = XskPort::open(&d.outside, queue, XskSizes::default())?;
         wire.register_socket(PortSide::Inside, queue, inside.raw_fd())?;
@@ -375,7 +377,17 @@ pub fn run(options: RunOptions) -> Result<()> {
                         tracing::warn!(queue, core = core.id, "could not pin worker to its core");
                     }
                 }
-                Worker::new(worker_settings, inside, outside, stats, tls, worker_policy, probe).run(&STOP);
+                Worker::new(
+                    worker_settings,
+                    inside,
+                    outside,
+                    stats,
+                    tls,
+                    worker_policy,
+                    control,
+                    probe,
+                )
+                .run(&STOP);
             })
             .context("spawning a worker thread")?;
         handles.push(handle);
@@ -397,6 +409,8 @@ pub fn run(options: RunOptions) -> Result<()> {
             tracing::error!("a worker panicked");
         }
     }
+    // Held until the workers stopped, so their chains and queries always have a peer.
+    drop(links);
     write_counters(&counters_file, &wire, &all_stats, &forger, &publisher.current);
     let counters = wire.counters()?;
     let mut flows_opened = 0;

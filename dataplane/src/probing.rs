@@ -34,6 +34,10 @@ type Target = (SocketAddr, Option<String>);
 pub struct PendingRecord {
     pub record: DecryptionRecord,
     pub input: DiagnosisInput,
+    /// When the flow's SYN arrived.
+    pub started: std::time::SystemTime,
+    /// The DER chain the server presented, leaf first, when it did not verify (else empty).
+    pub presented_chain: Vec<Vec<u8>>,
 }
 
 struct Probe {

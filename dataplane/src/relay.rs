@@ -135,6 +135,40 @@ impl TcpPair {
         self.server.get_mut(self.server_handle)
     }
 
+    /// The state of loupe's socket facing the client (it answers as the server).
+    pub fn client_state(&self) -> State {
+        self.client.get::<tcp::Socket>(self.client_handle).state()
+    }
+
+    /// The state of loupe's socket facing the server (it speaks as the client).
+    pub fn server_state(&self) -> State {
+        self.server.get::<tcp::Socket>(self.server_handle).state()
+    }
+
+    /// The smoltcp timeout that ends this flow: the server socket's `CONNECT_TIMEOUT`
+    /// while the upstream connection is being opened, then the longer of both sockets'
+    /// (`STALL_TIMEOUT`). smoltcp enforces it only while a socket connects or has
+    /// unacknowledged data in flight (keep-alive is off): loupe has no idle timeout, a
+    /// quiet flow with nothing in flight is never ended by it.
+    pub fn timeout(&self) -> Option<Duration> {
+        let client = self.client.get::<tcp::Socket>(self.client_handle).timeout();
+        let server = self.server.get::<tcp::Socket>(self.server_handle).timeout();
+        match self.phase {
+            Phase::Connecting => server,
+            Phase::Relaying | Phase::Finished => client.max(server),
+        }
+    }
+
+    /// Whether the flow is winding down: a FIN was seen or passed on, or a reset ended it.
+    pub fn closing(&self) -> bool {
+        let f = self.fins;
+        self.end_reason.is_some()
+            || f.client_fin_received
+            || f.server_fin_received
+            || f.client_fin_forwarded
+            || f.server_fin_forwarded
+    }
+
     /// Moves bytes both ways (through `pump`) and carries connection state across. Call
     /// after any ingress or timer on either side, before polling egress.
     pub fn relay(&mut self, pump: &mut dyn StreamPump) {

@@ -10,7 +10,7 @@ use smoltcp::socket::tcp;
 
 use crate::flow::FlowKey;
 use crate::policy::{Decision, ExclusionKey, Policy, ProfileContext};
-use crate::relay::{ByteCounts, EndReason, Fins, Splice, StreamPump};
+use crate::relay::{ByteCounts, EndReason, Fins, Phase, Splice, StreamPump};
 use crate::tls::client_hello::{ClientHello, ClientHelloError, ClientHelloReader};
 use crate::tls::diagnosis::{ClientOffer, ConnectFailure, DiagnosisInput, ProfileFacts, UpstreamOffer};
 use crate::tls::forge::CertSource;
@@ -72,6 +72,83 @@ enum Stream {
     ClosedBeforeHello,
 }
 
+/// Where a session is in its life, as `sessions` and `session ID` show it (and
+/// `sessions --state NAME` filters on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Opening the upstream TCP connection, awaiting the ClientHello, or in the TLS
+    /// handshakes.
+    Handshake,
+    /// Both handshakes done: plaintext flows through inspection.
+    Decrypting,
+    /// Relayed byte for byte, not decrypted.
+    Spliced,
+    /// Refused (a block rule, an unsupported client, not TLS): being torn down.
+    Blocked,
+    /// A FIN or reset was seen, or the TLS session failed: winding down.
+    Closing,
+    /// Both TCP endpoints closed (the slot lingers briefly), or the session is over.
+    Ended,
+}
+
+impl SessionState {
+    pub const ALL: [SessionState; 6] = [
+        SessionState::Handshake,
+        SessionState::Decrypting,
+        SessionState::Spliced,
+        SessionState::Blocked,
+        SessionState::Closing,
+        SessionState::Ended,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Handshake => "handshake",
+            SessionState::Decrypting => "decrypting",
+            SessionState::Spliced => "spliced",
+            SessionState::Blocked => "blocked",
+            SessionState::Closing => "closing",
+            SessionState::Ended => "ended",
+        }
+    }
+
+    /// The state of a session whose stream is of `kind`, on a TCP pair in `phase`
+    /// (`closing`: `TcpPair::closing`).
+    fn of(kind: StreamKind, phase: Phase, closing: bool) -> SessionState {
+        match kind {
+            _ if phase == Phase::Finished => SessionState::Ended,
+            StreamKind::Blocked => SessionState::Blocked,
+            _ if phase == Phase::Connecting => SessionState::Handshake,
+            _ if closing => SessionState::Closing,
+            StreamKind::ClosedBeforeHello | StreamKind::Failed => SessionState::Closing,
+            StreamKind::AwaitingHello | StreamKind::Handshaking => SessionState::Handshake,
+            StreamKind::Decrypting => SessionState::Decrypting,
+            StreamKind::Spliced => SessionState::Spliced,
+        }
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a session's stream is doing, as far as its state name goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamKind {
+    AwaitingHello,
+    /// Split TLS, a handshake not yet done.
+    Handshaking,
+    Decrypting,
+    /// Split TLS that failed.
+    Failed,
+    Spliced,
+    /// Blocked by policy, or refused as not TLS.
+    Blocked,
+    ClosedBeforeHello,
+}
+
 pub struct Session {
     id: u64,
     /// The snapshot the flow started with: it keeps it for its whole life.
@@ -117,6 +194,53 @@ impl Session {
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The session's state name, given its TCP pair's phase and `TcpPair::closing`.
+    pub fn state(&self, phase: Phase, closing: bool) -> SessionState {
+        SessionState::of(self.stream_kind(), phase, closing)
+    }
+
+    fn stream_kind(&self) -> StreamKind {
+        match &self.stream {
+            Stream::AwaitingHello(_) => StreamKind::AwaitingHello,
+            Stream::Decrypting(tls) => match tls.outcome() {
+                Some(_) => StreamKind::Failed,
+                None if tls.stage() == Stage::Established => StreamKind::Decrypting,
+                None => StreamKind::Handshaking,
+            },
+            Stream::Refused(_) | Stream::Blocked { .. } => StreamKind::Blocked,
+            Stream::Spliced { .. } => StreamKind::Spliced,
+            Stream::ClosedBeforeHello => StreamKind::ClosedBeforeHello,
+        }
+    }
+
+    /// The rule that decided the session; None while undecided (awaiting the ClientHello).
+    pub fn rule(&self) -> Option<&str> {
+        self.decision.as_ref().map(|d| d.rule.as_str())
+    }
+
+    /// What policy did with the session; None while undecided. Cheap: no allocation.
+    pub fn action(&self) -> Option<Action> {
+        let decided = self.decision.is_some()
+            || matches!(
+                &self.stream,
+                Stream::Refused(_)
+                    | Stream::Spliced {
+                        reason: SpliceReason::NotTls(_),
+                        ..
+                    }
+            );
+        decided.then(|| self.verdict().0)
+    }
+
+    /// The DER chain the server presented, leaf first, when its verification failed
+    /// (empty otherwise). Moved out of the session: call once, when it ends.
+    pub fn take_presented_chain(&mut self) -> Vec<Vec<u8>> {
+        match &mut self.stream {
+            Stream::Decrypting(tls) => tls.take_server_chain_der(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether the session decrypted end to end (both handshakes done, no failure).
@@ -240,6 +364,22 @@ impl Session {
         input.not_tls = not_tls;
         input.connect_failure = connect_failure;
         (record, input)
+    }
+
+    /// The record as it stands while the flow lives, for `session ID`: no end reason, no
+    /// stage while the ClientHello is still awaited (nothing failed yet), and the error
+    /// line as the log would print it. Reads only; it allocates the record's strings, so
+    /// it is for queries, never the per-packet path.
+    pub fn live_record(&self, tcp_bytes: ByteCounts) -> DecryptionRecord {
+        let (mut record, _) = self.record(None, tcp_bytes);
+        if matches!(self.stream, Stream::AwaitingHello(_)) {
+            record.stage = None;
+        }
+        record.end_reason.clear();
+        if let Some(line) = crate::tls::record::error_line(record.verify.as_ref(), &record.alerts) {
+            record.error = Some(line);
+        }
+        record
     }
 
     fn profile(&self) -> Option<&Arc<ProfileContext>> {
@@ -660,6 +800,58 @@ mod tests {
             cipher_suites: suites.to_vec(),
             ..ClientHello::default()
         }
+    }
+
+    #[test]
+    fn state_names() {
+        let names: Vec<&str> = SessionState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            ["handshake", "decrypting", "spliced", "blocked", "closing", "ended"]
+        );
+        let of = SessionState::of;
+        // A finished pair is ended whatever the stream did.
+        assert_eq!(of(StreamKind::Decrypting, Phase::Finished, true), SessionState::Ended);
+        assert_eq!(of(StreamKind::Blocked, Phase::Finished, true), SessionState::Ended);
+        // Connecting upstream, or awaiting the hello, or in a TLS handshake.
+        assert_eq!(
+            of(StreamKind::AwaitingHello, Phase::Connecting, false),
+            SessionState::Handshake
+        );
+        assert_eq!(
+            of(StreamKind::Spliced, Phase::Connecting, false),
+            SessionState::Handshake
+        );
+        assert_eq!(
+            of(StreamKind::AwaitingHello, Phase::Relaying, false),
+            SessionState::Handshake
+        );
+        assert_eq!(
+            of(StreamKind::Handshaking, Phase::Relaying, false),
+            SessionState::Handshake
+        );
+        assert_eq!(
+            of(StreamKind::Decrypting, Phase::Relaying, false),
+            SessionState::Decrypting
+        );
+        assert_eq!(of(StreamKind::Spliced, Phase::Relaying, false), SessionState::Spliced);
+        // Blocked stays blocked while its close goes out.
+        assert_eq!(of(StreamKind::Blocked, Phase::Relaying, true), SessionState::Blocked);
+        // A FIN, a reset or a failed TLS session: closing.
+        assert_eq!(of(StreamKind::Decrypting, Phase::Relaying, true), SessionState::Closing);
+        assert_eq!(of(StreamKind::Spliced, Phase::Relaying, true), SessionState::Closing);
+        assert_eq!(of(StreamKind::Failed, Phase::Relaying, false), SessionState::Closing);
+        assert_eq!(
+            of(StreamKind::ClosedBeforeHello, Phase::Relaying, false),
+            SessionState::Closing
+        );
+        // Every name parses back through the control filter's comparison.
+        let filter = loupe_control::protocol::SessionFilter {
+            state: Some("DECRYPTING".into()),
+            ..Default::default()
+        };
+        let ip = "198.18.0.1".parse().unwrap();
+        assert!(filter.matches(ip, ip, None, SessionState::Decrypting.as_str()));
     }
 
     /// TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA.

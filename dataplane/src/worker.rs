@@ -4,10 +4,13 @@
 //! so its cost does not grow with idle flows. Nothing here allocates or locks per packet.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use loupe_control::protocol::{FlowView, SessionDetail, SessionFilter, SessionSummary, WorkerQuery, WorkerReport};
 
 use smoltcp::iface::Interface;
 use smoltcp::time::Instant;
@@ -18,10 +21,10 @@ use crate::frame::{parse_tcp_frame, MacAddr};
 use crate::policy::{ExclusionKey, Policy};
 use crate::probing::{PendingRecord, Probes, MAX_PROBES};
 use crate::relay::{ByteCounts, EndReason, Phase, TcpPair, LINGER};
-use crate::session::{Session, TlsEnv};
+use crate::session::{Session, SessionState, TlsEnv};
 use crate::tcp_device::{transparent_interface, FrameDevice, L2Header};
 use crate::tls::forge::Forger;
-use crate::tls::record::{DecryptionLog, Outcome};
+use crate::tls::record::{rfc3339_utc_ms, DecryptionLog, DecryptionRecord, NegotiatedFact, Outcome};
 use crate::xsk::{XskPort, BATCH};
 use crossbeam_channel::{Receiver, Sender};
 
@@ -34,6 +37,18 @@ const EGRESS_BURST: usize = 64;
 const MAX_IDLE_WAIT_MS: i32 = 100;
 /// Probes have no timers of their own: poll them this often while any runs.
 const PROBE_POLL_MS: i32 = 5;
+/// Ended sessions whose details `session ID` still finds, per worker.
+pub const ENDED_SESSIONS: usize = 512;
+/// Distinct failure lines a worker counts; further ones are counted under `"other"`.
+pub const MAX_FAILURE_KEYS: usize = 64;
+/// The key failures beyond `MAX_FAILURE_KEYS` are counted under.
+pub const OTHER_FAILURES: &str = "other";
+/// Queries waiting for a worker (per worker).
+pub const QUERY_QUEUE: usize = 16;
+/// Presented chains waiting for the control thread (all workers together).
+pub const CHAIN_QUEUE: usize = 64;
+/// `load_permille` is published after at least this much wall time (µs).
+const LOAD_WINDOW_US: i64 = 1_000_000;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -63,10 +78,21 @@ pub struct WorkerStats {
     pub tx_no_frame: AtomicU64,
     pub sessions_decrypted: AtomicU64,
     pub sessions_blocked: AtomicU64,
+    /// Sessions that failed before or while decrypting (spliced ones are not counted here).
     pub sessions_aborted: AtomicU64,
+    /// Sessions relayed without decryption (policy, exclusion, not TLS).
+    pub sessions_spliced: AtomicU64,
     pub log_write_errors: AtomicU64,
     /// Exclusions the control thread could not be told about (its queue was full).
     pub exclusions_dropped: AtomicU64,
+    /// The version of the policy snapshot this worker runs, stored when it switches to
+    /// it: the worker's acknowledgement of a published snapshot.
+    pub config_version: AtomicU64,
+    /// Thousandths of wall time the worker spent not sleeping in poll(2), over the last
+    /// second or so (published about once a second).
+    pub load_permille: AtomicU64,
+    /// Presented chains the control thread could not be given (its queue was full or gone).
+    pub chains_dropped: AtomicU64,
 }
 
 /// What a worker needs to split TLS: built once by the daemon, one per worker.
@@ -82,6 +108,63 @@ pub struct WorkerPolicy {
     pub current: Arc<Policy>,
     pub updates: Receiver<Arc<Policy>>,
     pub exclusions: Sender<ExclusionRequest>,
+}
+
+/// How a worker talks with the control thread besides policy: queries it answers between
+/// batches, and the chains of servers whose certificates did not verify.
+pub struct WorkerControl {
+    pub queries: Receiver<WorkerQuery>,
+    pub chains: Sender<PresentedChain>,
+}
+
+/// The control thread's ends of every worker's `WorkerControl`.
+pub struct WorkerLinks {
+    /// One per worker, in the order of the `WorkerControl`s `new` returned (queue order
+    /// when the workers are started in it). Replies need room for one answer per worker
+    /// asked: workers `try_send` them and never block.
+    pub queries: Vec<Sender<WorkerQuery>>,
+    /// Chains from all workers (bounded by `CHAIN_QUEUE`; a full queue drops and counts
+    /// in `WorkerStats::chains_dropped`).
+    pub chains: Receiver<PresentedChain>,
+}
+
+impl WorkerLinks {
+    /// Channels for `workers` workers: the control thread's ends, and one `WorkerControl`
+    /// per worker.
+    pub fn new(workers: usize) -> (WorkerLinks, Vec<WorkerControl>) {
+        let (chain_tx, chain_rx) = crossbeam_channel::bounded(CHAIN_QUEUE);
+        let mut queries = Vec::with_capacity(workers);
+        let mut controls = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (query_tx, query_rx) = crossbeam_channel::bounded(QUERY_QUEUE);
+            queries.push(query_tx);
+            controls.push(WorkerControl {
+                queries: query_rx,
+                chains: chain_tx.clone(),
+            });
+        }
+        (
+            WorkerLinks {
+                queries,
+                chains: chain_rx,
+            },
+            controls,
+        )
+    }
+}
+
+/// The certificate chain a server presented when its verification failed, for
+/// `loupectl trust fetch HOST --accept`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedChain {
+    pub server: SocketAddr,
+    pub sni: Option<String>,
+    /// DER, leaf first, exactly as presented.
+    pub chain_der: Vec<Vec<u8>>,
+    /// The session record's error line (`certificate verify failed: … (code 18, depth 0)`).
+    pub verify_error: Option<String>,
+    /// When the session's record was logged.
+    pub seen: SystemTime,
 }
 
 /// A server this worker could not decrypt and whose profile says bypass.
@@ -109,9 +192,18 @@ struct FlowState {
     session: Session,
     /// Set when both endpoints closed: the slot is released then (see `relay::LINGER`).
     release_at: Option<Instant>,
+    /// When the SYN arrived (wall clock, for `started`; worker clock, for the age).
+    started: SystemTime,
+    opened: Instant,
+    /// The batch time of the last frame either way.
+    last_frame: Instant,
 }
 
 impl FlowState {
+    fn state(&self) -> SessionState {
+        self.session.state(self.pair.phase, self.pair.closing())
+    }
+
     fn toward_client(&self) -> L2Header {
         L2Header {
             src: self.peer_mac,
@@ -141,9 +233,17 @@ pub struct Worker {
     probe_done: Vec<PendingRecord>,
     next_session: u64,
     clock: std::time::Instant,
+    control: WorkerControl,
+    ended: EndedSessions,
+    tally: SessionTally,
+    load: LoadMeter,
 }
 
 impl Worker {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each argument has its own type: they cannot be passed in the wrong order"
+    )]
     pub fn new(
         settings: WorkerSettings,
         mut inside: XskPort,
@@ -151,6 +251,7 @@ impl Worker {
         stats: Arc<WorkerStats>,
         tls: WorkerTls,
         policy: WorkerPolicy,
+        control: WorkerControl,
         probe: crate::tls::probe::ProbeContext,
     ) -> Worker {
         let clock = std::time::Instant::now();
@@ -165,6 +266,7 @@ impl Worker {
         let server_iface = transparent_interface(&mut device, seed ^ random_seed().rotate_left(17), now);
         let max_flows = settings.max_flows;
         let settings_queue = settings.queue;
+        stats.config_version.store(policy.current.version, Ordering::Relaxed);
         Worker {
             settings,
             ports: [inside, outside],
@@ -181,6 +283,10 @@ impl Worker {
             probes: Probes::new(probe),
             probe_done: Vec::with_capacity(MAX_PROBES),
             clock,
+            control,
+            ended: EndedSessions::new(ENDED_SESSIONS),
+            tally: SessionTally::default(),
+            load: LoadMeter::new(now),
         }
     }
 
@@ -197,10 +303,22 @@ impl Worker {
         tracing::info!(queue = self.settings.queue, inside = %self.ports[INSIDE].name, outside = %self.ports[OUTSIDE].name, "worker running");
         while !stop.load(Ordering::Relaxed) {
             // Snapshots switch between batches; flows keep the one they started with.
+            let mut switched = false;
             while let Ok(newer) = self.policy.updates.try_recv() {
                 self.policy.current = newer;
+                switched = true;
+            }
+            if switched {
+                self.stats
+                    .config_version
+                    .store(self.policy.current.version, Ordering::Relaxed);
             }
             let now = self.now();
+            // Queries too: answered from what the worker holds, never waited for.
+            self.answer_queries(now);
+            if let Some(permille) = self.load.tick(now) {
+                self.stats.load_permille.store(permille, Ordering::Relaxed);
+            }
             let mut received = 0;
             for port in [INSIDE, OUTSIDE] {
                 let n = self.ports[port].receive(&mut batch);
@@ -268,6 +386,7 @@ impl Worker {
                     port,
                     tcp.src_mac,
                     tcp.dst_mac,
+                    now,
                 ) {
                     Some(id) => (id, Direction::ClientToServer),
                     None => return,
@@ -281,6 +400,7 @@ impl Worker {
             }
         };
         let Some(flow) = self.flows.get_mut(id) else { return };
+        flow.last_frame = now;
         match direction {
             Direction::ClientToServer => flow.session.packets.client_to_server += 1,
             Direction::ServerToClient => flow.session.packets.server_to_client += 1,
@@ -317,8 +437,10 @@ impl Worker {
         client_port: usize,
         client_mac: MacAddr,
         peer_mac: MacAddr,
+        now: Instant,
     ) -> Option<FlowId> {
         let buffer = self.settings.tcp_buffer;
+        let started = SystemTime::now();
         let policy = &self.policy.current;
         self.next_session += 1;
         let session_id = self.next_session;
@@ -331,6 +453,9 @@ impl Worker {
             ready: false,
             session: Session::new(session_id, key, Arc::clone(policy)),
             release_at: None,
+            started,
+            opened: now,
+            last_frame: now,
         }) {
             Ok(inserted) => inserted,
             Err(full) => {
@@ -345,6 +470,9 @@ impl Worker {
         flow.scheduled = None;
         flow.ready = false;
         flow.release_at = None;
+        flow.started = started;
+        flow.opened = now;
+        flow.last_frame = now;
         flow.session = Session::new(session_id, key, Arc::clone(policy));
         if let Err(err) = flow.pair.open(key, self.server_iface.context()) {
             tracing::warn!(flow = %key, %err, "cannot open flow");
@@ -440,7 +568,12 @@ impl Worker {
                     WorkerStats::add(&self.stats.exclusions_dropped, 1);
                 }
             }
-            let pending = PendingRecord { record, input };
+            let pending = PendingRecord {
+                record,
+                input,
+                started: flow.started,
+                presented_chain: flow.session.take_presented_chain(),
+            };
             let probe_from = flow.session.server_refused_handshake().then(|| {
                 (
                     flow.session.sni().map(str::to_string),
@@ -527,19 +660,147 @@ impl Worker {
             .store(self.flows.len() as u64, Ordering::Relaxed);
     }
 
-    fn log_session(&self, pending: PendingRecord) {
-        let PendingRecord { mut record, input } = pending;
+    /// Writes a session's record, counts it, keeps its detail in the ring of ended
+    /// sessions, and hands the control thread the chain of a server that did not verify.
+    /// Runs once per session (allocating is fine here, not per packet).
+    fn log_session(&mut self, pending: PendingRecord) {
+        let PendingRecord {
+            mut record,
+            input,
+            started,
+            presented_chain,
+        } = pending;
         record.explain(&input);
         let record = &record;
         let counter = match record.outcome {
             Outcome::Decrypted => &self.stats.sessions_decrypted,
             Outcome::Blocked => &self.stats.sessions_blocked,
-            Outcome::Aborted | Outcome::Spliced => &self.stats.sessions_aborted,
+            Outcome::Spliced => &self.stats.sessions_spliced,
+            Outcome::Aborted => &self.stats.sessions_aborted,
         };
         WorkerStats::add(counter, 1);
         if let Err(err) = self.tls.log.write(record) {
             WorkerStats::add(&self.stats.log_write_errors, 1);
             tracing::error!(%err, session = record.session_id, "decryption log write failed");
+        }
+        self.tally.count(record);
+        let now = self.now();
+        self.ended.push(ended_detail(record, self.settings.queue, started), now);
+        let verify_failed = record.verify.as_ref().is_some_and(|v| !v.trusted || v.code != 0);
+        // Without a chain there is nothing the operator could accept.
+        if verify_failed && !presented_chain.is_empty() {
+            let chain = PresentedChain {
+                server: record.server(),
+                sni: record.sni.clone(),
+                chain_der: presented_chain,
+                verify_error: record.error.clone(),
+                seen: SystemTime::now(),
+            };
+            if self.control.chains.try_send(chain).is_err() {
+                WorkerStats::add(&self.stats.chains_dropped, 1);
+            }
+        }
+    }
+
+    /// Answers every query waiting, without blocking: replies are `try_send`, and a reply
+    /// channel that is full or closed loses the answer (the control thread gave up).
+    fn answer_queries(&mut self, now: Instant) {
+        while let Ok(query) = self.control.queries.try_recv() {
+            match query {
+                WorkerQuery::Sessions { filter, reply } => {
+                    let _ = reply.try_send(self.sessions(&filter, now));
+                }
+                WorkerQuery::Session { id, reply } => {
+                    let _ = reply.try_send(self.session_detail(id, now));
+                }
+                WorkerQuery::Report { reply } => {
+                    let _ = reply.try_send(self.report());
+                }
+            }
+        }
+    }
+
+    /// The live sessions passing `filter`, newest first, at most its limit.
+    fn sessions(&self, filter: &SessionFilter, now: Instant) -> Vec<SessionSummary> {
+        let limit = filter.limit.unwrap_or(SessionFilter::DEFAULT_LIMIT);
+        let mut found: Vec<(FlowKey, &FlowState, SessionState)> = self
+            .flows
+            .iter()
+            .filter_map(|(_, key, flow)| {
+                let state = flow.state();
+                filter
+                    .matches(key.client.ip(), key.server.ip(), flow.session.sni(), state.as_str())
+                    .then_some((key, flow, state))
+            })
+            .collect();
+        // Ids grow with every flow a worker opens: the highest is the newest.
+        found.sort_unstable_by_key(|(_, flow, _)| Reverse(flow.session.id()));
+        found.truncate(limit);
+        found
+            .into_iter()
+            .map(|(key, flow, state)| SessionSummary {
+                id: flow.session.id(),
+                worker: self.settings.queue,
+                client: key.client,
+                server: key.server,
+                sni: flow.session.sni().map(str::to_string),
+                state: state.as_str().to_string(),
+                action: flow.session.action().map(|a| a.as_str().to_string()),
+                rule: flow.session.rule().map(str::to_string),
+                bytes_client_to_server: flow.pair.bytes.client_to_server,
+                bytes_server_to_client: flow.pair.bytes.server_to_client,
+                age_secs: elapsed_secs(flow.opened, now),
+            })
+            .collect()
+    }
+
+    /// The live session with this id, else a recently ended one, else None.
+    fn session_detail(&self, id: u64, now: Instant) -> Option<SessionDetail> {
+        // The worker's queue is in the id's top bits: another worker's session is not here.
+        if id >> 48 != u64::from(self.settings.queue) {
+            return None;
+        }
+        if let Some(flow) = self
+            .flows
+            .iter()
+            .map(|(_, _, flow)| flow)
+            .find(|flow| flow.session.id() == id)
+        {
+            return Some(self.live_detail(flow, now));
+        }
+        self.ended.find(id).map(|(detail, ended_at)| SessionDetail {
+            idle_secs: elapsed_secs(*ended_at, now),
+            ..detail.clone()
+        })
+    }
+
+    fn live_detail(&self, flow: &FlowState, now: Instant) -> SessionDetail {
+        let record = flow.session.live_record(flow.pair.bytes);
+        let tcp = TcpFacts {
+            live: true,
+            state: flow.state(),
+            client_tcp: flow.pair.client_state().to_string(),
+            server_tcp: flow.pair.server_state().to_string(),
+            started: rfc3339_utc_ms(flow.started),
+            idle_secs: elapsed_secs(flow.last_frame, now),
+            idle_timeout_secs: flow.pair.timeout().map_or(0, |d| d.secs()),
+        };
+        SessionDetail {
+            // Undecided sessions (awaiting the ClientHello) have neither yet.
+            rule: flow.session.rule().map(str::to_string),
+            action: flow.session.action().map(|a| a.as_str().to_string()),
+            decrypted: flow.session.decrypted(),
+            ..session_detail(&record, self.settings.queue, tcp)
+        }
+    }
+
+    fn report(&self) -> WorkerReport {
+        WorkerReport {
+            queue: self.settings.queue,
+            config_version: self.policy.current.version,
+            flows: self.flows.len() as u64,
+            outcomes: self.tally.outcomes(),
+            failures: self.tally.failures(),
         }
     }
 
@@ -556,7 +817,7 @@ impl Worker {
     }
 
     /// Sleeps until a frame arrives or the next timer is due.
-    fn wait(&self, now: Instant) {
+    fn wait(&mut self, now: Instant) {
         let cap = if self.probes.is_empty() {
             MAX_IDLE_WAIT_MS
         } else {
@@ -578,8 +839,10 @@ impl Worker {
                 revents: 0,
             },
         ];
+        let sleep = std::time::Instant::now();
         // SAFETY: two valid pollfd entries.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        self.load.slept(sleep.elapsed().as_micros() as i64);
     }
 }
 
@@ -609,4 +872,398 @@ fn random_seed() -> u64 {
             .map_or(0, |d| d.as_nanos() as u64);
     }
     u64::from_ne_bytes(bytes)
+}
+
+/// Whole seconds from `since` to `now` (0 if `now` is earlier).
+fn elapsed_secs(since: Instant, now: Instant) -> u64 {
+    if now > since {
+        (now - since).secs()
+    } else {
+        0
+    }
+}
+
+/// What a session's detail needs beyond its decryption record: the flow's TCP side.
+struct TcpFacts {
+    live: bool,
+    state: SessionState,
+    /// Display of smoltcp's state of loupe's socket facing the client, and the server.
+    client_tcp: String,
+    server_tcp: String,
+    /// RFC 3339 UTC of the SYN.
+    started: String,
+    idle_secs: u64,
+    /// The timeout smoltcp enforces on the flow's sockets (`TcpPair::timeout`): it ends a
+    /// flow only while data waits for acknowledgement (or the upstream connect); loupe
+    /// has no idle timeout of its own. 0 for ended sessions.
+    idle_timeout_secs: u64,
+}
+
+/// A session's detail from its record (live: `Session::live_record`; ended: the final,
+/// explained one) and its TCP facts.
+fn session_detail(record: &DecryptionRecord, worker: u32, tcp: TcpFacts) -> SessionDetail {
+    // What the client saw, or what the server offered when the client leg never ran.
+    let leg = |field: fn(&NegotiatedFact) -> &Option<String>| {
+        field(&record.client_leg)
+            .clone()
+            .or_else(|| field(&record.server_leg).clone())
+    };
+    SessionDetail {
+        id: record.session_id,
+        worker,
+        live: tcp.live,
+        state: tcp.state.as_str().to_string(),
+        c2s: FlowView {
+            from: record.client(),
+            to: record.server(),
+            tcp_state: tcp.client_tcp,
+            bytes: record.bytes_client_to_server,
+            packets: record.packets_client_to_server,
+        },
+        s2c: FlowView {
+            from: record.server(),
+            to: record.client(),
+            tcp_state: tcp.server_tcp,
+            bytes: record.bytes_server_to_client,
+            packets: record.packets_server_to_client,
+        },
+        started: tcp.started,
+        idle_secs: tcp.idle_secs,
+        idle_timeout_secs: tcp.idle_timeout_secs,
+        rule: Some(record.rule.clone()),
+        profile: record.profile.clone(),
+        action: Some(record.action.as_str().to_string()),
+        reason: record.reason.clone(),
+        decrypted: record.outcome == Outcome::Decrypted,
+        sni: record.sni.clone(),
+        tls_version: leg(|l| &l.version),
+        cipher: leg(|l| &l.cipher),
+        alpn: leg(|l| &l.alpn),
+        cert_subject: record.server_cert.as_ref().map(|c| c.subject.clone()),
+        cert_issuer: record.server_cert.as_ref().map(|c| c.issuer.clone()),
+        stage: record.stage.map(|s| s.as_str().to_string()),
+        error: record.error.clone(),
+        end_reason: (!tcp.live).then(|| record.end_reason.clone()),
+        config_version: record.config_version,
+    }
+}
+
+/// The detail kept for an ended session, from its final record.
+fn ended_detail(record: &DecryptionRecord, worker: u32, started: SystemTime) -> SessionDetail {
+    let closed = smoltcp::socket::tcp::State::Closed.to_string();
+    let tcp = TcpFacts {
+        live: false,
+        state: SessionState::Ended,
+        client_tcp: closed.clone(),
+        server_tcp: closed,
+        started: rfc3339_utc_ms(started),
+        idle_secs: 0,
+        idle_timeout_secs: 0,
+    };
+    session_detail(record, worker, tcp)
+}
+
+/// The details of the last sessions a worker ended, oldest first, with when they ended.
+struct EndedSessions {
+    ring: VecDeque<(SessionDetail, Instant)>,
+    capacity: usize,
+}
+
+impl EndedSessions {
+    fn new(capacity: usize) -> EndedSessions {
+        EndedSessions {
+            ring: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// Keeps `detail`, forgetting the oldest when full (the ring never grows).
+    fn push(&mut self, detail: SessionDetail, ended_at: Instant) {
+        if self.ring.len() == self.capacity {
+            self.ring.pop_front();
+        }
+        self.ring.push_back((detail, ended_at));
+    }
+
+    fn find(&self, id: u64) -> Option<&(SessionDetail, Instant)> {
+        self.ring.iter().rev().find(|(detail, _)| detail.id == id)
+    }
+}
+
+/// Ended sessions by outcome, and failed or blocked ones by their error line (or, blocked
+/// without an error, their reason), at most `MAX_FAILURE_KEYS` distinct lines.
+#[derive(Debug, Default)]
+struct SessionTally {
+    outcomes: [u64; Outcome::ALL.len()],
+    failures: HashMap<String, u64>,
+    /// Failures whose line came after `MAX_FAILURE_KEYS` others.
+    other: u64,
+}
+
+impl SessionTally {
+    fn count(&mut self, record: &DecryptionRecord) {
+        if let Some(i) = Outcome::ALL.iter().position(|o| *o == record.outcome) {
+            self.outcomes[i] += 1;
+        }
+        let blocked_reason = (record.outcome == Outcome::Blocked)
+            .then_some(record.reason.as_deref())
+            .flatten();
+        if let Some(line) = record.error.as_deref().or(blocked_reason) {
+            self.count_failure(line);
+        }
+    }
+
+    fn count_failure(&mut self, line: &str) {
+        if let Some(n) = self.failures.get_mut(line) {
+            *n += 1;
+        } else if self.failures.len() < MAX_FAILURE_KEYS {
+            self.failures.insert(line.to_string(), 1);
+        } else {
+            self.other += 1;
+        }
+    }
+
+    /// Every outcome, zero or not, in `Outcome::ALL` order.
+    fn outcomes(&self) -> Vec<(String, u64)> {
+        Outcome::ALL
+            .iter()
+            .zip(self.outcomes)
+            .map(|(o, n)| (o.as_str().to_string(), n))
+            .collect()
+    }
+
+    /// Most frequent first (ties by name); `"other"` holds what did not fit.
+    fn failures(&self) -> Vec<(String, u64)> {
+        let mut list: Vec<(String, u64)> = self.failures.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        if self.other > 0 {
+            list.push((OTHER_FAILURES.to_string(), self.other));
+        }
+        list.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        list
+    }
+}
+
+/// The share of wall time a worker is busy: time outside poll(2), over windows of at
+/// least `LOAD_WINDOW_US`.
+#[derive(Debug)]
+struct LoadMeter {
+    window_start: Instant,
+    slept_us: i64,
+}
+
+impl LoadMeter {
+    fn new(now: Instant) -> LoadMeter {
+        LoadMeter {
+            window_start: now,
+            slept_us: 0,
+        }
+    }
+
+    fn slept(&mut self, micros: i64) {
+        self.slept_us += micros;
+    }
+
+    /// The busy permille of the window ending `now`, once it is long enough (a new
+    /// window starts then); None before.
+    fn tick(&mut self, now: Instant) -> Option<u64> {
+        if now < self.window_start {
+            return None;
+        }
+        let span = (now - self.window_start).total_micros() as i64;
+        if span < LOAD_WINDOW_US {
+            return None;
+        }
+        let busy = span - self.slept_us.clamp(0, span);
+        self.window_start = now;
+        self.slept_us = 0;
+        Some((busy * 1000 / span) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::record::{Action, CertFact, Stage, VerifyFact};
+
+    fn record(id: u64, outcome: Outcome) -> DecryptionRecord {
+        DecryptionRecord::new(
+            id,
+            "198.18.0.1:50000".parse().unwrap(),
+            "198.18.0.2:443".parse().unwrap(),
+            Action::Decrypt,
+            outcome,
+        )
+    }
+
+    #[test]
+    fn failures_are_bounded_then_counted_as_other() {
+        let mut tally = SessionTally::default();
+        for i in 0..MAX_FAILURE_KEYS + 6 {
+            let mut r = record(1, Outcome::Aborted);
+            r.error = Some(format!("error {i}"));
+            tally.count(&r);
+        }
+        // A known line still counts under its own name once the table is full.
+        let mut r = record(1, Outcome::Aborted);
+        r.error = Some("error 3".into());
+        tally.count(&r);
+        tally.count(&r);
+        // Blocked without an error: by reason; decrypted without one: not a failure.
+        let mut blocked = record(2, Outcome::Blocked);
+        blocked.reason = Some("rule \"ads\" matched".into());
+        tally.count(&blocked);
+        tally.count(&record(3, Outcome::Decrypted));
+        let mut spliced = record(4, Outcome::Spliced);
+        spliced.reason = Some("no-decrypt rule".into());
+        tally.count(&spliced);
+
+        let failures = tally.failures();
+        assert_eq!(failures[0], ("other".to_string(), 7));
+        assert_eq!(failures[1], ("error 3".to_string(), 3));
+        assert_eq!(failures.len(), MAX_FAILURE_KEYS + 1);
+        assert!(failures.iter().all(|(k, _)| k != "no-decrypt rule"));
+        assert!(
+            !failures.iter().any(|(k, _)| k.starts_with("rule ")),
+            "the table was full"
+        );
+        assert_eq!(
+            tally.outcomes(),
+            vec![
+                ("decrypted".to_string(), 1),
+                ("spliced".to_string(), 1),
+                ("blocked".to_string(), 1),
+                ("aborted".to_string(), MAX_FAILURE_KEYS as u64 + 8),
+            ]
+        );
+        let mut small = SessionTally::default();
+        small.count(&blocked);
+        small.count(&blocked);
+        let mut aborted = record(5, Outcome::Aborted);
+        aborted.error = Some("x".into());
+        small.count(&aborted);
+        assert_eq!(
+            small.failures(),
+            vec![("rule \"ads\" matched".to_string(), 2), ("x".to_string(), 1)]
+        );
+    }
+
+    #[test]
+    fn the_ended_ring_keeps_the_last_sessions() {
+        let mut ended = EndedSessions::new(ENDED_SESSIONS);
+        let started = SystemTime::UNIX_EPOCH;
+        for id in 0..ENDED_SESSIONS as u64 + 100 {
+            ended.push(
+                ended_detail(&record(id, Outcome::Decrypted), 0, started),
+                Instant::from_secs(id as i64),
+            );
+        }
+        assert_eq!(ended.ring.len(), ENDED_SESSIONS);
+        assert_eq!(ended.ring.capacity(), ENDED_SESSIONS, "the ring never grows");
+        assert!(ended.find(99).is_none());
+        assert_eq!(ended.find(100).unwrap().0.id, 100);
+        let (last, at) = ended.find(ENDED_SESSIONS as u64 + 99).unwrap();
+        assert_eq!(*at, Instant::from_secs(ENDED_SESSIONS as i64 + 99));
+        assert!(!last.live);
+    }
+
+    #[test]
+    fn an_ended_detail_comes_from_the_record() {
+        let mut r = record(7 | 3 << 48, Outcome::Blocked);
+        r.sni = Some("api.example.test".into());
+        r.rule = "inspect".into();
+        r.profile = Some("default".into());
+        r.stage = Some(Stage::UpstreamVerify);
+        r.server_leg = NegotiatedFact {
+            version: Some("TLSv1.3".into()),
+            cipher: Some("TLS_AES_128_GCM_SHA256".into()),
+            group: Some("X25519".into()),
+            alpn: Some("h2".into()),
+        };
+        r.client_leg.alpn = Some("http/1.1".into());
+        r.server_cert = Some(CertFact {
+            subject: "CN=api.example.test".into(),
+            issuer: "CN=Lab CA".into(),
+            sans: vec![],
+            not_before: String::new(),
+            not_after: String::new(),
+            sha256: String::new(),
+            serial: String::new(),
+        });
+        r.verify = Some(VerifyFact {
+            code: 18,
+            depth: 0,
+            reason: "self signed certificate".into(),
+            checked_name: "api.example.test".into(),
+            trusted: false,
+        });
+        r.error = Some("certificate verify failed: self signed certificate (code 18, depth 0)".into());
+        r.bytes_client_to_server = 517;
+        r.bytes_server_to_client = 7;
+        r.packets_client_to_server = 4;
+        r.packets_server_to_client = 3;
+        r.end_reason = "blocked_untrusted".into();
+        r.config_version = 5;
+        let started = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let d = ended_detail(&r, 3, started);
+        assert_eq!((d.id, d.worker, d.live), (7 | 3 << 48, 3, false));
+        assert_eq!(d.state, "ended");
+        assert_eq!(d.started, "2023-11-14T22:13:20.123Z");
+        assert_eq!(d.c2s.from, r.client());
+        assert_eq!(d.c2s.to, r.server());
+        assert_eq!((d.c2s.bytes, d.c2s.packets), (517, 4));
+        assert_eq!((d.s2c.from, d.s2c.to), (r.server(), r.client()));
+        assert_eq!((d.s2c.bytes, d.s2c.packets), (7, 3));
+        assert_eq!(
+            (d.c2s.tcp_state.as_str(), d.s2c.tcp_state.as_str()),
+            ("CLOSED", "CLOSED")
+        );
+        assert_eq!(d.rule.as_deref(), Some("inspect"));
+        assert_eq!(d.action.as_deref(), Some("decrypt"));
+        assert!(!d.decrypted);
+        // The client leg first, the server's where the client leg has nothing.
+        assert_eq!(d.tls_version.as_deref(), Some("TLSv1.3"));
+        assert_eq!(d.alpn.as_deref(), Some("http/1.1"));
+        assert_eq!(d.cert_subject.as_deref(), Some("CN=api.example.test"));
+        assert_eq!(d.cert_issuer.as_deref(), Some("CN=Lab CA"));
+        assert_eq!(d.stage.as_deref(), Some("upstream_verify"));
+        assert_eq!(d.error, r.error);
+        assert_eq!(d.end_reason.as_deref(), Some("blocked_untrusted"));
+        assert_eq!(d.config_version, 5);
+        assert_eq!(d.idle_timeout_secs, 0);
+    }
+
+    #[test]
+    fn load_is_the_share_of_time_not_slept() {
+        let mut load = LoadMeter::new(Instant::from_secs(10));
+        load.slept(300_000);
+        assert_eq!(load.tick(Instant::from_millis(10_500)), None, "under a second");
+        load.slept(450_000);
+        assert_eq!(load.tick(Instant::from_secs(11)), Some(250));
+        // A new window started.
+        assert_eq!(load.tick(Instant::from_millis(11_999)), None);
+        assert_eq!(load.tick(Instant::from_secs(12)), Some(1000));
+        // More sleep than wall time (clock granularity) reads as idle, not negative.
+        load.slept(5_000_000);
+        assert_eq!(load.tick(Instant::from_secs(13)), Some(0));
+    }
+
+    #[test]
+    fn links_pair_each_worker_with_the_control_thread() {
+        let (links, controls) = WorkerLinks::new(2);
+        assert_eq!((links.queries.len(), controls.len()), (2, 2));
+        let (reply, answers) = crossbeam_channel::bounded(1);
+        links.queries[1].try_send(WorkerQuery::Report { reply }).unwrap();
+        assert!(controls[0].queries.try_recv().is_err());
+        assert!(matches!(controls[1].queries.try_recv(), Ok(WorkerQuery::Report { .. })));
+        drop(answers);
+        let chain = PresentedChain {
+            server: "198.18.0.2:443".parse().unwrap(),
+            sni: None,
+            chain_der: vec![vec![0x30]],
+            verify_error: None,
+            seen: SystemTime::UNIX_EPOCH,
+        };
+        controls[0].chains.try_send(chain.clone()).unwrap();
+        assert_eq!(links.chains.try_recv().unwrap(), chain);
+    }
 }

@@ -217,6 +217,32 @@ pub enum Outcome {
     Aborted,
 }
 
+impl Action {
+    /// The name the log uses (`no-decrypt`); matches the serde form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Decrypt => "decrypt",
+            Action::NoDecrypt => "no-decrypt",
+            Action::Block => "block",
+            Action::DecryptInbound => "decrypt-inbound",
+        }
+    }
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [Outcome::Decrypted, Outcome::Spliced, Outcome::Blocked, Outcome::Aborted];
+
+    /// The name the log uses (`decrypted`); matches the serde form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Decrypted => "decrypted",
+            Outcome::Spliced => "spliced",
+            Outcome::Blocked => "blocked",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
 /// Transport protocol of the 5-tuple. Only TCP is inspected today; an enum keeps the
 /// field's values closed and its JSON form (`"tcp"`) stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -693,6 +719,27 @@ mod tests {
         let line = record.to_json_line().unwrap();
         let back: DecryptionRecord = serde_json::from_str(&line).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn action_and_outcome_names_match_their_json_form() {
+        for action in [
+            Action::Decrypt,
+            Action::NoDecrypt,
+            Action::Block,
+            Action::DecryptInbound,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&action).unwrap(),
+                format!("\"{}\"", action.as_str())
+            );
+        }
+        for outcome in Outcome::ALL {
+            assert_eq!(
+                serde_json::to_string(&outcome).unwrap(),
+                format!("\"{}\"", outcome.as_str())
+            );
+        }
     }
 
     #[test]

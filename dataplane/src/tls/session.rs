@@ -689,6 +689,9 @@ pub struct SessionFacts {
     pub verdict: Option<Verdict>,
     /// The server's chain as it presented it, leaf first.
     pub server_chain: Vec<CertFact>,
+    /// The DER of `server_chain`, kept only when it did not verify (so the operator can
+    /// accept it with `loupectl trust fetch HOST --accept`); empty otherwise.
+    pub server_chain_der: Vec<Vec<u8>>,
     /// Fatal alerts received from either peer.
     pub alerts: Vec<AlertFact>,
     /// The alert loupe itself sent the client when refusing the session.
@@ -1063,6 +1066,7 @@ impl SplitTls {
                 verify: None,
                 verdict: None,
                 server_chain: Vec::new(),
+                server_chain_der: Vec::new(),
                 alerts: Vec::new(),
                 alert_sent_to_client: None,
                 client_end: None,
@@ -1180,6 +1184,12 @@ impl SplitTls {
         self.failure.as_ref()
     }
 
+    /// The DER chain the server presented, leaf first, when it did not verify; empty
+    /// otherwise. Moved out: a second call returns nothing.
+    pub fn take_server_chain_der(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.facts.server_chain_der)
+    }
+
     pub fn facts(&self) -> &SessionFacts {
         &self.facts
     }
@@ -1288,6 +1298,11 @@ impl SplitTls {
             (_, Some(sha)) => self.pins.allows(&self.facts.checked_name, &sha).map(str::to_string),
         };
         let trusted = code == 0 || known_leaf || pinned_for.is_some();
+        if !trusted {
+            if let Some(chain) = ssl.peer_cert_chain() {
+                self.facts.server_chain_der = chain.iter().filter_map(|cert| cert.to_der().ok()).collect();
+            }
+        }
         let reason = if code != 0 && known_leaf {
             format!(
                 "the configured certificate of the decrypt-inbound rule (the chain alone: {})",
