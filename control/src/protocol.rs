@@ -2,7 +2,7 @@
 //! thread exchanges with the workers over crossbeam channels. `control/PROTOCOL.md` is
 //! the operator-facing description; this module is its source of truth.
 //!
-//! A request is one line: `{"v":1,"id":7,"verb":"session","id_session":…}` — `v` is the
+//! A request is one line: `{"v":1,"id":7,"verb":"session","session":…}` — `v` is the
 //! protocol version, `id` (optional) is echoed in the reply, `verb` picks the request and
 //! the remaining keys are its arguments. A reply is one line: `{"v":1,"id":7,"ok":true,
 //! "result":…}` or `{"v":1,"id":7,"ok":false,"error":{"kind":…,"message":…}}`. Streaming
@@ -258,10 +258,13 @@ impl SessionFilter {
 pub fn name_matches(pattern: &str, name: &str) -> bool {
     let name = name.trim_end_matches('.');
     match pattern.strip_prefix("*.") {
+        // Compared as bytes: slicing the `str` could split a multi-byte character of a
+        // hostile name and panic.
         Some(domain) => {
+            let (name, domain) = (name.as_bytes(), domain.as_bytes());
             name.len() > domain.len() + 1
                 && name[name.len() - domain.len()..].eq_ignore_ascii_case(domain)
-                && name.as_bytes()[name.len() - domain.len() - 1] == b'.'
+                && name[name.len() - domain.len() - 1] == b'.'
         }
         None => pattern.eq_ignore_ascii_case(name),
     }
@@ -478,6 +481,10 @@ mod tests {
         assert!(name_matches("*.lab", "a.lab"));
         assert!(!name_matches("*.lab", "lab"));
         assert!(!name_matches("*.lab", "xlab"));
+        // Non-ASCII names never split a character (this used to panic).
+        assert!(!name_matches("*.b", "a\u{e9}"));
+        assert!(!name_matches("*.\u{e9}", "ab.x"));
+        assert!(name_matches("*.lab", "\u{e9}.lab"));
     }
 
     #[test]
