@@ -342,6 +342,43 @@ pub fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
     })
 }
 
+/// SO_PEERGROUPS (Linux 4.13): the peer's supplementary groups at connect time. Not
+/// exported by the libc crate for every target; this is the asm-generic value.
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PEERGROUPS: libc::c_int = 59;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PEERGROUPS: libc::c_int = 0x3d;
+
+/// The connected process's supplementary groups (SO_PEERCRED has only its gid).
+fn peer_groups(stream: &UnixStream) -> io::Result<Vec<u32>> {
+    let mut count = 64usize;
+    for _ in 0..4 {
+        let mut groups = vec![0 as libc::gid_t; count];
+        let mut len = (count * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` has room for `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ERANGE) {
+            return Err(error);
+        }
+        // `len` now holds the size needed.
+        count = (len as usize / std::mem::size_of::<libc::gid_t>()).max(count * 2);
+    }
+    Err(io::Error::from_raw_os_error(libc::ERANGE))
+}
+
 /// Runs a `get*_r` lookup, growing the buffer on ERANGE. `call` returns the function's
 /// error number and whether an entry was found.
 fn with_lookup_buffer<T>(mut call: impl FnMut(&mut [u8]) -> (i32, Option<T>)) -> io::Result<Option<T>> {
@@ -417,15 +454,17 @@ fn user_in_group(name: &CStr, primary: u32, gid: u32) -> bool {
     false
 }
 
-/// Whether this peer may use the socket; the refusal message otherwise.
-fn authorize(peer: &PeerCred, group: Option<(&str, u32)>) -> Result<(), String> {
+/// Whether this peer may use the socket; the refusal message otherwise. Members are
+/// the peer's gid, its supplementary groups (`peer_groups`, from SO_PEERGROUPS), and
+/// the groups its user belongs to (getgrouplist).
+fn authorize(peer: &PeerCred, peer_groups: &[u32], group: Option<(&str, u32)>) -> Result<(), String> {
     if peer.uid == 0 {
         return Ok(());
     }
     let Some((group, gid)) = group else {
         return Err(format!("uid {} is not root (no control group is configured)", peer.uid));
     };
-    if peer.gid == gid {
+    if peer.gid == gid || peer_groups.contains(&gid) {
         return Ok(());
     }
     match lookup_user(peer.uid) {
@@ -493,7 +532,13 @@ impl<'a> Connection<'a> {
             }
         };
         let group = settings.group.as_deref().zip(shared.gid);
-        if let Err(message) = authorize(&peer, group) {
+        // Old kernels lack SO_PEERGROUPS: then the user's groups from getgrouplist count.
+        let supplementary = if group.is_some() {
+            peer_groups(&self.stream).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if let Err(message) = authorize(&peer, &supplementary, group) {
             tracing::warn!(
                 uid = peer.uid,
                 gid = peer.gid,
@@ -733,17 +778,18 @@ mod tests {
     #[test]
     fn root_is_served_and_strangers_are_told_why_not() {
         let root = PeerCred { pid: 1, uid: 0, gid: 0 };
-        assert!(authorize(&root, None).is_ok());
+        assert!(authorize(&root, &[], None).is_ok());
         let stranger = PeerCred {
             pid: 1,
             uid: 1234,
             gid: 1234,
         };
-        let err = authorize(&stranger, None).unwrap_err();
+        let err = authorize(&stranger, &[4321], None).unwrap_err();
         assert!(err.contains("uid 1234"), "{err}");
-        let err = authorize(&stranger, Some(("loupe", 4321))).unwrap_err();
+        let err = authorize(&stranger, &[5, 6], Some(("loupe", 4321))).unwrap_err();
         assert_eq!(err, "uid 1234 is neither root nor in group loupe");
-        assert!(authorize(&stranger, Some(("loupe", 1234))).is_ok());
+        assert!(authorize(&stranger, &[], Some(("loupe", 1234))).is_ok());
+        assert!(authorize(&stranger, &[5, 4321], Some(("loupe", 4321))).is_ok());
     }
 
     #[test]
