@@ -475,6 +475,19 @@ mod tests {
     }
 
     #[test]
+    fn unknown_arguments_and_odd_ids_are_bad_requests() {
+        let kind = |line: &str| parse_request(line.as_bytes()).unwrap_err().1.kind;
+        // Verbs without arguments ignore extra keys (serde: flattened unit variants).
+        assert!(parse_request(br#"{"v":1,"verb":"status","extra":1}"#).is_ok());
+        assert_eq!(
+            kind(r#"{"v":1,"verb":"session","session":1,"extra":1}"#),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(kind(r#"{"v":1,"id":"x","verb":"status"}"#), ErrorKind::BadRequest);
+        assert!(parse_request(br#"{"v":1,"verb":"log-tail"}"#).is_ok());
+    }
+
+    #[test]
     fn name_patterns() {
         assert!(name_matches("a.lab", "A.lab"));
         assert!(!name_matches("a.lab", "b.a.lab"));
