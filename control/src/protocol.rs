@@ -2,7 +2,7 @@
 //! thread exchanges with the workers over crossbeam channels. `control/PROTOCOL.md` is
 //! the operator-facing description; this module is its source of truth.
 //!
-//! A request is one line: `{"v":1,"id":7,"verb":"session","id_session":…}` — `v` is the
+//! A request is one line: `{"v":1,"id":7,"verb":"session","session":…}` — `v` is the
 //! protocol version, `id` (optional) is echoed in the reply, `verb` picks the request and
 //! the remaining keys are its arguments. A reply is one line: `{"v":1,"id":7,"ok":true,
 //! "result":…}` or `{"v":1,"id":7,"ok":false,"error":{"kind":…,"message":…}}`. Streaming
@@ -258,10 +258,13 @@ impl SessionFilter {
 pub fn name_matches(pattern: &str, name: &str) -> bool {
     let name = name.trim_end_matches('.');
     match pattern.strip_prefix("*.") {
+        // Compared as bytes: slicing the `str` could split a multi-byte character of a
+        // hostile name and panic.
         Some(domain) => {
+            let (name, domain) = (name.as_bytes(), domain.as_bytes());
             name.len() > domain.len() + 1
                 && name[name.len() - domain.len()..].eq_ignore_ascii_case(domain)
-                && name.as_bytes()[name.len() - domain.len() - 1] == b'.'
+                && name[name.len() - domain.len() - 1] == b'.'
         }
         None => pattern.eq_ignore_ascii_case(name),
     }
@@ -472,12 +475,29 @@ mod tests {
     }
 
     #[test]
+    fn unknown_arguments_and_odd_ids_are_bad_requests() {
+        let kind = |line: &str| parse_request(line.as_bytes()).unwrap_err().1.kind;
+        // Verbs without arguments ignore extra keys (serde: flattened unit variants).
+        assert!(parse_request(br#"{"v":1,"verb":"status","extra":1}"#).is_ok());
+        assert_eq!(
+            kind(r#"{"v":1,"verb":"session","session":1,"extra":1}"#),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(kind(r#"{"v":1,"id":"x","verb":"status"}"#), ErrorKind::BadRequest);
+        assert!(parse_request(br#"{"v":1,"verb":"log-tail"}"#).is_ok());
+    }
+
+    #[test]
     fn name_patterns() {
         assert!(name_matches("a.lab", "A.lab"));
         assert!(!name_matches("a.lab", "b.a.lab"));
         assert!(name_matches("*.lab", "a.lab"));
         assert!(!name_matches("*.lab", "lab"));
         assert!(!name_matches("*.lab", "xlab"));
+        // Non-ASCII names never split a character (this used to panic).
+        assert!(!name_matches("*.b", "a\u{e9}"));
+        assert!(!name_matches("*.\u{e9}", "ab.x"));
+        assert!(name_matches("*.lab", "\u{e9}.lab"));
     }
 
     #[test]
