@@ -11,20 +11,26 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use boring::pkey::PKey;
 use boring::x509::X509;
-use crossbeam_channel::{Receiver, Sender};
 use loupe_control::config::{Config, FailMode, RuleAction};
 
 use crate::policy::{unix_now, Exclusion, ExclusionCache, Policy, PolicyInputs, ProfileContext};
 use crate::tls::forge::ForgedCert;
 
+use crate::control_plane::{ControlPlane, PolicySources, WorkerHandle};
 use crate::tls::ca::{CaRole, DecryptionCa};
 use crate::tls::forge::Forger;
 use crate::tls::probe::ProbeContext;
 use crate::tls::record::DecryptionLog;
 use crate::tls::trust::{ImportedTrust, PinnedLeafs, TrustStore};
 use crate::wire::{NoDecryptEntry, PortSide, Wire, WireSettings, XdpAttachMode};
-use crate::worker::{ExclusionRequest, Worker, WorkerLinks, WorkerPolicy, WorkerSettings, WorkerStats, WorkerTls};
+use crate::worker::{
+    ExclusionRequest, PresentedChain, Worker, WorkerControl, WorkerPolicy, WorkerSettings, WorkerStats, WorkerTls,
+    CHAIN_QUEUE, QUERY_QUEUE,
+};
 use crate::xsk::{XskPort, XskSizes};
+use loupe_control::overrides::ProfileOverrides;
+use loupe_control::protocol::ControlCall;
+use loupe_control::server::{ControlServer, ServerSettings};
 
 pub struct RunOptions {
     pub config: Config,
@@ -35,12 +41,20 @@ pub struct RunOptions {
     /// Extra CA files (`--trust-ca`) trusted for upstream validation on top of the system
     /// roots and the configured ones.
     pub trust_ca: Vec<PathBuf>,
+    /// The control socket (`--control-socket`); default: `[control] socket`.
+    pub control_socket: Option<PathBuf>,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Forged certificates kept (per process; the workers share the cache).
 const FORGED_CERT_CACHE: usize = 4096;
+/// A control connection silent this long is told so and closed.
+const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control connections served at once.
+const CONTROL_CONNECTIONS: usize = 32;
+/// How long a control connection waits for the control thread's answer.
+const CONTROL_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `<state-dir>/counters.json` is rewritten.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -57,7 +71,7 @@ fn write_counters(path: &Path, wire: &Wire, workers: &[Arc<WorkerStats>], forger
     let forge = forger.stats();
     let text = format!(
         "{{\"xdp\":{xdp},\"flows_opened\":{},\"flows_active\":{},\"orphan_segments\":{},\"malformed_frames\":{},\
-         \"sessions_decrypted\":{},\"sessions_blocked\":{},\"sessions_aborted\":{},\"log_write_errors\":{},\
+         \"sessions_decrypted\":{},\"sessions_spliced\":{},\"sessions_blocked\":{},\"sessions_aborted\":{},\"log_write_errors\":{},\
          \"forged_signed\":{},\"forged_cache_hits\":{},\"forged_cache_misses\":{},\"forged_evictions\":{},\
          \"config_version\":{},\"exclusions\":{},\"exclusions_dropped\":{},\"rules\":{}}}\n",
         sum(|w| &w.flows_opened),
@@ -65,6 +79,7 @@ fn write_counters(path: &Path, wire: &Wire, workers: &[Arc<WorkerStats>], forger
         sum(|w| &w.orphan_segments),
         sum(|w| &w.malformed_frames),
         sum(|w| &w.sessions_decrypted),
+        sum(|w| &w.sessions_spliced),
         sum(|w| &w.sessions_blocked),
         sum(|w| &w.sessions_aborted),
         sum(|w| &w.log_write_errors),
@@ -85,7 +100,7 @@ fn write_counters(path: &Path, wire: &Wire, workers: &[Arc<WorkerStats>], forger
 
 /// `[{"name":"banks","hits":3,"hits_xdp":0}, …, {"name":"default",…}]`: flows each rule
 /// decided, in userspace or (its client SYNs) in XDP.
-fn rules_json(policy: &Policy, xdp_hits: &[u64]) -> String {
+pub(crate) fn rules_json(policy: &Policy, xdp_hits: &[u64]) -> String {
     let rules: Vec<serde_json::Value> = policy
         .hits()
         .into_iter()
@@ -176,7 +191,7 @@ pub fn build_policy(
 }
 
 /// The policy's XDP-enforceable no-decrypt rules as map entries.
-fn xdp_entries(policy: &Policy, inspect_ports: &[u16]) -> Vec<NoDecryptEntry> {
+pub(crate) fn xdp_entries(policy: &Policy, inspect_ports: &[u16]) -> Vec<NoDecryptEntry> {
     policy
         .xdp_bypasses(inspect_ports)
         .into_iter()
@@ -187,6 +202,28 @@ fn xdp_entries(policy: &Policy, inspect_ports: &[u16]) -> Vec<NoDecryptEntry> {
             rule: b.rule as u32,
         })
         .collect()
+}
+
+/// The profile changes made with `loupectl profile set` (kept in the state directory) and
+/// the configuration with them applied. Changes that no longer apply (the file changed
+/// under them) are dropped with a warning rather than keeping the daemon from starting.
+fn saved_overrides(config: &Config, state_dir: &Path) -> (ProfileOverrides, Config) {
+    let overrides = ProfileOverrides::load(state_dir).unwrap_or_else(|err| {
+        tracing::warn!(%err, "ignoring the saved profile changes");
+        ProfileOverrides::default()
+    });
+    match overrides.apply(config) {
+        Ok(effective) => {
+            if !overrides.changes.is_empty() {
+                tracing::info!(changes = overrides.changes.len(), "saved profile changes applied");
+            }
+            (overrides, effective)
+        }
+        Err(err) => {
+            tracing::warn!(%err, "the saved profile changes do not apply to this configuration; ignoring them");
+            (ProfileOverrides::default(), config.clone())
+        }
+    }
 }
 
 /// Where the exclusion cache is kept across restarts.
@@ -208,7 +245,7 @@ fn load_exclusions(config: &Config, state_dir: &Path) -> ExclusionCache {
     cache
 }
 
-fn save_exclusions(cache: &ExclusionCache, state_dir: &Path) {
+pub(crate) fn save_exclusions(cache: &ExclusionCache, state_dir: &Path) {
     let path = exclusions_path(state_dir);
     let entries: Vec<&Exclusion> = cache.entries().collect();
     let tmp = path.with_extension("json.tmp");
@@ -218,40 +255,6 @@ fn save_exclusions(cache: &ExclusionCache, state_dir: &Path) {
         .and_then(|_| std::fs::rename(&tmp, &path));
     if let Err(err) = written {
         tracing::warn!(path = %path.display(), %err, "cannot save the exclusion cache");
-    }
-}
-
-/// The control thread's side of the policy: the current snapshot and the workers' queues.
-struct PolicyPublisher {
-    current: Arc<Policy>,
-    workers: Vec<Sender<Arc<Policy>>>,
-    requests: Receiver<ExclusionRequest>,
-}
-
-impl PolicyPublisher {
-    /// Waits up to `timeout` for exclusion requests; each makes a new snapshot, saved and
-    /// sent to every worker.
-    fn serve(&mut self, timeout: Duration, state_dir: &Path) {
-        let Ok(first) = self.requests.recv_timeout(timeout) else {
-            return;
-        };
-        let mut cache = (*self.current.exclusions).clone();
-        let now = unix_now();
-        for request in std::iter::once(first).chain(self.requests.try_iter()) {
-            let evicted = cache.insert(request.key.clone(), request.why.clone(), now);
-            tracing::info!(server = %request.key, why = %request.why, evicted, "server excluded from decryption");
-        }
-        save_exclusions(&cache, state_dir);
-        self.publish(Arc::new(self.current.with_exclusions(cache)));
-    }
-
-    fn publish(&mut self, policy: Arc<Policy>) {
-        tracing::info!(config_version = policy.version, "policy snapshot published");
-        for worker in &self.workers {
-            // A worker's queue holds a few snapshots; it always takes the newest.
-            let _ = worker.try_send(Arc::clone(&policy));
-        }
-        self.current = policy;
     }
 }
 
@@ -274,8 +277,9 @@ pub fn run(options: RunOptions) -> Result<()> {
     }
     install_signal_handlers();
     let exclusions = load_exclusions(&options.config, &options.state_dir);
+    let (overrides, effective) = saved_overrides(&options.config, &options.state_dir);
     let policy = Arc::new(build_policy(
-        &options.config,
+        &effective,
         &options.trust_ca,
         Some(&options.state_dir),
         1,
@@ -329,18 +333,14 @@ pub fn run(options: RunOptions) -> Result<()> {
     let log = Arc::new(DecryptionLog::open(&options.log_dir)?);
     tracing::info!(path = %log.path().display(), "decryption log");
     let (exclusion_tx, exclusion_rx) = crossbeam_channel::bounded::<ExclusionRequest>(1024);
-    let mut publisher = PolicyPublisher {
-        current: Arc::clone(&policy),
-        workers: Vec::new(),
-        requests: exclusion_rx,
-    };
+    let (chain_tx, chain_rx) = crossbeam_channel::bounded::<PresentedChain>(CHAIN_QUEUE);
+    let mut worker_handles = Vec::new();
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
     let mut all_stats = Vec::new();
     // The control thread's ends of the workers' query and presented-chain channels.
-    let (links, controls) = WorkerLinks::new(d.queues as usize);
-    for (queue, control) in (0..d.queues).zip(controls) {
+    for queue in 0..d.queues {
         let inside = XskPort::open(&d.inside, queue, XskSizes::default())?;
         let outside = XskPort::open(&d.outside, queue, XskSizes::default())?;
         wire.register_socket(PortSide::Inside, queue, inside.raw_fd())?;
@@ -350,11 +350,17 @@ pub fn run(options: RunOptions) -> Result<()> {
             log: log.clone(),
         };
         let (policy_tx, policy_rx) = crossbeam_channel::bounded(8);
-        publisher.workers.push(policy_tx);
+        let (query_tx, query_rx) = crossbeam_channel::bounded(QUERY_QUEUE);
+        let (capture_tx, capture_rx) = crossbeam_channel::bounded(4);
         let worker_policy = WorkerPolicy {
             current: Arc::clone(&policy),
             updates: policy_rx,
             exclusions: exclusion_tx.clone(),
+        };
+        let worker_control = WorkerControl {
+            queries: query_rx,
+            chains: chain_tx.clone(),
+            capture: capture_rx,
         };
         let probe = ProbeContext::new().map_err(|e| anyhow::anyhow!("the TLS probe: {e}"))?;
         let stats = Arc::new(WorkerStats::default());
@@ -369,6 +375,14 @@ pub fn run(options: RunOptions) -> Result<()> {
             Some(first) => cores.iter().find(|c| c.id == first + queue as usize).copied(),
             None => (!cores.is_empty()).then(|| cores[queue as usize % cores.len()]),
         };
+        worker_handles.push(WorkerHandle {
+            queue,
+            core: core.map(|c| c.id),
+            stats: stats.clone(),
+            policy: policy_tx,
+            queries: query_tx,
+            capture: capture_tx,
+        });
         let handle = std::thread::Builder::new()
             .name(format!("loupe-worker-{queue}"))
             .spawn(move || {
@@ -384,7 +398,7 @@ pub fn run(options: RunOptions) -> Result<()> {
                     stats,
                     tls,
                     worker_policy,
-                    control,
+                    worker_control,
                     probe,
                 )
                 .run(&STOP);
@@ -394,14 +408,61 @@ pub fn run(options: RunOptions) -> Result<()> {
     }
     tracing::info!(workers = handles.len(), "loupe running; SIGINT or SIGTERM stops it");
 
+    let mut plane = ControlPlane::new(
+        options.config.clone(),
+        options.config_file.clone(),
+        overrides,
+        PolicySources {
+            trust_ca: options.trust_ca.clone(),
+            state_dir: options.state_dir.clone(),
+        },
+        Arc::clone(&policy),
+        worker_handles,
+    );
+    let server_stop = Arc::new(AtomicBool::new(false));
+    let (call_tx, call_rx) = crossbeam_channel::bounded::<ControlCall>(64);
+    let socket = options
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| options.config.control.socket.clone());
+    let server = ControlServer::bind(ServerSettings {
+        path: socket.clone(),
+        group: options.config.control.group.clone(),
+        idle_timeout: CONTROL_IDLE_TIMEOUT,
+        max_connections: CONTROL_CONNECTIONS,
+        log_file: log.path().to_path_buf(),
+        call_timeout: CONTROL_CALL_TIMEOUT,
+    })
+    .with_context(|| format!("opening the control socket {}", socket.display()))?;
+    let server = server
+        .spawn(call_tx, server_stop.clone())
+        .context("starting the control socket's thread")?;
+    tracing::info!(socket = %socket.display(), group = ?options.config.control.group, "control socket ready");
+
     let counters_file = options.state_dir.join("counters.json");
     let mut last_write = std::time::Instant::now() - COUNTERS_INTERVAL;
     while !STOP.load(Ordering::Relaxed) && handles.iter().all(|h| !h.is_finished()) {
         if last_write.elapsed() >= COUNTERS_INTERVAL {
-            write_counters(&counters_file, &wire, &all_stats, &forger, &publisher.current);
+            write_counters(&counters_file, &wire, &all_stats, &forger, &plane.current);
             last_write = std::time::Instant::now();
         }
-        publisher.serve(Duration::from_millis(100), &options.state_dir);
+        crossbeam_channel::select! {
+            recv(call_rx) -> call => if let Ok(call) = call {
+                plane.serve(call, &mut wire, &forger);
+            },
+            recv(exclusion_rx) -> request => if let Ok(first) = request {
+                let more: Vec<ExclusionRequest> = exclusion_rx.try_iter().collect();
+                plane.exclude(std::iter::once(first).chain(more), &mut wire);
+            },
+            recv(chain_rx) -> chain => if let Ok(chain) = chain {
+                plane.remember_chain(chain);
+            },
+            default(Duration::from_millis(100)) => {}
+        }
+    }
+    server_stop.store(true, Ordering::Relaxed);
+    if server.join().is_err() {
+        tracing::error!("the control socket's thread panicked");
     }
     STOP.store(true, Ordering::Relaxed);
     for handle in handles {
@@ -409,9 +470,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             tracing::error!("a worker panicked");
         }
     }
-    // Held until the workers stopped, so their chains and queries always have a peer.
-    drop(links);
-    write_counters(&counters_file, &wire, &all_stats, &forger, &publisher.current);
+    write_counters(&counters_file, &wire, &all_stats, &forger, &plane.current);
     let counters = wire.counters()?;
     let mut flows_opened = 0;
     let mut bytes = (0, 0);

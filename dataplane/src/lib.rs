@@ -2,6 +2,7 @@
 //! and the pinned workers.
 
 pub mod capture;
+pub mod control_plane;
 pub mod daemon;
 pub mod flow;
 pub mod frame;

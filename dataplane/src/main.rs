@@ -37,6 +37,10 @@ enum Command {
         /// on top of the system roots and the configured ones. Repeatable.
         #[arg(long = "trust-ca", value_name = "FILE")]
         trust_ca: Vec<PathBuf>,
+        /// The control socket loupectl talks to; default: `[control] socket`, else
+        /// /run/loupe/control.sock.
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
     },
     /// The decryption CA: create it, or print its certificate for clients to trust.
     Ca {
@@ -146,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             log_dir,
             pin_dir,
             trust_ca,
+            control_socket,
         } => {
             let parsed = match &config {
                 Some(file) => Config::load(file)?,
@@ -164,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 log_dir,
                 pin_dir,
                 trust_ca,
+                control_socket,
             })
         }
         Command::Ca { action } => ca(action),

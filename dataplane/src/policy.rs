@@ -306,6 +306,17 @@ impl ExclusionCache {
     }
 
     /// Entries read back from disk, those still valid, within the bound.
+    /// Forgets the servers named `server` (a name or an address, any port), or every
+    /// server; returns how many entries went.
+    pub fn clear(&mut self, server: Option<&str>) -> usize {
+        let before = self.entries.len();
+        match server {
+            Some(server) => self.entries.retain(|key, _| !key.server.eq_ignore_ascii_case(server)),
+            None => self.entries.clear(),
+        }
+        before - self.entries.len()
+    }
+
     pub fn restore(&mut self, saved: Vec<Exclusion>, now: u64) {
         for entry in saved.into_iter().filter(|e| e.expires > now) {
             self.entries.insert(entry.key.clone(), entry);

@@ -184,6 +184,7 @@ impl Probes {
             ingress: Some(packet),
             port: &mut ports[probe.port],
             l2: probe.l2,
+            tap: None,
         };
         iface.poll_ingress_single(now, &mut device, &mut probe.sockets);
         true
@@ -231,6 +232,7 @@ impl Probes {
                 ingress: None,
                 port: &mut ports[probe.port],
                 l2: probe.l2,
+                tap: None,
             };
             for _ in 0..16 {
                 if iface.poll_egress(now, &mut device, &mut probe.sockets) == smoltcp::iface::PollResult::None {

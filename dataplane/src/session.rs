@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use crate::capture::SniKnowledge;
+
 use loupe_control::config::{RuleAction, Undecryptable};
 use smoltcp::socket::tcp;
 
@@ -439,6 +441,16 @@ impl Session {
 
     pub fn sni(&self) -> Option<&str> {
         self.hello.as_ref().and_then(|h| h.sni.as_deref())
+    }
+
+    /// What a capture filter on the server name can know: nothing while the ClientHello
+    /// is awaited, then its SNI (none for a client that sent none, or for a stream that
+    /// turned out not to be TLS).
+    pub fn sni_knowledge(&self) -> SniKnowledge<'_> {
+        match self.stream {
+            Stream::AwaitingHello(_) => SniKnowledge::NotYet,
+            _ => SniKnowledge::Known(self.sni()),
+        }
     }
 
     fn verdict(&self) -> (Action, Outcome) {

@@ -8,6 +8,8 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
+use crate::capture::{CaptureTap, SniKnowledge};
+use crate::flow::FlowKey;
 use crate::frame::{write_ethernet_header, MacAddr, ETHERNET_HEADER_LEN};
 use crate::xsk::XskPort;
 
@@ -25,6 +27,16 @@ pub struct FrameDevice<'a> {
     pub ingress: Option<&'a [u8]>,
     pub port: &'a mut XskPort,
     pub l2: L2Header,
+    /// While a capture runs: where the frames sent for this flow are copied.
+    pub tap: Option<FlowTap<'a>>,
+}
+
+/// A running capture and the flow a device sends for.
+#[derive(Clone, Copy)]
+pub struct FlowTap<'a> {
+    pub tap: &'a CaptureTap,
+    pub key: FlowKey,
+    pub sni: SniKnowledge<'a>,
 }
 
 pub struct PacketRx<'a>(&'a [u8]);
@@ -38,16 +50,21 @@ impl phy::RxToken for PacketRx<'_> {
 pub struct FrameTx<'a> {
     port: &'a mut XskPort,
     l2: L2Header,
+    tap: Option<FlowTap<'a>>,
 }
 
 impl phy::TxToken for FrameTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let l2 = self.l2;
+        let tap = self.tap;
         let mut f = Some(f);
         let sent = self.port.transmit(ETHERNET_HEADER_LEN + len, |frame| {
             let (header, packet) = frame.split_at_mut(ETHERNET_HEADER_LEN);
             let result = (f.take().expect("called once"))(packet);
             write_ethernet_header(header, l2.dst, l2.src, packet[0] >> 4);
+            if let Some(t) = tap {
+                t.tap.frame(t.key, t.sni, frame);
+            }
             result
         });
         match sent {
@@ -79,6 +96,7 @@ impl Device for FrameDevice<'_> {
             FrameTx {
                 port: self.port,
                 l2: self.l2,
+                tap: self.tap,
             },
         ))
     }
@@ -90,6 +108,7 @@ impl Device for FrameDevice<'_> {
         Some(FrameTx {
             port: self.port,
             l2: self.l2,
+            tap: self.tap,
         })
     }
 

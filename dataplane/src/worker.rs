@@ -16,13 +16,14 @@ use smoltcp::iface::Interface;
 use smoltcp::time::Instant;
 use xdpilone::xdp::XdpDesc;
 
+use crate::capture::CaptureTap;
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{parse_tcp_frame, MacAddr};
 use crate::policy::{ExclusionKey, Policy};
 use crate::probing::{PendingRecord, Probes, MAX_PROBES};
 use crate::relay::{ByteCounts, EndReason, Phase, TcpPair, LINGER};
 use crate::session::{Session, SessionState, TlsEnv};
-use crate::tcp_device::{transparent_interface, FrameDevice, L2Header};
+use crate::tcp_device::{transparent_interface, FlowTap, FrameDevice, L2Header};
 use crate::tls::forge::Forger;
 use crate::tls::record::{rfc3339_utc_ms, DecryptionLog, DecryptionRecord, NegotiatedFact, Outcome};
 use crate::xsk::{XskPort, BATCH};
@@ -114,43 +115,11 @@ pub struct WorkerPolicy {
 /// batches, and the chains of servers whose certificates did not verify.
 pub struct WorkerControl {
     pub queries: Receiver<WorkerQuery>,
+    /// Shared by all workers (bounded by `CHAIN_QUEUE`; a full queue drops and counts in
+    /// `WorkerStats::chains_dropped`).
     pub chains: Sender<PresentedChain>,
-}
-
-/// The control thread's ends of every worker's `WorkerControl`.
-pub struct WorkerLinks {
-    /// One per worker, in the order of the `WorkerControl`s `new` returned (queue order
-    /// when the workers are started in it). Replies need room for one answer per worker
-    /// asked: workers `try_send` them and never block.
-    pub queries: Vec<Sender<WorkerQuery>>,
-    /// Chains from all workers (bounded by `CHAIN_QUEUE`; a full queue drops and counts
-    /// in `WorkerStats::chains_dropped`).
-    pub chains: Receiver<PresentedChain>,
-}
-
-impl WorkerLinks {
-    /// Channels for `workers` workers: the control thread's ends, and one `WorkerControl`
-    /// per worker.
-    pub fn new(workers: usize) -> (WorkerLinks, Vec<WorkerControl>) {
-        let (chain_tx, chain_rx) = crossbeam_channel::bounded(CHAIN_QUEUE);
-        let mut queries = Vec::with_capacity(workers);
-        let mut controls = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let (query_tx, query_rx) = crossbeam_channel::bounded(QUERY_QUEUE);
-            queries.push(query_tx);
-            controls.push(WorkerControl {
-                queries: query_rx,
-                chains: chain_tx.clone(),
-            });
-        }
-        (
-            WorkerLinks {
-                queries,
-                chains: chain_rx,
-            },
-            controls,
-        )
-    }
+    /// `Some(tap)` when a capture starts, `None` when it stops.
+    pub capture: Receiver<Option<CaptureTap>>,
 }
 
 /// The certificate chain a server presented when its verification failed, for
@@ -237,6 +206,8 @@ pub struct Worker {
     ended: EndedSessions,
     tally: SessionTally,
     load: LoadMeter,
+    /// The running capture's tap, if any (taken from `control.capture` between batches).
+    capture: Option<CaptureTap>,
 }
 
 impl Worker {
@@ -261,6 +232,7 @@ impl Worker {
             ingress: None,
             port: &mut inside,
             l2: L2Header::default(),
+            tap: None,
         };
         let client_iface = transparent_interface(&mut device, seed ^ random_seed(), now);
         let server_iface = transparent_interface(&mut device, seed ^ random_seed().rotate_left(17), now);
@@ -287,6 +259,7 @@ impl Worker {
             ended: EndedSessions::new(ENDED_SESSIONS),
             tally: SessionTally::default(),
             load: LoadMeter::new(now),
+            capture: None,
         }
     }
 
@@ -304,6 +277,9 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             // Snapshots switch between batches; flows keep the one they started with.
             let mut switched = false;
+            while let Ok(tap) = self.control.capture.try_recv() {
+                self.capture = tap;
+            }
             while let Ok(newer) = self.policy.updates.try_recv() {
                 self.policy.current = newer;
                 switched = true;
@@ -405,12 +381,31 @@ impl Worker {
             Direction::ClientToServer => flow.session.packets.client_to_server += 1,
             Direction::ServerToClient => flow.session.packets.server_to_client += 1,
         }
+        let key = match direction {
+            Direction::ClientToServer => FlowKey {
+                client: src,
+                server: dst,
+            },
+            Direction::ServerToClient => FlowKey {
+                client: dst,
+                server: src,
+            },
+        };
+        let tap = self.capture.as_ref().map(|tap| FlowTap {
+            tap,
+            key,
+            sni: flow.session.sni_knowledge(),
+        });
+        if let Some(t) = tap {
+            t.tap.frame(t.key, t.sni, frame);
+        }
         match direction {
             Direction::ClientToServer => {
                 let mut device = FrameDevice {
                     ingress: Some(packet),
                     port: &mut self.ports[flow.client_port],
                     l2: flow.toward_client(),
+                    tap,
                 };
                 self.client_iface
                     .poll_ingress_single(now, &mut device, &mut flow.pair.client);
@@ -420,6 +415,7 @@ impl Worker {
                     ingress: Some(packet),
                     port: &mut self.ports[1 - flow.client_port],
                     l2: flow.toward_server(),
+                    tap,
                 };
                 self.server_iface
                     .poll_ingress_single(now, &mut device, &mut flow.pair.server);
@@ -527,11 +523,22 @@ impl Worker {
         };
         flow.pair.relay(&mut flow.session.pump(env));
         let mut more = false;
+        let tap = match (&self.capture, self.flows.key(id)) {
+            (Some(tap), Some(key)) => Some((tap, key)),
+            _ => None,
+        };
+        let Some(flow) = self.flows.get_mut(id) else { return };
+        let tap = tap.map(|(tap, key)| FlowTap {
+            tap,
+            key,
+            sni: flow.session.sni_knowledge(),
+        });
         {
             let mut device = FrameDevice {
                 ingress: None,
                 port: &mut self.ports[flow.client_port],
                 l2: flow.toward_client(),
+                tap,
             };
             more |= egress(&mut self.client_iface, &mut device, &mut flow.pair.client, now);
         }
@@ -540,6 +547,7 @@ impl Worker {
                 ingress: None,
                 port: &mut self.ports[1 - flow.client_port],
                 l2: flow.toward_server(),
+                tap,
             };
             more |= egress(&mut self.server_iface, &mut device, &mut flow.pair.server, now);
         }
@@ -645,6 +653,9 @@ impl Worker {
     }
 
     fn finish(&mut self, id: FlowId, reason: EndReason, bytes: ByteCounts) {
+        if let (Some(tap), Some(key), Some(flow)) = (&self.capture, self.flows.key(id), self.flows.get_mut(id)) {
+            tap.flow_ended(key, flow.session.sni_knowledge());
+        }
         if let Some(key) = self.flows.key(id) {
             tracing::debug!(flow = %key, reason = reason.as_str(), c2s = bytes.client_to_server, s2c = bytes.server_to_client, "flow ended");
         }
@@ -1245,25 +1256,5 @@ mod tests {
         // More sleep than wall time (clock granularity) reads as idle, not negative.
         load.slept(5_000_000);
         assert_eq!(load.tick(Instant::from_secs(13)), Some(0));
-    }
-
-    #[test]
-    fn links_pair_each_worker_with_the_control_thread() {
-        let (links, controls) = WorkerLinks::new(2);
-        assert_eq!((links.queries.len(), controls.len()), (2, 2));
-        let (reply, answers) = crossbeam_channel::bounded(1);
-        links.queries[1].try_send(WorkerQuery::Report { reply }).unwrap();
-        assert!(controls[0].queries.try_recv().is_err());
-        assert!(matches!(controls[1].queries.try_recv(), Ok(WorkerQuery::Report { .. })));
-        drop(answers);
-        let chain = PresentedChain {
-            server: "198.18.0.2:443".parse().unwrap(),
-            sni: None,
-            chain_der: vec![vec![0x30]],
-            verify_error: None,
-            seen: SystemTime::UNIX_EPOCH,
-        };
-        controls[0].chains.try_send(chain.clone()).unwrap();
-        assert_eq!(links.chains.try_recv().unwrap(), chain);
     }
 }

@@ -330,9 +330,22 @@ impl ImportedTrust {
     /// certificate is pinned for that host and the others are ignored. Importing what is
     /// already there changes nothing; the same certificate for another host adds that host.
     pub fn import(state_dir: &Path, file: &Path, host: Option<&str>) -> Result<ImportReport, TrustError> {
-        let host = host.map(normalize_host).transpose()?;
+        // A bad host is refused before anything is read.
+        host.map(normalize_host).transpose()?;
         let bytes = read_bounded(file)?;
-        let mut certs = parse_certificates(file, &bytes)?;
+        Self::import_bytes(state_dir, file, &bytes, host)
+    }
+
+    /// [`ImportedTrust::import`] of a file's contents already read (`loupectl trust import`
+    /// sends them over the control socket); `file` names them in errors.
+    pub fn import_bytes(
+        state_dir: &Path,
+        file: &Path,
+        bytes: &[u8],
+        host: Option<&str>,
+    ) -> Result<ImportReport, TrustError> {
+        let host = host.map(normalize_host).transpose()?;
+        let mut certs = parse_certificates(file, bytes)?;
         let mut ignored = 0;
         let kind = match host {
             Some(_) => {

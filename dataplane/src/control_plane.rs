@@ -1,0 +1,739 @@
+//! The control thread's work: it answers the requests the control socket hands over
+//! (`loupe_control::server`), builds and publishes policy snapshots, asks the workers
+//! for sessions and reports over their query channels, keeps the chains of failed
+//! upstream verifications for `trust fetch`, and starts and stops captures. Nothing
+//! here runs on a worker: workers only see new snapshots, queries and capture taps
+//! between two batches.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use boring::x509::X509;
+use crossbeam_channel::Sender;
+use loupe_control::config::{Config, FailMode};
+use loupe_control::overrides::{apply_one, ProfileChange, ProfileOverride, ProfileOverrides};
+use loupe_control::protocol::{
+    name_matches, CaptureFilter, ControlCall, ControlError, ErrorKind, Request, SessionDetail, SessionFilter,
+    SessionSummary, WorkerQuery, WorkerReport,
+};
+use serde_json::{json, Value};
+
+use crate::capture::{Capture, CaptureTap};
+use crate::policy::{unix_now, Exclusion, ExclusionCache, Policy};
+use crate::tls::forge::Forger;
+use crate::tls::record::rfc3339_utc_ms;
+use crate::tls::session::cert_fact;
+use crate::tls::trust::{ImportedEntry, ImportedTrust};
+use crate::wire::{Wire, XdpAttachMode};
+use crate::worker::{ExclusionRequest, PresentedChain, WorkerStats};
+
+/// How long a query waits for the workers' answers.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a policy change waits for every worker to run the new snapshot.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Presented chains kept for `trust fetch` (the newest per server and name).
+const RECENT_CHAINS: usize = 256;
+
+type Reply = Result<Value, ControlError>;
+
+fn invalid(message: impl Into<String>) -> ControlError {
+    ControlError::new(ErrorKind::Invalid, message)
+}
+
+fn failed(message: impl Into<String>) -> ControlError {
+    ControlError::new(ErrorKind::Failed, message)
+}
+
+fn not_found(message: impl Into<String>) -> ControlError {
+    ControlError::new(ErrorKind::NotFound, message)
+}
+
+/// What the daemon hands the control thread about each worker.
+pub struct WorkerHandle {
+    pub queue: u32,
+    pub core: Option<usize>,
+    pub stats: Arc<WorkerStats>,
+    /// Newer policy snapshots; the worker takes the newest between batches.
+    pub policy: Sender<Arc<Policy>>,
+    pub queries: Sender<WorkerQuery>,
+    /// `Some(tap)` while a capture runs, `None` to stop it.
+    pub capture: Sender<Option<CaptureTap>>,
+}
+
+/// Everything a policy build needs besides the configuration.
+pub struct PolicySources {
+    pub trust_ca: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+}
+
+pub struct ControlPlane {
+    started: Instant,
+    /// The configuration as loaded from its file, before profile overrides.
+    config: Config,
+    config_file: Option<PathBuf>,
+    loaded_at: SystemTime,
+    overrides: ProfileOverrides,
+    sources: PolicySources,
+    pub current: Arc<Policy>,
+    workers: Vec<WorkerHandle>,
+    chains: VecDeque<PresentedChain>,
+    capture: Option<Capture>,
+}
+
+impl ControlPlane {
+    pub fn new(
+        config: Config,
+        config_file: Option<PathBuf>,
+        overrides: ProfileOverrides,
+        sources: PolicySources,
+        current: Arc<Policy>,
+        workers: Vec<WorkerHandle>,
+    ) -> ControlPlane {
+        ControlPlane {
+            started: Instant::now(),
+            config,
+            config_file,
+            loaded_at: SystemTime::now(),
+            overrides,
+            sources,
+            current,
+            workers,
+            chains: VecDeque::with_capacity(RECENT_CHAINS),
+            capture: None,
+        }
+    }
+
+    /// Answers one call; replies go back on the call's channel (a closed one is ignored:
+    /// the client went away).
+    pub fn serve(&mut self, call: ControlCall, wire: &mut Wire, forger: &Forger) {
+        let verb = verb_name(&call.request);
+        let reply = self.answer(call.request, wire, forger);
+        if let Err(err) = &reply {
+            tracing::info!(verb, uid = call.peer.uid, kind = ?err.kind, %err, "control request failed");
+        }
+        let _ = call.reply.send(reply);
+    }
+
+    fn answer(&mut self, request: Request, wire: &mut Wire, forger: &Forger) -> Reply {
+        match request {
+            Request::Status => Ok(self.status(wire)),
+            Request::Sessions { filter } => self.sessions(filter),
+            Request::Session { session } => self.session(session),
+            Request::Counters => Ok(self.counters(wire, forger)),
+            Request::PolicyCheck { file } => self.policy_check(&file),
+            Request::PolicyLoad { file } => self.policy_load(&file, wire),
+            Request::PolicyShow => Ok(self.policy_show()),
+            Request::ProfileSet { profile, changes } => self.profile_set(&profile, &changes, wire),
+            Request::TrustList => self.trust_list(),
+            Request::TrustImport { pem, host } => self.trust_import(pem.as_bytes(), host.as_deref(), wire),
+            Request::TrustRemove { sha256, host } => self.trust_remove(&sha256, host.as_deref(), wire),
+            Request::TrustFetch {
+                host,
+                port,
+                sni,
+                accept,
+            } => self.trust_fetch(&host, port, sni.as_deref(), accept, wire),
+            Request::ExclusionsList => Ok(exclusions_json(&self.current.exclusions)),
+            Request::ExclusionsClear { host } => self.exclusions_clear(host.as_deref(), wire),
+            Request::CaptureStart { filter, out, max_bytes } => self.capture_start(filter, &out, max_bytes),
+            Request::CaptureStop => self.capture_stop(),
+            Request::LogTail { .. } => Err(ControlError::new(
+                ErrorKind::BadRequest,
+                "log-tail is served by the socket server, not the control thread",
+            )),
+        }
+    }
+
+    // ---- policy snapshots ----
+
+    /// A worker reported a server it could not decrypt: a new snapshot with it excluded.
+    pub fn exclude(&mut self, requests: impl IntoIterator<Item = ExclusionRequest>, wire: &mut Wire) {
+        let mut cache = (*self.current.exclusions).clone();
+        let now = unix_now();
+        for request in requests {
+            let evicted = cache.insert(request.key.clone(), request.why.clone(), now);
+            tracing::info!(server = %request.key, why = %request.why, evicted, "server excluded from decryption");
+        }
+        self.save_exclusions(&cache);
+        let next = Arc::new(self.current.with_exclusions(cache));
+        // Workers pick it up between batches; nobody waits on an acknowledgement here.
+        let _ = self.publish(next, wire, false);
+    }
+
+    fn save_exclusions(&self, cache: &ExclusionCache) {
+        crate::daemon::save_exclusions(cache, &self.sources.state_dir);
+    }
+
+    /// The configuration with the profile overrides applied, compiled into snapshot
+    /// `version`.
+    fn build(&self, config: &Config, overrides: &ProfileOverrides, version: u64) -> Result<Policy, ControlError> {
+        let effective = overrides.apply(config).map_err(invalid)?;
+        crate::daemon::build_policy(
+            &effective,
+            &self.sources.trust_ca,
+            Some(&self.sources.state_dir),
+            version,
+            (*self.current.exclusions).clone(),
+        )
+        .map_err(|e| invalid(format!("{e:#}")))
+    }
+
+    /// Sends a snapshot to every worker, updates XDP's no-decrypt map when its rules
+    /// changed, and (when `wait`) waits until every worker runs it. Returns how many did.
+    fn publish(&mut self, policy: Arc<Policy>, wire: &mut Wire, wait: bool) -> Result<usize, ControlError> {
+        let ports = &self.config.dataplane.inspect_ports;
+        let entries = crate::daemon::xdp_entries(&policy, ports);
+        if entries != crate::daemon::xdp_entries(&self.current, ports) {
+            wire.set_no_decrypt(&entries)
+                .map_err(|e| failed(format!("updating XDP's no-decrypt rules: {e:#}")))?;
+            tracing::info!(entries = entries.len(), "no-decrypt rules enforced in XDP updated");
+        }
+        let version = policy.version;
+        tracing::info!(config_version = version, "policy snapshot published");
+        for worker in &self.workers {
+            // A worker's queue holds a few snapshots; it always takes the newest.
+            let _ = worker.policy.try_send(Arc::clone(&policy));
+        }
+        self.current = policy;
+        if !wait {
+            return Ok(0);
+        }
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        loop {
+            let acked = self
+                .workers
+                .iter()
+                .filter(|w| w.stats.config_version.load(Ordering::Relaxed) >= version)
+                .count();
+            if acked == self.workers.len() {
+                return Ok(acked);
+            }
+            if Instant::now() >= deadline {
+                return Err(failed(format!(
+                    "config version {version} is published but only {acked} of {} workers took it within {} s",
+                    self.workers.len(),
+                    ACK_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Rebuilds the snapshot from the same configuration (after a trust-store change).
+    fn republish(&mut self, wire: &mut Wire) -> Result<u64, ControlError> {
+        let next = self.build(&self.config, &self.overrides, self.current.version + 1)?;
+        self.publish(Arc::new(next), wire, true)?;
+        Ok(self.current.version)
+    }
+
+    fn policy_check(&self, file: &Path) -> Reply {
+        let config = Config::load(file).map_err(|e| invalid(e.to_string()))?;
+        let policy = self.build(&config, &self.overrides, 0)?;
+        Ok(json!({
+            "file": file,
+            "rules": config.rules.len(),
+            "profiles": config.profile_names().len(),
+            "xdp_entries": crate::daemon::xdp_entries(&policy, &config.dataplane.inspect_ports).len(),
+        }))
+    }
+
+    fn policy_load(&mut self, file: &Path, wire: &mut Wire) -> Reply {
+        let config = Config::load(file).map_err(|e| invalid(e.to_string()))?;
+        restart_needed(&self.config, &config).map_or(Ok(()), |what| {
+            Err(invalid(format!(
+                "{}: {what} differs from the running configuration; restart loupe to change it",
+                file.display()
+            )))
+        })?;
+        let next = self.build(&config, &self.overrides, self.current.version + 1)?;
+        self.config = config;
+        self.config_file = Some(file.to_path_buf());
+        self.loaded_at = SystemTime::now();
+        let acked = self.publish(Arc::new(next), wire, true)?;
+        tracing::info!(file = %file.display(), config_version = self.current.version, "policy loaded");
+        Ok(json!({ "config_version": self.current.version, "file": file, "workers_acked": acked }))
+    }
+
+    fn effective_profiles(&self) -> Vec<Value> {
+        let effective = self
+            .overrides
+            .apply(&self.config)
+            .unwrap_or_else(|_| self.config.clone());
+        effective
+            .profile_names()
+            .into_iter()
+            .filter_map(|name| effective.profile(name))
+            .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
+            .collect()
+    }
+
+    fn policy_show(&self) -> Value {
+        let hits = self.current.hits();
+        let rules: Vec<Value> = self
+            .config
+            .rules
+            .iter()
+            .map(|rule| {
+                let hits = hits.iter().find(|(name, _)| *name == rule.name).map_or(0, |(_, h)| *h);
+                json!({ "name": rule.name, "action": rule.action.as_str(), "profile": rule.profile, "hits": hits })
+            })
+            .chain(std::iter::once(json!({
+                "name": "default",
+                "action": self.config.decryption.default_action.as_str(),
+                "profile": self.config.decryption.default_profile,
+                "hits": hits.last().map_or(0, |(_, h)| *h),
+            })))
+            .collect();
+        json!({
+            "config_version": self.current.version,
+            "file": self.config_file,
+            "loaded_at": rfc3339_utc_ms(self.loaded_at),
+            "rules": rules,
+            "profiles": self.effective_profiles(),
+            "overrides": self.overrides.changes,
+        })
+    }
+
+    fn profile_set(&mut self, profile: &str, changes: &[String], wire: &mut Wire) -> Reply {
+        if changes.is_empty() {
+            return Err(invalid("profile set needs at least one KEY=VALUE"));
+        }
+        let mut overrides = self.overrides.clone();
+        let mut effective = self.overrides.apply(&self.config).map_err(invalid)?;
+        for text in changes {
+            let change: ProfileChange = text.parse().map_err(invalid)?;
+            apply_one(&mut effective, profile, &change).map_err(invalid)?;
+            overrides.changes.push(ProfileOverride {
+                profile: profile.to_string(),
+                change: text.clone(),
+            });
+        }
+        // BoringSSL checks the cipher, group and signature names here.
+        let next = self.build(&self.config, &overrides, self.current.version + 1)?;
+        overrides.save(&self.sources.state_dir).map_err(failed)?;
+        self.overrides = overrides;
+        self.publish(Arc::new(next), wire, true)?;
+        tracing::info!(
+            profile,
+            ?changes,
+            config_version = self.current.version,
+            "profile changed"
+        );
+        let settings = effective.profile(profile).map(serde_json::to_value).transpose();
+        Ok(json!({ "config_version": self.current.version, "profile": settings.unwrap_or(None) }))
+    }
+
+    // ---- trust ----
+
+    fn trust_list(&self) -> Reply {
+        let imported = ImportedTrust::load(&self.sources.state_dir).map_err(|e| failed(e.to_string()))?;
+        Ok(Value::from(imported.list().iter().map(entry_json).collect::<Vec<_>>()))
+    }
+
+    fn trust_import(&mut self, pem: &[u8], host: Option<&str>, wire: &mut Wire) -> Reply {
+        let report = ImportedTrust::import_bytes(&self.sources.state_dir, Path::new("the certificate sent"), pem, host)
+            .map_err(|e| invalid(e.to_string()))?;
+        let version = self.republish(wire)?;
+        let imported: Vec<Value> = report
+            .entries
+            .iter()
+            .map(|i| json!({ "entry": entry_json(&i.entry), "added": i.added }))
+            .collect();
+        Ok(json!({ "imported": imported, "ignored": report.ignored, "config_version": version }))
+    }
+
+    fn trust_remove(&mut self, sha256: &str, host: Option<&str>, wire: &mut Wire) -> Reply {
+        let removed =
+            ImportedTrust::remove(&self.sources.state_dir, sha256, host).map_err(|e| not_found(e.to_string()))?;
+        let version = self.republish(wire)?;
+        Ok(json!({ "removed": removed.iter().map(entry_json).collect::<Vec<_>>(), "config_version": version }))
+    }
+
+    /// A worker saw a server's chain fail verification: remember the newest per server,
+    /// port and name.
+    pub fn remember_chain(&mut self, chain: PresentedChain) {
+        self.chains
+            .retain(|c| !(c.server == chain.server && c.sni == chain.sni));
+        if self.chains.len() == RECENT_CHAINS {
+            self.chains.pop_front();
+        }
+        self.chains.push_back(chain);
+    }
+
+    fn trust_fetch(&mut self, host: &str, port: u16, sni: Option<&str>, accept: bool, wire: &mut Wire) -> Reply {
+        let ip: Option<IpAddr> = host.trim_start_matches('[').trim_end_matches(']').parse().ok();
+        // A name stands for the SNI; an address for the server.
+        let wanted_name = sni.or(if ip.is_none() { Some(host) } else { None });
+        let found = self.chains.iter().rev().find(|c| {
+            c.server.port() == port
+                && ip.is_none_or(|ip| c.server.ip() == ip)
+                && wanted_name.is_none_or(|name| c.sni.as_deref().is_some_and(|s| name_matches(name, s)))
+        });
+        let Some(found) = found else {
+            let probe = match self.config.control.probe_source {
+                Some(_) => "probing from [control] probe_source is not available in this build",
+                None => "no [control] probe_source is configured to probe it",
+            };
+            return Err(not_found(format!(
+                "no handshake through loupe has shown the chain of {host}:{port}{} yet, and {probe}: \
+                 connect to it through loupe once, then fetch again",
+                wanted_name.map(|n| format!(" (name {n})")).unwrap_or_default()
+            )));
+        };
+        let certs: Vec<X509> = found
+            .chain_der
+            .iter()
+            .map(|der| X509::from_der(der))
+            .collect::<Result<_, _>>()
+            .map_err(|e| failed(format!("a recorded certificate does not parse: {e}")))?;
+        let chain: Vec<Value> = certs
+            .iter()
+            .map(|c| {
+                let fact = cert_fact(c);
+                json!({ "subject": fact.subject, "issuer": fact.issuer, "sans": fact.sans,
+                        "not_before": fact.not_before, "not_after": fact.not_after, "sha256": fact.sha256 })
+            })
+            .collect();
+        let (server, seen_sni, error, seen) = (found.server, found.sni.clone(), found.verify_error.clone(), found.seen);
+        let mut accepted = Value::Null;
+        if accept {
+            let leaf = certs
+                .first()
+                .ok_or_else(|| failed("the server presented no certificate"))?;
+            let pin_host = seen_sni.clone().unwrap_or_else(|| server.ip().to_string());
+            let pem = leaf.to_pem().map_err(|e| failed(e.to_string()))?;
+            let report = ImportedTrust::import_bytes(
+                &self.sources.state_dir,
+                Path::new("the fetched certificate"),
+                &pem,
+                Some(&pin_host),
+            )
+            .map_err(|e| invalid(e.to_string()))?;
+            self.republish(wire)?;
+            let sha = report.entries.first().map(|i| i.entry.sha256.clone());
+            tracing::info!(host = %pin_host, sha256 = ?sha, "fetched certificate pinned");
+            accepted = json!({ "sha256": sha, "host": pin_host });
+        }
+        Ok(json!({
+            "host": host,
+            "port": port,
+            "server": server,
+            "sni": seen_sni,
+            "source": "handshake",
+            "seen": rfc3339_utc_ms(seen),
+            "chain": chain,
+            "error": error,
+            "accepted": accepted,
+            "config_version": self.current.version,
+        }))
+    }
+
+    // ---- exclusions ----
+
+    fn exclusions_clear(&mut self, host: Option<&str>, wire: &mut Wire) -> Reply {
+        let mut cache = (*self.current.exclusions).clone();
+        let removed = cache.clear(host);
+        if removed == 0 && host.is_some() {
+            return Err(not_found(format!("no exclusion for {}", host.unwrap_or_default())));
+        }
+        self.save_exclusions(&cache);
+        let next = Arc::new(self.current.with_exclusions(cache));
+        self.publish(next, wire, true)?;
+        Ok(json!({ "removed": removed, "config_version": self.current.version }))
+    }
+
+    // ---- queries ----
+
+    /// Puts a query to the workers (`only`: one queue) and collects their answers.
+    fn ask<T>(&self, only: Option<u32>, make: impl Fn(Sender<T>) -> WorkerQuery) -> Vec<T> {
+        let (tx, rx) = crossbeam_channel::bounded(self.workers.len().max(1));
+        let mut asked = 0;
+        for worker in self.workers.iter().filter(|w| only.is_none_or(|q| q == w.queue)) {
+            if worker.queries.try_send(make(tx.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + QUERY_TIMEOUT;
+        let mut answers = Vec::with_capacity(asked);
+        while answers.len() < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(answer) => answers.push(answer),
+                Err(_) => break,
+            }
+        }
+        if answers.len() < asked {
+            tracing::warn!(
+                asked,
+                answered = answers.len(),
+                "workers did not answer a query in time"
+            );
+        }
+        answers
+    }
+
+    fn sessions(&self, filter: SessionFilter) -> Reply {
+        let limit = filter.limit.unwrap_or(SessionFilter::DEFAULT_LIMIT);
+        let mut all: Vec<SessionSummary> = self
+            .ask(None, |reply| WorkerQuery::Sessions {
+                filter: filter.clone(),
+                reply,
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort_by_key(|s| (s.age_secs, std::cmp::Reverse(s.id)));
+        all.truncate(limit);
+        serde_json::to_value(all).map_err(|e| failed(e.to_string()))
+    }
+
+    fn session(&self, id: u64) -> Reply {
+        // Ids carry their worker's queue in the top bits.
+        let queue = u32::try_from(id >> 48).ok();
+        let only = queue.filter(|q| self.workers.iter().any(|w| w.queue == *q));
+        let found: Option<SessionDetail> = self
+            .ask(only, |reply| WorkerQuery::Session { id, reply })
+            .into_iter()
+            .flatten()
+            .next();
+        match found {
+            Some(detail) => serde_json::to_value(detail).map_err(|e| failed(e.to_string())),
+            None => Err(not_found(format!(
+                "no session {id}: not live, and not among the recently ended ones"
+            ))),
+        }
+    }
+
+    fn reports(&self) -> Vec<WorkerReport> {
+        let mut reports = self.ask(None, |reply| WorkerQuery::Report { reply });
+        reports.sort_by_key(|r| r.queue);
+        reports
+    }
+
+    fn status(&self, wire: &Wire) -> Value {
+        let d = &self.config.dataplane;
+        let workers: Vec<Value> = self
+            .workers
+            .iter()
+            .map(|w| {
+                json!({
+                    "queue": w.queue,
+                    "core": w.core,
+                    "flows": w.stats.flows_active.load(Ordering::Relaxed),
+                    "load": w.stats.load_permille.load(Ordering::Relaxed) as f64 / 1000.0,
+                    "config_version": w.stats.config_version.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "config_version": self.current.version,
+            "config_file": self.config_file,
+            "inside": d.inside,
+            "outside": d.outside,
+            "inspect_ports": d.inspect_ports,
+            "queues": d.queues,
+            "xdp_mode": match wire.mode() { XdpAttachMode::Native => "native", XdpAttachMode::Generic => "generic" },
+            "fail_mode": match d.fail { FailMode::Open => "open", FailMode::Closed => "closed" },
+            "workers": workers,
+            "capture": self.capture.as_ref().map(|c| c.summary()),
+        })
+    }
+
+    fn counters(&self, wire: &Wire, forger: &Forger) -> Value {
+        let xdp: Value = wire
+            .counters()
+            .ok()
+            .and_then(|c| serde_json::from_str(&c.to_json()).ok())
+            .unwrap_or(Value::Null);
+        let reports = self.reports();
+        let sum = |f: fn(&WorkerStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+            self.workers.iter().map(|w| f(&w.stats).load(Ordering::Relaxed)).sum()
+        };
+        let workers: Vec<Value> = self
+            .workers
+            .iter()
+            .map(|w| worker_counters(w.queue, &w.stats))
+            .collect();
+        let mut failures: Vec<(String, u64)> = Vec::new();
+        for report in &reports {
+            for (reason, count) in &report.failures {
+                match failures.iter_mut().find(|(r, _)| r == reason) {
+                    Some((_, total)) => *total += count,
+                    None => failures.push((reason.clone(), *count)),
+                }
+            }
+        }
+        failures.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let forge = forger.stats();
+        let xdp_hits = wire.rule_hits().unwrap_or_default();
+        json!({
+            "config_version": self.current.version,
+            "xdp": xdp,
+            "workers": workers,
+            "rules": crate::daemon::rules_json(&self.current, &xdp_hits),
+            "handshakes": {
+                "decrypted": sum(|s| &s.sessions_decrypted),
+                "spliced": sum(|s| &s.sessions_spliced),
+                "blocked": sum(|s| &s.sessions_blocked),
+                "aborted": sum(|s| &s.sessions_aborted),
+            },
+            "failures": failures.iter().map(|(reason, count)| json!({ "reason": reason, "count": count })).collect::<Vec<_>>(),
+            "cert_cache": {
+                "hits": forge.cache_hits, "misses": forge.cache_misses,
+                "signed": forge.signed, "evictions": forge.evictions,
+            },
+            "exclusions": {
+                "entries": self.current.exclusions.len(),
+                "dropped": sum(|s| &s.exclusions_dropped),
+            },
+            "presented_chains": { "kept": self.chains.len(), "dropped": sum(|s| &s.chains_dropped) },
+        })
+    }
+
+    // ---- capture ----
+
+    fn capture_start(&mut self, filter: CaptureFilter, out: &Path, max_bytes: u64) -> Reply {
+        if let Some(running) = &self.capture {
+            return Err(invalid(format!(
+                "a capture to {} is already running: capture stop first",
+                running.summary().out.display()
+            )));
+        }
+        if !out.is_absolute() {
+            return Err(invalid(format!(
+                "{}: the capture file must be an absolute path",
+                out.display()
+            )));
+        }
+        let (capture, tap) = Capture::start(filter.clone(), out, max_bytes).map_err(|e| invalid(e.to_string()))?;
+        for worker in &self.workers {
+            let _ = worker.capture.try_send(Some(tap.clone()));
+        }
+        tracing::info!(out = %out.display(), ?filter, max_bytes, "capture started");
+        self.capture = Some(capture);
+        Ok(json!({ "out": out, "filter": filter, "max_bytes": max_bytes }))
+    }
+
+    fn capture_stop(&mut self) -> Reply {
+        let Some(capture) = self.capture.take() else {
+            return Err(not_found("no capture is running"));
+        };
+        for worker in &self.workers {
+            let _ = worker.capture.try_send(None);
+        }
+        let summary = capture.stop();
+        tracing::info!(out = %summary.out.display(), frames = summary.frames, bytes = summary.bytes, dropped = summary.dropped, "capture stopped");
+        serde_json::to_value(summary).map_err(|e| failed(e.to_string()))
+    }
+}
+
+/// What of `[dataplane]`, `[ca]` or `[control]` differs: those are set up at start.
+fn restart_needed(running: &Config, next: &Config) -> Option<&'static str> {
+    if running.dataplane != next.dataplane {
+        Some("[dataplane]")
+    } else if running.ca != next.ca {
+        Some("[ca]")
+    } else if running.control != next.control {
+        Some("[control]")
+    } else if running.paths != next.paths {
+        Some("[paths]")
+    } else {
+        None
+    }
+}
+
+fn verb_name(request: &Request) -> &'static str {
+    match request {
+        Request::Status => "status",
+        Request::Sessions { .. } => "sessions",
+        Request::Session { .. } => "session",
+        Request::Counters => "counters",
+        Request::PolicyCheck { .. } => "policy-check",
+        Request::PolicyLoad { .. } => "policy-load",
+        Request::PolicyShow => "policy-show",
+        Request::ProfileSet { .. } => "profile-set",
+        Request::TrustList => "trust-list",
+        Request::TrustImport { .. } => "trust-import",
+        Request::TrustRemove { .. } => "trust-remove",
+        Request::TrustFetch { .. } => "trust-fetch",
+        Request::ExclusionsList => "exclusions-list",
+        Request::ExclusionsClear { .. } => "exclusions-clear",
+        Request::LogTail { .. } => "log-tail",
+        Request::CaptureStart { .. } => "capture-start",
+        Request::CaptureStop => "capture-stop",
+    }
+}
+
+fn entry_json(entry: &ImportedEntry) -> Value {
+    json!({
+        "sha256": entry.sha256,
+        "kind": entry.kind.as_str(),
+        "hosts": entry.host.iter().collect::<Vec<_>>(),
+        "subject": entry.subject,
+        "issuer": entry.issuer,
+        "not_after": entry.not_after,
+        "imported_at": entry.imported_at,
+    })
+}
+
+fn exclusions_json(cache: &ExclusionCache) -> Value {
+    let mut entries: Vec<&Exclusion> = cache.entries().collect();
+    entries.sort_by_key(|e| e.added);
+    Value::from(
+        entries
+            .into_iter()
+            .map(|e| {
+                json!({
+                    "server": e.key.to_string(),
+                    "why": e.why,
+                    "added": rfc3339_utc_ms(SystemTime::UNIX_EPOCH + Duration::from_secs(e.added)),
+                    "expires": rfc3339_utc_ms(SystemTime::UNIX_EPOCH + Duration::from_secs(e.expires)),
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn worker_counters(queue: u32, s: &WorkerStats) -> Value {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    json!({
+        "queue": queue,
+        "rx_frames": get(&s.rx_frames),
+        "tx_frames": get(&s.tx_frames),
+        "malformed_frames": get(&s.malformed_frames),
+        "orphan_segments": get(&s.orphan_segments),
+        "flows_opened": get(&s.flows_opened),
+        "flows_closed": get(&s.flows_closed),
+        "flows_active": get(&s.flows_active),
+        "flows_refused_table_full": get(&s.flows_refused_table_full),
+        "upstream_refused": get(&s.upstream_refused),
+        "resets": get(&s.resets),
+        "bytes_client_to_server": get(&s.bytes_client_to_server),
+        "bytes_server_to_client": get(&s.bytes_server_to_client),
+        "tx_no_frame": get(&s.tx_no_frame),
+        "config_version": get(&s.config_version),
+        "load": get(&s.load_permille) as f64 / 1000.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_is_needed_for_dataplane_changes_only() {
+        let a = Config::default();
+        let mut b = Config::default();
+        assert_eq!(restart_needed(&a, &b), None);
+        b.decryption.default_action = loupe_control::config::RuleAction::NoDecrypt;
+        assert_eq!(restart_needed(&a, &b), None);
+        b.dataplane.queues = 2;
+        assert_eq!(restart_needed(&a, &b), Some("[dataplane]"));
+    }
+}
