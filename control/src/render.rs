@@ -451,17 +451,16 @@ pub fn trust_fetch(value: &Value) -> String {
             "  ",
         ));
     }
-    match value.get("verify") {
-        Some(verify) if verify.is_object() => out.push_str(&format!(
+    let error = value.get("error").filter(|e| !e.is_null());
+    match (value.get("verify"), error) {
+        (Some(verify), _) if verify.is_object() => out.push_str(&format!(
             "verification failed: {} (code {}, depth {})\n",
             field(verify, "reason"),
             field(verify, "code"),
             field(verify, "depth")
         )),
-        _ => out.push_str("verification: no error\n"),
-    }
-    if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
-        out.push_str(&format!("error: {}\n", text(Some(error))));
+        (_, Some(error)) => out.push_str(&format!("verification: {}\n", text(Some(error)))),
+        _ => out.push_str("verification: no error recorded\n"),
     }
     if let Some(accepted) = value.get("accepted").filter(|a| !a.is_null()) {
         out.push_str(&format!(

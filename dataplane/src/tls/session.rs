@@ -190,6 +190,8 @@ pub enum ProfileError {
     LegacyNeedsSha1(&'static str),
     #[error("the signature algorithm list names SHA-1 while allow_sha1 is off")]
     Sha1Sigalgs,
+    #[error("ciphers: {0:?} is not a suite BoringSSL knows (OpenSSL or IANA names, e.g. ECDHE-RSA-AES128-SHA)")]
+    UnknownCipher(String),
     #[error("{what}: {source}")]
     Boring {
         what: &'static str,
@@ -241,9 +243,17 @@ impl Profile {
         builder
             .set_max_proto_version(Some(version(self.max_version)?))
             .map_err(boring("setting the maximum TLS version"))?;
-        builder
-            .set_cipher_list(&self.effective_cipher_list())
-            .map_err(boring("cipher_list matches no suite BoringSSL supports"))?;
+        // Strict: a misspelt suite is an error, not silently left out of the list.
+        if builder.set_strict_cipher_list(&self.effective_cipher_list()).is_err() {
+            let unknown = self
+                .cipher_list
+                .split(':')
+                .find(|name| {
+                    SslContextBuilder::new(SslMethod::tls()).is_ok_and(|mut b| b.set_strict_cipher_list(name).is_err())
+                })
+                .unwrap_or_default();
+            return Err(ProfileError::UnknownCipher(unknown.to_string()));
+        }
         builder
             .set_curves_list(&self.groups)
             .map_err(boring("groups names a group BoringSSL does not support"))?;

@@ -1125,7 +1125,18 @@ fn profile_validation_speaks_plainly() {
     let store = X509StoreBuilder::new().unwrap().build();
     assert!(matches!(
         SplitTlsContext::new(&p, store),
-        Err(ProfileError::Boring { .. })
+        Err(ProfileError::UnknownCipher(name)) if name == "NOT-A-CIPHER"
+    ));
+    // One misspelt name among good ones is not silently dropped.
+    let p = Profile {
+        cipher_list: "ECDHE-RSA-AES128-SHA:BOGUS-CIPHER".to_string(),
+        allow_sha1: true,
+        ..Profile::default()
+    };
+    let store = X509StoreBuilder::new().unwrap().build();
+    assert!(matches!(
+        SplitTlsContext::new(&p, store),
+        Err(ProfileError::UnknownCipher(name)) if name == "BOGUS-CIPHER"
     ));
     let p = Profile {
         sigalgs: Some("RSA+SHA1".to_string()),
