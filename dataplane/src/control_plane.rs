@@ -341,7 +341,11 @@ impl ControlPlane {
         let imported: Vec<Value> = report
             .entries
             .iter()
-            .map(|i| json!({ "entry": entry_json(&i.entry), "added": i.added }))
+            .map(|i| {
+                let mut entry = entry_json(&i.entry);
+                entry["added"] = Value::Bool(i.added);
+                entry
+            })
             .collect();
         Ok(json!({ "imported": imported, "ignored": report.ignored, "config_version": version }))
     }
