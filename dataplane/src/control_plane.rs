@@ -59,6 +59,9 @@ pub struct WorkerHandle {
     pub stats: Arc<WorkerStats>,
     /// Newer policy snapshots; the worker takes the newest between batches.
     pub policy: Sender<Arc<Policy>>,
+    /// The same queue's receiving end, so that a full queue's oldest snapshot can be
+    /// dropped for the newest (a worker only ever needs the newest).
+    pub policy_queue: crossbeam_channel::Receiver<Arc<Policy>>,
     pub queries: Sender<WorkerQuery>,
     /// `Some(tap)` while a capture runs, `None` to stop it.
     pub capture: Sender<Option<CaptureTap>>,
@@ -195,8 +198,12 @@ impl ControlPlane {
         let version = policy.version;
         tracing::info!(config_version = version, "policy snapshot published");
         for worker in &self.workers {
-            // A worker's queue holds a few snapshots; it always takes the newest.
-            let _ = worker.policy.try_send(Arc::clone(&policy));
+            let mut next = Arc::clone(&policy);
+            // A busy worker's queue may be full of older snapshots: make room, never block.
+            while let Err(crossbeam_channel::TrySendError::Full(back)) = worker.policy.try_send(next) {
+                let _ = worker.policy_queue.try_recv();
+                next = back;
+            }
         }
         self.current = policy;
         if !wait {

@@ -350,6 +350,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             log: log.clone(),
         };
         let (policy_tx, policy_rx) = crossbeam_channel::bounded(8);
+        let policy_queue = policy_rx.clone();
         let (query_tx, query_rx) = crossbeam_channel::bounded(QUERY_QUEUE);
         let (capture_tx, capture_rx) = crossbeam_channel::bounded(4);
         let worker_policy = WorkerPolicy {
@@ -380,6 +381,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             core: core.map(|c| c.id),
             stats: stats.clone(),
             policy: policy_tx,
+            policy_queue,
             queries: query_tx,
             capture: capture_tx,
         });
