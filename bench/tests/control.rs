@@ -606,7 +606,7 @@ fn the_control_socket_refuses_strangers_and_survives_misbehaving_clients() {
         t.fail(
             None,
             &format!(
-                "loupectl as uid 65534 must be refused by loupectl's socket: exited {}\nstdout: {}\nstderr: {}",
+                "loupectl as uid 65534 must be refused (by the socket's mode or by the daemon) with loupectl's own error: exited {}\nstdout: {}\nstderr: {}",
                 stranger.status, stranger.stdout, stranger.stderr
             ),
         );
