@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use loupe_control::protocol::{ReplyLine, Request, RequestLine, PROTOCOL_VERSION};
 use loupe_dataplane::wire::{pinned_counters, WireCounters};
 
 use crate::size::ByteSize;
@@ -323,6 +324,14 @@ impl Lab {
                 let state = self.dir.join("state");
                 let logs = self.dir.join("log");
                 let pins = self.loupe_pin_dir();
+                let socket = self.control_socket();
+                // sun_path holds 107 bytes and a NUL: a longer TMPDIR would fail the bind.
+                if socket.as_os_str().len() > 107 {
+                    bail!(
+                        "the control socket path {} is too long for a Unix socket",
+                        socket.display()
+                    );
+                }
                 std::fs::create_dir_all(&state)?;
                 std::fs::create_dir_all(&logs)?;
                 let mut argv: Vec<OsString> = vec![
@@ -334,6 +343,10 @@ impl Lab {
                     logs.clone().into(),
                     "--pin-dir".into(),
                     pins.clone().into(),
+                    // Each lab its own control socket: tests run in parallel, and the
+                    // default (/run/loupe/control.sock) is global.
+                    "--control-socket".into(),
+                    socket.clone().into(),
                 ];
                 argv.extend(args.iter().map(OsString::from));
                 let proc = self.spawn_loupe(&argv, &state)?;
@@ -344,12 +357,20 @@ impl Lab {
                     state_dir: state,
                     log_dir: logs,
                     pin_dir: pins,
+                    control_socket: socket,
                 })
             }
         }
     }
 
-    /// Starts `loupe run` (argv) and waits until it serves the wire.
+    /// The control socket a loupe started by this lab listens on (`--control-socket`):
+    /// `<lab dir>/control.sock`. A filesystem path, so reachable from the host namespace.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// Starts `loupe run` (argv) and waits until it serves the wire and, when argv has
+    /// `--control-socket PATH`, until that socket answers `status`.
     fn spawn_loupe(&self, argv: &[OsString], state: &Path) -> Result<NsProcess<'_>> {
         // A counters file left by an earlier daemon must not pass for readiness.
         let _ = std::fs::remove_file(state.join("counters.json"));
@@ -366,13 +387,33 @@ impl Lab {
             // registered: from then on inspected traffic goes through it, not
             // around it (fail-open bridging while it starts).
             if state.join("counters.json").exists() && self.has_xdp(Ns::App, "in0")? && self.has_xdp(Ns::App, "out0")? {
-                return Ok(proc);
+                break;
             }
             if Instant::now() >= deadline {
                 bail!("loupe did not attach XDP to in0 and out0 within 30 s\n{}", proc.logs());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        if let Some(socket) = control_socket_arg(argv) {
+            // A socket file left by an earlier daemon refuses connections, so only the
+            // new daemon's answer counts.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(st) = proc.try_status()? {
+                    bail!("loupe exited during start-up with {st}\n{}", proc.logs());
+                }
+                match control_status(&socket) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() >= deadline => bail!(
+                        "loupe's control socket {} did not answer status within 30 s (last: {e:#})\n{}",
+                        socket.display(),
+                        proc.logs()
+                    ),
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        Ok(proc)
     }
 
     /// Runs the wire traffic tool: a `wire-server` in the server namespace on
@@ -555,6 +596,51 @@ fn sweep_stale_labs() {
         }
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("loupe-{prefix}lab")));
     }
+}
+
+/// Runs a command in the host's namespaces (no `ip netns exec`), bounded by `timeout`;
+/// the outcome whatever the exit status. For tools that need no lab network: `setpriv`
+/// in front of loupectl, `tshark -r`, `openssl x509`.
+pub fn run_host<S: AsRef<OsStr>>(argv: &[S], timeout: Duration) -> Result<CommandOutput> {
+    let (program, args) = argv.split_first().context("an empty command line")?;
+    let mut c = Command::new(program);
+    c.args(args);
+    run_bounded(c, &std::env::temp_dir(), timeout).with_context(|| show_argv(argv))
+}
+
+/// The PATH of `--control-socket PATH` in a `loupe run` argv.
+fn control_socket_arg(argv: &[OsString]) -> Option<PathBuf> {
+    argv.iter()
+        .position(|a| a == "--control-socket")
+        .and_then(|i| argv.get(i + 1))
+        .map(PathBuf::from)
+}
+
+/// One `status` request on the control socket, straight in the protocol (not through
+/// loupectl): Ok when the daemon answers it with `"ok":true`.
+fn control_status(socket: &Path) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+
+    let mut stream = UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let request = RequestLine {
+        v: PROTOCOL_VERSION,
+        id: Some(1),
+        request: Request::Status,
+    };
+    let mut line = serde_json::to_string(&request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer)?;
+    let reply: ReplyLine = serde_json::from_str(answer.trim_end())
+        .with_context(|| format!("a reply that is not a reply line: {answer:?}"))?;
+    if !reply.ok {
+        bail!("status refused: {answer}");
+    }
+    Ok(())
 }
 
 /// What a finished command printed.
@@ -743,6 +829,8 @@ pub enum MiddleGuard<'lab> {
         state_dir: PathBuf,
         log_dir: PathBuf,
         pin_dir: PathBuf,
+        /// `--control-socket`, for [`MiddleGuard::loupectl`].
+        control_socket: PathBuf,
     },
 }
 
@@ -802,6 +890,45 @@ impl<'lab> MiddleGuard<'lab> {
             MiddleGuard::Bridge { .. } => None,
             MiddleGuard::Loupe { pin_dir, .. } => Some(pin_dir),
         }
+    }
+
+    /// The daemon's control socket (`--control-socket`); None for the bridge.
+    pub fn control_socket(&self) -> Option<PathBuf> {
+        match self {
+            MiddleGuard::Bridge { .. } => None,
+            MiddleGuard::Loupe { control_socket, .. } => Some(control_socket.clone()),
+        }
+    }
+
+    /// `loupectl --socket SOCKET ARGS…` in the host namespace (the socket is a path),
+    /// bounded by 60 s; the outcome whatever the exit status (0 ok, 1 the daemon replied
+    /// with an error, 2 usage or connection error).
+    pub fn loupectl(&self, args: &[&str]) -> Result<CommandOutput> {
+        let socket = self.control_socket().context("a kernel bridge has no control socket")?;
+        let mut c = Command::new(binary("loupectl")?);
+        c.arg("--socket").arg(&socket).args(args);
+        run_bounded(c, &std::env::temp_dir(), COMMAND_TIMEOUT).with_context(|| format!("loupectl {}", args.join(" ")))
+    }
+
+    /// `loupectl --socket SOCKET --json ARGS…`, its stdout parsed as one JSON value. Fails
+    /// with the exit status, stdout and stderr unless loupectl exits 0.
+    pub fn loupectl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut argv = vec!["--json"];
+        argv.extend_from_slice(args);
+        let out = self.loupectl(&argv)?;
+        let shown = || {
+            format!(
+                "loupectl --json {} exited {}\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                out.status,
+                out.stdout.trim_end(),
+                out.stderr.trim_end()
+            )
+        };
+        if !out.status.success() {
+            bail!("{}", shown());
+        }
+        serde_json::from_str(&out.stdout).with_context(|| format!("stdout is not one JSON value\n{}", shown()))
     }
 
     /// `loupe counters --pin-dir … ARGS` output (None for the bridge).

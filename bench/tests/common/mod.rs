@@ -11,7 +11,9 @@ pub use std::process::ExitStatus;
 pub use std::time::{Duration, Instant};
 
 pub use boring::x509::X509;
-pub use loupe_bench::lab::{binary, require_root, Lab, Middle, MiddleGuard, NginxTls, Ns, NsProcess};
+pub use loupe_bench::lab::{
+    binary, require_root, run_host, CommandOutput, Lab, Middle, MiddleGuard, NginxTls, Ns, NsProcess,
+};
 pub use loupe_bench::pki::{common_name, Issued, LeafSpec, Pki};
 pub use rand::RngCore;
 pub use serde_json::Value;
