@@ -450,6 +450,8 @@ pub fn run(options: RunOptions) -> Result<()> {
         }
         crossbeam_channel::select! {
             recv(call_rx) -> call => if let Ok(call) = call {
+                // Chains logged before the call was made must be visible to it.
+                chain_rx.try_iter().for_each(|chain| plane.remember_chain(chain));
                 plane.serve(call, &mut wire, &forger);
             },
             recv(exclusion_rx) -> request => if let Ok(first) = request {

@@ -690,10 +690,6 @@ impl Worker {
             Outcome::Aborted => &self.stats.sessions_aborted,
         };
         WorkerStats::add(counter, 1);
-        if let Err(err) = self.tls.log.write(record) {
-            WorkerStats::add(&self.stats.log_write_errors, 1);
-            tracing::error!(%err, session = record.session_id, "decryption log write failed");
-        }
         self.tally.count(record);
         let now = self.now();
         self.ended.push(ended_detail(record, self.settings.queue, started), now);
@@ -710,6 +706,11 @@ impl Worker {
             if self.control.chains.try_send(chain).is_err() {
                 WorkerStats::add(&self.stats.chains_dropped, 1);
             }
+        }
+        // Last: whoever reads the record can already see the session and fetch its chain.
+        if let Err(err) = self.tls.log.write(record) {
+            WorkerStats::add(&self.stats.log_write_errors, 1);
+            tracing::error!(%err, session = record.session_id, "decryption log write failed");
         }
     }
 
