@@ -189,6 +189,64 @@ fn a_self_signed_server_is_trusted_live_by_fetch_and_accept() {
     assert_eq!(daemon_pid(&t), pid, "the fix must not need a restart");
 }
 
+/// `trust fetch` for a server no session through loupe has reached: loupe probes it from
+/// `[control] probe_source` out of the outside port and shows the chain it presented, why
+/// it does not verify, and `--accept` pins it; the first connection then decrypts.
+#[test]
+fn trust_fetch_probes_a_server_no_session_has_reached() {
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let (t, _nginx) = setup_with(&lab, Some("[control]\nprobe_source = \"198.18.0.1\"\n"));
+    let leaf = &t.pki.self_signed;
+    let _server = ok(
+        lab.spawn_s_server(Ns::Server, addr("198.18.0.3"), &leaf.cert_file, &leaf.key_file, &[]),
+        "openssl s_server on s2.lab",
+    );
+    let leaf_sha = openssl_sha256(&leaf.cert_file);
+    // One flow through loupe teaches it the Ethernet addresses a probe sends with.
+    let c = t.curl(&["--cacert", t.dca(), "https://server.lab/"]);
+    if c.code() != Some(0) {
+        t.fail(None, &format!("server.lab through loupe: {}", c.show()));
+    }
+    let before = ctl(&t, &["status"]);
+    let fetched = ctl(&t, &["trust", "fetch", "198.18.0.3", "--sni", "s2.lab", "--accept"]);
+    let show = serde_json::to_string_pretty(&fetched).unwrap_or_default();
+    if fetched["source"] != "probe" || fetched["chain"][0]["sha256"] != leaf_sha.as_str() {
+        t.fail(
+            None,
+            &format!("the probe must show s2.lab's own certificate ({leaf_sha}):\n{show}"),
+        );
+    }
+    let error = fetched["error"].as_str().unwrap_or_default();
+    if !error.contains("self signed certificate (code 18, depth 0)") {
+        t.fail(None, &format!("the fetch must say why the chain fails:\n{show}"));
+    }
+    if fetched["accepted"]["host"] != "s2.lab" || version(&t, &fetched, "fetch") <= version(&t, &before, "status") {
+        t.fail(
+            None,
+            &format!("--accept must pin the leaf for s2.lab in a new version:\n{show}"),
+        );
+    }
+    let c = t.curl(&["--cacert", t.dca(), "https://s2.lab/"]);
+    let rec = (c.port != 0).then(|| t.record(c.port, "after the probe's accept"));
+    if c.code() != Some(0) {
+        t.fail(rec.as_ref(), &format!("s2.lab must now be decrypted: {}", c.show()));
+    }
+    let rec = rec.expect("a record");
+    t.expect_eq(&rec, "/outcome", "decrypted".into(), "after the probe's accept");
+    // Without an address there is nothing to probe: loupe resolves no names.
+    let out = ok(
+        t.mid.loupectl(&["trust", "fetch", "other.lab"]),
+        "loupectl trust fetch other.lab",
+    );
+    if out.status.code() != Some(1) || !out.stderr.contains("give its address") {
+        t.fail(
+            None,
+            &format!("fetching a name nobody reached must say to give the address: {out:?}"),
+        );
+    }
+}
+
 /// The SHA1-only legacy server (ECDHE-RSA-AES128-SHA) is blocked by the default profile;
 /// `profile set` fixes it live, and the change survives a restart.
 #[test]

@@ -369,6 +369,15 @@ pub enum WorkerQuery {
     },
     /// Per-worker facts for `status` and `counters` that are not plain atomics.
     Report { reply: Sender<WorkerReport> },
+    /// `trust fetch` without a recorded chain: connect to `server` from `source` (a
+    /// client address behind the inside port) out of the outside port, complete a TLS
+    /// handshake without verifying, and answer the chain presented (DER, leaf first).
+    FetchChain {
+        server: SocketAddr,
+        sni: Option<String>,
+        source: IpAddr,
+        reply: Sender<Result<Vec<Vec<u8>>, String>>,
+    },
 }
 
 /// What a worker reports about itself.

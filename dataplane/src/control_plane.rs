@@ -6,13 +6,14 @@
 //! between two batches.
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use boring::x509::X509;
+use boring::stack::Stack;
+use boring::x509::{X509StoreContext, X509};
 use crossbeam_channel::Sender;
 use loupe_control::config::{Config, FailMode};
 use loupe_control::overrides::{apply_one, ProfileChange, ProfileOverride, ProfileOverrides};
@@ -35,6 +36,8 @@ use crate::worker::{ExclusionRequest, PresentedChain, WorkerStats};
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a policy change waits for every worker to run the new snapshot.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `trust fetch` waits for a probe (the worker gives up after 3 s).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Presented chains kept for `trust fetch` (the newest per server and name).
 const RECENT_CHAINS: usize = 256;
 
@@ -379,22 +382,21 @@ impl ControlPlane {
         let ip: Option<IpAddr> = host.trim_start_matches('[').trim_end_matches(']').parse().ok();
         // A name stands for the SNI; an address for the server.
         let wanted_name = sni.or(if ip.is_none() { Some(host) } else { None });
-        let found = self.chains.iter().rev().find(|c| {
-            c.server.port() == port
-                && ip.is_none_or(|ip| c.server.ip() == ip)
-                && wanted_name.is_none_or(|name| c.sni.as_deref().is_some_and(|s| name_matches(name, s)))
-        });
-        let Some(found) = found else {
-            let probe = match self.config.control.probe_source {
-                Some(_) => "probing from [control] probe_source is not available in this build",
-                None => "no [control] probe_source is configured to probe it",
-            };
-            return Err(not_found(format!(
-                "no handshake through loupe has shown the chain of {host}:{port}{} yet, and {probe}: \
-                 connect to it through loupe once, then fetch again",
-                wanted_name.map(|n| format!(" (name {n})")).unwrap_or_default()
-            )));
+        let recorded = self
+            .chains
+            .iter()
+            .rev()
+            .find(|c| {
+                c.server.port() == port
+                    && ip.is_none_or(|ip| c.server.ip() == ip)
+                    && wanted_name.is_none_or(|name| c.sni.as_deref().is_some_and(|s| name_matches(name, s)))
+            })
+            .cloned();
+        let (found, source) = match recorded {
+            Some(found) => (found, "handshake"),
+            None => (self.probe_chain(host, ip, port, wanted_name)?, "probe"),
         };
+        let found = &found;
         let certs: Vec<X509> = found
             .chain_der
             .iter()
@@ -434,13 +436,101 @@ impl ControlPlane {
             "port": port,
             "server": server,
             "sni": seen_sni,
-            "source": "handshake",
+            "source": source,
             "seen": rfc3339_utc_ms(seen),
             "chain": chain,
             "error": error,
             "accepted": accepted,
             "config_version": self.current.version,
         }))
+    }
+
+    /// No handshake through loupe showed the chain: a worker connects to the server from
+    /// `[control] probe_source` and reports what it presented, verified here against the
+    /// trust store.
+    fn probe_chain(
+        &self,
+        host: &str,
+        ip: Option<IpAddr>,
+        port: u16,
+        name: Option<&str>,
+    ) -> Result<PresentedChain, ControlError> {
+        let described = format!(
+            "{host}:{port}{}",
+            name.map(|n| format!(" (name {n})")).unwrap_or_default()
+        );
+        let Some(source) = self.config.control.probe_source else {
+            return Err(not_found(format!(
+                "no handshake through loupe has shown the chain of {described} yet, and no [control] \
+                 probe_source is configured to probe it: connect to it through loupe once, then fetch again"
+            )));
+        };
+        let Some(ip) = ip else {
+            return Err(invalid(format!(
+                "no handshake through loupe has shown the chain of {described}; to probe it, give its \
+                 address (loupe resolves no names): trust fetch ADDRESS --sni {host}"
+            )));
+        };
+        let server = SocketAddr::new(ip, port);
+        let worker = self.workers.first().ok_or_else(|| failed("no worker runs"))?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        worker
+            .queries
+            .try_send(WorkerQuery::FetchChain {
+                server,
+                sni: name.map(str::to_string),
+                source,
+                reply,
+            })
+            .map_err(|_| failed("the worker's query queue is full; try again"))?;
+        let chain_der = answer
+            .recv_timeout(PROBE_TIMEOUT)
+            .map_err(|_| {
+                failed(format!(
+                    "the probe of {described} did not answer within {} s",
+                    PROBE_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|why| failed(format!("probing {described} from {source}: {why}")))?;
+        let verify_error = self.verify_presented(&chain_der, name.unwrap_or(host));
+        Ok(PresentedChain {
+            server,
+            sni: name.map(str::to_string),
+            chain_der,
+            verify_error,
+            seen: SystemTime::now(),
+        })
+    }
+
+    /// Why a presented chain does not verify for `name` against the trust store (none
+    /// when it does), in the decryption log's words.
+    fn verify_presented(&self, chain_der: &[Vec<u8>], name: &str) -> Option<String> {
+        let certs: Vec<X509> = chain_der.iter().filter_map(|der| X509::from_der(der).ok()).collect();
+        let (leaf, rest) = certs.split_first()?;
+        let (trust, _) =
+            crate::daemon::trust_store(&self.config, &self.sources.trust_ca, Some(&self.sources.state_dir)).ok()?;
+        let store = trust.build_store().ok()?;
+        let mut intermediates = Stack::new().ok()?;
+        for cert in rest {
+            intermediates.push(cert.clone()).ok()?;
+        }
+        let mut context = X509StoreContext::new().ok()?;
+        let (code, depth) = context
+            .init(&store, leaf, &intermediates, |ctx| {
+                if name.parse::<IpAddr>().is_err() {
+                    ctx.verify_param_mut().set_host(name)?;
+                }
+                ctx.verify_cert()?;
+                Ok((
+                    ctx.verify_result().err().map(|e| (e.as_raw(), e.error_string())),
+                    ctx.error_depth(),
+                ))
+            })
+            .ok()?;
+        let (code, reason) = code?;
+        Some(format!(
+            "certificate verify failed: {reason} (code {code}, depth {depth})"
+        ))
     }
 
     // ---- exclusions ----

@@ -116,7 +116,11 @@ pub(crate) fn rules_json(policy: &Policy, xdp_hits: &[u64]) -> String {
 /// The trust store for upstream validation: system roots (unless turned off), the
 /// configured CA files, `--trust-ca` files and the CAs imported into the state directory;
 /// and the server certificates imported pinned to their hosts.
-fn trust_store(config: &Config, trust_ca: &[PathBuf], state_dir: Option<&Path>) -> Result<(TrustStore, PinnedLeafs)> {
+pub(crate) fn trust_store(
+    config: &Config,
+    trust_ca: &[PathBuf],
+    state_dir: Option<&Path>,
+) -> Result<(TrustStore, PinnedLeafs)> {
     let mut files = config.trust.ca_files.clone();
     files.extend(trust_ca.iter().cloned());
     let mut store = TrustStore::from_files(config.trust.system_roots, &files).context("loading the trust store")?;

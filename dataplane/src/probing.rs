@@ -48,9 +48,19 @@ struct Probe {
     sockets: SocketSet<'static>,
     handle: SocketHandle,
     tls: ProbeTls,
-    pending: PendingRecord,
+    purpose: Purpose,
     deadline: StdInstant,
 }
+
+/// Why a probe runs: to complete a refused session's record, or to fetch the chain a
+/// server presents for `loupectl trust fetch`.
+enum Purpose {
+    Diagnose(PendingRecord),
+    FetchChain(FetchReply),
+}
+
+/// Where a chain fetch answers: the chain (DER, leaf first) or why there is none.
+pub type FetchReply = crossbeam_channel::Sender<Result<Vec<Vec<u8>>, String>>;
 
 pub struct Probes {
     context: ProbeContext,
@@ -100,41 +110,112 @@ impl Probes {
         let Some(local) = self.free_port(flow, &port_in_use) else {
             return Some(pending);
         };
+        tracing::debug!(server = %flow.server, sni, from = %local, "probing a server that refused the handshake");
+        match self.launch(
+            local,
+            flow.server,
+            target,
+            sni,
+            server_port,
+            l2,
+            iface,
+            Purpose::Diagnose(pending),
+        ) {
+            Ok(()) => None,
+            Err((err, purpose)) => {
+                tracing::warn!(%err, "cannot start a probe");
+                match purpose {
+                    Purpose::Diagnose(pending) => Some(pending),
+                    Purpose::FetchChain(_) => None,
+                }
+            }
+        }
+    }
+
+    /// Fetches the chain `server` presents, from `source` (an address behind the inside
+    /// port that answers ARP for itself) on a port no flow uses. The answer goes to
+    /// `reply` once the handshake completed, failed, or the deadline passed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fetch(
+        &mut self,
+        server: SocketAddr,
+        sni: Option<&str>,
+        source: std::net::IpAddr,
+        server_port: usize,
+        l2: L2Header,
+        iface: &mut Interface,
+        port_in_use: impl Fn(SocketAddr) -> bool,
+        reply: FetchReply,
+    ) {
+        if self.running.len() >= MAX_PROBES {
+            let _ = reply.try_send(Err(format!("{MAX_PROBES} probes are running already; try again")));
+            return;
+        }
+        let from = FlowKey {
+            client: SocketAddr::new(source, 0),
+            server,
+        };
+        let Some(local) = self.free_port(from, &port_in_use) else {
+            let _ = reply.try_send(Err(format!("no free port on {source} to probe from")));
+            return;
+        };
+        let target: Target = (server, sni.map(str::to_string));
+        tracing::info!(%server, sni, from = %local, "probing a server for its certificate chain");
+        if let Err((err, Purpose::FetchChain(reply))) = self.launch(
+            local,
+            server,
+            target,
+            sni,
+            server_port,
+            l2,
+            iface,
+            Purpose::FetchChain(reply),
+        ) {
+            let _ = reply.try_send(Err(err));
+        }
+    }
+
+    /// Opens the probe's TCP connection and starts its TLS; gives the purpose back on
+    /// failure.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &mut self,
+        local: SocketAddr,
+        server: SocketAddr,
+        target: Target,
+        sni: Option<&str>,
+        server_port: usize,
+        l2: L2Header,
+        iface: &mut Interface,
+        purpose: Purpose,
+    ) -> Result<(), (String, Purpose)> {
         let tls = match ProbeTls::start(&self.context, sni) {
             Ok(tls) => tls,
-            Err(err) => {
-                tracing::warn!(%err, "cannot start a probe");
-                return Some(pending);
-            }
+            Err(err) => return Err((err, purpose)),
         };
         let mut sockets = SocketSet::new(vec![SocketStorage::EMPTY]);
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; PROBE_BUFFER]),
             tcp::SocketBuffer::new(vec![0u8; PROBE_BUFFER]),
         );
-        let remote = IpEndpoint::new(flow.server.ip().into(), flow.server.port());
+        let remote = IpEndpoint::new(server.ip().into(), server.port());
         let local_end = IpEndpoint::new(local.ip().into(), local.port());
         if let Err(err) = socket.connect(iface.context(), remote, local_end) {
-            tracing::warn!(%err, "cannot connect a probe");
-            return Some(pending);
+            return Err((format!("cannot connect a probe: {err}"), purpose));
         }
         let handle = sockets.add(socket);
-        tracing::debug!(server = %flow.server, sni, from = %local, "probing a server that refused the handshake");
         self.running.push(Probe {
-            key: FlowKey {
-                client: local,
-                server: flow.server,
-            },
+            key: FlowKey { client: local, server },
             target,
             port: server_port,
             l2,
             sockets,
             handle,
             tls,
-            pending,
-            deadline: now + PROBE_DEADLINE,
+            purpose,
+            deadline: StdInstant::now() + PROBE_DEADLINE,
         });
-        None
+        Ok(())
     }
 
     /// Remembers a target; false when the memory is full of recent entries.
@@ -243,18 +324,35 @@ impl Probes {
                 i += 1;
                 continue;
             }
-            let mut finished = self.running.swap_remove(i);
-            let result = match outcome {
-                Some(ProbeOutcome::Picked(result)) => Some(result),
-                Some(ProbeOutcome::Refused(why)) => {
-                    tracing::debug!(server = %finished.key.server, why, "the server refused the probe too");
-                    None
+            let finished = self.running.swap_remove(i);
+            match finished.purpose {
+                Purpose::FetchChain(reply) => {
+                    let chain = finished.tls.server_chain_der();
+                    let answer = match (&outcome, chain.is_empty()) {
+                        (_, false) => Ok(chain),
+                        (Some(ProbeOutcome::Refused(why)), true) => Err(format!("the server refused the probe: {why}")),
+                        (_, true) => Err(format!(
+                            "no certificate from {} within {} s",
+                            finished.key.server,
+                            PROBE_DEADLINE.as_secs()
+                        )),
+                    };
+                    let _ = reply.try_send(answer);
                 }
-                None => None,
-            };
-            self.memory.insert(finished.target.clone(), (wall, result));
-            finished.pending.input.probe = result;
-            done.push(finished.pending);
+                Purpose::Diagnose(mut pending) => {
+                    let result = match outcome {
+                        Some(ProbeOutcome::Picked(result)) => Some(result),
+                        Some(ProbeOutcome::Refused(why)) => {
+                            tracing::debug!(server = %finished.key.server, why, "the server refused the probe too");
+                            None
+                        }
+                        None => None,
+                    };
+                    self.memory.insert(finished.target.clone(), (wall, result));
+                    pending.input.probe = result;
+                    done.push(pending);
+                }
+            }
         }
     }
 }

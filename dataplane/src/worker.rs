@@ -208,6 +208,9 @@ pub struct Worker {
     load: LoadMeter,
     /// The running capture's tap, if any (taken from `control.capture` between batches).
     capture: Option<CaptureTap>,
+    /// The port servers are on and the Ethernet addresses of the newest flow's frames
+    /// toward its server: what a chain fetch's probe sends with (loupe does no ARP).
+    toward_servers: Option<(usize, L2Header)>,
 }
 
 impl Worker {
@@ -260,6 +263,7 @@ impl Worker {
             tally: SessionTally::default(),
             load: LoadMeter::new(now),
             capture: None,
+            toward_servers: None,
         }
     }
 
@@ -475,6 +479,13 @@ impl Worker {
             self.flows.remove(id);
             return None;
         }
+        self.toward_servers = Some((
+            1 - client_port,
+            L2Header {
+                src: client_mac,
+                dst: peer_mac,
+            },
+        ));
         WorkerStats::add(&self.stats.flows_opened, 1);
         self.stats
             .flows_active
@@ -727,6 +738,31 @@ impl Worker {
                 }
                 WorkerQuery::Report { reply } => {
                     let _ = reply.try_send(self.report());
+                }
+                WorkerQuery::FetchChain {
+                    server,
+                    sni,
+                    source,
+                    reply,
+                } => {
+                    let Some((server_port, l2)) = self.toward_servers else {
+                        let _ = reply.try_send(Err(
+                            "no flow has crossed loupe yet, so the next hop's MAC address is unknown".into(),
+                        ));
+                        continue;
+                    };
+                    let flows = &self.flows;
+                    let in_use = |local| flows.lookup(local, server).is_some();
+                    self.probes.fetch(
+                        server,
+                        sni.as_deref(),
+                        source,
+                        server_port,
+                        l2,
+                        &mut self.server_iface,
+                        in_use,
+                        reply,
+                    );
                 }
             }
         }

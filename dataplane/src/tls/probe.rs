@@ -96,6 +96,27 @@ impl ProbeTls {
         self.outcome.as_ref()
     }
 
+    /// The certificates the server presented, DER, leaf first (empty before its
+    /// Certificate message was read).
+    pub fn server_chain_der(&self) -> Vec<Vec<u8>> {
+        let ssl = self.stream.ssl();
+        let mut chain: Vec<Vec<u8>> = ssl
+            .peer_cert_chain()
+            .map(|certs| certs.iter().filter_map(|c| c.to_der().ok()).collect())
+            .unwrap_or_default();
+        if let Some(leaf) = ssl.peer_certificate().and_then(|c| c.to_der().ok()) {
+            if chain.first() != Some(&leaf) {
+                chain.insert(0, leaf);
+            }
+        }
+        chain
+    }
+
+    /// Whether the handshake is complete (the whole chain has been read).
+    pub fn established(&self) -> bool {
+        self.stream.ssl().is_init_finished()
+    }
+
     fn picked(&self) -> Option<ProbeOutcome> {
         let ssl = self.stream.ssl();
         let cipher = ssl.current_cipher()?;
