@@ -55,7 +55,7 @@ struct Probe {
 /// Why a probe runs: to complete a refused session's record, or to fetch the chain a
 /// server presents for `loupectl trust fetch`.
 enum Purpose {
-    Diagnose(PendingRecord),
+    Diagnose(Box<PendingRecord>),
     FetchChain(FetchReply),
 }
 
@@ -119,13 +119,13 @@ impl Probes {
             server_port,
             l2,
             iface,
-            Purpose::Diagnose(pending),
+            Purpose::Diagnose(Box::new(pending)),
         ) {
             Ok(()) => None,
             Err((err, purpose)) => {
                 tracing::warn!(%err, "cannot start a probe");
                 match purpose {
-                    Purpose::Diagnose(pending) => Some(pending),
+                    Purpose::Diagnose(pending) => Some(*pending),
                     Purpose::FetchChain(_) => None,
                 }
             }
@@ -350,7 +350,7 @@ impl Probes {
                     };
                     self.memory.insert(finished.target.clone(), (wall, result));
                     pending.input.probe = result;
-                    done.push(pending);
+                    done.push(*pending);
                 }
             }
         }
