@@ -221,7 +221,12 @@ impl Lab {
 
     /// Like [`Lab::exec`] but returns the outcome whatever the exit status.
     pub fn exec_output<S: AsRef<OsStr>>(&self, ns: Ns, argv: &[S]) -> Result<CommandOutput> {
-        run_bounded(self.command(ns, argv), &self.dir, COMMAND_TIMEOUT)
+        self.exec_output_within(ns, argv, COMMAND_TIMEOUT)
+    }
+
+    /// [`Lab::exec_output`] for commands that run longer than a minute on purpose.
+    pub fn exec_output_within<S: AsRef<OsStr>>(&self, ns: Ns, argv: &[S], timeout: Duration) -> Result<CommandOutput> {
+        run_bounded(self.command(ns, argv), &self.dir, timeout)
             .with_context(|| format!("in {}: {}", self.ns(ns), show_argv(argv)))
     }
 

@@ -455,7 +455,13 @@ fn measure(
         }
         (parse_result(&p.stdout())?, held)
     } else {
-        let out = lab.exec_output(Ns::Client, &argv)?;
+        // The generator stops itself after warm-up and duration (the bulk bound for bulk);
+        // the slack covers start-up and a slow last stream.
+        let runs_for = match workload {
+            Workload::Bulk { .. } => BULK_BOUND,
+            _ => plan.duration,
+        };
+        let out = lab.exec_output_within(Ns::Client, &argv, plan.warmup + runs_for + Duration::from_secs(60))?;
         if !out.status.success() {
             bail!("loupe-bench load exited with {}: {}", out.status, out.stderr.trim());
         }
