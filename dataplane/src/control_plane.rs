@@ -818,6 +818,9 @@ fn worker_counters(queue: u32, s: &WorkerStats) -> Value {
         "bytes_client_to_server": get(&s.bytes_client_to_server),
         "bytes_server_to_client": get(&s.bytes_server_to_client),
         "tx_no_frame": get(&s.tx_no_frame),
+        "xsk_rx_dropped": get(&s.xsk_rx_dropped),
+        "xsk_rx_ring_full": get(&s.xsk_rx_ring_full),
+        "xsk_fill_ring_empty": get(&s.xsk_fill_ring_empty),
         "config_version": get(&s.config_version),
         "load": get(&s.load_permille) as f64 / 1000.0,
     })

@@ -26,7 +26,7 @@ use crate::session::{Session, SessionState, TlsEnv};
 use crate::tcp_device::{transparent_interface, FlowTap, FrameDevice, L2Header};
 use crate::tls::forge::Forger;
 use crate::tls::record::{rfc3339_utc_ms, DecryptionLog, DecryptionRecord, NegotiatedFact, Outcome};
-use crate::xsk::{XskPort, BATCH};
+use crate::xsk::{XskDrops, XskPort, BATCH};
 use crossbeam_channel::{Receiver, Sender};
 
 pub const INSIDE: usize = 0;
@@ -77,6 +77,11 @@ pub struct WorkerStats {
     pub bytes_client_to_server: AtomicU64,
     pub bytes_server_to_client: AtomicU64,
     pub tx_no_frame: AtomicU64,
+    /// Frames the kernel dropped before the worker saw them (`XDP_STATISTICS`, both
+    /// ports): in total, because the RX ring was full, because the fill ring was empty.
+    pub xsk_rx_dropped: AtomicU64,
+    pub xsk_rx_ring_full: AtomicU64,
+    pub xsk_fill_ring_empty: AtomicU64,
     pub sessions_decrypted: AtomicU64,
     pub sessions_blocked: AtomicU64,
     /// Sessions that failed before or while decrypting (spliced ones are not counted here).
@@ -298,6 +303,7 @@ impl Worker {
             self.answer_queries(now);
             if let Some(permille) = self.load.tick(now) {
                 self.stats.load_permille.store(permille, Ordering::Relaxed);
+                self.publish_xsk_drops();
             }
             let mut received = 0;
             for port in [INSIDE, OUTSIDE] {
@@ -850,6 +856,22 @@ impl Worker {
             outcomes: self.tally.outcomes(),
             failures: self.tally.failures(),
         }
+    }
+
+    /// The kernel's per-socket drop counters, summed over both ports (about once a
+    /// second: each is a system call).
+    fn publish_xsk_drops(&self) {
+        let mut total = XskDrops::default();
+        for drops in self.ports.iter().filter_map(XskPort::drops) {
+            total.rx_dropped += drops.rx_dropped;
+            total.rx_ring_full += drops.rx_ring_full;
+            total.fill_ring_empty += drops.fill_ring_empty;
+        }
+        self.stats.xsk_rx_dropped.store(total.rx_dropped, Ordering::Relaxed);
+        self.stats.xsk_rx_ring_full.store(total.rx_ring_full, Ordering::Relaxed);
+        self.stats
+            .xsk_fill_ring_empty
+            .store(total.fill_ring_empty, Ordering::Relaxed);
     }
 
     fn publish_io_stats(&self) {

@@ -41,6 +41,18 @@ pub struct XskStats {
     pub tx_no_frame: u64,
 }
 
+/// What the kernel counted for one AF_XDP socket (`XDP_STATISTICS`): frames it could
+/// not hand to loupe.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct XskDrops {
+    /// Dropped for any reason (includes the two below).
+    pub rx_dropped: u64,
+    /// The RX ring was full: the worker did not keep up.
+    pub rx_ring_full: u64,
+    /// The fill ring had no free frame for an arriving one.
+    pub fill_ring_empty: u64,
+}
+
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -106,6 +118,16 @@ pub struct XskPort {
 unsafe impl Send for XskPort {}
 
 impl XskPort {
+    /// The kernel's drop counters for this socket (one getsockopt; call it rarely).
+    pub fn drops(&self) -> Option<XskDrops> {
+        let stats = self.fill_completion.statistics_v2().ok()?;
+        Some(XskDrops {
+            rx_dropped: stats.rx_dropped,
+            rx_ring_full: stats.rx_ring_full,
+            fill_ring_empty: stats.rx_fill_ring_empty_descs,
+        })
+    }
+
     pub fn open(ifname: &str, queue: u32, sizes: XskSizes) -> Result<XskPort> {
         let len = sizes.frames as usize * FRAME_SIZE as usize;
         let area = Mapping::new(len)?;
