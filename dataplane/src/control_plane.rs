@@ -813,6 +813,7 @@ fn worker_counters(queue: u32, s: &WorkerStats) -> Value {
         "flows_closed": get(&s.flows_closed),
         "flows_active": get(&s.flows_active),
         "flows_refused_table_full": get(&s.flows_refused_table_full),
+        "flows_reused": get(&s.flows_reused),
         "upstream_refused": get(&s.upstream_refused),
         "resets": get(&s.resets),
         "bytes_client_to_server": get(&s.bytes_client_to_server),

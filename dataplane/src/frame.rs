@@ -65,6 +65,8 @@ pub struct TcpFrame {
     pub src_port: u16,
     pub dst_port: u16,
     pub flags: u8,
+    /// The segment's sequence number (a SYN's: the sender's initial sequence number).
+    pub seq: u32,
     /// Offset of the IP header in the frame (the Ethernet header length).
     pub ip_offset: usize,
     /// Length of the IP packet (header and payload), padding excluded.
@@ -129,6 +131,7 @@ pub fn parse_tcp_frame(frame: &[u8]) -> Result<TcpFrame, FrameError> {
         src_port: be16(tcp, 0),
         dst_port: be16(tcp, 2),
         flags: tcp[13],
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         ip_offset: ETHERNET_HEADER_LEN,
         ip_len,
     })
@@ -223,8 +226,10 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_ipv4_syn() {
-        let f = ipv4_tcp_frame([198, 18, 0, 1], [198, 18, 0, 2], 40000, 443, tcp_flags::SYN, b"");
+        let mut f = ipv4_tcp_frame([198, 18, 0, 1], [198, 18, 0, 2], 40000, 443, tcp_flags::SYN, b"");
+        f[38..42].copy_from_slice(&0xfedc_ba98_u32.to_be_bytes());
         let t = parse_tcp_frame(&f).unwrap();
+        assert_eq!(t.seq, 0xfedc_ba98, "the client's initial sequence number");
         assert_eq!(t.src, IpAddr::from([198, 18, 0, 1]));
         assert_eq!(t.dst, IpAddr::from([198, 18, 0, 2]));
         assert_eq!((t.src_port, t.dst_port), (40000, 443));

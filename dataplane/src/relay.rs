@@ -103,8 +103,9 @@ impl TcpPair {
     }
 
     /// Prepares the pair for a new flow: the client side listens as the server (SYN-ACK
-    /// paused), the server side connects as the client. The caller then feeds the SYN.
-    pub fn open(&mut self, key: FlowKey, cx: &mut smoltcp::iface::Context) -> Result<(), String> {
+    /// paused), the server side connects as the client, with the client's initial
+    /// sequence number (`client_isn`, see smoltcp patch 6). The caller then feeds the SYN.
+    pub fn open(&mut self, key: FlowKey, client_isn: u32, cx: &mut smoltcp::iface::Context) -> Result<(), String> {
         self.phase = Phase::Connecting;
         self.fins = Fins::default();
         self.end_reason = None;
@@ -123,6 +124,9 @@ impl TcpPair {
         server
             .connect(cx, server_end, client_end)
             .map_err(|e| format!("connect to {} as {}: {e}", key.server, key.client))?;
+        // A server with the 4-tuple's previous connection in TIME-WAIT takes a SYN whose
+        // ISN grows like the client's (a random one costs a 1 s retransmission).
+        server.set_initial_seq(client_isn);
         server.set_timeout(Some(CONNECT_TIMEOUT));
         Ok(())
     }

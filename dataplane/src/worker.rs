@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use loupe_control::protocol::{FlowView, SessionDetail, SessionFilter, SessionSummary, WorkerQuery, WorkerReport};
 
 use smoltcp::iface::Interface;
+use smoltcp::socket::tcp::State as TcpState;
 use smoltcp::time::Instant;
 use xdpilone::xdp::XdpDesc;
 
@@ -72,6 +73,9 @@ pub struct WorkerStats {
     pub flows_closed: AtomicU64,
     pub flows_active: AtomicU64,
     pub flows_refused_table_full: AtomicU64,
+    /// Flows ended early because their client opened a new connection on the same
+    /// 4-tuple after closing this one.
+    pub flows_reused: AtomicU64,
     pub upstream_refused: AtomicU64,
     pub resets: AtomicU64,
     pub bytes_client_to_server: AtomicU64,
@@ -361,7 +365,18 @@ impl Worker {
         {
             return;
         }
-        let (id, direction) = match self.flows.lookup(src, dst) {
+        let mut found = self.flows.lookup(src, dst);
+        if let Some((old, Direction::ClientToServer)) = found {
+            if tcp.is_syn() && self.client_is_done(old) {
+                // The client opens a new connection on the 4-tuple of one it has closed
+                // (Linux reuses ports quickly); the old flow only lingers for its server
+                // side. Without this the SYN would reach the old socket, which answers
+                // with an ACK of the old sequence, and the client would wait 1 s to retry.
+                self.retire(old, now);
+                found = None;
+            }
+        }
+        let (id, direction) = match found {
             Some(found) => found,
             None if tcp.is_syn() && self.settings.inspect_ports.contains(&tcp.dst_port) => {
                 match self.open_flow(
@@ -372,6 +387,7 @@ impl Worker {
                     port,
                     tcp.src_mac,
                     tcp.dst_mac,
+                    tcp.seq,
                     now,
                 ) {
                     Some(id) => (id, Direction::ClientToServer),
@@ -443,6 +459,7 @@ impl Worker {
         client_port: usize,
         client_mac: MacAddr,
         peer_mac: MacAddr,
+        client_isn: u32,
         now: Instant,
     ) -> Option<FlowId> {
         let buffer = self.settings.tcp_buffer;
@@ -480,7 +497,7 @@ impl Worker {
         flow.opened = now;
         flow.last_frame = now;
         flow.session = Session::new(session_id, key, Arc::clone(policy));
-        if let Err(err) = flow.pair.open(key, self.server_iface.context()) {
+        if let Err(err) = flow.pair.open(key, client_isn, self.server_iface.context()) {
             tracing::warn!(flow = %key, %err, "cannot open flow");
             self.flows.remove(id);
             return None;
@@ -667,6 +684,28 @@ impl Worker {
             }
             self.timers.push(Reverse((at, id.index, id.generation)));
         }
+    }
+
+    /// Whether loupe's client-facing socket of the flow has closed (or waits out
+    /// TIME-WAIT): the client has nothing more to say on it.
+    fn client_is_done(&mut self, id: FlowId) -> bool {
+        self.flows
+            .get_mut(id)
+            .is_some_and(|flow| matches!(flow.pair.client_state(), TcpState::Closed | TcpState::TimeWait))
+    }
+
+    /// Ends a flow now, whatever its server side is doing (a reset goes to the server if
+    /// it is not done), and logs it.
+    fn retire(&mut self, id: FlowId, now: Instant) {
+        let Some(flow) = self.flows.get_mut(id) else { return };
+        if !matches!(flow.pair.server_state(), TcpState::Closed | TcpState::TimeWait) {
+            flow.pair.server_socket().abort();
+        }
+        flow.pair.end_reason.get_or_insert(EndReason::Closed);
+        flow.pair.phase = Phase::Finished;
+        flow.release_at = Some(now);
+        WorkerStats::add(&self.stats.flows_reused, 1);
+        self.service(id, now);
     }
 
     fn finish(&mut self, id: FlowId, reason: EndReason, bytes: ByteCounts) {

@@ -133,7 +133,9 @@ impl Appliance {
             client: CLIENT.parse().unwrap(),
             server: SERVER.parse().unwrap(),
         };
-        pair.open(key, server_iface.context()).unwrap();
+        // The client's ISN is only known from its SYN, which this harness sends later;
+        // any value works for a server without a previous connection on the 4-tuple.
+        pair.open(key, 0x1000_0000, server_iface.context()).unwrap();
         Appliance {
             client_iface,
             server_iface,

@@ -1072,6 +1072,19 @@ impl<'a> Socket<'a> {
         Ok(())
     }
 
+    /// loupe: makes `seq` the initial sequence number of a connection just opened with
+    /// `connect`, before its SYN goes out (no effect later). A transparent proxy sends
+    /// the client's own ISN upstream: a server still holding the previous connection on
+    /// the same 4-tuple in TIME-WAIT accepts a SYN above that connection's sequence
+    /// space (RFC 6528 ISNs grow with time), while a random one is answered with an
+    /// ACK of the old connection, and the connection waits for the SYN's 1 s timeout.
+    pub fn set_initial_seq(&mut self, seq: u32) {
+        if self.state == State::SynSent && self.local_seq_no == self.remote_last_seq {
+            self.local_seq_no = TcpSeqNumber(seq as i32);
+            self.remote_last_seq = self.local_seq_no;
+        }
+    }
+
     #[cfg(test)]
     fn random_seq_no(_cx: &mut Context) -> TcpSeqNumber {
         TcpSeqNumber(10000)
@@ -3914,6 +3927,31 @@ mod test {
             .connect(&mut s.cx, REMOTE_END, LOCAL_END)
             .expect("Connect failed with valid parameters");
         assert_eq!(s.tuple, Some(TUPLE));
+    }
+
+    #[test]
+    fn test_connect_with_initial_seq() {
+        // loupe: the SYN carries the sequence number given after connect.
+        let mut s = socket();
+        s.socket
+            .connect(&mut s.cx, REMOTE_END, LOCAL_END.port)
+            .unwrap();
+        s.socket.set_initial_seq(0x8000_0001);
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: TcpSeqNumber(0x8000_0001_u32 as i32),
+                ack_number: None,
+                max_seg_size: Some(BASE_MSS),
+                window_scale: Some(0),
+                sack_permitted: true,
+                ..RECV_TEMPL
+            }]
+        );
+        // Once the SYN is out, the sequence space is fixed.
+        s.socket.set_initial_seq(7);
+        assert_eq!(s.socket.local_seq_no, TcpSeqNumber(0x8000_0001_u32 as i32));
     }
 
     #[test]
