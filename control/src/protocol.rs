@@ -107,6 +107,31 @@ pub enum Request {
     CaptureStop,
 }
 
+impl Request {
+    /// The request's `verb` as it appears on the wire (for logs).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Sessions { .. } => "sessions",
+            Request::Session { .. } => "session",
+            Request::Counters => "counters",
+            Request::PolicyCheck { .. } => "policy-check",
+            Request::PolicyLoad { .. } => "policy-load",
+            Request::PolicyShow => "policy-show",
+            Request::ProfileSet { .. } => "profile-set",
+            Request::TrustList => "trust-list",
+            Request::TrustImport { .. } => "trust-import",
+            Request::TrustRemove { .. } => "trust-remove",
+            Request::TrustFetch { .. } => "trust-fetch",
+            Request::ExclusionsList => "exclusions-list",
+            Request::ExclusionsClear { .. } => "exclusions-clear",
+            Request::LogTail { .. } => "log-tail",
+            Request::CaptureStart { .. } => "capture-start",
+            Request::CaptureStop => "capture-stop",
+        }
+    }
+}
+
 fn default_tls_port() -> u16 {
     443
 }
@@ -494,6 +519,20 @@ mod tests {
         );
         assert_eq!(kind(r#"{"v":1,"id":"x","verb":"status"}"#), ErrorKind::BadRequest);
         assert!(parse_request(br#"{"v":1,"verb":"log-tail"}"#).is_ok());
+    }
+
+    #[test]
+    fn verbs_are_the_wire_names() {
+        for request in [
+            Request::Status,
+            Request::PolicyShow,
+            Request::CaptureStop,
+            Request::Session { session: 1 },
+            Request::ExclusionsClear { host: None },
+        ] {
+            let wire = serde_json::to_value(&request).unwrap();
+            assert_eq!(wire["verb"], request.verb());
+        }
     }
 
     #[test]

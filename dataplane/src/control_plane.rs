@@ -116,7 +116,7 @@ impl ControlPlane {
     /// Answers one call; replies go back on the call's channel (a closed one is ignored:
     /// the client went away).
     pub fn serve(&mut self, call: ControlCall, wire: &mut Wire, forger: &Forger) {
-        let verb = verb_name(&call.request);
+        let verb = call.request.verb();
         let reply = self.answer(call.request, wire, forger);
         if let Err(err) = &reply {
             tracing::info!(verb, uid = call.peer.uid, kind = ?err.kind, %err, "control request failed");
@@ -746,28 +746,6 @@ fn restart_needed(running: &Config, next: &Config) -> Option<&'static str> {
         Some("[paths]")
     } else {
         None
-    }
-}
-
-fn verb_name(request: &Request) -> &'static str {
-    match request {
-        Request::Status => "status",
-        Request::Sessions { .. } => "sessions",
-        Request::Session { .. } => "session",
-        Request::Counters => "counters",
-        Request::PolicyCheck { .. } => "policy-check",
-        Request::PolicyLoad { .. } => "policy-load",
-        Request::PolicyShow => "policy-show",
-        Request::ProfileSet { .. } => "profile-set",
-        Request::TrustList => "trust-list",
-        Request::TrustImport { .. } => "trust-import",
-        Request::TrustRemove { .. } => "trust-remove",
-        Request::TrustFetch { .. } => "trust-fetch",
-        Request::ExclusionsList => "exclusions-list",
-        Request::ExclusionsClear { .. } => "exclusions-clear",
-        Request::LogTail { .. } => "log-tail",
-        Request::CaptureStart { .. } => "capture-start",
-        Request::CaptureStop => "capture-stop",
     }
 }
 
