@@ -226,6 +226,38 @@ impl Lab {
         })
     }
 
+    /// Waits until the server namespace holds no connection on local `port` that is
+    /// still closing (anything but LISTEN and TIME-WAIT), so that frames of an earlier
+    /// exchange (a FIN retransmitted in LAST-ACK) cannot land in a later count.
+    fn wait_server_quiet(&self, port: u16) {
+        let server = self.server.clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let busy = Lab::within(&server, move || {
+                // thread-self: this thread's namespace, not the process's.
+                let table = std::fs::read_to_string("/proc/thread-self/net/tcp").expect("read net/tcp");
+                let local_port = format!(":{port:04X}");
+                table
+                    .lines()
+                    .skip(1)
+                    .filter_map(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        (fields.len() > 3 && fields[1].ends_with(&local_port)).then(|| fields[3].to_string())
+                    })
+                    .filter(|state| state != "0A" && state != "06")
+                    .collect::<Vec<_>>()
+            });
+            if busy.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server still has connections on {port} in states {busy:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn udp_send(&self, port: u16, datagrams: usize) {
         let client = self.client.clone();
         Lab::within(&client, move || {
@@ -480,6 +512,9 @@ fn wire_bridges_steers_and_fails_as_configured() {
 
     // A socket on in0 queue 0: the client's inspected SYNs are steered to it (nobody
     // answers, so the connect fails), and the frame in its RX ring is that SYN.
+    // The last exchange's closing frames must be done first: a final ACK steered to
+    // the socket leaves the server retransmitting its FIN, counted as unserved.
+    lab.wait_server_quiet(443);
     let app = lab.app.clone();
     let mut xsk = Lab::within(&app, || XskPort::open("in0", 0, XskSizes { frames: 64, ring: 32 }))
         .unwrap_or_else(|e| panic!("AF_XDP socket on in0 queue 0: {e:#}"));
