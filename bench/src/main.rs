@@ -38,6 +38,10 @@ enum Cmd {
         /// Repetitions of each workload (default: 3, or 1 with --quick/--tiny).
         #[arg(long)]
         reps: Option<usize>,
+        /// Only these workloads: handshakes, requests, bulk-1, bulk-8 (bulk-N for any
+        /// stream count N), idle.
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
         /// Where the report goes.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
@@ -206,6 +210,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             tiny,
             modes,
             reps,
+            workloads,
             out,
         } => {
             use loupe_bench::runner::{BenchPlan, Mode};
@@ -221,6 +226,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             }
             if let Some(reps) = reps {
                 plan.reps = reps.max(1);
+            }
+            if !workloads.is_empty() {
+                plan.only_workloads(&workloads)?;
             }
             let report = loupe_bench::runner::run(&plan)?;
             println!("{}", report.to_markdown());

@@ -86,6 +86,10 @@ pub struct BenchPlan {
     pub bulk_bytes: u64,
     pub bulk_streams: Vec<usize>,
     pub idle_sessions: usize,
+    /// Workloads in the fixed order: handshakes, requests, bulk-N, idle.
+    pub handshakes: bool,
+    pub requests: bool,
+    pub idle: bool,
     pub out_dir: PathBuf,
 }
 
@@ -103,8 +107,37 @@ impl BenchPlan {
             // This VM's hard open-file limit is 20,000 (no CAP_SYS_RESOURCE), and a proxy
             // holds two sockets per session: 9,000 keeps sslsplit and squid under it.
             idle_sessions: 9_000,
+            handshakes: true,
+            requests: true,
+            idle: true,
             out_dir,
         }
+    }
+
+    /// Keeps only the named workloads (`handshakes`, `requests`, `bulk-N`, `idle`).
+    pub fn only_workloads(&mut self, names: &[String]) -> Result<()> {
+        let mut bulk_streams = Vec::new();
+        let (mut handshakes, mut requests, mut idle) = (false, false, false);
+        for name in names {
+            match name.as_str() {
+                "handshakes" => handshakes = true,
+                "requests" => requests = true,
+                "idle" => idle = true,
+                other => match other.strip_prefix("bulk-").map(str::parse::<usize>) {
+                    Some(Ok(streams)) if streams > 0 => bulk_streams.push(streams),
+                    _ => bail!(
+                        "unknown workload {other:?}: expected handshakes, requests, bulk-N (N streams, N ≥ 1) or idle"
+                    ),
+                },
+            }
+        }
+        bulk_streams.sort_unstable();
+        bulk_streams.dedup();
+        self.handshakes = handshakes;
+        self.requests = requests;
+        self.idle = idle;
+        self.bulk_streams = bulk_streams;
+        Ok(())
     }
 
     /// `--quick`: one repetition, short durations, a 256 MiB object: under 10 minutes here.
@@ -254,10 +287,20 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     for &mode in &plan.modes {
         check_interrupted()?;
         bar.set_message(format!("{}: starting", mode.name()));
-        let (running, client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
+        let (mut running, mut client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
+        let mut used = false;
         for (name, workload) in &workloads {
             for rep in 1..=plan.reps {
                 check_interrupted()?;
+                // Memory per idle session is the growth of a fresh process: one that ran
+                // earlier workloads already holds the pages (flow slots, buffers, caches)
+                // the idle sessions would otherwise have touched.
+                if matches!(workload, crate::load::Workload::Idle { .. }) && used {
+                    bar.set_message(format!("{}: restarting for idle", mode.name()));
+                    drop(running);
+                    (running, client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
+                }
+                used = true;
                 bar.set_message(format!("{} · {name} · rep {rep}/{}", mode.name(), plan.reps));
                 let m = measure(&lab, plan, &objects, &client_ca, &running, mode, name, *workload, rep)
                     .with_context(|| format!("{} {name} rep {rep}", mode.name()))?;
@@ -297,19 +340,24 @@ fn progress(line: &str) {
 
 fn workloads(plan: &BenchPlan) -> Vec<(String, crate::load::Workload)> {
     use crate::load::Workload;
-    let mut out = vec![
-        ("handshakes".to_string(), Workload::Handshakes),
-        ("requests".to_string(), Workload::Requests),
-    ];
+    let mut out = Vec::new();
+    if plan.handshakes {
+        out.push(("handshakes".to_string(), Workload::Handshakes));
+    }
+    if plan.requests {
+        out.push(("requests".to_string(), Workload::Requests));
+    }
     for &streams in &plan.bulk_streams {
         out.push((format!("bulk-{streams}"), Workload::Bulk { streams }));
     }
-    out.push((
-        "idle".to_string(),
-        Workload::Idle {
-            sessions: plan.idle_sessions,
-        },
-    ));
+    if plan.idle {
+        out.push((
+            "idle".to_string(),
+            Workload::Idle {
+                sessions: plan.idle_sessions,
+            },
+        ));
+    }
     out
 }
 
@@ -494,4 +542,31 @@ fn parse_result(stdout: &str) -> Result<LoadResult> {
         .find(|l| l.trim_start().starts_with('{'))
         .context("loupe-bench load printed no JSON result")?;
     serde_json::from_str(line).with_context(|| format!("parsing the load result {line}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(plan: &BenchPlan) -> Vec<String> {
+        workloads(plan).into_iter().map(|(name, _)| name).collect()
+    }
+
+    #[test]
+    fn workloads_keep_the_fixed_order_whatever_the_order_asked() {
+        let mut plan = BenchPlan::quick(PathBuf::from("out"));
+        assert_eq!(names(&plan), ["handshakes", "requests", "bulk-1", "bulk-8", "idle"]);
+        plan.only_workloads(&["idle".into(), "bulk-4".into(), "handshakes".into(), "bulk-4".into()])
+            .unwrap();
+        assert_eq!(names(&plan), ["handshakes", "bulk-4", "idle"]);
+    }
+
+    #[test]
+    fn an_unknown_workload_is_named_in_the_error() {
+        let mut plan = BenchPlan::quick(PathBuf::from("out"));
+        for bad in ["bulk-0", "bulk-x", "handshake"] {
+            let e = plan.only_workloads(&[bad.to_string()]).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
 }
