@@ -809,3 +809,187 @@ fn capture_records_the_handshake_for_tshark() {
         );
     }
 }
+
+/// A `[timeouts]` configuration with the origin CA trusted (as `reload_config`).
+fn timeouts_config(t: &Tls, idle: &str, handshake: &str) -> String {
+    format!(
+        "[trust]\nca_files = [\"{}\"]\n\n[timeouts]\nidle = \"{idle}\"\nhandshake = \"{handshake}\"\n",
+        t.origin_ca()
+    )
+}
+
+/// Connections to the origin's 443 the server namespace still holds (TIME-WAIT aside).
+fn origin_connections(t: &Tls) -> Vec<String> {
+    let out = ok(
+        t.lab.exec(
+            Ns::Server,
+            &[
+                "ss",
+                "-Htn",
+                "state",
+                "connected",
+                "exclude",
+                "time-wait",
+                "sport",
+                "=",
+                ":443",
+            ],
+        ),
+        "ss in the server namespace",
+    );
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The newest record whose end reason starts with `prefix`; waits a little for it.
+fn record_ending(t: &Tls, prefix: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = t
+            .records()
+            .into_iter()
+            .rev()
+            .find(|r| r["end_reason"].as_str().is_some_and(|e| e.starts_with(prefix)));
+        if let Some(r) = found {
+            return r;
+        }
+        if Instant::now() >= deadline {
+            t.fail(None, &format!("no record whose end reason starts with {prefix:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `[timeouts]`: a client that connects and never sends a ClientHello is reset after
+/// `handshake`; a decrypted session quiet either way is reset on both sides after `idle`;
+/// a loaded policy changes the idle timeout of a session already open, both ways.
+#[test]
+fn quiet_sessions_are_reset_after_the_configured_timeouts_and_loads_apply_to_open_ones() {
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let config = "[timeouts]\nidle = \"3s\"\nhandshake = \"2s\"\n";
+    let (t, _nginx) = setup_with(&lab, Some(config));
+
+    // A TCP client that says nothing: reset once `handshake` has passed since its SYN.
+    let started = Instant::now();
+    let mut silent = ok(
+        lab.spawn(
+            Ns::Client,
+            "silent-client",
+            &[
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/198.18.0.2/443 && exec timeout 20 cat <&3",
+            ],
+        ),
+        "start the silent client",
+    );
+    let status = ok(silent.wait_timeout(Duration::from_secs(15)), "the silent client ends");
+    let took = started.elapsed();
+    if status.success() || !silent.stderr().contains("reset") || took < Duration::from_millis(1900) {
+        t.fail(
+            None,
+            &format!(
+                "the silent client must be reset about 2 s after connecting; it ended with {status} after {took:?}\n{}",
+                silent.logs()
+            ),
+        );
+    }
+    let rec = record_ending(&t, "handshake timeout");
+    t.expect_eq(&rec, "/outcome", "aborted".into(), "the silent client");
+    t.expect_eq(&rec, "/stage", "client_hello".into(), "the silent client");
+    t.expect_contains(&rec, "/error", &["no complete ClientHello", "2s"], "the silent client");
+
+    // A decrypted session, idle after its handshake.
+    let s_client = format!(
+        "exec openssl s_client -connect 198.18.0.2:443 -servername server.lab -CAfile {} \
+         -verify_return_error < <(sleep 60)",
+        t.dca()
+    );
+    let mut quiet = ok(
+        lab.spawn(Ns::Client, "s_client-quiet", &["bash", "-c", &s_client]),
+        "start openssl s_client",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !quiet.stdout().contains("Verify return code: 0 (ok)") {
+        if Instant::now() >= deadline || ok(quiet.try_status(), "s_client status").is_some() {
+            t.fail(
+                None,
+                &format!("s_client did not complete a verified handshake\n{}", quiet.logs()),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Live: a longer idle timeout reaches the open session, which outlives the old one.
+    let file = t.lab.dir().join("timeouts.toml");
+    std::fs::write(&file, timeouts_config(&t, "1h", "2s")).expect("write the policy");
+    let file = file.display().to_string();
+    ctl(&t, &["policy", "load", &file]);
+    std::thread::sleep(Duration::from_secs(5));
+    if ok(quiet.try_status(), "s_client status").is_some() {
+        t.fail(
+            None,
+            &format!(
+                "with idle = \"1h\" loaded, the quiet session must stay open\n{}",
+                quiet.logs()
+            ),
+        );
+    }
+    let sessions = ctl(&t, &["sessions", "--sni", "server.lab"]);
+    let id = sessions
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["state"] == "decrypting"))
+        .and_then(|s| s["id"].as_u64())
+        .unwrap_or_else(|| t.fail(None, &format!("no decrypting session listed: {sessions}")))
+        .to_string();
+    let detail = ctl(&t, &["session", &id]);
+    if detail["idle_timeout_secs"] != 3600 || detail["idle_secs"].as_u64().unwrap_or(0) < 4 {
+        t.fail(
+            None,
+            &format!("session {id}: expected idle for 4 s or more under a 3600 s idle timeout: {detail}"),
+        );
+    }
+
+    // And back: the open session has been idle longer than 3 s, so it goes at the next
+    // sweep, the server's connection with it.
+    std::fs::write(&file, timeouts_config(&t, "3s", "2s")).expect("write the policy");
+    ctl(&t, &["policy", "load", &file]);
+    let status = ok(
+        quiet.wait_timeout(Duration::from_secs(5)),
+        "s_client ends after the idle timeout",
+    );
+    // s_client exits with the errno of its failed read: 104 is ECONNRESET.
+    if status.code() != Some(104) {
+        t.fail(
+            None,
+            &format!("s_client was not reset: it ended with {status}\n{}", quiet.logs()),
+        );
+    }
+    let rec = record_ending(&t, "idle timeout");
+    t.expect_eq(&rec, "/outcome", "decrypted".into(), "the quiet session");
+    t.expect_contains(&rec, "/end_reason", &["3s", "both sides reset"], "the quiet session");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = origin_connections(&t);
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            t.fail(
+                Some(&rec),
+                &format!("the origin still holds the timed-out session's connection: {left:?}"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let counters = ctl(&t, &["counters"]);
+    if counters["timeouts"]["idle"] != 1 || counters["timeouts"]["handshake"] != 1 {
+        t.fail(
+            None,
+            &format!("counters: expected one timeout of each kind: {}", counters["timeouts"]),
+        );
+    }
+}

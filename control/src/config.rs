@@ -247,6 +247,30 @@ impl Default for Exclusions {
     }
 }
 
+/// How long a session may sit without progress before loupe ends it, resetting both
+/// connections and logging why. A live setting: a loaded policy applies to open sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// No frame either way for this long ends a session, whatever its stage.
+    #[serde(deserialize_with = "duration")]
+    pub idle: Duration,
+    /// From the client's SYN until the session is decided and, when decrypted, both TLS
+    /// handshakes are done: a client that connects and says nothing holds a flow slot no
+    /// longer than this.
+    #[serde(deserialize_with = "duration")]
+    pub handshake: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            idle: Duration::from_secs(3600),
+            handshake: Duration::from_secs(30),
+        }
+    }
+}
+
 /// What to do when the server's certificate chain does not validate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -405,6 +429,8 @@ pub struct Config {
     pub rules: Vec<Rule>,
     #[serde(default)]
     pub exclusions: Exclusions,
+    #[serde(default)]
+    pub timeouts: Timeouts,
     #[serde(default)]
     pub control: Control,
     /// The file and text this configuration was parsed from (empty for `Config::default()`),
@@ -1218,7 +1244,7 @@ mod tests {
         assert_eq!(
             parse("[dataplan]\n").unwrap_err(),
             "loupe.toml:1: unknown field `dataplan`, expected one of `dataplane`, `ca`, `decryption`, `profile`, \
-             `paths`, `trust`, `category`, `rule`, `exclusions`, `control`"
+             `paths`, `trust`, `category`, `rule`, `exclusions`, `timeouts`, `control`"
         );
         assert_eq!(
             parse("[[rule]]\nname = \"a\"\naction = \"block\"\n\n[[rule]]\naction = \"block\"\n").unwrap_err(),
@@ -1511,6 +1537,30 @@ mod tests {
             parse(text).unwrap_err(),
             "loupe.toml:3: [decryption] default_action: expected \"decrypt\", \"no-decrypt\" or \"block\", got \
              \"decrypt-inbound\" (it needs a server's certificate and key: write a [[rule]] for that server)"
+        );
+    }
+
+    #[test]
+    fn timeouts() {
+        let t = parse("").unwrap().timeouts;
+        assert_eq!(
+            (t.idle, t.handshake),
+            (Duration::from_secs(3600), Duration::from_secs(30))
+        );
+        let t = parse("[timeouts]\nidle = \"10m\"\nhandshake = \"5s\"\n")
+            .unwrap()
+            .timeouts;
+        assert_eq!(
+            (t.idle, t.handshake),
+            (Duration::from_secs(600), Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse("[timeouts]\nidle = \"0s\"\n").unwrap_err(),
+            "loupe.toml:2: [timeouts] idle: expected a duration like \"90s\", \"30m\", \"12h\" or \"1d\", got \"0s\""
+        );
+        assert_eq!(
+            parse("[timeouts]\nhandshake = 30\n").unwrap_err(),
+            "loupe.toml:2: [timeouts] handshake: invalid type: integer `30`, expected a string"
         );
     }
 

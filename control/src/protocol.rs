@@ -357,7 +357,8 @@ pub struct SessionDetail {
     pub started: String,
     /// Seconds without a frame either way.
     pub idle_secs: u64,
-    /// After this many idle seconds the flow is ended.
+    /// After this many idle seconds the flow is ended (`[timeouts] idle`; 0 for an
+    /// ended session).
     pub idle_timeout_secs: u64,
     pub rule: Option<String>,
     pub profile: Option<String>,

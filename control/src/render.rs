@@ -365,6 +365,8 @@ pub fn policy_show(value: &Value) -> String {
         pair("config version", field(value, "config_version")),
         pair("file", field(value, "file")),
         pair("loaded at", field(value, "loaded_at")),
+        pair("idle timeout", field(&value["timeouts"], "idle")),
+        pair("handshake timeout", field(&value["timeouts"], "handshake")),
     ]);
     let rules: Vec<Vec<String>> = items(value.get("rules"))
         .iter()

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use crate::capture::{Capture, CaptureTap};
 use crate::policy::{unix_now, Exclusion, ExclusionCache, Policy};
+use crate::relay::humanize;
 use crate::tls::forge::Forger;
 use crate::tls::record::rfc3339_utc_ms;
 use crate::tls::session::cert_fact;
@@ -303,6 +304,10 @@ impl ControlPlane {
             "file": self.config_file,
             "loaded_at": rfc3339_utc_ms(self.loaded_at),
             "rules": rules,
+            "timeouts": {
+                "idle": humanize(self.config.timeouts.idle),
+                "handshake": humanize(self.config.timeouts.handshake),
+            },
             "profiles": self.effective_profiles(),
             "overrides": self.overrides.changes,
         })
@@ -694,6 +699,10 @@ impl ControlPlane {
                 "dropped": sum(|s| &s.exclusions_dropped),
             },
             "presented_chains": { "kept": self.chains.len(), "dropped": sum(|s| &s.chains_dropped) },
+            "timeouts": {
+                "idle": sum(|s| &s.idle_timeouts),
+                "handshake": sum(|s| &s.handshake_timeouts),
+            },
         })
     }
 
@@ -794,6 +803,8 @@ fn worker_counters(queue: u32, s: &WorkerStats) -> Value {
         "flows_reused": get(&s.flows_reused),
         "upstream_refused": get(&s.upstream_refused),
         "resets": get(&s.resets),
+        "idle_timeouts": get(&s.idle_timeouts),
+        "handshake_timeouts": get(&s.handshake_timeouts),
         "bytes_client_to_server": get(&s.bytes_client_to_server),
         "bytes_server_to_client": get(&s.bytes_server_to_client),
         "tx_no_frame": get(&s.tx_no_frame),

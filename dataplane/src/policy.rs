@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use loupe_control::config::{self, Cidr, Config, LoadedCategory, NotTls, RuleAction};
+use loupe_control::config::{self, Cidr, Config, LoadedCategory, NotTls, RuleAction, Timeouts};
 use serde::{Deserialize, Serialize};
 
 use boring::x509::store::X509Store;
@@ -348,6 +348,8 @@ pub struct Policy {
     categories: Arc<Categories>,
     pub exclusions: Arc<ExclusionCache>,
     pub not_tls: NotTls,
+    /// Applied by workers to every open flow, whichever snapshot it started with.
+    pub timeouts: Timeouts,
     /// Flows each rule decided (index = rule index), shared by snapshots of the same rules.
     hits: Arc<[AtomicU64]>,
     default_hits: Arc<AtomicU64>,
@@ -432,6 +434,7 @@ impl Policy {
             categories: Arc::new(categories),
             exclusions: Arc::new(exclusions),
             not_tls: config.decryption.not_tls,
+            timeouts: config.timeouts.clone(),
             hits,
             default_hits: Arc::new(AtomicU64::new(0)),
         })
@@ -448,6 +451,7 @@ impl Policy {
             categories: Arc::clone(&self.categories),
             exclusions: Arc::new(exclusions),
             not_tls: self.not_tls,
+            timeouts: self.timeouts.clone(),
             hits: Arc::clone(&self.hits),
             default_hits: Arc::clone(&self.default_hits),
         }

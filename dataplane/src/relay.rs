@@ -9,6 +9,8 @@
 //! The client's SYN-ACK is held back (smoltcp's `pause_synack`) until the server accepted
 //! the upstream connection, so a closed server port looks closed to the client.
 
+use std::fmt;
+
 use smoltcp::iface::{SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Duration;
@@ -42,16 +44,45 @@ pub enum EndReason {
     ClientReset,
     ServerReset,
     UpstreamRefused,
+    /// No frame either way for this long (`[timeouts] idle`): loupe reset both sides.
+    IdleTimeout(std::time::Duration),
+    /// Not decided, or its TLS handshakes not done, this long after the SYN
+    /// (`[timeouts] handshake`): loupe reset both sides.
+    HandshakeTimeout(std::time::Duration),
 }
 
-impl EndReason {
-    pub fn as_str(self) -> &'static str {
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EndReason::Closed => "closed",
-            EndReason::ClientReset => "client reset",
-            EndReason::ServerReset => "server reset",
-            EndReason::UpstreamRefused => "upstream refused or unreachable",
+            EndReason::Closed => f.write_str("closed"),
+            EndReason::ClientReset => f.write_str("client reset"),
+            EndReason::ServerReset => f.write_str("server reset"),
+            EndReason::UpstreamRefused => f.write_str("upstream refused or unreachable"),
+            EndReason::IdleTimeout(after) => write!(
+                f,
+                "idle timeout: no frame either way for {} ([timeouts] idle); both sides reset",
+                humanize(*after)
+            ),
+            EndReason::HandshakeTimeout(after) => write!(
+                f,
+                "handshake timeout: not done {} after the SYN ([timeouts] handshake); both sides reset",
+                humanize(*after)
+            ),
         }
+    }
+}
+
+/// `12h`, `30m`, `90s`: the largest whole unit, as the configuration writes durations.
+pub fn humanize(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s > 0 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
     }
 }
 
@@ -149,20 +180,6 @@ impl TcpPair {
         self.server.get::<tcp::Socket>(self.server_handle).state()
     }
 
-    /// The smoltcp timeout that ends this flow: the server socket's `CONNECT_TIMEOUT`
-    /// while the upstream connection is being opened, then the longer of both sockets'
-    /// (`STALL_TIMEOUT`). smoltcp enforces it only while a socket connects or has
-    /// unacknowledged data in flight (keep-alive is off): loupe has no idle timeout, a
-    /// quiet flow with nothing in flight is never ended by it.
-    pub fn timeout(&self) -> Option<Duration> {
-        let client = self.client.get::<tcp::Socket>(self.client_handle).timeout();
-        let server = self.server.get::<tcp::Socket>(self.server_handle).timeout();
-        match self.phase {
-            Phase::Connecting => server,
-            Phase::Relaying | Phase::Finished => client.max(server),
-        }
-    }
-
     /// Whether the flow is winding down: a FIN was seen or passed on, or a reset ended it.
     pub fn closing(&self) -> bool {
         let f = self.fins;
@@ -171,6 +188,15 @@ impl TcpPair {
             || f.server_fin_received
             || f.client_fin_forwarded
             || f.server_fin_forwarded
+    }
+
+    /// Ends the flow now for `reason` (a timeout): both sockets are aborted, so each
+    /// sends its peer a reset on the next egress.
+    pub fn expire(&mut self, reason: EndReason) {
+        self.client_socket().abort();
+        self.server_socket().abort();
+        self.end_reason.get_or_insert(reason);
+        self.phase = Phase::Finished;
     }
 
     /// Moves bytes both ways (through `pump`) and carries connection state across. Call

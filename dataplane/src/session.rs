@@ -12,7 +12,7 @@ use smoltcp::socket::tcp;
 
 use crate::flow::FlowKey;
 use crate::policy::{Decision, ExclusionKey, Policy, ProfileContext};
-use crate::relay::{ByteCounts, EndReason, Fins, Phase, Splice, StreamPump};
+use crate::relay::{humanize, ByteCounts, EndReason, Fins, Phase, Splice, StreamPump};
 use crate::tls::client_hello::{ClientHello, ClientHelloError, ClientHelloReader};
 use crate::tls::diagnosis::{ClientOffer, ConnectFailure, DiagnosisInput, ProfileFacts, UpstreamOffer};
 use crate::tls::forge::CertSource;
@@ -217,6 +217,12 @@ impl Session {
         }
     }
 
+    /// Whether the session is still being set up: awaiting the ClientHello, or in its TLS
+    /// handshakes (`[timeouts] handshake` applies then).
+    pub fn settling(&self) -> bool {
+        matches!(self.stream_kind(), StreamKind::AwaitingHello | StreamKind::Handshaking)
+    }
+
     /// The rule that decided the session; None while undecided (awaiting the ClientHello).
     pub fn rule(&self) -> Option<&str> {
         self.decision.as_ref().map(|d| d.rule.as_str())
@@ -272,15 +278,21 @@ impl Session {
         match &self.stream {
             Stream::AwaitingHello(_) if tcp_end == Some(EndReason::UpstreamRefused) => {
                 record.stage = Some(Stage::UpstreamConnect);
-                record.end_reason = EndReason::UpstreamRefused.as_str().into();
+                record.end_reason = EndReason::UpstreamRefused.to_string();
                 connect_failure = Some(ConnectFailure::Refused);
+            }
+            Stream::AwaitingHello(_) if matches!(tcp_end, Some(EndReason::HandshakeTimeout(_))) => {
+                record.stage = Some(Stage::ClientHello);
+                let end = tcp_end.map(|e| e.to_string()).unwrap_or_default();
+                record.error = Some(format!("no complete ClientHello from the client: {end}"));
+                record.end_reason = end;
             }
             Stream::AwaitingHello(_) | Stream::ClosedBeforeHello => {
                 record.stage = Some(Stage::ClientHello);
                 record.end_reason = "the client closed before sending a complete ClientHello".into();
             }
             Stream::Spliced { reason, .. } => {
-                let end = tcp_end.map_or("closed", EndReason::as_str);
+                let end = tcp_end.map_or_else(|| "closed".to_string(), |e| e.to_string());
                 match reason {
                     SpliceReason::NotTls(err) => {
                         record.end_reason = format!("spliced uninspected: {err}");
@@ -288,10 +300,10 @@ impl Session {
                         not_tls = Some(err.to_string());
                     }
                     SpliceReason::Policy => {
-                        record.end_reason = end.to_string();
+                        record.end_reason = end;
                     }
                     SpliceReason::ClientUnsupported(why) => {
-                        record.end_reason = end.to_string();
+                        record.end_reason = end;
                         record.reason = Some(format!("bypassed: {why}"));
                     }
                 }
@@ -334,9 +346,14 @@ impl Session {
                 record.error = tls.outcome().map(ToString::to_string);
                 record.end_reason = match (tls.outcome(), tcp_end) {
                     (Some(failure), _) => failure.to_string(),
-                    (None, Some(end)) => end.as_str().to_string(),
+                    (None, Some(end)) => end.to_string(),
                     (None, None) => "closed".into(),
                 };
+                if tls.outcome().is_none() && matches!(tcp_end, Some(EndReason::HandshakeTimeout(_))) {
+                    // The handshake stalled at this stage: that is the failure.
+                    record.stage = Some(tls.stage());
+                    record.error = Some(record.end_reason.clone());
+                }
                 if let Some((what, setting)) = self.undecryptable() {
                     let ttl = self.policy.exclusion_ttl();
                     record.reason = Some(match setting {
@@ -517,17 +534,6 @@ impl std::fmt::Display for Obstacle {
 }
 
 /// `12h`, `30m`, `90s`.
-fn humanize(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    if s.is_multiple_of(3600) {
-        format!("{}h", s / 3600)
-    } else if s.is_multiple_of(60) {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
 fn profile_facts(context: &ProfileContext) -> ProfileFacts {
     let profile = &context.profile;
     ProfileFacts {
@@ -812,6 +818,60 @@ mod tests {
             cipher_suites: suites.to_vec(),
             ..ClientHello::default()
         }
+    }
+
+    fn session_awaiting_hello() -> Session {
+        use crate::policy::{ExclusionCache, PolicyInputs};
+        let config = loupe_control::config::Config::default();
+        let inputs = PolicyInputs {
+            categories: Vec::new(),
+            profiles: vec![Arc::new(profile(|_| {}))],
+            inbound: std::collections::HashMap::new(),
+        };
+        let exclusions = ExclusionCache::new(std::time::Duration::from_secs(60), 8);
+        let policy = Arc::new(Policy::build(&config, inputs, 7, exclusions).unwrap());
+        let key = FlowKey {
+            client: "198.18.0.1:40000".parse().unwrap(),
+            server: "198.18.0.2:443".parse().unwrap(),
+        };
+        Session::new(1, key, policy)
+    }
+
+    #[test]
+    fn a_client_silent_past_the_handshake_timeout_is_logged_at_the_client_hello() {
+        let session = session_awaiting_hello();
+        assert!(session.settling(), "awaiting the ClientHello is part of the handshake");
+        let after = std::time::Duration::from_secs(30);
+        let (record, _) = session.record(Some(EndReason::HandshakeTimeout(after)), ByteCounts::default());
+        assert_eq!(record.outcome, Outcome::Aborted);
+        assert_eq!(record.stage, Some(Stage::ClientHello));
+        assert_eq!(
+            record.end_reason,
+            "handshake timeout: not done 30s after the SYN ([timeouts] handshake); both sides reset"
+        );
+        assert_eq!(
+            record.error.as_deref(),
+            Some("no complete ClientHello from the client: handshake timeout: not done 30s after the SYN ([timeouts] handshake); both sides reset")
+        );
+        assert_eq!(record.config_version, 7);
+        // Without the timeout, the same session closed by the client says so.
+        let (record, _) = session.record(Some(EndReason::Closed), ByteCounts::default());
+        assert_eq!(
+            record.end_reason,
+            "the client closed before sending a complete ClientHello"
+        );
+    }
+
+    #[test]
+    fn timeouts_read_as_the_configuration_writes_them() {
+        let idle = EndReason::IdleTimeout(std::time::Duration::from_secs(3600)).to_string();
+        assert_eq!(
+            idle,
+            "idle timeout: no frame either way for 1h ([timeouts] idle); both sides reset"
+        );
+        assert_eq!(humanize(std::time::Duration::from_secs(90)), "90s");
+        assert_eq!(humanize(std::time::Duration::from_secs(600)), "10m");
+        assert_eq!(humanize(std::time::Duration::from_secs(2 * 86_400)), "2d");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use loupe_control::protocol::{FlowView, SessionDetail, SessionFilter, SessionSum
 
 use smoltcp::iface::Interface;
 use smoltcp::socket::tcp::State as TcpState;
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use xdpilone::xdp::XdpDesc;
 
 use crate::capture::CaptureTap;
@@ -51,6 +51,8 @@ pub const QUERY_QUEUE: usize = 16;
 pub const CHAIN_QUEUE: usize = 64;
 /// `load_permille` is published after at least this much wall time (µs).
 const LOAD_WINDOW_US: i64 = 1_000_000;
+/// How often the flow table is walked for `[timeouts]`: a timeout fires up to this late.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(1000);
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -78,6 +80,9 @@ pub struct WorkerStats {
     pub flows_reused: AtomicU64,
     pub upstream_refused: AtomicU64,
     pub resets: AtomicU64,
+    /// Flows loupe ended with resets because of `[timeouts] idle` and `handshake`.
+    pub idle_timeouts: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
     pub bytes_client_to_server: AtomicU64,
     pub bytes_server_to_client: AtomicU64,
     pub tx_no_frame: AtomicU64,
@@ -220,6 +225,10 @@ pub struct Worker {
     /// The port servers are on and the Ethernet addresses of the newest flow's frames
     /// toward its server: what a chain fetch's probe sends with (loupe does no ARP).
     toward_servers: Option<(usize, L2Header)>,
+    /// When the flow table is next swept for timeouts, and the sweep's findings (kept
+    /// to reuse its allocation).
+    next_sweep: Instant,
+    expiring: Vec<(FlowId, EndReason)>,
 }
 
 impl Worker {
@@ -273,6 +282,8 @@ impl Worker {
             load: LoadMeter::new(now),
             capture: None,
             toward_servers: None,
+            next_sweep: now + SWEEP_INTERVAL,
+            expiring: Vec::with_capacity(max_flows),
         }
     }
 
@@ -320,6 +331,10 @@ impl Worker {
                 self.ports[port].refill();
             }
             self.expire_timers(now);
+            if now >= self.next_sweep {
+                self.next_sweep = now + SWEEP_INTERVAL;
+                self.sweep_timeouts(now);
+            }
             self.service_ready(now);
             if !self.probes.is_empty() {
                 self.probes
@@ -686,6 +701,39 @@ impl Worker {
         }
     }
 
+    /// Ends the flows that outstayed `[timeouts]` of the current snapshot (live: a loaded
+    /// policy applies to open flows too). A walk over the table about once a second:
+    /// cheaper than a timer per flow re-armed on every frame.
+    fn sweep_timeouts(&mut self, now: Instant) {
+        let timeouts = &self.policy.current.timeouts;
+        let idle = Duration::from_micros(timeouts.idle.as_micros() as u64);
+        let handshake = Duration::from_micros(timeouts.handshake.as_micros() as u64);
+        self.expiring.clear();
+        for (id, _, flow) in self.flows.iter() {
+            if flow.release_at.is_some() || flow.pair.phase == Phase::Finished {
+                continue;
+            }
+            if flow.session.settling() && now - flow.opened >= handshake {
+                self.expiring
+                    .push((id, EndReason::HandshakeTimeout(timeouts.handshake)));
+            } else if now - flow.last_frame >= idle {
+                self.expiring.push((id, EndReason::IdleTimeout(timeouts.idle)));
+            }
+        }
+        for i in 0..self.expiring.len() {
+            let (id, reason) = self.expiring[i];
+            if let Some(key) = self.flows.key(id) {
+                tracing::debug!(flow = %key, %reason, "flow timed out");
+            }
+            let Some(flow) = self.flows.get_mut(id) else { continue };
+            flow.pair.expire(reason);
+            // The resets go out now; the slot is released (and the session logged) after
+            // the usual linger.
+            flow.release_at = Some(now + LINGER);
+            self.service(id, now);
+        }
+    }
+
     /// Whether loupe's client-facing socket of the flow has closed (or waits out
     /// TIME-WAIT): the client has nothing more to say on it.
     fn client_is_done(&mut self, id: FlowId) -> bool {
@@ -713,11 +761,13 @@ impl Worker {
             tap.flow_ended(key, flow.session.sni_knowledge());
         }
         if let Some(key) = self.flows.key(id) {
-            tracing::debug!(flow = %key, reason = reason.as_str(), c2s = bytes.client_to_server, s2c = bytes.server_to_client, "flow ended");
+            tracing::debug!(flow = %key, %reason, c2s = bytes.client_to_server, s2c = bytes.server_to_client, "flow ended");
         }
         match reason {
             EndReason::UpstreamRefused => WorkerStats::add(&self.stats.upstream_refused, 1),
             EndReason::ClientReset | EndReason::ServerReset => WorkerStats::add(&self.stats.resets, 1),
+            EndReason::IdleTimeout(_) => WorkerStats::add(&self.stats.idle_timeouts, 1),
+            EndReason::HandshakeTimeout(_) => WorkerStats::add(&self.stats.handshake_timeouts, 1),
             EndReason::Closed => {}
         }
         self.flows.remove(id);
@@ -876,7 +926,7 @@ impl Worker {
             server_tcp: flow.pair.server_state().to_string(),
             started: rfc3339_utc_ms(flow.started),
             idle_secs: elapsed_secs(flow.last_frame, now),
-            idle_timeout_secs: flow.pair.timeout().map_or(0, |d| d.secs()),
+            idle_timeout_secs: self.policy.current.timeouts.idle.as_secs(),
         };
         SessionDetail {
             // Undecided sessions (awaiting the ClientHello) have neither yet.
