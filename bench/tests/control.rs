@@ -993,3 +993,115 @@ fn quiet_sessions_are_reset_after_the_configured_timeouts_and_loads_apply_to_ope
         );
     }
 }
+
+/// A rate-limited download of `file` (from the origin's www) in the client namespace,
+/// trusting `ca`; prints its SHA-256 and, on stderr, `loupe-test PORT`.
+fn spawn_slow_download<'lab>(t: &Tls<'lab>, file: &str, ca: &str) -> NsProcess<'lab> {
+    let script = format!(
+        "set -o pipefail; curl -sS --max-time 60 --limit-rate 4M --cacert {ca} \
+         -w '%{{stderr}}loupe-test %{{local_port}}\\n' https://server.lab/{file} | sha256sum"
+    );
+    ok(
+        t.lab.spawn(Ns::Client, "curl-slow", &["bash", "-c", &script]),
+        "start the slow download",
+    )
+}
+
+/// Waits for a download from [`spawn_slow_download`]; fails unless it completed with
+/// the wanted hash. Returns the client's port.
+fn finish_download(t: &Tls, p: &mut NsProcess<'_>, want: &str, what: &str) -> u16 {
+    let status = p.wait_timeout(Duration::from_secs(70));
+    let got = p.stdout().split_whitespace().next().unwrap_or("").to_string();
+    if !matches!(status, Ok(s) if s.success()) || got != want {
+        t.fail(
+            None,
+            &format!("{what}: {status:?}, sha256 {got} (want {want})\n{}", p.logs()),
+        );
+    }
+    curl_port(&p.stderr())
+}
+
+fn pinned_against_entries(t: &Tls) -> u64 {
+    let c = ctl(t, &["counters"]);
+    c["xdp"]["pinned_against_entries"]
+        .as_u64()
+        .unwrap_or_else(|| t.fail(None, &format!("counters: no xdp.pinned_against_entries in {c}")))
+}
+
+/// A policy load that adds or removes an address no-decrypt rule (an XDP entry) applies
+/// to new connections only: a decrypted download under way is not bridged in the middle
+/// of its stream, nor a bridged one thrown at a worker that never saw its handshake.
+/// Both finish intact, and new connections follow the new policy.
+#[test]
+fn address_bypass_changes_leave_open_connections_as_they_started() {
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let (t, _nginx) = setup(&lab);
+    let want = random_file(&t.www.join("slow.bin"), 12 << 20);
+    let decrypting = format!("[trust]\nca_files = [\"{}\"]\n", t.origin_ca());
+    let bypassing = format!(
+        "{decrypting}\n[[rule]]\nname = \"origin-bypass\"\ndestination = [\"198.18.0.2/32\"]\naction = \"no-decrypt\"\n"
+    );
+    let file = lab.dir().join("policy.toml");
+    let load = |text: &str| {
+        std::fs::write(&file, text).expect("write the policy");
+        ctl(&t, &["policy", "load", &file.display().to_string()]);
+    };
+
+    // Decrypted download; the bypass rule arrives in the middle of it.
+    let mut download = spawn_slow_download(&t, "slow.bin", t.dca());
+    std::thread::sleep(Duration::from_millis(1500));
+    let pinned_before = pinned_against_entries(&t);
+    load(&bypassing);
+    let port = finish_download(
+        &t,
+        &mut download,
+        &want,
+        "the decrypted download across the bypass load",
+    );
+    let rec = t.record(port, "the decrypted download across the bypass load");
+    t.expect_eq(&rec, "/outcome", "decrypted".into(), "the download across the load");
+    t.expect_eq(&rec, "/end_reason", "closed".into(), "the download across the load");
+    if pinned_against_entries(&t) <= pinned_before {
+        t.fail(
+            Some(&rec),
+            "its segments after the load must count as pinned against the entries",
+        );
+    }
+    // A new connection is bridged: the client sees the origin's own certificate.
+    let c = t.curl(&["--cacert", t.origin_ca(), "https://server.lab/"]);
+    if c.code() != Some(0) {
+        t.fail(
+            None,
+            &format!("a new connection must be bridged after the load: {}", c.show()),
+        );
+    }
+
+    // Bridged download; the rule goes away in the middle of it.
+    let mut download = spawn_slow_download(&t, "slow.bin", t.origin_ca());
+    std::thread::sleep(Duration::from_millis(1500));
+    let pinned_before = pinned_against_entries(&t);
+    load(&decrypting);
+    finish_download(&t, &mut download, &want, "the bridged download across the removal");
+    if pinned_against_entries(&t) <= pinned_before {
+        t.fail(
+            None,
+            "the bridged download's segments after the removal must count as pinned",
+        );
+    }
+    // A new connection is decrypted again.
+    let c = t.curl(&["--cacert", t.dca(), "https://server.lab/"]);
+    let rec = (c.port != 0).then(|| t.record(c.port, "a new connection after the removal"));
+    if c.code() != Some(0) {
+        t.fail(
+            rec.as_ref(),
+            &format!("a new connection must be decrypted after the removal: {}", c.show()),
+        );
+    }
+    t.expect_eq(
+        rec.as_ref().expect("a record"),
+        "/outcome",
+        "decrypted".into(),
+        "after the removal",
+    );
+}

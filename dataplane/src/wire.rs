@@ -222,8 +222,12 @@ pub struct WireCounters {
     pub vlan: u64,
     /// IP fragments (bridged).
     pub fragments: u64,
-    /// Inspected TCP bridged because its server matched a no-decrypt entry.
+    /// Inspected TCP bridged because its server matched a no-decrypt entry (at its
+    /// connection's SYN).
     pub bridged_no_decrypt: u64,
+    /// Inspected TCP that followed its connection's decision at the SYN against the
+    /// current no-decrypt entries (changed by a policy load while it was open).
+    pub pinned_against_entries: u64,
 }
 
 impl WireCounters {
@@ -240,6 +244,7 @@ impl WireCounters {
             ("vlan", self.vlan),
             ("fragments", self.fragments),
             ("bridged_no_decrypt", self.bridged_no_decrypt),
+            ("pinned_against_entries", self.pinned_against_entries),
         ]
     }
 
@@ -258,6 +263,7 @@ impl WireCounters {
             vlan: at(counter::VLAN),
             fragments: at(counter::FRAGMENTS),
             bridged_no_decrypt: at(counter::BRIDGED_NO_DECRYPT),
+            pinned_against_entries: at(counter::PINNED_AGAINST_ENTRIES),
         }
     }
 
@@ -932,12 +938,14 @@ mod tests {
             vlan: 9,
             fragments: u64::MAX,
             bridged_no_decrypt: 11,
+            pinned_against_entries: 12,
         };
         assert_eq!(
             c.to_json(),
             "{\"steered\":1,\"bridged\":2,\"dropped_fail_closed\":3,\"malformed\":4,\
              \"redirect_failed\":5,\"dropped_quic\":6,\"unserved\":7,\"unknown_ingress\":8,\
-             \"vlan\":9,\"fragments\":18446744073709551615,\"bridged_no_decrypt\":11}"
+             \"vlan\":9,\"fragments\":18446744073709551615,\"bridged_no_decrypt\":11,\
+             \"pinned_against_entries\":12}"
         );
         assert!(WireCounters::default().to_json().starts_with("{\"steered\":0,"));
     }

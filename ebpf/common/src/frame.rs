@@ -8,7 +8,7 @@
 //! The result keeps the L3 addresses for the no-decrypt rules: [`no_decrypt_match`]
 //! builds the LPM keys of an inspected segment's server and asks the map.
 
-use crate::{NoDecryptKey, NO_DECRYPT_NONE};
+use crate::{FlowPinKey, NoDecryptKey, NO_DECRYPT_NONE, PIN_BRIDGED, PIN_STEERED};
 
 /// Bounds-checked access to a frame's bytes.
 pub trait Frame {
@@ -294,7 +294,14 @@ pub fn no_decrypt_match(
     inspected: impl Fn(u16) -> bool,
     lookup: impl Fn(&NoDecryptKey) -> Option<u32>,
 ) -> Option<NoDecryptHit> {
-    let (src_key, dst_key, flags) = match *parsed {
+    let (src_key, dst_key, flags) = tcp_endpoints(parsed)?;
+    match_endpoints(&src_key, &dst_key, flags, dst_inspected, inspected, lookup)
+}
+
+/// The source and destination of a TCP segment as no-decrypt keys, and its flags.
+#[inline(always)]
+fn tcp_endpoints(parsed: &Parsed) -> Option<(NoDecryptKey, NoDecryptKey, u8)> {
+    match *parsed {
         Parsed::Ipv4 {
             src,
             dst,
@@ -303,7 +310,7 @@ pub fn no_decrypt_match(
                 dst: dport,
                 flags,
             },
-        } => (NoDecryptKey::v4(sport, src), NoDecryptKey::v4(dport, dst), flags),
+        } => Some((NoDecryptKey::v4(sport, src), NoDecryptKey::v4(dport, dst), flags)),
         Parsed::Ipv6 {
             src,
             dst,
@@ -312,12 +319,24 @@ pub fn no_decrypt_match(
                 dst: dport,
                 flags,
             },
-        } => (NoDecryptKey::v6(sport, src), NoDecryptKey::v6(dport, dst), flags),
-        _ => return None,
-    };
+        } => Some((NoDecryptKey::v6(sport, src), NoDecryptKey::v6(dport, dst), flags)),
+        _ => None,
+    }
+}
+
+/// [`no_decrypt_match`] on the segment's endpoints.
+#[inline(always)]
+fn match_endpoints(
+    src_key: &NoDecryptKey,
+    dst_key: &NoDecryptKey,
+    flags: u8,
+    dst_inspected: bool,
+    inspected: impl Fn(u16) -> bool,
+    lookup: impl Fn(&NoDecryptKey) -> Option<u32>,
+) -> Option<NoDecryptHit> {
     let rule_of = |key: &NoDecryptKey| lookup(key).filter(|rule| *rule != NO_DECRYPT_NONE);
     if dst_inspected {
-        if let Some(rule) = rule_of(&dst_key) {
+        if let Some(rule) = rule_of(dst_key) {
             return Some(NoDecryptHit {
                 rule,
                 client_syn: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
@@ -327,10 +346,78 @@ pub fn no_decrypt_match(
             return None;
         }
     }
-    rule_of(&src_key).map(|rule| NoDecryptHit {
+    rule_of(src_key).map(|rule| NoDecryptHit {
         rule,
         client_syn: false,
     })
+}
+
+/// What the wire does with an inspected TCP segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InspectedAction {
+    /// To the AF_XDP socket of the queue (userspace owns the connection).
+    Steer {
+        /// The current no-decrypt entries list the server, but the connection was
+        /// steered at its SYN and stays so.
+        pinned_against_entries: bool,
+    },
+    /// To the peer port, uninspected.
+    Bridge {
+        /// The no-decrypt rule whose client SYN this is (counted against it).
+        rule_hit: Option<u32>,
+        /// The current entries no longer list the server, but the connection was
+        /// bridged at its SYN and stays so.
+        pinned_against_entries: bool,
+    },
+}
+
+/// Decides an inspected TCP segment (`Class::Inspect { dst_inspected }`): a client's SYN
+/// (SYN without ACK) is decided by the no-decrypt entries ([`no_decrypt_match`]) and the
+/// decision is remembered for its connection (`pin_set`); every later segment of the
+/// connection follows the remembered decision (`pin_get`), whatever the entries say
+/// now. Without one (a connection older than the map, or evicted from it), the entries
+/// decide. A policy load that adds or removes a no-decrypt entry thus applies to new
+/// connections only: an open decrypted session is not bridged in the middle of its
+/// stream, nor a bridged one thrown at a worker that never saw its handshake.
+#[inline(always)]
+pub fn inspected_action(
+    parsed: &Parsed,
+    dst_inspected: bool,
+    inspected: impl Fn(u16) -> bool,
+    lookup: impl Fn(&NoDecryptKey) -> Option<u32>,
+    pin_get: impl Fn(&FlowPinKey) -> Option<u8>,
+    pin_set: impl Fn(&FlowPinKey, u8),
+) -> InspectedAction {
+    let Some((src_key, dst_key, flags)) = tcp_endpoints(parsed) else {
+        return InspectedAction::Steer {
+            pinned_against_entries: false,
+        };
+    };
+    let hit = match_endpoints(&src_key, &dst_key, flags, dst_inspected, inspected, lookup);
+    let pin = FlowPinKey::new(src_key, dst_key);
+    let by_entries = match hit {
+        Some(hit) => InspectedAction::Bridge {
+            rule_hit: hit.client_syn.then_some(hit.rule),
+            pinned_against_entries: false,
+        },
+        None => InspectedAction::Steer {
+            pinned_against_entries: false,
+        },
+    };
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        pin_set(&pin, if hit.is_some() { PIN_BRIDGED } else { PIN_STEERED });
+        return by_entries;
+    }
+    match (pin_get(&pin), hit) {
+        (Some(PIN_STEERED), Some(_)) => InspectedAction::Steer {
+            pinned_against_entries: true,
+        },
+        (Some(PIN_BRIDGED), None) => InspectedAction::Bridge {
+            rule_hit: None,
+            pinned_against_entries: true,
+        },
+        _ => by_entries,
+    }
 }
 
 #[cfg(test)]
@@ -644,6 +731,86 @@ mod tests {
         // A longer IPv4 block still wins over the NONE entry.
         let v4 = (NoDecryptKey::prefix_v4(24), NoDecryptKey::v4(443, [198, 18, 0, 0]), 6);
         assert_eq!(nd(&[any6, none4, v4], &syn4, only_443).map(|h| h.rule), Some(6));
+    }
+
+    #[test]
+    fn connections_keep_the_decision_of_their_syn_when_the_entries_change() {
+        use core::cell::RefCell;
+        use std::collections::HashMap;
+        let pins: RefCell<HashMap<FlowPinKey, u8>> = RefCell::new(HashMap::new());
+        let listed = [(NoDecryptKey::prefix_v4(32), NoDecryptKey::v4(443, [198, 18, 0, 2]), 9)];
+        let act = |entries: &[(u32, NoDecryptKey, u32)], frame: &[u8]| {
+            let parsed = parse(frame);
+            let Class::Inspect { dst_inspected } = classify(&parsed, only_443) else {
+                panic!("not inspected: {parsed:?}");
+            };
+            inspected_action(
+                &parsed,
+                dst_inspected,
+                only_443,
+                |k| lpm(entries, k),
+                |k| pins.borrow().get(k).copied(),
+                |k, v| {
+                    pins.borrow_mut().insert(*k, v);
+                },
+            )
+        };
+        let from_client = |flags| ipv4(IPPROTO_TCP, 0, &tcp_flags(40000, 443, flags));
+        let from_server = |flags| {
+            let mut f = ipv4(IPPROTO_TCP, 0, &tcp_flags(443, 40000, flags));
+            f[ETH_HLEN + 12..ETH_HLEN + 20].copy_from_slice(&[198, 18, 0, 2, 198, 18, 0, 1]);
+            f
+        };
+        let steer = InspectedAction::Steer {
+            pinned_against_entries: false,
+        };
+        let kept_steered = InspectedAction::Steer {
+            pinned_against_entries: true,
+        };
+
+        // Steered at its SYN (nothing listed), then the server is listed: still steered,
+        // both ways, and counted as kept against the entries.
+        assert_eq!(act(&[], &from_client(TCP_SYN)), steer);
+        assert_eq!(act(&listed, &from_server(TCP_SYN | TCP_ACK)), kept_steered);
+        assert_eq!(act(&listed, &from_client(TCP_ACK)), kept_steered);
+        // A new connection on the same 4-tuple is decided afresh by its SYN.
+        assert_eq!(
+            act(&listed, &from_client(TCP_SYN)),
+            InspectedAction::Bridge {
+                rule_hit: Some(9),
+                pinned_against_entries: false
+            }
+        );
+        // Bridged at its SYN, then the entry is removed: still bridged.
+        assert_eq!(
+            act(&[], &from_server(TCP_ACK)),
+            InspectedAction::Bridge {
+                rule_hit: None,
+                pinned_against_entries: true
+            }
+        );
+        // A connection the map does not know: the entries decide.
+        pins.borrow_mut().clear();
+        assert_eq!(act(&[], &from_client(TCP_ACK)), steer);
+        assert_eq!(
+            act(&listed, &from_client(TCP_ACK)),
+            InspectedAction::Bridge {
+                rule_hit: None,
+                pinned_against_entries: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_flow_pin_key_is_the_same_both_ways() {
+        let a = NoDecryptKey::v4(40000, [198, 18, 0, 1]);
+        let b = NoDecryptKey::v4(443, [198, 18, 0, 2]);
+        assert_eq!(FlowPinKey::new(a, b), FlowPinKey::new(b, a));
+        assert_ne!(
+            FlowPinKey::new(a, b),
+            FlowPinKey::new(a, NoDecryptKey::v4(444, [198, 18, 0, 2]))
+        );
+        assert_eq!(core::mem::size_of::<FlowPinKey>(), 36);
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub mod maps {
     /// `PerCpuArray<u64>` of [`super::MAX_RULE_HITS`] slots: client SYNs bridged by
     /// each no-decrypt rule, indexed by rule index.
     pub const RULE_HITS: &str = "LOUPE_RULE_HITS";
+    /// `LruHashMap<FlowPinKey, u8>`: what the wire decided at each connection's SYN
+    /// ([`super::PIN_STEERED`] or [`super::PIN_BRIDGED`]); its later segments follow that
+    /// decision, so a no-decrypt entry added or removed meanwhile leaves it alone.
+    pub const FLOWS: &str = "LOUPE_FLOWS";
     /// Loss injector: `Array<u32>`, index 0 = drop probability in per-mille (0..=1000).
     pub const LOSSY_CONFIG: &str = "LOSSY_CONFIG";
     /// Loss injector: `PerCpuArray<u64>` indexed by [`super::lossy`] constants.
@@ -141,6 +145,39 @@ impl NoDecryptKey {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for NoDecryptKey {}
 
+/// Connections the wire remembers its decision for (`LOUPE_FLOWS`, least recently used
+/// first out): well above what the workers hold (`max_flows` per queue), so only a flow
+/// idle through this many newer connections falls back to the current entries.
+pub const MAX_FLOW_PINS: u32 = 131_072;
+/// `LOUPE_FLOWS` value: the connection's SYN went to AF_XDP (userspace owns it).
+pub const PIN_STEERED: u8 = 1;
+/// `LOUPE_FLOWS` value: the connection's SYN matched a no-decrypt entry (bridged).
+pub const PIN_BRIDGED: u8 = 2;
+
+/// A TCP connection's key in `LOUPE_FLOWS`, the same for both directions: its two
+/// endpoints (port and address as in [`NoDecryptKey`]), the lower one first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowPinKey {
+    pub low: NoDecryptKey,
+    pub high: NoDecryptKey,
+}
+
+impl FlowPinKey {
+    #[inline(always)]
+    pub fn new(a: NoDecryptKey, b: NoDecryptKey) -> Self {
+        if (a.addr, a.port) <= (b.addr, b.port) {
+            FlowPinKey { low: a, high: b }
+        } else {
+            FlowPinKey { low: b, high: a }
+        }
+    }
+}
+
+// SAFETY: repr(C), two 18-byte byte-array structs (alignment 1), no padding.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowPinKey {}
+
 /// Per-CPU counter indices of the `LOUPE_COUNTERS` map.
 ///
 /// `BRIDGED` counts every frame sent to the peer port; `MALFORMED`, `UNSERVED`,
@@ -170,8 +207,12 @@ pub mod counter {
     pub const FRAGMENTS: u32 = 9;
     /// Inspected TCP bridged because its server matched a no-decrypt entry.
     pub const BRIDGED_NO_DECRYPT: u32 = 10;
+    /// Inspected TCP that followed its connection's remembered decision against the
+    /// current no-decrypt entries (a policy changed while the connection was open):
+    /// steered although now listed, or bridged although no longer listed.
+    pub const PINNED_AGAINST_ENTRIES: u32 = 11;
     /// Number of counters (size of the map).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Per-CPU counter indices of the `LOSSY_COUNTERS` map.
@@ -285,6 +326,6 @@ mod tests {
         assert_eq!(NoDecryptKey::prefix_v4(0), 16 + 96);
         assert_eq!(NoDecryptKey::prefix_v6(128), NoDecryptKey::FULL_PREFIX);
         assert_eq!(NoDecryptKey::prefix_v6(0), 16);
-        assert_eq!(counter::BRIDGED_NO_DECRYPT + 1, counter::COUNT);
+        assert_eq!(counter::PINNED_AGAINST_ENTRIES + 1, counter::COUNT);
     }
 }

@@ -3,6 +3,9 @@
 //! - TCP with an inspected port (either side) whose server matches a no-decrypt
 //!   entry (`LOUPE_NODECRYPT`, longest prefix over server port and address) is
 //!   bridged; a client's SYN counts against the entry's rule (`LOUPE_RULE_HITS`).
+//!   The decision taken at a connection's SYN is remembered (`LOUPE_FLOWS`) and its
+//!   later segments follow it, so entries changed by a policy load apply to new
+//!   connections only.
 //! - Other TCP with an inspected port goes to the AF_XDP socket of its RX
 //!   queue (`LOUPE_XSKS[xsk_key(port, queue)]`) when one is registered.
 //! - With no socket: bridged (fail-open, default) or dropped (fail-closed flag).
@@ -20,13 +23,14 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
+    maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use loupe_common::{
     counter,
-    frame::{classify, no_decrypt_match, parse, Class, Frame},
-    xsk_key, NoDecryptKey, WireConfig, MAX_INSPECT_PORTS, MAX_NO_DECRYPT, MAX_QUEUES, MAX_RULE_HITS, XSK_ENTRIES,
+    frame::{classify, inspected_action, parse, Class, Frame, InspectedAction},
+    xsk_key, FlowPinKey, NoDecryptKey, WireConfig, MAX_FLOW_PINS, MAX_INSPECT_PORTS, MAX_NO_DECRYPT, MAX_QUEUES,
+    MAX_RULE_HITS, XSK_ENTRIES,
 };
 
 #[map]
@@ -46,6 +50,9 @@ static LOUPE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter:
 
 #[map]
 static LOUPE_NODECRYPT: LpmTrie<NoDecryptKey, u32> = LpmTrie::with_max_entries(MAX_NO_DECRYPT, 0);
+
+#[map]
+static LOUPE_FLOWS: LruHashMap<FlowPinKey, u8> = LruHashMap::with_max_entries(MAX_FLOW_PINS, 0);
 
 #[map]
 static LOUPE_RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULE_HITS, 0);
@@ -112,15 +119,32 @@ pub fn loupe_wire(ctx: XdpContext) -> u32 {
     match classify(&parsed, inspected) {
         Class::Inspect { dst_inspected } => {
             let lookup = |key: &NoDecryptKey| LOUPE_NODECRYPT.get(Key::new(NoDecryptKey::FULL_PREFIX, *key)).copied();
-            match no_decrypt_match(&parsed, dst_inspected, inspected, lookup) {
-                Some(hit) => {
+            // SAFETY: the value is copied out at once.
+            let pin_get = |key: &FlowPinKey| unsafe { LOUPE_FLOWS.get(key) }.copied();
+            let pin_set = |key: &FlowPinKey, value: u8| {
+                // A full map evicts its least recently used entry; nothing else fails.
+                let _ = LOUPE_FLOWS.insert(key, value, 0);
+            };
+            match inspected_action(&parsed, dst_inspected, inspected, lookup, pin_get, pin_set) {
+                InspectedAction::Bridge {
+                    rule_hit,
+                    pinned_against_entries,
+                } => {
                     count(counter::BRIDGED_NO_DECRYPT);
-                    if hit.client_syn {
-                        count_rule_hit(hit.rule);
+                    if pinned_against_entries {
+                        count(counter::PINNED_AGAINST_ENTRIES);
+                    }
+                    if let Some(rule) = rule_hit {
+                        count_rule_hit(rule);
                     }
                     bridge(port)
                 }
-                None => steer(&ctx, &cfg, port),
+                InspectedAction::Steer { pinned_against_entries } => {
+                    if pinned_against_entries {
+                        count(counter::PINNED_AGAINST_ENTRIES);
+                    }
+                    steer(&ctx, &cfg, port)
+                }
             }
         }
         Class::Quic if cfg.drop_quic() => {
