@@ -843,23 +843,11 @@ fn origin_connections(t: &Tls) -> Vec<String> {
         .collect()
 }
 
-/// The newest record whose end reason starts with `prefix`; waits a little for it.
+/// The newest record whose end reason starts with `prefix` (waits for it).
 fn record_ending(t: &Tls, prefix: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = t
-            .records()
-            .into_iter()
-            .rev()
-            .find(|r| r["end_reason"].as_str().is_some_and(|e| e.starts_with(prefix)));
-        if let Some(r) = found {
-            return r;
-        }
-        if Instant::now() >= deadline {
-            t.fail(None, &format!("no record whose end reason starts with {prefix:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_record(&format!("end reason {prefix:?}"), |r| {
+        r["end_reason"].as_str().is_some_and(|e| e.starts_with(prefix))
+    })
 }
 
 /// `[timeouts]`: a client that connects and never sends a ClientHello is reset after

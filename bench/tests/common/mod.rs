@@ -198,21 +198,21 @@ impl Tls<'_> {
             port, 0,
             "{what}: curl reported no local port, so no connection was made"
         );
+        self.wait_record(&format!("{what}: client port {port}"), |r| {
+            r["client_port"].as_u64() == Some(u64::from(port)) && r["client_ip"] == "198.18.0.1"
+        })
+    }
+
+    /// The newest record for which `wanted` holds; waits up to 10 s for it to be
+    /// written, then fails naming `what`.
+    pub fn wait_record(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let found = self
-                .records()
-                .into_iter()
-                .rev()
-                .find(|r| r["client_port"].as_u64() == Some(u64::from(port)) && r["client_ip"] == "198.18.0.1");
-            if let Some(r) = found {
+            if let Some(r) = self.records().into_iter().rev().find(|r| wanted(r)) {
                 return r;
             }
             if Instant::now() >= deadline {
-                self.fail(
-                    None,
-                    &format!("{what}: no decryption-log record for client port {port} within 10 s"),
-                );
+                self.fail(None, &format!("{what}: no decryption-log record within 10 s"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
