@@ -1002,6 +1002,7 @@ mod tests {
         ("chromium", include_str!("testdata/chromium.hex")),
         ("curl_tls12", include_str!("testdata/curl_tls12.hex")),
         ("curl_tls13", include_str!("testdata/curl_tls13.hex")),
+        ("firefox", include_str!("testdata/firefox.hex")),
         ("gnutls", include_str!("testdata/gnutls.hex")),
         ("openssl_alpn", include_str!("testdata/openssl_alpn.hex")),
         ("openssl_fragmented", include_str!("testdata/openssl_fragmented.hex")),
@@ -1013,6 +1014,8 @@ mod tests {
             "openssl_resume_tls12_ticket",
             include_str!("testdata/openssl_resume_tls12_ticket.hex"),
         ),
+        ("python", include_str!("testdata/python.hex")),
+        ("python_openssl35", include_str!("testdata/python_openssl35.hex")),
     ];
 
     fn unhex(text: &str) -> Vec<u8> {
@@ -1273,6 +1276,78 @@ mod tests {
         assert!(!hello.has_psk && !hello.offers_tls13());
         assert_eq!(hello.max_version(), 0x0303);
         assert_eq!(hello.cipher_suites.len(), 28);
+    }
+
+    #[test]
+    fn firefox_hello_with_ech_grease_and_three_key_shares() {
+        let stream = fixture("firefox");
+        // Like Chromium's, one record larger than a 1500-byte MTU.
+        assert!(stream.len() > 1500);
+        assert_eq!(handshake_message(&stream).len() + RECORD_HEADER_LEN, stream.len());
+        let hello = parse("firefox");
+        assert_eq!(hello.sni.as_deref(), Some("firefox.example.test"));
+        assert_eq!(hello.alpn, ["h2", "http/1.1"]);
+        assert_eq!(hello.supported_versions, [0x0304, 0x0303]);
+        // Firefox sends no GREASE, but does send ECH GREASE.
+        assert!(!hello.grease_seen);
+        assert!(hello.ech);
+        assert_eq!(hello.cipher_suites.len(), 16);
+        assert_eq!(hello.cipher_suites[..3], [0x1301, 0x1303, 0x1302]);
+        assert_eq!(hello.groups, [0x11ec, 0x001d, 0x0017, 0x0018, 0x0019, 0x0100, 0x0101]);
+        assert_eq!(hello.key_share_groups, [0x11ec, 0x001d, 0x0017]);
+        // Ends with the SHA-1 pair ecdsa_sha1, rsa_pkcs1_sha1.
+        assert_eq!(hello.signature_algorithms.len(), 11);
+        assert_eq!(hello.signature_algorithms[9..], [0x0203, 0x0201]);
+        assert!(!hello.has_session_ticket && !hello.has_psk && !hello.has_early_data);
+        // delegated_credentials (0x22) and record_size_limit (0x1c) set it apart.
+        assert_eq!(
+            hello.extensions,
+            [
+                0x0000, 0x0017, 0xff01, 0x000a, 0x000b, 0x0023, 0x0010, 0x0005, 0x0022, 0x0012, 0x0033, 0x002b, 0x000d,
+                0x002d, 0x001c, 0x001b, 0xfe0d
+            ]
+        );
+    }
+
+    #[test]
+    fn python_ssl_hello() {
+        // Debian's python3 on OpenSSL 3.0: the same offer as openssl s_client.
+        let hello = parse("python");
+        assert_eq!(hello.sni.as_deref(), Some("python.example.test"));
+        assert_eq!(hello.alpn, ["h2", "http/1.1"]);
+        assert_eq!(hello.supported_versions, [0x0304, 0x0303, 0x0302, 0x0301]);
+        assert_eq!(hello.cipher_suites.len(), 31);
+        assert_eq!(hello.groups.len(), 10);
+        assert_eq!(hello.key_share_groups, [0x001d]);
+        assert_eq!(hello.signature_algorithms.len(), 20);
+        assert_eq!(hello.extensions.last(), Some(&21));
+        assert!(!hello.grease_seen && !hello.ech);
+    }
+
+    #[test]
+    fn pyopenssl_hello_with_post_quantum_key_share() {
+        // cryptography's bundled OpenSSL (4.0.3 at capture): X25519MLKEM768 first, with a
+        // key share, plus a classical X25519 one.
+        let hello = parse("python_openssl35");
+        assert_eq!(hello.sni.as_deref(), Some("pq.example.test"));
+        assert_eq!(hello.alpn, ["h2", "http/1.1"]);
+        assert_eq!(hello.supported_versions, [0x0304, 0x0303]);
+        assert_eq!(hello.cipher_suites.len(), 30);
+        assert_eq!(hello.cipher_suites[..3], [0x1302, 0x1303, 0x1301]);
+        assert_eq!(
+            hello.groups,
+            [0x11ec, 0x11eb, 0x11ee, 0x001d, 0x0017, 0x001e, 0x0018, 0x0019, 0x0029, 0x0100, 0x0101]
+        );
+        assert_eq!(hello.key_share_groups, [0x11ec, 0x001d]);
+        // Offers ML-DSA (0x0904–0x0906) first.
+        assert_eq!(hello.signature_algorithms.len(), 27);
+        assert_eq!(hello.signature_algorithms[..3], [0x0905, 0x0906, 0x0904]);
+        assert_eq!(
+            hello.extensions,
+            [0xff01, 0x000b, 0x000a, 0x0023, 0x0016, 0x0017, 0x000d, 0x002b, 0x002d, 0x0033, 0x0000, 0x0010]
+        );
+        assert!(!hello.grease_seen && !hello.ech);
+        assert!(!hello.has_session_ticket && !hello.has_psk && !hello.has_early_data);
     }
 
     #[test]

@@ -169,6 +169,7 @@ pub fn group_name(group: u16) -> Option<&'static str> {
         0x001c => "brainpoolP512r1",
         0x001d => "x25519",
         0x001e => "x448",
+        0x0029 => "curveSM2",
         0x0100 => "ffdhe2048",
         0x0101 => "ffdhe3072",
         0x0102 => "ffdhe4096",
@@ -180,6 +181,7 @@ pub fn group_name(group: u16) -> Option<&'static str> {
         0x11eb => "SecP256r1MLKEM768",
         0x11ec => "X25519MLKEM768",
         0x11ed => "SecP384r1MLKEM1024",
+        0x11ee => "curveSM2MLKEM768",
         // The pre-standard hybrid Chrome 124–130 and Firefox sent.
         0x6399 => "X25519Kyber768Draft00",
         _ => return None,
@@ -202,6 +204,7 @@ pub fn signature_scheme_name(scheme: u16) -> Option<&'static str> {
         0x0806 => "rsa_pss_rsae_sha512",
         0x0807 => "ed25519",
         0x0808 => "ed448",
+        0x0708 => "sm2sig_sm3",
         0x0904 => "mldsa44",
         0x0905 => "mldsa65",
         0x0906 => "mldsa87",
