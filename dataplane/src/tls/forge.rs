@@ -8,11 +8,13 @@
 //!   when that looks like a host name or address (what legacy name matching accepted), and
 //!   only otherwise by the fallback name (SNI or server address). A forgery never names a
 //!   host the upstream certificate itself does not name, unless the upstream names nothing.
-//! - validity: the intersection of the upstream's and the signing CA's windows. No
-//!   CA/Browser lifetime cap is added: the forgery is exactly as long-lived as the real
-//!   certificate (public ones already obey the 398-day rule, and a private one keeps the
-//!   lifetime its owner gave it). An upstream that is expired (or not yet valid) yields a
-//!   forgery that is expired (or not yet valid) too: the honest mirror.
+//! - validity: the intersection of the upstream's and the signing CA's windows, at most
+//!   [`MAX_FORGED_LIFETIME`] (397 days, the CA/Browser Forum's cap for publicly trusted
+//!   leaves, which scanners such as testssl.sh hold every leaf to) placed so it holds the
+//!   time of forging: a 10-year origin certificate gets a 397-day forgery, never an 8-year
+//!   one. A cached forgery past its end is signed afresh. An upstream that is expired (or
+//!   not yet valid) yields a forgery that is expired (or not yet valid) too: the honest
+//!   mirror.
 //! - not copied: OCSP must-staple (we do not staple), SCTs (they sign the real certificate),
 //!   name constraints, policies.
 //! - key: one ECDSA P-256 key per process, generated in [`Forger::new`] (so rotated on
@@ -34,6 +36,18 @@ use boring::x509::extension::{
 use boring::x509::{X509Name, X509Ref, X509};
 
 use super::ca::{random_serial, CaError, CaKeyType, CaRole, DecryptionCa};
+
+/// The longest validity a forgery gets: 397 days.
+pub const MAX_FORGED_LIFETIME: i64 = 397 * 86_400;
+/// How far before the time of forging a capped forgery starts, for clients whose clocks
+/// run a little behind.
+const CLOCK_SKEW_ALLOWANCE: i64 = 86_400;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
 
 /// Whether the upstream chain validated: decides which CA signs the forgery. A trusted
 /// forgery is never issued for an untrusted upstream.
@@ -208,7 +222,9 @@ impl Forger {
         };
         let upstream_validity = Validity::of(upstream).map_err(crypto("reading the upstream validity"))?;
         let ca_validity = Validity::of(signer.cert()).map_err(crypto("reading the CA validity"))?;
-        let validity = upstream_validity.clamp_within(ca_validity);
+        let validity = upstream_validity
+            .clamp_within(ca_validity)
+            .capped_around(unix_now(), MAX_FORGED_LIFETIME);
         let leaf = build_leaf(upstream, signer, &self.shared.leaf_key, &names, validity, fallback_name)
             .map_err(crypto("signing the leaf"))?;
         let forged = ForgedCert {
@@ -236,7 +252,18 @@ impl CertSource for Forger {
             verdict,
         };
         if let Some(hit) = self.cache().lookup(&key, fallback_name) {
-            return Ok(hit);
+            // A forgery capped short of its upstream's end runs out while cached: re-sign.
+            let now = unix_now();
+            let expired_early = match (
+                hit.chain.first().map(|leaf| Validity::of(leaf)),
+                Validity::of(upstream_leaf),
+            ) {
+                (Some(Ok(forged)), Ok(upstream)) => forged.not_after < now && upstream.not_after > forged.not_after,
+                _ => false,
+            };
+            if !expired_early {
+                return Ok(hit);
+            }
         }
         let (forged, used_fallback) = self
             .forge(upstream_leaf, verdict, fallback_name)
@@ -379,6 +406,23 @@ impl Validity {
         let not_after = self.not_after.min(ca.not_after);
         let not_before = self.not_before.max(ca.not_before).min(not_after);
         Validity { not_before, not_after }
+    }
+}
+
+impl Validity {
+    /// At most `lifetime` long, holding `now` where the window allows: starting a little
+    /// before `now`, or at the window's start or end - `lifetime` when `now` is near them
+    /// or outside (an expired upstream keeps its real end).
+    fn capped_around(self, now: i64, lifetime: i64) -> Validity {
+        if self.not_after - self.not_before <= lifetime {
+            return self;
+        }
+        let latest_start = self.not_after - lifetime;
+        let not_before = (now - CLOCK_SKEW_ALLOWANCE).clamp(self.not_before, latest_start);
+        Validity {
+            not_before,
+            not_after: not_before + lifetime,
+        }
     }
 }
 
@@ -691,14 +735,23 @@ mod tests {
         let mut forger = Forger::ephemeral(16).unwrap();
         let ca = Validity::of(forger.decryption_ca().cert()).unwrap();
 
-        // Starts before the CA and outlives it: the CA's window.
+        // Starts before the CA and outlives it: within the CA's window, 397 days around now.
         let long = upstream(&Upstream {
             not_before: ca.not_before - 10 * DAY,
             not_after: ca.not_after + 1000 * DAY,
             ..Upstream::default()
         });
         let forged = forger.certificate_for(&long, Verdict::Trusted, "example.test").unwrap();
-        assert_eq!(Validity::of(&forged.chain[0]).unwrap(), ca);
+        let v = Validity::of(&forged.chain[0]).unwrap();
+        assert_eq!(v.not_after - v.not_before, MAX_FORGED_LIFETIME);
+        assert!(
+            v.not_before >= ca.not_before && v.not_after <= ca.not_after,
+            "{v:?} outside {ca:?}"
+        );
+        assert!(
+            v.not_before <= unix_now() && unix_now() < v.not_after,
+            "{v:?} does not hold now"
+        );
         verifies_against(forger.decryption_ca().cert(), &forged).unwrap();
 
         // Inside the CA's window: mirrored exactly.
@@ -733,6 +786,52 @@ mod tests {
         assert!(v.not_before <= v.not_after);
         let err = verifies_against(forger.untrusted_ca().cert(), &forged).unwrap_err();
         assert!(err.contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn a_ten_year_origin_gets_a_397_day_forgery_holding_now() {
+        let mut forger = Forger::ephemeral(16).unwrap();
+        let now = unix_now();
+        let ten_years = Upstream {
+            not_before: now - 2 * 365 * DAY,
+            not_after: now + 8 * 365 * DAY,
+            ..Upstream::default()
+        };
+        let forged = forger
+            .certificate_for(&upstream(&ten_years), Verdict::Trusted, "example.test")
+            .unwrap();
+        let v = Validity::of(&forged.chain[0]).unwrap();
+        assert_eq!(v.not_after - v.not_before, 397 * DAY);
+        assert!(
+            (now - v.not_before - DAY).abs() < 60,
+            "starts a day before now: {v:?}, now {now}"
+        );
+        verifies_against(forger.decryption_ca().cert(), &forged).unwrap();
+    }
+
+    #[test]
+    fn capping_keeps_windows_inside_and_expired_ones_honest() {
+        let w = |not_before, not_after| Validity { not_before, not_after };
+        let cap = 397 * DAY;
+        // Short windows are untouched.
+        assert_eq!(w(0, 90 * DAY).capped_around(10 * DAY, cap), w(0, 90 * DAY));
+        // Now near the start: the window's start.
+        assert_eq!(w(0, 3650 * DAY).capped_around(0, cap), w(0, cap));
+        // Now in the middle: a day before now.
+        assert_eq!(
+            w(0, 3650 * DAY).capped_around(1000 * DAY, cap),
+            w(999 * DAY, 999 * DAY + cap)
+        );
+        // Now past the end (expired upstream): the last 397 days, still expired.
+        assert_eq!(
+            w(0, 3650 * DAY).capped_around(5000 * DAY, cap),
+            w(3650 * DAY - cap, 3650 * DAY)
+        );
+        // Not yet valid: the first 397 days.
+        assert_eq!(
+            w(100 * DAY, 3650 * DAY).capped_around(0, cap),
+            w(100 * DAY, 100 * DAY + cap)
+        );
     }
 
     #[test]
