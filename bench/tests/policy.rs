@@ -328,7 +328,7 @@ fn legacy_servers_are_blocked_by_default_and_decrypted_by_a_legacy_profile() {
     let lab = ok(Lab::up(), "lab up");
     let config = "[[profile]]\nname = \"sha1\"\nallow_sha1 = true\n\
                   ciphers = [\"ECDHE-RSA-AES128-GCM-SHA256\", \"ECDHE-RSA-AES128-SHA\"]\n\n\
-                  [[profile]]\nname = \"tls10\"\nmin_version = \"1.0\"\nallow_sha1 = true\n\
+                  [[profile]]\nname = \"tls10\"\nmin_version = \"1.0\"\nallow_sha1 = true\nlegacy_servers = true\n\
                   ciphers = [\"ECDHE-RSA-AES128-GCM-SHA256\", \"ECDHE-RSA-AES128-SHA\", \"ECDHE-RSA-AES256-SHA\"]\n\n\
                   [[rule]]\nname = \"legacy-sha1\"\nsni = [\"s7.lab\"]\naction = \"decrypt\"\nprofile = \"sha1\"\n\n\
                   [[rule]]\nname = \"legacy-tls10\"\nsni = [\"s8.lab\"]\naction = \"decrypt\"\nprofile = \"tls10\"\n";

@@ -308,6 +308,11 @@ pub struct Profile {
     /// SHA-1 suites and signatures (TLS 1.0/1.1 need them).
     #[serde(default)]
     pub allow_sha1: bool,
+    /// Offer servers everything this profile allows even where the client offered only
+    /// stronger (versions, TLS 1.2 suites, groups, signature algorithms), to reach servers
+    /// that speak only legacy TLS. Off: the upstream hello is never weaker than the client's.
+    #[serde(default)]
+    pub legacy_servers: bool,
     #[serde(default)]
     pub untrusted: Untrusted,
     /// TLS 1.2-and-older suites by OpenSSL name; empty means the modern AEAD default.
@@ -355,6 +360,7 @@ impl Profile {
             min_version: default_min_version(),
             max_version: default_max_version(),
             allow_sha1: false,
+            legacy_servers: false,
             untrusted: Untrusted::Block,
             ciphers: Vec::new(),
             groups: Vec::new(),

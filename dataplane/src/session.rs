@@ -342,6 +342,7 @@ impl Session {
                 record.server_cert = facts.server_chain.first().cloned();
                 record.server_chain = facts.server_chain.clone();
                 record.verify = facts.verify.clone();
+                record.ocsp = facts.ocsp.clone();
                 record.alerts = facts.alerts.clone();
                 record.error = tls.outcome().map(ToString::to_string);
                 record.end_reason = match (tls.outcome(), tcp_end) {
@@ -539,6 +540,7 @@ fn profile_facts(context: &ProfileContext) -> ProfileFacts {
     ProfileFacts {
         name: context.name.clone(),
         allow_sha1: profile.allow_sha1,
+        legacy_servers: profile.legacy_servers,
         min_version: profile.min_version,
         max_version: profile.max_version,
         untrusted: match profile.untrusted {

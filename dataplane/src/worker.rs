@@ -1337,6 +1337,7 @@ mod tests {
             cipher: Some("TLS_AES_128_GCM_SHA256".into()),
             group: Some("X25519".into()),
             alpn: Some("h2".into()),
+            hello_retry: false,
         };
         r.client_leg.alpn = Some("http/1.1".into());
         r.server_cert = Some(CertFact {

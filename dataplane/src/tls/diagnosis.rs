@@ -22,6 +22,7 @@ use super::names::{cipher_suite_name, is_grease, openssl_cipher_name, version_na
 use super::record::{Action, AlertFact, CertFact, DecryptionRecord, Outcome, Peer, Stage, VerifyFact};
 
 const TLS10: u16 = 0x0301;
+const TLS12: u16 = 0x0303;
 const TLS13: u16 = 0x0304;
 
 // OpenSSL X509_V_ERR_* codes the cases below recognize.
@@ -32,6 +33,7 @@ const X509_DEPTH_ZERO_SELF_SIGNED_CERT: i32 = 18;
 const X509_SELF_SIGNED_CERT_IN_CHAIN: i32 = 19;
 const X509_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: i32 = 20;
 const X509_UNABLE_TO_VERIFY_LEAF_SIGNATURE: i32 = 21;
+const X509_CERT_REVOKED: i32 = 23;
 const X509_HOSTNAME_MISMATCH: i32 = 62;
 
 // Alert descriptions.
@@ -79,6 +81,9 @@ pub struct ProfileFacts {
     pub name: String,
     /// SHA1 (CBC, RC4) cipher suites may be offered upstream.
     pub allow_sha1: bool,
+    /// The whole profile is offered upstream even below the client's hello.
+    #[serde(default)]
+    pub legacy_servers: bool,
     /// Lowest and highest protocol version the profile allows (0x0301 … 0x0304).
     pub min_version: u16,
     pub max_version: u16,
@@ -90,6 +95,7 @@ impl Default for ProfileFacts {
         ProfileFacts {
             name: "default".to_string(),
             allow_sha1: false,
+            legacy_servers: false,
             min_version: 0x0303,
             max_version: TLS13,
             untrusted: UntrustedAction::Block,
@@ -597,6 +603,22 @@ fn upstream_untrusted(input: &DiagnosisInput) -> Option<Diagnosis> {
             ),
         );
     }
+    if verify.code == X509_CERT_REVOKED {
+        return found(
+            format!(
+                "{server} presents a certificate {leaf_subject}{fingerprint} that its CA has revoked: the OCSP \
+                 response the server itself stapled says so (code 23, depth {}). A revoked certificate usually \
+                 means its key was stolen or it was issued in error; the record's 'ocsp' field has the time and \
+                 reason. {consequence}",
+                verify.depth
+            ),
+            format!(
+                "Tell the owner of {host} to replace the certificate. Do not trust it by hand: an imported \
+                 certificate ('loupectl trust fetch') does not outweigh its revocation.{}",
+                let_users_decide(input)
+            ),
+        );
+    }
     if verify.code == X509_HOSTNAME_MISMATCH {
         let names = leaf
             .filter(|c| !c.sans.is_empty())
@@ -779,6 +801,11 @@ fn upstream_refused_offer(input: &DiagnosisInput) -> Option<Diagnosis> {
     let as_setting = setting_version(probe.version);
     if let Some(v) = as_setting.filter(|_| probe.version < profile.min_version) {
         settings.push(format!("min={v}"));
+        // Clients offer nothing below TLS 1.2 any more; loupe offers servers less than the
+        // client only when told to.
+        if probe.version < TLS12 && !profile.legacy_servers {
+            settings.push("legacy_servers=true".to_string());
+        }
         findings.push(format!(
             "{} is below the profile's minimum {}",
             version_name(probe.version),
@@ -1101,6 +1128,22 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_certificate_points_at_its_owner_never_at_trusting_it() {
+        let leaf = cert("CN=api.example.test", "CN=CA");
+        let d = diagnose(&verify_input(23, 0, "certificate revoked", &[leaf]));
+        has(
+            &d,
+            &["revoked", "OCSP", "code 23, depth 0", "loupe blocked the session"],
+            &[
+                "replace the certificate",
+                "does not outweigh",
+                "loupectl profile set default untrusted=forward-untrust",
+            ],
+        );
+        assert!(!d.remedy.contains("--accept"), "{}", d.remedy);
+    }
+
+    #[test]
     fn expired_and_not_yet_valid_point_at_renewal_and_the_clock() {
         let leaf = cert("CN=api.example.test", "CN=CA");
         let d = diagnose(&verify_input(
@@ -1221,7 +1264,12 @@ mod tests {
         has(
             &d,
             &["TLS 1.0", "below the profile's minimum TLS 1.2"],
-            &["min=1.0", "allow_sha1=true", "ciphers+=ECDHE-RSA-AES128-SHA"],
+            &[
+                "min=1.0",
+                "legacy_servers=true",
+                "allow_sha1=true",
+                "ciphers+=ECDHE-RSA-AES128-SHA",
+            ],
         );
         // The protocol_version alert alone says as much, without a probe.
         let input = DiagnosisInput {

@@ -6,6 +6,8 @@ pub mod client_hello;
 pub mod diagnosis;
 pub mod forge;
 pub mod names;
+pub mod ocsp;
+pub mod offer;
 pub mod probe;
 pub mod record;
 pub mod session;

@@ -85,6 +85,34 @@ pub struct NegotiatedFact {
     /// e.g. "X25519".
     pub group: Option<String>,
     pub alpn: Option<String>,
+    /// The server answered the first ClientHello with a HelloRetryRequest (it wanted a
+    /// key share for another group): one extra round trip.
+    #[serde(default)]
+    pub hello_retry: bool,
+}
+
+/// What loupe made of the OCSP response the server stapled (it always asks for one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OcspStatus {
+    /// Nothing stapled (or a resumed session, which staples nothing new).
+    None,
+    Good,
+    /// The certificate's CA says it is revoked: the session is untrusted (code 23).
+    Revoked,
+    /// The responder does not know the certificate; treated as no response.
+    Unknown,
+    /// The response did not parse, was for another certificate, expired or was signed by
+    /// someone else; treated as no response, never as good.
+    Invalid,
+}
+
+/// The stapled OCSP response of the server's leaf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OcspFact {
+    pub status: OcspStatus,
+    /// Why it was invalid, or the revocation time and reason.
+    pub detail: Option<String>,
 }
 
 impl Stage {
@@ -297,6 +325,8 @@ pub struct DecryptionRecord {
     pub server_chain: Vec<CertFact>,
     /// The chain verification result; null when loupe did not verify (no upstream handshake).
     pub verify: Option<VerifyFact>,
+    /// The server's stapled OCSP response; null when no full upstream handshake happened.
+    pub ocsp: Option<OcspFact>,
     /// Every alert received from either peer, in order.
     pub alerts: Vec<AlertFact>,
     /// TCP payload bytes from the client towards the server, as received by loupe.
@@ -343,6 +373,7 @@ impl DecryptionRecord {
             server_cert: None,
             server_chain: Vec::new(),
             verify: None,
+            ocsp: None,
             alerts: Vec::new(),
             bytes_client_to_server: 0,
             bytes_server_to_client: 0,
@@ -549,6 +580,7 @@ mod tests {
             cipher: Some("TLS_AES_128_GCM_SHA256".to_string()),
             group: Some("X25519".to_string()),
             alpn: None,
+            hello_retry: false,
         };
         record.server_cert = Some(self_signed_cert());
         record.server_chain = vec![self_signed_cert()];
@@ -693,6 +725,7 @@ mod tests {
             "server_cert",
             "server_chain",
             "verify",
+            "ocsp",
             "alerts",
             "bytes_client_to_server",
             "bytes_server_to_client",

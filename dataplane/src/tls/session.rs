@@ -8,8 +8,10 @@
 //! The life of a session:
 //!
 //! 1. [`SplitTls::start`] with the parsed ClientHello and every byte the client sent so
-//!    far. The upstream client takes the client's SNI and ALPN list; versions, suites and
-//!    groups come from the decryption [`Profile`].
+//!    far. The upstream client takes the client's SNI and ALPN list; versions, suites,
+//!    groups, key shares and signature algorithms are the [`Profile`]'s narrowed by the
+//!    client's hello, never weaker than it ([`super::offer`]). It asks for a stapled OCSP
+//!    response; a response saying revoked makes the server untrusted (code 23).
 //! 2. Upstream handshake ([`Stage::UpstreamHandshake`]). The server's chain is verified
 //!    against the trust store and its name against the SNI (the server IP without SNI);
 //!    BoringSSL is told to finish the handshake whatever the result, and the first error
@@ -54,7 +56,9 @@ use boring::x509::{X509NameRef, X509Ref, X509StoreContext, X509VerifyError};
 use super::client_hello::ClientHello;
 use super::forge::{CertSource, ForgedCert, Verdict};
 use super::names;
-use super::record::{AlertFact, CertFact, NegotiatedFact, Peer, Stage, VerifyFact};
+use super::ocsp::{check_staple, StapleVerdict};
+use super::offer::{signature_algorithm_id, ProfileOffer};
+use super::record::{AlertFact, CertFact, NegotiatedFact, OcspFact, OcspStatus, Peer, Stage, VerifyFact};
 use super::trust::PinnedLeafs;
 
 /// Cap of each of the four ciphertext queues (in and out, client and server side).
@@ -90,6 +94,31 @@ const TLS1_3: u16 = 0x0304;
 // Profile and contexts
 // ---------------------------------------------------------------------------------------
 
+/// Post-quantum first (harvest-now-decrypt-later), then what every client speaks. P-521
+/// too, so no client that offers it loses it upstream.
+pub const DEFAULT_GROUPS: &str = "X25519MLKEM768:X25519:P-256:P-384:P-521";
+
+/// Signature algorithms offered upstream when the profile names none: BoringSSL's
+/// verification defaults without SHA-1, SHA-1 last when the profile allows it.
+fn default_signature_algorithms(allow_sha1: bool) -> Vec<u16> {
+    let mut prefs = vec![
+        0x0403, // ecdsa_secp256r1_sha256
+        0x0804, // rsa_pss_rsae_sha256
+        0x0401, // rsa_pkcs1_sha256
+        0x0503, // ecdsa_secp384r1_sha384
+        0x0805, // rsa_pss_rsae_sha384
+        0x0501, // rsa_pkcs1_sha384
+        0x0603, // ecdsa_secp521r1_sha512
+        0x0806, // rsa_pss_rsae_sha512
+        0x0601, // rsa_pkcs1_sha512
+        0x0807, // ed25519
+    ];
+    if allow_sha1 {
+        prefs.extend([0x0201, 0x0203]); // rsa_pkcs1_sha1, ecdsa_sha1
+    }
+    prefs
+}
+
 /// What to do when the server's chain or name does not verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UntrustedAction {
@@ -109,21 +138,26 @@ pub struct Profile {
     /// Suites for TLS 1.2 and older, OpenSSL syntax. (TLS 1.3 suites are BoringSSL's
     /// fixed AEAD set: AES-GCM and ChaCha20-Poly1305.)
     pub cipher_list: String,
-    /// Key exchange groups, `X25519:P-256:P-384`.
+    /// Key exchange groups in preference order, BoringSSL names
+    /// (`X25519MLKEM768:X25519:P-256:P-384:P-521`).
     pub groups: String,
     /// Signature algorithms offered upstream, OpenSSL syntax (`ECDSA+SHA256:RSA-PSS+SHA256`).
     /// `None`: BoringSSL's list, without SHA-1 unless `allow_sha1`.
     pub sigalgs: Option<String>,
     /// SHA-1 in suites (`…-SHA`) and handshake signatures. Required for TLS 1.0/1.1.
     pub allow_sha1: bool,
+    /// Offer servers the whole profile even below the client's hello (legacy servers);
+    /// otherwise the upstream hello is never weaker than the client's.
+    pub legacy_servers: bool,
     pub untrusted: UntrustedAction,
     /// An expired or not-yet-valid server certificate (an untrusted case of its own).
     pub expired: UntrustedAction,
 }
 
 impl Default for Profile {
-    /// TLS 1.2–1.3, ECDHE with AES-GCM or ChaCha20-Poly1305 only, X25519/P-256/P-384,
-    /// no SHA-1, untrusted servers blocked.
+    /// TLS 1.2–1.3, ECDHE with AES-GCM or ChaCha20-Poly1305 only, the post-quantum hybrid
+    /// X25519MLKEM768 first, then X25519 and the NIST curves; no SHA-1, untrusted servers
+    /// blocked.
     fn default() -> Self {
         Profile {
             min_version: TLS1_2,
@@ -137,9 +171,10 @@ impl Default for Profile {
                 "ECDHE-RSA-CHACHA20-POLY1305",
             ]
             .join(":"),
-            groups: "X25519:P-256:P-384".to_string(),
+            groups: DEFAULT_GROUPS.to_string(),
             sigalgs: None,
             allow_sha1: false,
+            legacy_servers: false,
             untrusted: UntrustedAction::Block,
             expired: UntrustedAction::Block,
         }
@@ -166,6 +201,7 @@ impl Profile {
             },
             sigalgs: (!config.sigalgs.is_empty()).then(|| config.sigalgs.join(":")),
             allow_sha1: config.allow_sha1,
+            legacy_servers: config.legacy_servers,
             untrusted: untrusted_action(config.untrusted),
             expired: untrusted_action(config.expired.unwrap_or(config.untrusted)),
         }
@@ -192,6 +228,8 @@ pub enum ProfileError {
     Sha1Sigalgs,
     #[error("ciphers: {0:?} is not a suite BoringSSL knows (OpenSSL or IANA names, e.g. ECDHE-RSA-AES128-SHA)")]
     UnknownCipher(String),
+    #[error("{0}")]
+    Offer(String),
     #[error("{what}: {source}")]
     Boring {
         what: &'static str,
@@ -268,6 +306,63 @@ struct UpstreamExtra {
     first_error: AtomicU64,
     /// Verification of the cached session offered for resumption.
     inherited: Option<(i32, u32)>,
+    /// The stapled OCSP response as judged at depth 0 of the verification (once).
+    ocsp: Mutex<Option<OcspFact>>,
+}
+
+/// X509_V_ERR_CERT_REVOKED.
+pub const X509_CERT_REVOKED: i32 = 23;
+
+/// Judges the server's stapled OCSP response once, when the verifier reaches the leaf
+/// with the chain built: a revoked leaf becomes the connection's verification error.
+fn check_stapled_response(ssl: &SslRef, store: &boring::x509::X509StoreContextRef, extra: &UpstreamExtra) {
+    let mut slot = extra.ocsp.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if slot.is_some() {
+        return;
+    }
+    let fact = |status, detail: Option<String>| OcspFact { status, detail };
+    let judged = match (ssl.ocsp_status(), store.chain()) {
+        (None, _) => fact(OcspStatus::None, None),
+        (Some(response), chain) => {
+            let leaf = chain.and_then(|c| c.get(0));
+            let issuer = chain.and_then(|c| c.get(1));
+            match (leaf, issuer) {
+                (Some(leaf), Some(issuer)) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    match check_staple(response, leaf, issuer, now) {
+                        StapleVerdict::Good { .. } => fact(OcspStatus::Good, None),
+                        StapleVerdict::Unknown => fact(
+                            OcspStatus::Unknown,
+                            Some("the responder does not know the certificate; treated as no response".to_string()),
+                        ),
+                        StapleVerdict::Invalid(why) => {
+                            fact(OcspStatus::Invalid, Some(format!("{why}; treated as no response")))
+                        }
+                        StapleVerdict::Revoked { revoked_at, reason } => {
+                            let _ = extra.first_error.compare_exchange(
+                                VERIFY_UNSET,
+                                pack_verify(X509_CERT_REVOKED, 0),
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            );
+                            let when = Asn1Time::from_unix(revoked_at)
+                                .map(|t| t.to_string())
+                                .unwrap_or_else(|_| revoked_at.to_string());
+                            let reason = reason.map_or_else(String::new, |r| format!(" ({r})"));
+                            fact(OcspStatus::Revoked, Some(format!("revoked {when}{reason}")))
+                        }
+                    }
+                }
+                _ => fact(
+                    OcspStatus::Invalid,
+                    Some("no issuer of the leaf to check the response against; treated as no response".to_string()),
+                ),
+            }
+        }
+    };
+    *slot = Some(judged);
 }
 
 /// Per-connection data of a client-leg `Ssl`: the server's ALPN choice, to offer the client.
@@ -349,6 +444,8 @@ fn lock(cache: &Mutex<SessionCache>) -> std::sync::MutexGuard<'_, SessionCache> 
 /// also drops cached upstream sessions and their verification results).
 pub struct SplitTlsContext {
     upstream: SslContext,
+    /// What the profile allows upstream; narrowed per client by its hello.
+    offer: ProfileOffer,
     client_trusted: SslContext,
     client_untrusted: SslContext,
     sessions: Arc<Mutex<SessionCache>>,
@@ -389,42 +486,44 @@ impl SplitTlsContext {
 
         let mut up = SslContextBuilder::new(SslMethod::tls()).map_err(boring("creating the upstream context"))?;
         profile.apply_common(&mut up)?;
-        match &profile.sigalgs {
-            Some(list) => up
-                .set_sigalgs_list(list)
-                .map_err(boring("sigalgs names an algorithm BoringSSL does not support"))?,
+        let signature_algorithms = match &profile.sigalgs {
+            Some(list) => {
+                up.set_sigalgs_list(list)
+                    .map_err(boring("sigalgs names an algorithm BoringSSL does not support"))?;
+                list.split(':')
+                    .map(|element| {
+                        signature_algorithm_id(element).ok_or_else(|| {
+                            ProfileError::Offer(format!("sigalgs: {element:?} has no TLS code point loupe knows"))
+                        })
+                    })
+                    .collect::<Result<Vec<u16>, ProfileError>>()?
+            }
             None => {
-                let mut prefs = vec![
-                    SslSignatureAlgorithm::ECDSA_SECP256R1_SHA256,
-                    SslSignatureAlgorithm::RSA_PSS_RSAE_SHA256,
-                    SslSignatureAlgorithm::RSA_PKCS1_SHA256,
-                    SslSignatureAlgorithm::ECDSA_SECP384R1_SHA384,
-                    SslSignatureAlgorithm::RSA_PSS_RSAE_SHA384,
-                    SslSignatureAlgorithm::RSA_PKCS1_SHA384,
-                    SslSignatureAlgorithm::RSA_PSS_RSAE_SHA512,
-                    SslSignatureAlgorithm::RSA_PKCS1_SHA512,
-                ];
-                if profile.allow_sha1 {
-                    prefs.extend([SslSignatureAlgorithm::RSA_PKCS1_SHA1, SslSignatureAlgorithm::ECDSA_SHA1]);
-                }
+                let ids = default_signature_algorithms(profile.allow_sha1);
+                let prefs: Vec<SslSignatureAlgorithm> = ids.iter().map(|id| SslSignatureAlgorithm::from(*id)).collect();
                 up.set_verify_algorithm_prefs(&prefs)
                     .map_err(boring("setting signature algorithms"))?;
+                ids
             }
-        }
+        };
+        up.enable_ocsp_stapling();
         up.set_cert_store(trust);
         // Verification runs in full, but never stops the handshake: the first error is
         // recorded and the verdict is taken afterwards.
         up.set_verify_callback(SslVerifyMode::PEER, move |preverify_ok, store| {
+            let ssl = X509StoreContext::ssl_idx().ok().and_then(|idx| store.ex_data(idx));
+            let slot = ssl.and_then(|ssl| ssl.ex_data(upstream_index));
+            if let (Some(ssl), Some(extra)) = (ssl, slot) {
+                if store.error_depth() == 0 {
+                    check_stapled_response(ssl, store, extra);
+                }
+            }
             if preverify_ok {
                 return true;
             }
             // X509_V_ERR_UNSPECIFIED when BoringSSL flags an error without a code.
             let code = store.verify_result().err().map_or(1, |e| e.as_raw());
             let depth = store.error_depth();
-            let slot = X509StoreContext::ssl_idx()
-                .ok()
-                .and_then(|idx| store.ex_data(idx))
-                .and_then(|ssl| ssl.ex_data(upstream_index));
             match slot {
                 Some(extra) => {
                     let _ = extra.first_error.compare_exchange(
@@ -454,11 +553,21 @@ impl SplitTlsContext {
             lock(&cache).insert(key, CachedSession { session, verify });
         });
         let upstream = up.build();
+        let offer = ProfileOffer::new(
+            profile.min_version,
+            profile.max_version,
+            &upstream,
+            &profile.groups,
+            &signature_algorithms,
+            profile.legacy_servers,
+        )
+        .map_err(ProfileError::Offer)?;
 
         let client_trusted = client_context(profile, b"loupe/trusted", client_index)?;
         let client_untrusted = client_context(profile, b"loupe/untrusted", client_index)?;
         Ok(SplitTlsContext {
             upstream,
+            offer,
             client_trusted,
             client_untrusted,
             sessions,
@@ -483,6 +592,11 @@ impl SplitTlsContext {
             .unwrap_or_default()
     }
 
+    /// What the profile allows upstream, before a client's hello narrows it.
+    pub fn profile_offer(&self) -> &ProfileOffer {
+        &self.offer
+    }
+
     /// Upstream sessions currently cached for resumption.
     pub fn cached_sessions(&self) -> usize {
         lock(&self.sessions).entries.len()
@@ -493,6 +607,10 @@ impl SplitTlsContext {
         let index = ex_index(&UPSTREAM_EXTRA).map_err(|e| format!("allocating TLS state: {e}"))?;
         let mut ssl = Ssl::new(&self.upstream).map_err(|e| format!("creating the upstream TLS client: {e}"))?;
         ssl.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+        self.offer
+            .for_client(hello)
+            .map_err(|shortfall| shortfall.to_string())?
+            .apply(&mut ssl)?;
         match &hello.sni {
             Some(sni) => {
                 ssl.set_hostname(sni)
@@ -529,6 +647,7 @@ impl SplitTlsContext {
                 key,
                 first_error: AtomicU64::new(VERIFY_UNSET),
                 inherited,
+                ocsp: Mutex::new(None),
             },
         );
         Ok(ssl)
@@ -695,6 +814,9 @@ pub struct SessionFacts {
     pub upstream_resumed: bool,
     pub client_resumed: bool,
     pub verify: Option<VerifyFact>,
+    /// The server's stapled OCSP response as judged; `None` before the upstream handshake
+    /// completed and on a resumed one (nothing is verified then).
+    pub ocsp: Option<OcspFact>,
     /// Which CA signed the forgery presented to the client.
     pub verdict: Option<Verdict>,
     /// The server's chain as it presented it, leaf first.
@@ -1074,6 +1196,7 @@ impl SplitTls {
                 upstream_resumed: false,
                 client_resumed: false,
                 verify: None,
+                ocsp: None,
                 verdict: None,
                 server_chain: Vec::new(),
                 server_chain_der: Vec::new(),
@@ -1289,14 +1412,28 @@ impl SplitTls {
             self.facts.server_chain = chain.iter().map(cert_fact).collect();
         }
         let (code, depth) = match ex_index(&UPSTREAM_EXTRA).ok().and_then(|idx| ssl.ex_data(idx)) {
-            Some(extra) => verification_of(ssl, extra),
+            Some(extra) => {
+                if !ssl.session_reused() {
+                    let judged = extra
+                        .ocsp
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .clone();
+                    self.facts.ocsp = judged;
+                }
+                verification_of(ssl, extra)
+            }
             // Our state vanished: treat as unverified (X509_V_ERR_UNSPECIFIED).
             None => (1, 0),
         };
         let leaf = ssl.peer_certificate();
         // decrypt-inbound: the server is the one whose certificate the operator configured.
+        // Neither an imported nor a configured certificate outweighs its CA revoking it.
+        let revoked = code == X509_CERT_REVOKED;
         let known_leaf = match (&self.inbound, &leaf) {
-            (Some(inbound), Some(leaf)) => inbound.chain.first().is_some_and(|known| same_certificate(known, leaf)),
+            (Some(inbound), Some(leaf)) if !revoked => {
+                inbound.chain.first().is_some_and(|known| same_certificate(known, leaf))
+            }
             _ => false,
         };
         let leaf_sha256: Option<[u8; 32]> = leaf
@@ -1304,7 +1441,7 @@ impl SplitTls {
             .and_then(|l| l.digest(MessageDigest::sha256()).ok())
             .and_then(|d| <[u8; 32]>::try_from(&*d).ok());
         let pinned_for = match (code, leaf_sha256) {
-            (0, _) | (_, None) => None,
+            (0 | X509_CERT_REVOKED, _) | (_, None) => None,
             (_, Some(sha)) => self.pins.allows(&self.facts.checked_name, &sha).map(str::to_string),
         };
         let trusted = code == 0 || known_leaf || pinned_for.is_some();
@@ -1686,6 +1823,7 @@ fn negotiated(ssl: &SslRef) -> NegotiatedFact {
                 .map(|g| names::group_name(g).unwrap_or("unknown").to_string())
         }),
         alpn: ssl.selected_alpn_protocol().map(escape_protocol),
+        hello_retry: ssl.used_hello_retry_request(),
     }
 }
 
