@@ -21,7 +21,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config
     iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3
-    sslsplit squid-openssl nftables util-linux
+    sslsplit squid-openssl nftables util-linux python3-venv testssl.sh
 )
 
 missing=()
@@ -108,6 +108,21 @@ if ! mountpoint -q /sys/fs/bpf; then
     mount -t bpf bpf /sys/fs/bpf || die "could not mount bpffs at /sys/fs/bpf"
 else
     log "bpffs: mounted"
+fi
+
+# The lab's post-quantum TLS peers (bench/tests/tls_peer.py) need an OpenSSL that speaks
+# X25519MLKEM768 (3.5 or newer); Debian 12's is 3.0, the `cryptography` wheel bundles a
+# newer one. Pinned, in a venv of the checkout's own.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tls_peer_venv=$repo/target/tls-peer-venv
+if ! "$tls_peer_venv/bin/python" -c 'import OpenSSL, cryptography' 2>/dev/null; then
+    log "making the TLS peer venv (pyOpenSSL on the cryptography wheel's OpenSSL) in $tls_peer_venv"
+    rm -rf "$tls_peer_venv"
+    /usr/bin/python3 -m venv "$tls_peer_venv" </dev/null || die "python3 -m venv failed (package python3-venv)"
+    "$tls_peer_venv/bin/pip" install --quiet cryptography==50.0.2 pyopenssl==26.4.0 </dev/null ||
+        die "pip could not install cryptography and pyopenssl into $tls_peer_venv"
+else
+    log "TLS peer venv: present"
 fi
 
 log "done"

@@ -57,6 +57,20 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The Python of the venv scripts/setup.sh makes for the post-quantum TLS peers, and the
+/// peer script (`bench/tests/tls_peer.py`: an origin or a client on OpenSSL 3.5+).
+pub fn tls_peer_command() -> Result<[PathBuf; 2]> {
+    let root = repo_root();
+    let python = root.join("target/tls-peer-venv/bin/python");
+    if !python.exists() {
+        bail!(
+            "{} is missing: run scripts/setup.sh (it makes the venv with pyOpenSSL on the cryptography wheel's OpenSSL)",
+            python.display()
+        );
+    }
+    Ok([python, root.join("bench/tests/tls_peer.py")])
+}
+
 pub fn lab_script() -> PathBuf {
     repo_root().join("scripts").join("lab.sh")
 }

@@ -72,6 +72,13 @@ impl LeafSpec {
         self
     }
 
+    /// Valid from a day ago for `days` days (3650: the ten-year leaf of an internal server).
+    pub fn valid_for_days(mut self, days: i64) -> LeafSpec {
+        self.not_before = unix_now() - DAY;
+        self.not_after = self.not_before + days * DAY;
+        self
+    }
+
     pub fn rsa(mut self) -> LeafSpec {
         self.key = KeyType::Rsa2048;
         self
