@@ -600,9 +600,7 @@ fn session_detail_shows_a_live_decrypted_transfer_moving() {
     if bytes(&second, "s2c") <= bytes(&first, "s2c") || bytes(&second, "c2s") < bytes(&first, "c2s") {
         t.fail(
             None,
-            &format!(
-                "session {id}: byte counts must grow within 5 s of transfer:\nfirst: {first}\nsecond: {second}"
-            ),
+            &format!("session {id}: byte counts must grow within 5 s of transfer:\nfirst: {first}\nsecond: {second}"),
         );
     }
 
