@@ -6,6 +6,7 @@ pub mod control_plane;
 pub mod daemon;
 pub mod flow;
 pub mod frame;
+pub mod inspect;
 pub mod policy;
 pub mod probing;
 pub mod relay;

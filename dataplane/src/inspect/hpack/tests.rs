@@ -1,0 +1,781 @@
+//! The RFC 7541 Appendix C examples, each malformed-input rule, the limits, and a
+//! deterministic garbage loop.
+
+use super::*;
+
+/// Bytes from hex as the RFC prints it (groups separated by spaces and newlines).
+fn block(hex_text: &str) -> Vec<u8> {
+    let digits: String = hex_text.split_whitespace().collect();
+    hex::decode(digits).expect("test hex is valid")
+}
+
+fn pairs(fields: &[HeaderField]) -> Vec<(&str, &str)> {
+    fields
+        .iter()
+        .map(|field| {
+            (
+                std::str::from_utf8(&field.name).unwrap(),
+                std::str::from_utf8(&field.value).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The dynamic table, newest entry first, as RFC 7541 Appendix C lists it.
+fn table(decoder: &HpackDecoder) -> Vec<(String, String)> {
+    (0..decoder.table.entries.len())
+        .map(|index| {
+            let (name, value) = decoder.table.get(index).unwrap();
+            (
+                String::from_utf8(name.to_vec()).unwrap(),
+                String::from_utf8(value.to_vec()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn owned(entries: &[(&str, &str)]) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+fn problem(result: Result<Vec<HeaderField>, HpackError>) -> (usize, HpackProblem) {
+    let error = result.expect_err("the block must be refused");
+    (error.offset, error.problem)
+}
+
+/// An HPACK integer: `flags` are the first byte's bits above the prefix.
+fn integer(flags: u8, prefix_bits: u8, value: usize) -> Vec<u8> {
+    let prefix_max = usize::from(u8::MAX >> (8 - prefix_bits));
+    if value < prefix_max {
+        return vec![flags | value as u8];
+    }
+    let mut bytes = vec![flags | prefix_max as u8];
+    let mut rest = value - prefix_max;
+    while rest >= 0x80 {
+        bytes.push(0x80 | (rest & 0x7f) as u8);
+        rest >>= 7;
+    }
+    bytes.push(rest as u8);
+    bytes
+}
+
+/// A raw (not Huffman-coded) string literal.
+fn raw_string(text: &[u8]) -> Vec<u8> {
+    let mut bytes = integer(0, 7, text.len());
+    bytes.extend_from_slice(text);
+    bytes
+}
+
+fn size_update(size: usize) -> Vec<u8> {
+    integer(0b0010_0000, 5, size)
+}
+
+#[test]
+fn rfc_c2_1_literal_with_indexing() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let fields = decoder
+        .decode(&block(
+            "400a 6375 7374 6f6d 2d6b 6579 0d63 7573 746f 6d2d 6865 6164 6572",
+        ))
+        .unwrap();
+    assert_eq!(pairs(&fields), [("custom-key", "custom-header")]);
+    assert!(!fields[0].sensitive);
+    assert_eq!(table(&decoder), owned(&[("custom-key", "custom-header")]));
+    assert_eq!(decoder.table_size(), 55);
+}
+
+#[test]
+fn rfc_c2_2_literal_without_indexing() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let fields = decoder.decode(&block("040c 2f73 616d 706c 652f 7061 7468")).unwrap();
+    assert_eq!(pairs(&fields), [(":path", "/sample/path")]);
+    assert!(table(&decoder).is_empty());
+    assert_eq!(decoder.table_size(), 0);
+}
+
+#[test]
+fn rfc_c2_3_literal_never_indexed_is_sensitive() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let fields = decoder
+        .decode(&block("1008 7061 7373 776f 7264 0673 6563 7265 74"))
+        .unwrap();
+    assert_eq!(pairs(&fields), [("password", "secret")]);
+    assert!(fields[0].sensitive);
+    assert!(table(&decoder).is_empty());
+}
+
+#[test]
+fn rfc_c2_4_indexed() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let fields = decoder.decode(&block("82")).unwrap();
+    assert_eq!(pairs(&fields), [(":method", "GET")]);
+    assert!(table(&decoder).is_empty());
+}
+
+/// C.3 and C.4 decode to the same header lists and tables; only the string coding differs.
+fn check_rfc_requests(blocks: [&str; 3]) {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+
+    let fields = decoder.decode(&block(blocks[0])).unwrap();
+    assert_eq!(
+        pairs(&fields),
+        [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", "www.example.com"),
+        ]
+    );
+    assert_eq!(table(&decoder), owned(&[(":authority", "www.example.com")]));
+    assert_eq!(decoder.table_size(), 57);
+
+    let fields = decoder.decode(&block(blocks[1])).unwrap();
+    assert_eq!(
+        pairs(&fields),
+        [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", "www.example.com"),
+            ("cache-control", "no-cache"),
+        ]
+    );
+    assert_eq!(
+        table(&decoder),
+        owned(&[("cache-control", "no-cache"), (":authority", "www.example.com"),])
+    );
+    assert_eq!(decoder.table_size(), 110);
+
+    let fields = decoder.decode(&block(blocks[2])).unwrap();
+    assert_eq!(
+        pairs(&fields),
+        [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/index.html"),
+            (":authority", "www.example.com"),
+            ("custom-key", "custom-value"),
+        ]
+    );
+    assert_eq!(
+        table(&decoder),
+        owned(&[
+            ("custom-key", "custom-value"),
+            ("cache-control", "no-cache"),
+            (":authority", "www.example.com"),
+        ])
+    );
+    assert_eq!(decoder.table_size(), 164);
+}
+
+#[test]
+fn rfc_c3_requests_without_huffman() {
+    check_rfc_requests([
+        "8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d",
+        "8286 84be 5808 6e6f 2d63 6163 6865",
+        "8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65",
+    ]);
+}
+
+#[test]
+fn rfc_c4_requests_with_huffman() {
+    check_rfc_requests([
+        "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff",
+        "8286 84be 5886 a8eb 1064 9cbf",
+        "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
+    ]);
+}
+
+/// C.5 and C.6 run with SETTINGS_HEADER_TABLE_SIZE 256, which the encoder signals here
+/// with a block holding only a size update, then evict.
+fn check_rfc_responses(blocks: [&str; 3]) {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    decoder.set_max_table_size(256);
+    assert!(decoder.decode(&size_update(256)).unwrap().is_empty());
+
+    let fields = decoder.decode(&block(blocks[0])).unwrap();
+    assert_eq!(
+        pairs(&fields),
+        [
+            (":status", "302"),
+            ("cache-control", "private"),
+            ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+            ("location", "https://www.example.com"),
+        ]
+    );
+    assert_eq!(
+        table(&decoder),
+        owned(&[
+            ("location", "https://www.example.com"),
+            ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+            ("cache-control", "private"),
+            (":status", "302"),
+        ])
+    );
+    assert_eq!(decoder.table_size(), 222);
+
+    let fields = decoder.decode(&block(blocks[1])).unwrap();
+    assert_eq!(
+        pairs(&fields),
+        [
+            (":status", "307"),
+            ("cache-control", "private"),
+            ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+            ("location", "https://www.example.com"),
+        ]
+    );
+    assert_eq!(
+        table(&decoder),
+        owned(&[
+            (":status", "307"),
+            ("location", "https://www.example.com"),
+            ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+            ("cache-control", "private"),
+        ])
+    );
+    assert_eq!(decoder.table_size(), 222);
+
+    let fields = decoder.decode(&block(blocks[2])).unwrap();
+    assert_eq!(
+        pairs(&fields),
+        [
+            (":status", "200"),
+            ("cache-control", "private"),
+            ("date", "Mon, 21 Oct 2013 20:13:22 GMT"),
+            ("location", "https://www.example.com"),
+            ("content-encoding", "gzip"),
+            ("set-cookie", "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1"),
+        ]
+    );
+    assert_eq!(
+        table(&decoder),
+        owned(&[
+            ("set-cookie", "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1"),
+            ("content-encoding", "gzip"),
+            ("date", "Mon, 21 Oct 2013 20:13:22 GMT"),
+        ])
+    );
+    assert_eq!(decoder.table_size(), 215);
+}
+
+#[test]
+fn rfc_c5_responses_without_huffman_evict() {
+    check_rfc_responses([
+        "4803 3330 3258 0770 7269 7661 7465 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133
+         2032 303a 3133 3a32 3120 474d 546e 1768 7474 7073 3a2f 2f77 7777 2e65 7861 6d70
+         6c65 2e63 6f6d",
+        "4803 3330 37c1 c0bf",
+        "88c1 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133 2032 303a 3133 3a32 3220 474d
+         54c0 5a04 677a 6970 7738 666f 6f3d 4153 444a 4b48 514b 425a 584f 5157 454f 5049
+         5541 5851 5745 4f49 553b 206d 6178 2d61 6765 3d33 3630 303b 2076 6572 7369 6f6e
+         3d31",
+    ]);
+}
+
+#[test]
+fn rfc_c6_responses_with_huffman_evict() {
+    check_rfc_responses([
+        "4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81 66e0 82a6
+         2d1b ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3",
+        "4883 640e ffc1 c0bf",
+        "88c1 6196 d07a be94 1054 d444 a820 0595 040b 8166 e084 a62d 1bff c05a 839b d9ab
+         77ad 94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f
+         9587 3160 65c0 03ed 4ee5 b106 3d50 07",
+    ]);
+}
+
+#[test]
+fn static_table_is_appendix_a() {
+    assert_eq!(STATIC_TABLE.len(), 61);
+    assert_eq!(STATIC_TABLE[0], (&b":authority"[..], &b""[..]));
+    assert_eq!(STATIC_TABLE[15], (&b"accept-encoding"[..], &b"gzip, deflate"[..]));
+    assert_eq!(STATIC_TABLE[60], (&b"www-authenticate"[..], &b""[..]));
+}
+
+/// The code a symbol gets from the canonical tables.
+fn huffman_code(symbol: u16) -> (u32, usize) {
+    let length = usize::from(HUFFMAN_CODE_LENGTHS[usize::from(symbol)]);
+    let position = HUFFMAN.symbols[HUFFMAN.first_index[length]..]
+        .iter()
+        .position(|&candidate| candidate == symbol)
+        .unwrap();
+    (HUFFMAN.first_code[length] + position as u32, length)
+}
+
+#[test]
+fn huffman_code_is_complete_and_matches_appendix_b() {
+    // Kraft equality: the code is complete, so every 30-bit string starts with a code.
+    let kraft: u64 = HUFFMAN_CODE_LENGTHS.iter().map(|&length| 1u64 << (30 - length)).sum();
+    assert_eq!(kraft, 1 << 30);
+    // Codes from RFC 7541 Appendix B, including the last of every length, which only come
+    // out right if every length's count is right.
+    let expected: [(u16, u32, usize); 26] = [
+        (b'0'.into(), 0x0, 5),
+        (b't'.into(), 0x9, 5),
+        (b' '.into(), 0x14, 6),
+        (b'u'.into(), 0x2d, 6),
+        (b':'.into(), 0x5c, 7),
+        (b'z'.into(), 0x7b, 7),
+        (b'&'.into(), 0xf8, 8),
+        (b'Z'.into(), 0xfd, 8),
+        (b'?'.into(), 0x3fc, 10),
+        (b'|'.into(), 0x7fc, 11),
+        (b'>'.into(), 0xffb, 12),
+        (b'~'.into(), 0x1ffd, 13),
+        (b'}'.into(), 0x3ffd, 14),
+        (b'{'.into(), 0x7ffe, 15),
+        (208, 0x7fff2, 19),
+        (226, 0xfffed, 20),
+        (230, 0x1fffe8, 21),
+        (233, 0x3fffeb, 22),
+        (239, 0x7ffff4, 23),
+        (237, 0xfffff5, 24),
+        (235, 0x1ffffef, 25),
+        (255, 0x3ffffee, 26),
+        (254, 0x7fffff0, 27),
+        (249, 0xffffffe, 28),
+        (22, 0x3ffffffe, 30),
+        (HUFFMAN_EOS, 0x3fffffff, 30),
+    ];
+    for (symbol, code, length) in expected {
+        assert_eq!(huffman_code(symbol), (code, length), "symbol {symbol}");
+    }
+}
+
+/// A test-only encoder over the same tables, padding with ones.
+fn huffman_encode(text: &[u8]) -> Vec<u8> {
+    let mut bits: Vec<bool> = Vec::new();
+    for &byte in text {
+        let (code, length) = huffman_code(byte.into());
+        bits.extend((0..length).rev().map(|bit| (code >> bit) & 1 == 1));
+    }
+    while !bits.len().is_multiple_of(8) {
+        bits.push(true);
+    }
+    bits.chunks(8)
+        .map(|byte| byte.iter().fold(0u8, |acc, &bit| (acc << 1) | u8::from(bit)))
+        .collect()
+}
+
+#[test]
+fn huffman_decodes_every_byte_value() {
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(huffman_decode(&huffman_encode(&all), usize::MAX).unwrap(), all);
+    assert_eq!(huffman_decode(&[], 10).unwrap(), b"");
+}
+
+#[test]
+fn huffman_padding_and_eos_errors() {
+    // 'a' is 00011: three bits of ones pad it to a byte.
+    assert_eq!(huffman_decode(&[0x1f], 10).unwrap(), b"a");
+    // Padding with a zero in it.
+    assert_eq!(huffman_decode(&[0x18], 10), Err(HuffmanFault::PaddingNotOnes));
+    // A whole byte of ones after 'a' (11 bits left): more than 7 bits of padding.
+    assert_eq!(
+        huffman_decode(&[0x1f, 0xff], 10),
+        Err(HuffmanFault::PaddingTooLong { bits: 11 })
+    );
+    // 30 ones are the EOS symbol, which may not appear in a string.
+    assert_eq!(huffman_decode(&[0xff, 0xff, 0xff, 0xff], 10), Err(HuffmanFault::Eos));
+    // Output beyond the budget is refused as it is produced.
+    assert_eq!(
+        huffman_decode(&huffman_encode(b"abc"), 2),
+        Err(HuffmanFault::OverBudget)
+    );
+}
+
+#[test]
+fn huffman_errors_in_a_block_name_the_string() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    // Literal without indexing, name :path (index 4), Huffman value of one byte 0x18.
+    let error = decoder.decode(&[0x82, 0x04, 0x81, 0x18]).unwrap_err();
+    assert_eq!((error.offset, error.problem), (2, HpackProblem::HuffmanPaddingNotOnes));
+    assert_eq!(
+        error.to_string(),
+        "HPACK: a Huffman-coded string ends with padding that is not all ones \
+         (byte 2 of the header block)"
+    );
+
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(
+        problem(decoder.decode(&[0x04, 0x84, 0xff, 0xff, 0xff, 0xff])),
+        (1, HpackProblem::HuffmanEos)
+    );
+}
+
+#[test]
+fn size_updates_at_the_start_resize_and_evict() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    decoder
+        .decode(&block(
+            "400a 6375 7374 6f6d 2d6b 6579 0d63 7573 746f 6d2d 6865 6164 6572",
+        ))
+        .unwrap();
+    assert_eq!(decoder.table_size(), 55);
+    // Two updates at the start (RFC 7541 §4.2 allows a shrink then a grow): the shrink to
+    // 0 evicts everything.
+    let mut updates = size_update(0);
+    updates.extend(size_update(4096));
+    updates.push(0x82);
+    let fields = decoder.decode(&updates).unwrap();
+    assert_eq!(pairs(&fields), [(":method", "GET")]);
+    assert_eq!(decoder.table_size(), 0);
+    assert_eq!(decoder.table.capacity, 4096);
+}
+
+#[test]
+fn size_update_after_a_field_is_refused() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let mut bytes = vec![0x82];
+    bytes.extend(size_update(100));
+    assert_eq!(
+        problem(decoder.decode(&bytes)),
+        (1, HpackProblem::TableSizeUpdateNotAtStart)
+    );
+}
+
+#[test]
+fn size_update_above_the_setting_is_refused() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(
+        problem(decoder.decode(&size_update(4097))),
+        (
+            0,
+            HpackProblem::TableSizeAboveSetting {
+                requested: 4097,
+                setting: 4096
+            }
+        )
+    );
+}
+
+#[test]
+fn size_update_above_loupes_limit_is_refused() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    decoder.set_max_table_size(1 << 20);
+    // Up to the limit is fine once the setting allows it.
+    decoder.decode(&size_update(65536)).unwrap();
+    assert_eq!(decoder.table.capacity, 65536);
+    let error = decoder.decode(&size_update(65537)).unwrap_err();
+    assert_eq!(
+        (error.offset, error.problem),
+        (
+            0,
+            HpackProblem::TableSizeAboveLimit {
+                requested: 65537,
+                limit: 65536
+            }
+        )
+    );
+    assert_eq!(
+        error.to_string(),
+        "HPACK: a dynamic table size update asks for 65537 bytes, above loupe's limit of \
+         65536 (byte 0 of the header block)"
+    );
+}
+
+#[test]
+fn limits_below_the_protocol_default_are_raised_to_it() {
+    let mut decoder = HpackDecoder::new(HpackLimits {
+        max_table_size: 100,
+        ..HpackLimits::default()
+    });
+    decoder.decode(&size_update(4096)).unwrap();
+}
+
+#[test]
+fn lowered_setting_requires_a_size_update() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    decoder.set_max_table_size(1000);
+    assert_eq!(
+        problem(decoder.decode(&[0x82])),
+        (
+            0,
+            HpackProblem::MissingTableSizeUpdate {
+                setting: 1000,
+                capacity: 4096
+            }
+        )
+    );
+    // An empty block does not carry it either.
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    decoder.set_max_table_size(1000);
+    assert_eq!(
+        problem(decoder.decode(&[])).1,
+        HpackProblem::MissingTableSizeUpdate {
+            setting: 1000,
+            capacity: 4096
+        }
+    );
+
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    decoder.set_max_table_size(1000);
+    let mut bytes = size_update(1000);
+    bytes.push(0x82);
+    decoder.decode(&bytes).unwrap();
+    // Once signalled, later blocks need none.
+    decoder.decode(&[0x82]).unwrap();
+}
+
+#[test]
+fn huge_integers_are_refused() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    // An index far above 2^32.
+    assert_eq!(
+        problem(decoder.decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x7f])),
+        (0, HpackProblem::IntegerTooLarge)
+    );
+    // A small value stretched with continuation bytes carrying nothing.
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(
+        problem(decoder.decode(&[0xff, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00])),
+        (0, HpackProblem::IntegerTooLarge)
+    );
+    // A never-ending integer stops at its sixth continuation byte.
+    let mut endless = vec![0x3f];
+    endless.extend([0x80; 1000]);
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(problem(decoder.decode(&endless)), (0, HpackProblem::IntegerTooLarge));
+    // 2^32 - 1 itself is accepted (and here names no entry).
+    let mut reader = BlockReader {
+        block: &integer(0x80, 7, u32::MAX as usize),
+        pos: 0,
+    };
+    assert_eq!(reader.integer(7), Ok(u32::MAX as usize));
+}
+
+#[test]
+fn truncated_integers_and_strings_are_refused() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(
+        problem(decoder.decode(&[0x82, 0xff])),
+        (1, HpackProblem::TruncatedInteger)
+    );
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(
+        problem(decoder.decode(&[0xff, 0x80])),
+        (0, HpackProblem::TruncatedInteger)
+    );
+    // A new name declared as 10 bytes with 1 present.
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(
+        problem(decoder.decode(&[0x40, 0x0a, b'a'])),
+        (
+            1,
+            HpackProblem::TruncatedString {
+                declared: 10,
+                available: 1
+            }
+        )
+    );
+    // The value's length is missing altogether.
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(problem(decoder.decode(&[0x44])), (1, HpackProblem::TruncatedInteger));
+}
+
+#[test]
+fn index_zero_is_refused() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(problem(decoder.decode(&[0x82, 0x80])), (1, HpackProblem::IndexZero));
+}
+
+#[test]
+fn index_out_of_range_is_refused() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    decoder.decode(&block("418c f1e3 c2e5 f23a 6ba0 ab90 f4ff")).unwrap();
+    let error = decoder.decode(&[0x82, 0x86, 0xbe, 0xbf]).unwrap_err();
+    assert_eq!(
+        (error.offset, error.problem),
+        (
+            3,
+            HpackProblem::IndexOutOfRange {
+                index: 63,
+                dynamic_entries: 1
+            }
+        )
+    );
+    assert_eq!(
+        error.to_string(),
+        "HPACK: index 63 is beyond the 61 static and 1 dynamic entries (byte 3 of the header \
+         block)"
+    );
+    // A literal's name index is checked the same way.
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(
+        problem(decoder.decode(&[0x0f, 0x30, 0x00])),
+        (
+            0,
+            HpackProblem::IndexOutOfRange {
+                index: 63,
+                dynamic_entries: 0
+            }
+        )
+    );
+}
+
+#[test]
+fn entry_larger_than_the_table_empties_it() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    decoder.decode(&[0x82]).unwrap();
+    decoder.decode(&block("400a 6375 7374 6f6d 2d6b 6579 0161")).unwrap();
+    assert_eq!(decoder.table.entries.len(), 1);
+    let mut bytes = vec![0x40];
+    bytes.extend(raw_string(b"big"));
+    bytes.extend(raw_string(&[b'x'; 5000]));
+    let fields = decoder.decode(&bytes).unwrap();
+    assert_eq!(fields[0].value.len(), 5000);
+    assert_eq!(decoder.table_size(), 0);
+    assert!(decoder.table.entries.is_empty());
+}
+
+#[test]
+fn literal_naming_the_entry_it_evicts() {
+    // Table of 100 bytes holding one 60-byte entry; a new entry reusing its name needs
+    // the room, so the name must be copied before the eviction.
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let mut bytes = size_update(100);
+    bytes.push(0x40);
+    bytes.extend(raw_string(b"name-of-twenty-bytes"));
+    bytes.extend(raw_string(b"12345678"));
+    decoder.decode(&bytes).unwrap();
+    assert_eq!(decoder.table_size(), 60);
+    let mut bytes = vec![0x40 | 62];
+    bytes.extend(raw_string(b"abcdefghijkl"));
+    let fields = decoder.decode(&bytes).unwrap();
+    assert_eq!(pairs(&fields), [("name-of-twenty-bytes", "abcdefghijkl")]);
+    assert_eq!(table(&decoder), owned(&[("name-of-twenty-bytes", "abcdefghijkl")]));
+}
+
+#[test]
+fn header_list_limit_stops_amplification_by_index() {
+    // One 4033-byte entry, then a block that names it once per byte: 26 copies are more
+    // than 100 KiB, refused before the 26th is copied.
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let mut bytes = vec![0x40];
+    bytes.extend(raw_string(b"n"));
+    bytes.extend(raw_string(&[b'x'; 4000]));
+    decoder.decode(&bytes).unwrap();
+    assert_eq!(decoder.table_size(), 4033);
+    assert_eq!(decoder.decode(&[0xbe; 25]).unwrap().len(), 25);
+    let error = decoder.decode(&[0xbe; 1000]).unwrap_err();
+    assert_eq!(
+        (error.offset, error.problem),
+        (25, HpackProblem::HeaderListTooLarge { limit: 102400 })
+    );
+}
+
+#[test]
+fn header_list_limit_applies_to_literals_before_decoding() {
+    let limits = HpackLimits {
+        max_header_list_size: 100,
+        ..HpackLimits::default()
+    };
+    // 32 + 30 + 38 = 100 is at the limit.
+    let mut decoder = HpackDecoder::new(limits);
+    let mut bytes = vec![0x00];
+    bytes.extend(raw_string(&[b'n'; 30]));
+    bytes.extend(raw_string(&[b'v'; 38]));
+    decoder.decode(&bytes).unwrap();
+    // One more raw byte is not.
+    let mut decoder = HpackDecoder::new(limits);
+    let mut bytes = vec![0x00];
+    bytes.extend(raw_string(&[b'n'; 30]));
+    let value_offset = bytes.len();
+    bytes.extend(raw_string(&[b'v'; 39]));
+    assert_eq!(
+        problem(decoder.decode(&bytes)),
+        (value_offset, HpackProblem::HeaderListTooLarge { limit: 100 })
+    );
+    // Nor one more Huffman-coded byte.
+    let mut decoder = HpackDecoder::new(limits);
+    let coded = huffman_encode(&[b'a'; 69]);
+    let mut bytes = vec![0x10];
+    bytes.extend(integer(0x80, 7, coded.len()));
+    bytes.extend(coded);
+    assert_eq!(
+        problem(decoder.decode(&bytes)),
+        (1, HpackProblem::HeaderListTooLarge { limit: 100 })
+    );
+}
+
+#[test]
+fn a_failed_decoder_refuses_later_blocks() {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    decoder.decode(&[0x80]).unwrap_err();
+    let error = decoder.decode(&[0x82]).unwrap_err();
+    assert_eq!(error.problem, HpackProblem::EarlierFailure);
+    assert_eq!(
+        error.to_string(),
+        "HPACK: the decoder failed on an earlier block of this connection, so its table is \
+         unknown"
+    );
+}
+
+/// xorshift64: deterministic, no crate.
+struct Prng(u64);
+
+impl Prng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+}
+
+#[test]
+fn random_garbage_never_panics_and_stays_bounded() {
+    let limits = HpackLimits {
+        max_table_size: 8192,
+        max_header_list_size: 4096,
+    };
+    let seeds = [
+        block("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"),
+        block("4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81"),
+        block("3fe1 1f40 0a63 7573 746f 6d2d 6b65 7901 61be bebe"),
+    ];
+    let mut prng = Prng(0x1005_e0ca_fe00_beef);
+    let mut decoder = HpackDecoder::new(limits);
+    let mut decoded_blocks = 0;
+    for round in 0..200_000 {
+        let bytes: Vec<u8> = if round % 2 == 0 {
+            // Pure noise.
+            let length = prng.below(40);
+            (0..length).map(|_| prng.next() as u8).collect()
+        } else {
+            // A valid block with a few bytes changed, to get past the first byte.
+            let mut bytes = seeds[prng.below(seeds.len())].clone();
+            for _ in 0..1 + prng.below(3) {
+                let index = prng.below(bytes.len());
+                bytes[index] = prng.next() as u8;
+            }
+            bytes.truncate(1 + prng.below(bytes.len()));
+            bytes
+        };
+        if round % 7 == 0 {
+            decoder.set_max_table_size(prng.below(20_000));
+        }
+        match decoder.decode(&bytes) {
+            Ok(fields) => {
+                decoded_blocks += 1;
+                let list_size: usize = fields
+                    .iter()
+                    .map(|field| field.name.len() + field.value.len() + 32)
+                    .sum();
+                assert!(list_size <= limits.max_header_list_size);
+            }
+            Err(_) => decoder = HpackDecoder::new(limits),
+        }
+        assert!(decoder.table_size() <= limits.max_table_size);
+        assert!(decoder.table_size() <= decoder.table.capacity);
+    }
+    // The mutations must reach past the first byte often enough to mean something.
+    assert!(decoded_blocks > 10_000, "only {decoded_blocks} blocks decoded");
+}

@@ -1,0 +1,70 @@
+//! One HTTP transaction: a request and its response, as the EVE `http` event and the
+//! decryption log need them. Filled in by the HTTP/1.1 and HTTP/2 parsers.
+
+/// The HTTP version a transaction ran over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http10,
+    Http11,
+    Http2,
+}
+
+impl HttpVersion {
+    /// As Suricata's EVE `http.protocol` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Http10 => "HTTP/1.0",
+            HttpVersion::Http11 => "HTTP/1.1",
+            HttpVersion::Http2 => "HTTP/2",
+        }
+    }
+}
+
+/// What is special about a transaction's exchange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransactionMarks {
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+    /// The connection switched protocols (101, e.g. WebSocket): the rest is relayed as is.
+    pub upgrade: bool,
+    /// A CONNECT request that succeeded: the rest is a tunnel, relayed as is.
+    pub connect: bool,
+}
+
+/// One request and (once seen) its response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    pub version: Option<HttpVersion>,
+    /// HTTP/2 stream id; `None` on HTTP/1.x.
+    pub stream_id: Option<u32>,
+    pub method: String,
+    /// `:scheme` on HTTP/2; `None` on HTTP/1.x (the connection's TLS makes it https).
+    pub scheme: Option<String>,
+    /// `Host` (HTTP/1.x) or `:authority` (HTTP/2).
+    pub host: Option<String>,
+    /// The request target's path, without the query.
+    pub path: String,
+    /// The query, without the `?`.
+    pub query: Option<String>,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    /// Content-Type of the request and of the response.
+    pub request_content_type: Option<String>,
+    pub response_content_type: Option<String>,
+    /// Final status (1xx interim responses are not it); `None` until the response head.
+    pub status: Option<u16>,
+    /// Body bytes (after de-chunking, before any content decoding) each way.
+    pub request_body_len: u64,
+    pub response_body_len: u64,
+    pub marks: TransactionMarks,
+}
+
+impl Transaction {
+    /// The request target as Suricata's `http.url` shows it: path and query.
+    pub fn url(&self) -> String {
+        match &self.query {
+            Some(query) => format!("{}?{query}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
