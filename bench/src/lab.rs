@@ -539,6 +539,9 @@ impl Lab {
         let base = self.dir.join(format!("nginx-{n}"));
         std::fs::create_dir_all(base.join("tmp"))?;
         let b = base.display();
+        // keepalive_requests: nginx closes a connection after 1,000 requests by default;
+        // squid's bumped client connection is pinned to its server connection and dies with
+        // it mid-request, so every keep-alive client would see that as an error.
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {b}/nginx.pid;\n\
              error_log {b}/error.log info;\nevents {{ worker_connections 256; }}\n\
@@ -1123,6 +1126,7 @@ impl Lab {
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {b}/nginx.pid;\n\
              error_log {b}/error.log info;\nworker_rlimit_nofile 20000;\nevents {{ worker_connections 19000; }}\n\
              http {{\n  access_log {b}/access.log;\n  default_type application/octet-stream;\n\
+             \x20 keepalive_requests 1000000;\n\
              \x20 client_body_temp_path {b}/tmp/body;\n  proxy_temp_path {b}/tmp/proxy;\n\
              \x20 fastcgi_temp_path {b}/tmp/fastcgi;\n  uwsgi_temp_path {b}/tmp/uwsgi;\n\
              \x20 scgi_temp_path {b}/tmp/scgi;\n\
