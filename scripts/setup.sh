@@ -21,7 +21,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config
     iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3
-    sslsplit squid-openssl nftables util-linux python3-venv testssl.sh
+    sslsplit squid-openssl nftables util-linux python3-venv testssl.sh nghttp2-client
 )
 
 missing=()
@@ -112,15 +112,17 @@ fi
 
 # The lab's post-quantum TLS peers (bench/tests/tls_peer.py) need an OpenSSL that speaks
 # X25519MLKEM768 (3.5 or newer); Debian 12's is 3.0, the `cryptography` wheel bundles a
-# newer one. Pinned, in a venv of the checkout's own.
+# newer one. Pinned, in a venv of the checkout's own. The same venv carries the
+# `websockets` library: the inspection test's WebSocket client and server
+# (bench/tests/ws_peer.py).
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tls_peer_venv=$repo/target/tls-peer-venv
-if ! "$tls_peer_venv/bin/python" -c 'import OpenSSL, cryptography' 2>/dev/null; then
+if ! "$tls_peer_venv/bin/python" -c 'import OpenSSL, cryptography, websockets' 2>/dev/null; then
     log "making the TLS peer venv (pyOpenSSL on the cryptography wheel's OpenSSL) in $tls_peer_venv"
     rm -rf "$tls_peer_venv"
     /usr/bin/python3 -m venv "$tls_peer_venv" </dev/null || die "python3 -m venv failed (package python3-venv)"
-    "$tls_peer_venv/bin/pip" install --quiet cryptography==50.0.2 pyopenssl==26.4.0 </dev/null ||
-        die "pip could not install cryptography and pyopenssl into $tls_peer_venv"
+    "$tls_peer_venv/bin/pip" install --quiet cryptography==50.0.2 pyopenssl==26.4.0 websockets==15.0.1 </dev/null ||
+        die "pip could not install cryptography, pyopenssl and websockets into $tls_peer_venv"
 else
     log "TLS peer venv: present"
 fi

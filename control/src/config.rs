@@ -218,6 +218,184 @@ pub struct Rule {
     pub certificate: Option<PathBuf>,
     /// `decrypt-inbound`: the server's private key (PEM).
     pub key: Option<PathBuf>,
+    /// `decrypt` and `decrypt-inbound`: what is exported of the rule's sessions (see
+    /// `[export]`); default: nothing.
+    #[serde(default)]
+    pub export: Vec<ExportKind>,
+}
+
+/// What a decrypting rule exports of its sessions (`export = ["pcap", "keylog"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportKind {
+    /// The plaintext both ways, as synthetic TCP flows in `plaintext-<n>.pcap` files.
+    Pcap,
+    /// The TLS secrets of both legs (NSS key log format) in the key log file.
+    Keylog,
+}
+
+impl ExportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportKind::Pcap => "pcap",
+            ExportKind::Keylog => "keylog",
+        }
+    }
+}
+
+/// Where the decrypted export writes (`[export]`); what is exported is chosen per rule
+/// (`export = [...]`), nothing by default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Export {
+    /// The directory of the pcap files (and of the default key log); none:
+    /// `<log-dir>/export`.
+    pub dir: Option<PathBuf>,
+    /// Size cap of one pcap file, in bytes: a packet that would pass it starts a new file.
+    pub pcap_max_bytes: u64,
+    /// pcap files kept; opening one more deletes the oldest.
+    pub pcap_max_files: usize,
+    /// The key log; none: `keys.log` in the export directory.
+    pub keylog_file: Option<PathBuf>,
+}
+
+impl Default for Export {
+    fn default() -> Self {
+        Export {
+            dir: None,
+            pcap_max_bytes: 100 << 20,
+            pcap_max_files: 10,
+            keylog_file: None,
+        }
+    }
+}
+
+impl Export {
+    /// The export directory: `dir`, or `export` in the log directory.
+    pub fn dir_in(&self, log_dir: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| log_dir.join("export"))
+    }
+
+    /// The key log: `keylog_file`, or `keys.log` in the export directory.
+    pub fn keylog_path(&self, log_dir: &Path) -> PathBuf {
+        self.keylog_file
+            .clone()
+            .unwrap_or_else(|| self.dir_in(log_dir).join("keys.log"))
+    }
+}
+
+/// The smallest `[export] pcap_max_bytes`: 64 KiB (a file holds at least one packet).
+pub const MIN_EXPORT_FILE_BYTES: u64 = 64 << 10;
+/// The most `[export] pcap_max_files` may be.
+pub const MAX_EXPORT_FILES: usize = 100_000;
+
+/// What a URL rule does with the requests it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UrlAction {
+    /// Let the request through; no later URL rule is tried.
+    Allow,
+    /// Let the request through and raise an alert.
+    Alert,
+    /// Refuse the request (the inspection engine answers it or ends the session).
+    Block,
+}
+
+impl UrlAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UrlAction::Allow => "allow",
+            UrlAction::Alert => "alert",
+            UrlAction::Block => "block",
+        }
+    }
+}
+
+/// A URL rule (`[[url_rule]]`), judged for every HTTP request inside a decrypted session.
+/// Rules are tried in file order and the first that matches decides; a request no rule
+/// matches is allowed. Every condition given must hold; an absent condition matches all;
+/// within one condition any listed value will do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlRule {
+    pub name: String,
+    /// Request hosts (`Host` or `:authority`, without the port): exact (`www.example.com`)
+    /// or `*.example.com` (any name below `example.com`, not `example.com` itself). Stored
+    /// lowercase.
+    #[serde(default)]
+    pub host: Vec<String>,
+    /// Request paths (without the query), each starting with `/`. A pattern containing `*`
+    /// or `?` is a glob matched against the whole path (`*`: any run of characters, `/`
+    /// included; `?`: any one character), e.g. `/api/*/delete`; any other pattern is a
+    /// prefix (`/admin/` matches `/admin/` and everything below it). Case-sensitive.
+    #[serde(default)]
+    pub path: Vec<String>,
+    /// Request methods, compared in uppercase. Stored uppercase.
+    #[serde(default)]
+    pub method: Vec<String>,
+    /// Category names (`[[category]]`), matched against the request host as rules match
+    /// the SNI.
+    #[serde(default)]
+    pub category: Vec<String>,
+    pub action: UrlAction,
+}
+
+/// What to do when a decrypted stream breaks the HTTP protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnProtocolError {
+    /// Relay the rest of the session uninspected (and log why).
+    #[default]
+    Pass,
+    /// End the session.
+    Block,
+}
+
+impl OnProtocolError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnProtocolError::Pass => "pass",
+            OnProtocolError::Block => "block",
+        }
+    }
+}
+
+/// What the inspection engine does with the plaintext of decrypted sessions, and its
+/// bounds. Applied by the inspection engine; every session keeps the settings of the
+/// snapshot it started with.
+// Issue #14 adds `rules`, `vars` and `body_depth` (signatures) to this table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Inspection {
+    /// Inspect HTTP (1.1 and 2) inside decrypted sessions; off: relay the plaintext as is.
+    pub http: bool,
+    /// A stream that is not the HTTP it claims to be: `pass` or `block`.
+    pub on_protocol_error: OnProtocolError,
+    /// Largest HTTP/1.x head (request or status line, header lines), in bytes.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams open at once on one connection.
+    pub max_streams: u32,
+    /// Largest HPACK dynamic table a peer may use, in bytes.
+    pub hpack_table_size: usize,
+    /// Largest HTTP/2 header block (HEADERS or PUSH_PROMISE and its CONTINUATIONs), in
+    /// bytes.
+    pub max_header_block: usize,
+    /// Answer a blocked request with loupe's 403 HTML page; off: refuse it without a page.
+    pub block_page: bool,
+}
+
+impl Default for Inspection {
+    fn default() -> Self {
+        Inspection {
+            http: true,
+            on_protocol_error: OnProtocolError::Pass,
+            max_header_bytes: 64 * 1024,
+            max_streams: 4096,
+            hpack_table_size: 64 * 1024,
+            max_header_block: 100 * 1024,
+            block_page: true,
+        }
+    }
 }
 
 impl Rule {
@@ -433,12 +611,18 @@ pub struct Config {
     pub categories: Vec<Category>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    #[serde(default, rename = "url_rule")]
+    pub url_rules: Vec<UrlRule>,
+    #[serde(default)]
+    pub inspection: Inspection,
     #[serde(default)]
     pub exclusions: Exclusions,
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
     pub control: Control,
+    #[serde(default)]
+    pub export: Export,
     /// The file and text this configuration was parsed from (empty for `Config::default()`),
     /// so that errors found later (category files, CA files) can name the line.
     #[serde(skip)]
@@ -765,7 +949,8 @@ impl Errors<'_> {
 impl Config {
     /// Parses and validates a configuration. `file` only names it in errors: nothing is
     /// read from the filesystem, and relative paths stay as written (see [`Config::load`]).
-    /// Rule server names (`sni`) are stored lowercase.
+    /// Rule server names (`sni`) and URL rule hosts are stored lowercase, URL rule methods
+    /// uppercase.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|span| span.start);
@@ -785,6 +970,10 @@ impl Config {
             for pattern in &mut rule.sni {
                 pattern.make_ascii_lowercase();
             }
+        }
+        for rule in &mut config.url_rules {
+            rule.host.iter_mut().for_each(|pattern| pattern.make_ascii_lowercase());
+            rule.method.iter_mut().for_each(|method| method.make_ascii_uppercase());
         }
         config.source = ConfigSource {
             file: file.to_path_buf(),
@@ -828,6 +1017,13 @@ impl Config {
             rule.certificate.iter_mut().for_each(resolve);
             rule.key.iter_mut().for_each(resolve);
         }
+        self.export.dir.iter_mut().for_each(resolve);
+        self.export.keylog_file.iter_mut().for_each(resolve);
+    }
+
+    /// Whether some rule exports `kind` (what the daemon opens files for).
+    pub fn exports(&self, kind: ExportKind) -> bool {
+        self.rules.iter().any(|rule| rule.export.contains(&kind))
     }
 
     /// Reads every category's file (see [`LoadedCategory::parse`] for the format). A file
@@ -869,7 +1065,10 @@ impl Config {
         self.validate_decryption(&errors)?;
         self.validate_exclusions(&errors)?;
         self.validate_categories(&errors)?;
-        self.validate_rules(&errors)
+        self.validate_rules(&errors)?;
+        self.validate_url_rules(&errors)?;
+        self.validate_inspection(&errors)?;
+        self.validate_export(&errors)
     }
 
     fn validate_dataplane(&self, errors: &Errors) -> Result<(), ConfigError> {
@@ -936,6 +1135,12 @@ impl Config {
         }
         if self.trust.ca_files.iter().any(|path| path_is_empty(path)) {
             return Err(errors.key("trust", "ca_files", "expected file names, got \"\"".into()));
+        }
+        if self.export.dir.as_deref().is_some_and(path_is_empty) {
+            return Err(errors.key("export", "dir", "expected a directory, got \"\"".into()));
+        }
+        if self.export.keylog_file.as_deref().is_some_and(path_is_empty) {
+            return Err(errors.key("export", "keylog_file", "expected a file name, got \"\"".into()));
         }
         Ok(())
     }
@@ -1057,6 +1262,22 @@ impl Config {
                     ));
                 }
             }
+            if !rule.export.is_empty() && !decrypts {
+                return Err(error(
+                    "export",
+                    format!(
+                        "export: only allowed with action \"decrypt\" or \"decrypt-inbound\" (only decrypted \
+                         sessions have plaintext and keys), this rule's action is {action:?}"
+                    ),
+                ));
+            }
+            let repeated = (1..rule.export.len()).find(|&i| rule.export[..i].contains(&rule.export[i]));
+            if let Some(i) = repeated {
+                return Err(error(
+                    "export",
+                    format!("export: {:?} listed twice", rule.export[i].as_str()),
+                ));
+            }
             let pem_files = [
                 (
                     "certificate",
@@ -1087,6 +1308,133 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    fn validate_url_rules(&self, errors: &Errors) -> Result<(), ConfigError> {
+        let categories: Vec<&str> = self.categories.iter().map(|c| c.name.as_str()).collect();
+        let mut seen: Vec<&str> = Vec::new();
+        for (index, rule) in self.url_rules.iter().enumerate() {
+            let error = |key: &str, message: String| errors.item("url_rule", index, &rule.name, key, message);
+            if rule.name.is_empty() {
+                return Err(error("name", "name: expected a non-empty name".into()));
+            }
+            if seen.contains(&rule.name.as_str()) {
+                return Err(error("name", "name: defined twice".into()));
+            }
+            seen.push(&rule.name);
+            if let Some(pattern) = rule.host.iter().find(|p| !is_sni_pattern(p)) {
+                return Err(error(
+                    "host",
+                    format!(
+                        "host: expected a host name like \"www.example.com\" or \"*.example.com\" \
+                         (a wildcard only as the whole first label), got {pattern:?}"
+                    ),
+                ));
+            }
+            for pattern in &rule.path {
+                check_path_pattern(pattern).map_err(|message| error("path", format!("path: {message}")))?;
+            }
+            if let Some(method) = rule.method.iter().find(|m| !is_method(m)) {
+                return Err(error(
+                    "method",
+                    format!("method: expected an HTTP method like \"GET\" or \"POST\", got {method:?}"),
+                ));
+            }
+            if let Some(name) = rule.category.iter().find(|c| !categories.contains(&c.as_str())) {
+                return Err(error(
+                    "category",
+                    format!("unknown category {name:?} ({})", known_list(&categories)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_inspection(&self, errors: &Errors) -> Result<(), ConfigError> {
+        let i = &self.inspection;
+        let error = |key: &str, message: String| errors.key("inspection", key, message);
+        let bytes = |key: &str, value: usize, min: usize| {
+            if (min..=MAX_INSPECTION_BYTES).contains(&value) {
+                Ok(())
+            } else {
+                Err(error(
+                    key,
+                    format!("expected {min} to {MAX_INSPECTION_BYTES} bytes, got {value}"),
+                ))
+            }
+        };
+        bytes("max_header_bytes", i.max_header_bytes, 1024)?;
+        bytes("hpack_table_size", i.hpack_table_size, 4096)?;
+        bytes("max_header_block", i.max_header_block, 1024)?;
+        if !(1..=MAX_STREAMS).contains(&i.max_streams) {
+            return Err(error(
+                "max_streams",
+                format!("expected 1 to {MAX_STREAMS} streams, got {}", i.max_streams),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_export(&self, errors: &Errors) -> Result<(), ConfigError> {
+        let e = &self.export;
+        if e.pcap_max_bytes < MIN_EXPORT_FILE_BYTES {
+            return Err(errors.key(
+                "export",
+                "pcap_max_bytes",
+                format!(
+                    "expected at least {MIN_EXPORT_FILE_BYTES} bytes (64 KiB), got {}",
+                    e.pcap_max_bytes
+                ),
+            ));
+        }
+        if !(1..=MAX_EXPORT_FILES).contains(&e.pcap_max_files) {
+            return Err(errors.key(
+                "export",
+                "pcap_max_files",
+                format!("expected 1 to {MAX_EXPORT_FILES} files, got {}", e.pcap_max_files),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The most any `[inspection]` byte bound may be: 16 MiB.
+const MAX_INSPECTION_BYTES: usize = 16 << 20;
+/// The most `[inspection] max_streams` may be.
+const MAX_STREAMS: u32 = 65_536;
+
+/// Whether `method` is an HTTP method: a token (RFC 9110 §5.6.2), at most 32 characters.
+fn is_method(method: &str) -> bool {
+    !method.is_empty()
+        && method.len() <= 32
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Checks a URL rule's path pattern: it starts with `/`, holds printable ASCII other than
+/// `#` (anything else is percent-encoded on the wire, and compared as sent), and has no
+/// `**` (a `*` already matches across `/`).
+fn check_path_pattern(pattern: &str) -> Result<(), String> {
+    if !pattern.starts_with('/') {
+        return Err(format!(
+            "expected a path starting with \"/\", like \"/admin/\" or \"/api/*/delete\", got {pattern:?}"
+        ));
+    }
+    if !pattern.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+        return Err(format!(
+            "expected printable ASCII without spaces or \"#\" (paths are compared as sent, percent-encoded), \
+             got {pattern:?}"
+        ));
+    }
+    if pattern.contains("**") {
+        return Err(format!(
+            "expected a glob with single \"*\" (one \"*\" already matches any run of characters, \"/\" \
+             included), got {pattern:?}"
+        ));
+    }
+    Ok(())
 }
 
 impl LoadedCategory {
@@ -1250,7 +1598,8 @@ mod tests {
         assert_eq!(
             parse("[dataplan]\n").unwrap_err(),
             "loupe.toml:1: unknown field `dataplan`, expected one of `dataplane`, `ca`, `decryption`, `profile`, \
-             `paths`, `trust`, `category`, `rule`, `exclusions`, `timeouts`, `control`"
+             `paths`, `trust`, `category`, `rule`, `url_rule`, `inspection`, `exclusions`, `timeouts`, `control`, \
+             `export`"
         );
         assert_eq!(
             parse("[[rule]]\nname = \"a\"\naction = \"block\"\n\n[[rule]]\naction = \"block\"\n").unwrap_err(),
@@ -1492,7 +1841,205 @@ mod tests {
         assert_eq!(
             parse(text).unwrap_err(),
             "loupe.toml:7: rule \"b\": unknown field `sorce`, expected one of `name`, `source`, `destination`, \
-             `ports`, `sni`, `category`, `action`, `profile`, `certificate`, `key`"
+             `ports`, `sni`, `category`, `action`, `profile`, `certificate`, `key`, `export`"
+        );
+    }
+
+    const CATEGORIES: &str = "[[category]]\nname = \"gambling\"\nfile = \"g.txt\"\n\n";
+
+    #[test]
+    fn reads_url_rules() {
+        let text = format!(
+            "{CATEGORIES}[[url_rule]]\nname = \"admin\"\nhost = [\"WWW.Example.com\", \"*.Shop.lab\"]\n\
+             path = [\"/admin/\", \"/api/*/delete\"]\nmethod = [\"post\", \"DELETE\"]\ncategory = [\"gambling\"]\n\
+             action = \"block\"\n\n[[url_rule]]\nname = \"watch\"\naction = \"alert\"\n\n\
+             [[url_rule]]\nname = \"ok\"\naction = \"allow\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.url_rules.len(), 3);
+        let rule = &c.url_rules[0];
+        assert_eq!(rule.name, "admin");
+        assert_eq!(
+            rule.host,
+            vec!["www.example.com", "*.shop.lab"],
+            "hosts stored lowercase"
+        );
+        assert_eq!(rule.path, vec!["/admin/", "/api/*/delete"]);
+        assert_eq!(rule.method, vec!["POST", "DELETE"], "methods stored uppercase");
+        assert_eq!(rule.category, vec!["gambling"]);
+        let actions: Vec<&str> = c.url_rules.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["block", "alert", "allow"]);
+        assert_eq!(c.url_rules[1].host, Vec::<String>::new(), "absent: any");
+        assert!(parse("").unwrap().url_rules.is_empty());
+    }
+
+    #[test]
+    fn url_rule_errors_name_the_line() {
+        let rule = |body: &str| {
+            format!("[[url_rule]]\nname = \"ok\"\naction = \"allow\"\n\n[[url_rule]]\nname = \"a\"\n{body}")
+        };
+        assert_eq!(
+            parse(&rule("host = [\"ok.lab\", \"www.*.lab\"]\naction = \"block\"\n")).unwrap_err(),
+            "loupe.toml:7: url_rule \"a\": host: expected a host name like \"www.example.com\" or \
+             \"*.example.com\" (a wildcard only as the whole first label), got \"www.*.lab\""
+        );
+        for bad in ["*", "a..b", "a/b", "bücher.de", "", "lab:443"] {
+            let err = parse(&rule(&format!("action = \"block\"\nhost = [{bad:?}]\n"))).unwrap_err();
+            assert!(
+                err.starts_with("loupe.toml:8: url_rule \"a\": host: expected a host name"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            parse(&rule("action = \"block\"\npath = [\"/ok\", \"admin/\"]\n")).unwrap_err(),
+            "loupe.toml:8: url_rule \"a\": path: expected a path starting with \"/\", like \"/admin/\" or \
+             \"/api/*/delete\", got \"admin/\""
+        );
+        assert_eq!(
+            parse(&rule("path = [\"\"]\naction = \"block\"\n")).unwrap_err(),
+            "loupe.toml:7: url_rule \"a\": path: expected a path starting with \"/\", like \"/admin/\" or \
+             \"/api/*/delete\", got \"\""
+        );
+        assert_eq!(
+            parse(&rule("path = [\"/api/**/delete\"]\naction = \"block\"\n")).unwrap_err(),
+            "loupe.toml:7: url_rule \"a\": path: expected a glob with single \"*\" (one \"*\" already matches any \
+             run of characters, \"/\" included), got \"/api/**/delete\""
+        );
+        for bad in ["/a b", "/caf\u{e9}", "/a#b", "/a\tb"] {
+            assert_eq!(
+                parse(&rule(&format!("path = [{bad:?}]\naction = \"block\"\n"))).unwrap_err(),
+                format!(
+                    "loupe.toml:7: url_rule \"a\": path: expected printable ASCII without spaces or \"#\" \
+                     (paths are compared as sent, percent-encoded), got {bad:?}"
+                )
+            );
+        }
+        assert_eq!(
+            parse(&rule("method = [\"GET\", \"GET /\"]\naction = \"block\"\n")).unwrap_err(),
+            "loupe.toml:7: url_rule \"a\": method: expected an HTTP method like \"GET\" or \"POST\", got \"GET /\""
+        );
+        assert!(parse(&rule("method = [\"\"]\naction = \"block\"\n")).is_err());
+        assert_eq!(
+            parse(&rule("action = \"deny\"\n")).unwrap_err(),
+            "loupe.toml:7: url_rule \"a\": action: unknown variant `deny`, expected one of `allow`, `alert`, `block`"
+        );
+        assert_eq!(
+            parse(&rule("path = [\"/x\"]\n")).unwrap_err(),
+            "loupe.toml:5: url_rule \"a\": missing field `action`"
+        );
+        assert_eq!(
+            parse(&rule("action = \"block\"\nhosts = [\"a.lab\"]\n")).unwrap_err(),
+            "loupe.toml:8: url_rule \"a\": unknown field `hosts`, expected one of `name`, `host`, `path`, `method`, \
+             `category`, `action`"
+        );
+        assert_eq!(
+            parse(&rule("path = \"/admin/\"\naction = \"block\"\n")).unwrap_err(),
+            "loupe.toml:7: url_rule \"a\": path: invalid type: string \"/admin/\", expected a sequence"
+        );
+    }
+
+    #[test]
+    fn url_rule_names_and_categories() {
+        let text = "[[url_rule]]\nname = \"x\"\naction = \"block\"\n\n[[url_rule]]\nname = \"x\"\naction = \"allow\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:6: url_rule \"x\": name: defined twice"
+        );
+        let text = "[[url_rule]]\n\nname = \"\"\naction = \"block\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:3: url_rule \"\": name: expected a non-empty name"
+        );
+        let text = "[[url_rule]]\naction = \"block\"\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:1: url_rule #1: missing field `name`"
+        );
+        // A [[rule]] and a [[url_rule]] may share a name: they are told apart by kind.
+        let text = "[[rule]]\nname = \"x\"\naction = \"block\"\n\n[[url_rule]]\nname = \"x\"\naction = \"block\"\n";
+        assert!(parse(text).is_ok());
+        let text = format!(
+            "{CATEGORIES}[[url_rule]]\nname = \"bets\"\ncategory = [\"gambling\", \"betting\"]\naction = \"block\"\n"
+        );
+        assert_eq!(
+            parse(&text).unwrap_err(),
+            "loupe.toml:7: url_rule \"bets\": unknown category \"betting\" (known: gambling)"
+        );
+        let text = "[[url_rule]]\nname = \"bets\"\naction = \"block\"\ncategory = [\"gambling\"]\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:4: url_rule \"bets\": unknown category \"gambling\" (none configured)"
+        );
+    }
+
+    #[test]
+    fn inspection_defaults_and_values() {
+        let i = parse("").unwrap().inspection;
+        assert_eq!(
+            i,
+            Inspection {
+                http: true,
+                on_protocol_error: OnProtocolError::Pass,
+                max_header_bytes: 65_536,
+                max_streams: 4096,
+                hpack_table_size: 65_536,
+                max_header_block: 102_400,
+                block_page: true,
+            }
+        );
+        let text = "[inspection]\nhttp = false\non_protocol_error = \"block\"\nmax_header_bytes = 8192\n\
+                    max_streams = 100\nhpack_table_size = 4096\nmax_header_block = 16384\nblock_page = false\n";
+        let i = parse(text).unwrap().inspection;
+        assert_eq!(
+            i,
+            Inspection {
+                http: false,
+                on_protocol_error: OnProtocolError::Block,
+                max_header_bytes: 8192,
+                max_streams: 100,
+                hpack_table_size: 4096,
+                max_header_block: 16384,
+                block_page: false,
+            }
+        );
+        assert_eq!(i.on_protocol_error.as_str(), "block");
+    }
+
+    #[test]
+    fn inspection_errors_name_the_line() {
+        assert_eq!(
+            parse("[inspection]\non_protocol_error = \"reset\"\n").unwrap_err(),
+            "loupe.toml:2: [inspection] on_protocol_error: unknown variant `reset`, expected `pass` or `block`"
+        );
+        assert_eq!(
+            parse("[inspection]\nhttp = \"yes\"\n").unwrap_err(),
+            "loupe.toml:2: [inspection] http: invalid type: string \"yes\", expected a boolean"
+        );
+        assert_eq!(
+            parse("[inspection]\nrules = [\"local.rules\"]\n").unwrap_err(),
+            "loupe.toml:2: [inspection] unknown field `rules`, expected one of `http`, `on_protocol_error`, \
+             `max_header_bytes`, `max_streams`, `hpack_table_size`, `max_header_block`, `block_page`"
+        );
+        assert_eq!(
+            parse("[inspection]\nhttp = true\n\nmax_header_bytes = 100\n").unwrap_err(),
+            "loupe.toml:4: [inspection] max_header_bytes: expected 1024 to 16777216 bytes, got 100"
+        );
+        assert_eq!(
+            parse("[inspection]\nhpack_table_size = 1024\n").unwrap_err(),
+            "loupe.toml:2: [inspection] hpack_table_size: expected 4096 to 16777216 bytes, got 1024"
+        );
+        assert_eq!(
+            parse("[inspection]\nmax_header_block = 99999999\n").unwrap_err(),
+            "loupe.toml:2: [inspection] max_header_block: expected 1024 to 16777216 bytes, got 99999999"
+        );
+        assert_eq!(
+            parse("[inspection]\nmax_streams = 0\n").unwrap_err(),
+            "loupe.toml:2: [inspection] max_streams: expected 1 to 65536 streams, got 0"
+        );
+        assert_eq!(
+            parse("[inspection]\nmax_streams = -1\n").unwrap_err(),
+            "loupe.toml:2: [inspection] max_streams: invalid value: integer `-1`, expected an integer from 0 to \
+             4294967295"
         );
     }
 
@@ -1650,6 +2197,118 @@ mod tests {
         assert_eq!(c.categories[0].file, PathBuf::from("/etc/loupe/c.txt"));
         assert_eq!(c.rules[0].certificate, Some(PathBuf::from("/etc/loupe/r.crt")));
         assert_eq!(c.rules[0].key, Some(PathBuf::from("/etc/loupe/r.key")));
+    }
+
+    #[test]
+    fn export_is_off_by_default() {
+        let c = parse("[[rule]]\nname = \"a\"\naction = \"decrypt\"\n").unwrap();
+        assert!(c.rules[0].export.is_empty());
+        assert!(!c.exports(ExportKind::Pcap) && !c.exports(ExportKind::Keylog));
+        assert_eq!(c.export, Export::default());
+        let e = &c.export;
+        assert_eq!(
+            (e.dir.as_ref(), e.pcap_max_bytes, e.pcap_max_files),
+            (None, 100 << 20, 10)
+        );
+        let log_dir = Path::new("/var/log/loupe");
+        assert_eq!(e.dir_in(log_dir), PathBuf::from("/var/log/loupe/export"));
+        assert_eq!(e.keylog_path(log_dir), PathBuf::from("/var/log/loupe/export/keys.log"));
+    }
+
+    #[test]
+    fn reads_rule_export_and_the_export_table() {
+        let text = "[[rule]]\nname = \"banks\"\naction = \"decrypt\"\nexport = [\"pcap\", \"keylog\"]\n\n\
+                    [[rule]]\nname = \"inbound\"\naction = \"decrypt-inbound\"\ncertificate = \"c\"\nkey = \"k\"\n\
+                    export = [\"keylog\"]\n\n\
+                    [export]\ndir = \"/srv/export\"\npcap_max_bytes = 1048576\npcap_max_files = 3\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.rules[0].export, vec![ExportKind::Pcap, ExportKind::Keylog]);
+        assert_eq!(c.rules[1].export, vec![ExportKind::Keylog]);
+        assert!(c.exports(ExportKind::Pcap) && c.exports(ExportKind::Keylog));
+        let e = &c.export;
+        assert_eq!((e.pcap_max_bytes, e.pcap_max_files), (1 << 20, 3));
+        let log_dir = Path::new("/var/log/loupe");
+        assert_eq!(e.dir_in(log_dir), PathBuf::from("/srv/export"));
+        assert_eq!(e.keylog_path(log_dir), PathBuf::from("/srv/export/keys.log"));
+        let c = parse("[export]\nkeylog_file = \"/run/keys.log\"\n").unwrap();
+        assert_eq!(c.export.keylog_path(log_dir), PathBuf::from("/run/keys.log"));
+        assert_eq!(c.export.dir_in(log_dir), PathBuf::from("/var/log/loupe/export"));
+    }
+
+    #[test]
+    fn rule_export_only_with_decrypting_actions() {
+        let text = "[[rule]]\nname = \"a\"\naction = \"no-decrypt\"\nexport = [\"pcap\"]\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:4: rule \"a\": export: only allowed with action \"decrypt\" or \"decrypt-inbound\" \
+             (only decrypted sessions have plaintext and keys), this rule's action is \"no-decrypt\""
+        );
+        let text = "[[rule]]\nname = \"a\"\naction = \"block\"\n\nexport = [\"keylog\"]\n";
+        let err = parse(text).unwrap_err();
+        assert!(
+            err.starts_with("loupe.toml:5: ") && err.ends_with("this rule's action is \"block\""),
+            "{err}"
+        );
+        // An empty list says nothing, whatever the action.
+        assert!(parse("[[rule]]\nname = \"a\"\naction = \"block\"\nexport = []\n").is_ok());
+    }
+
+    #[test]
+    fn rule_export_errors_name_the_line() {
+        let text = "[[rule]]\nname = \"a\"\naction = \"decrypt\"\nexport = [\"pcap\", \"pcapng\"]\n";
+        let err = parse(text).unwrap_err();
+        assert!(
+            err.starts_with("loupe.toml:4: rule \"a\": export: unknown variant `pcapng`, expected `pcap` or `keylog`"),
+            "{err}"
+        );
+        let text = "[[rule]]\nname = \"a\"\naction = \"decrypt\"\nexport = [\"pcap\", \"keylog\", \"pcap\"]\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "loupe.toml:4: rule \"a\": export: \"pcap\" listed twice"
+        );
+        let text = "[[rule]]\nname = \"a\"\naction = \"decrypt\"\nexport = \"pcap\"\n";
+        let err = parse(text).unwrap_err();
+        assert!(
+            err.starts_with("loupe.toml:4: rule \"a\": export: invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn export_table_errors_name_the_line() {
+        assert_eq!(
+            parse("[export]\npcap_max_bytes = 1000\n").unwrap_err(),
+            "loupe.toml:2: [export] pcap_max_bytes: expected at least 65536 bytes (64 KiB), got 1000"
+        );
+        assert_eq!(
+            parse("[export]\n\npcap_max_files = 0\n").unwrap_err(),
+            "loupe.toml:3: [export] pcap_max_files: expected 1 to 100000 files, got 0"
+        );
+        assert_eq!(
+            parse("[export]\ndir = \"\"\n").unwrap_err(),
+            "loupe.toml:2: [export] dir: expected a directory, got \"\""
+        );
+        assert_eq!(
+            parse("[export]\nkeylog_file = \"\"\n").unwrap_err(),
+            "loupe.toml:2: [export] keylog_file: expected a file name, got \"\""
+        );
+        assert_eq!(
+            parse("[export]\npcap_max_bytes = -1\n").unwrap_err(),
+            "loupe.toml:2: [export] pcap_max_bytes: invalid value: integer `-1`, expected a non-negative integer"
+        );
+        let err = parse("[export]\nmax_bytes = 1\n").unwrap_err();
+        assert!(
+            err.starts_with("loupe.toml:2: [export] unknown field `max_bytes`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relative_export_paths_follow_the_config_file() {
+        let mut c = parse("[export]\ndir = \"export\"\nkeylog_file = \"/abs/keys.log\"\n").unwrap();
+        c.resolve_paths(Path::new("/etc/loupe"));
+        assert_eq!(c.export.dir, Some(PathBuf::from("/etc/loupe/export")));
+        assert_eq!(c.export.keylog_file, Some(PathBuf::from("/abs/keys.log")));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Reading the decryption log (JSON lines) for `log-tail`: the last records of a file
-//! that may be large, read backwards from its end a chunk at a time, and then the
-//! complete lines appended to it, across truncation and rotation.
+//! Reading a JSON-lines log for `log-tail` (the decryption log, or the EVE log's `http`
+//! events): the last records of a file that may be large, read backwards from its end
+//! a chunk at a time, and then the complete lines appended to it, across truncation and
+//! rotation.
 //!
 //! Only complete lines (ended by `\n`) are records: a line being written is picked up
 //! once its newline is there. A line longer than [`MAX_RECORD_BYTES`] is skipped without
@@ -11,7 +12,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::protocol::name_matches;
 
@@ -20,12 +21,44 @@ const CHUNK: usize = 64 << 10;
 /// Longer log lines are skipped (a decryption record is a few KiB).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
+/// Which log `log-tail` reads; both live in the daemon's log directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogKind {
+    /// `decryption.jsonl`: one record per TLS session.
+    #[default]
+    Decryption,
+    /// `eve.json`, its `event_type: "http"` events only: one per HTTP transaction.
+    Http,
+}
+
+impl LogKind {
+    /// The file's name in the log directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            LogKind::Decryption => "decryption.jsonl",
+            LogKind::Http => "eve.json",
+        }
+    }
+
+    /// The log in words, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LogKind::Decryption => "the decryption log",
+            LogKind::Http => "the EVE log",
+        }
+    }
+}
+
 /// Which records `log-tail` sends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordFilter {
-    /// Only failures: `outcome` is `blocked` or `aborted`, or `error` is set.
+    /// Which log the lines come from (and so what the other conditions look at).
+    pub log: LogKind,
+    /// Only failures. Decryption log: `outcome` is `blocked` or `aborted`, or `error`
+    /// is set. HTTP events: `loupe.blocked` is true or `http.status` is 400 or more.
     pub errors: bool,
-    /// Only records whose `sni` matches (exact or `*.example.com`).
+    /// Only records for this server name (exact or `*.example.com`). Decryption log:
+    /// `sni`; HTTP events: `http.hostname` (without a `:port`).
     pub sni: Option<String>,
 }
 
@@ -34,6 +67,14 @@ impl RecordFilter {
     pub fn select(&self, line: &[u8]) -> Option<Value> {
         let value: Value = serde_json::from_slice(line).ok()?;
         let record = value.as_object()?;
+        let selected = match self.log {
+            LogKind::Decryption => self.decryption_passes(record),
+            LogKind::Http => self.http_passes(record),
+        };
+        selected.then_some(value)
+    }
+
+    fn decryption_passes(&self, record: &Map<String, Value>) -> bool {
         if self.errors {
             let failed_outcome = matches!(
                 record.get("outcome").and_then(Value::as_str),
@@ -41,16 +82,50 @@ impl RecordFilter {
             );
             let has_error = record.get("error").is_some_and(|e| !e.is_null());
             if !failed_outcome && !has_error {
-                return None;
+                return false;
             }
         }
-        if let Some(pattern) = &self.sni {
-            let sni = record.get("sni").and_then(Value::as_str)?;
-            if !name_matches(pattern, sni) {
-                return None;
+        self.name_passes(record.get("sni").and_then(Value::as_str))
+    }
+
+    fn http_passes(&self, event: &Map<String, Value>) -> bool {
+        if event.get("event_type").and_then(Value::as_str) != Some("http") {
+            return false;
+        }
+        let http = event.get("http").and_then(Value::as_object);
+        if self.errors {
+            let blocked = event
+                .get("loupe")
+                .and_then(|loupe| loupe.get("blocked"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let failed_status = http
+                .and_then(|h| h.get("status"))
+                .and_then(Value::as_u64)
+                .is_some_and(|status| status >= 400);
+            if !blocked && !failed_status {
+                return false;
             }
         }
-        Some(value)
+        let hostname = http.and_then(|h| h.get("hostname")).and_then(Value::as_str);
+        self.name_passes(hostname.map(without_port))
+    }
+
+    fn name_passes(&self, name: Option<&str>) -> bool {
+        self.sni
+            .as_deref()
+            .is_none_or(|pattern| name.is_some_and(|name| name_matches(pattern, name)))
+    }
+}
+
+/// `shop.example:8443` as `shop.example`; names without a port (and bare IPv6
+/// addresses) as they are.
+fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
     }
 }
 
@@ -341,14 +416,155 @@ mod tests {
         assert_eq!(last_records(&path, 100_000, &all).unwrap().len(), 5000);
         let errors = RecordFilter {
             errors: true,
-            sni: None,
+            ..RecordFilter::default()
         };
         assert_eq!(ids(&last_records(&path, 2, &errors).unwrap()), vec![4991, 4998]);
         let sni = RecordFilter {
-            errors: false,
             sni: Some("h10.lab".into()),
+            ..RecordFilter::default()
         };
         assert_eq!(ids(&last_records(&path, 5, &sni).unwrap()), vec![10]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// An EVE line as Suricata (and loupe) writes it.
+    fn eve(flow_id: u64, event_type: &str, hostname: &str, status: Option<u16>, blocked: bool) -> String {
+        let status = status.map_or("null".to_string(), |s| s.to_string());
+        format!(
+            r#"{{"timestamp":"2026-12-03T13:35:00.123456+0000","flow_id":{flow_id},"event_type":"{event_type}","src_ip":"198.18.0.1","src_port":40000,"dest_ip":"198.18.0.2","dest_port":443,"proto":"TCP","app_proto":"http","http":{{"hostname":"{hostname}","url":"/admin?x=1","http_method":"GET","protocol":"HTTP/1.1","status":{status},"length":0}},"loupe":{{"session_id":{flow_id},"blocked":{blocked},"transaction":0}}}}"#
+        )
+    }
+
+    fn flow_ids(records: &[Value]) -> Vec<u64> {
+        records.iter().map(|r| r["flow_id"].as_u64().unwrap()).collect()
+    }
+
+    #[test]
+    fn http_filter_keeps_http_events() {
+        let http = RecordFilter {
+            log: LogKind::Http,
+            ..RecordFilter::default()
+        };
+        let pass = |filter: &RecordFilter, line: &str| filter.select(line.as_bytes()).is_some();
+        assert!(pass(&http, &eve(1, "http", "shop.example", Some(200), false)));
+        assert!(!pass(&http, &eve(2, "tls", "shop.example", None, false)));
+        assert!(!pass(&http, &eve(3, "alert", "shop.example", None, false)));
+        assert!(!pass(&http, r#"{"timestamp":"x","flow_id":4}"#));
+        // A decryption record is not an http event, and an http event is not a
+        // decryption record (it has no `sni`: a name filter never passes it).
+        assert!(!pass(&http, &record(5, "decrypted", "shop.example")));
+        let decryption_sni = RecordFilter {
+            sni: Some("shop.example".into()),
+            ..RecordFilter::default()
+        };
+        assert!(!pass(
+            &decryption_sni,
+            &eve(6, "http", "shop.example", Some(200), false)
+        ));
+        // The whole event comes through unchanged.
+        let line = eve(7, "http", "shop.example", Some(403), true);
+        let selected = http.select(line.as_bytes()).unwrap();
+        assert_eq!(selected, serde_json::from_str::<Value>(&line).unwrap());
+    }
+
+    #[test]
+    fn http_errors_are_blocks_and_failed_statuses() {
+        let errors = RecordFilter {
+            log: LogKind::Http,
+            errors: true,
+            ..RecordFilter::default()
+        };
+        let pass = |line: String| errors.select(line.as_bytes()).is_some();
+        assert!(pass(eve(1, "http", "a.lab", Some(403), true)));
+        assert!(pass(eve(2, "http", "a.lab", None, true)), "blocked before any response");
+        assert!(pass(eve(3, "http", "a.lab", Some(404), false)));
+        assert!(pass(eve(4, "http", "a.lab", Some(502), false)));
+        assert!(!pass(eve(5, "http", "a.lab", Some(200), false)));
+        assert!(!pass(eve(6, "http", "a.lab", Some(399), false)));
+        assert!(!pass(eve(7, "http", "a.lab", None, false)), "no response yet");
+        assert!(!pass(eve(8, "tls", "a.lab", Some(500), true)));
+        // Odd shapes are not errors (and do not panic).
+        assert!(!pass(
+            r#"{"event_type":"http","http":{"status":"500"},"loupe":{"blocked":"yes"}}"#.into()
+        ));
+        assert!(!pass(r#"{"event_type":"http","http":null,"loupe":7}"#.into()));
+    }
+
+    #[test]
+    fn http_name_filter_matches_the_hostname() {
+        let named = |pattern: &str| RecordFilter {
+            log: LogKind::Http,
+            sni: Some(pattern.into()),
+            ..RecordFilter::default()
+        };
+        let pass = |filter: RecordFilter, line: String| filter.select(line.as_bytes()).is_some();
+        assert!(pass(
+            named("shop.example"),
+            eve(1, "http", "SHOP.example", Some(200), false)
+        ));
+        assert!(pass(
+            named("shop.example"),
+            eve(2, "http", "shop.example:8443", Some(200), false)
+        ));
+        assert!(pass(
+            named("*.example"),
+            eve(3, "http", "shop.example", Some(200), false)
+        ));
+        assert!(!pass(named("*.example"), eve(4, "http", "example", Some(200), false)));
+        assert!(!pass(
+            named("other.example"),
+            eve(5, "http", "shop.example", Some(200), false)
+        ));
+        assert!(!pass(
+            named("shop.example"),
+            r#"{"event_type":"http","http":{"url":"/"}}"#.into()
+        ));
+        assert_eq!(without_port("[2001:db8::2]:443"), "[2001:db8::2]:443");
+        assert_eq!(without_port("2001:db8::2"), "2001:db8::2");
+        assert_eq!(without_port("a.lab:"), "a.lab:");
+        // Combined with errors: both must hold.
+        let both = RecordFilter {
+            errors: true,
+            ..named("*.example")
+        };
+        assert!(pass(both.clone(), eve(6, "http", "shop.example", Some(500), false)));
+        assert!(!pass(both, eve(7, "http", "shop.example", Some(204), false)));
+    }
+
+    #[test]
+    fn tail_of_the_eve_log_counts_http_events_only() {
+        let path = temp_path("eve");
+        let mut text = String::new();
+        for i in 0..300u64 {
+            let status = [200, 301, 404, 500, 204][i as usize % 5];
+            let (kind, status) = if i % 3 == 0 {
+                ("tls", None)
+            } else {
+                ("http", Some(status))
+            };
+            text.push_str(&eve(i, kind, &format!("h{}.lab", i % 4), status, i == 296));
+            text.push('\n');
+        }
+        std::fs::write(&path, &text).unwrap();
+        let http = RecordFilter {
+            log: LogKind::Http,
+            ..RecordFilter::default()
+        };
+        assert_eq!(flow_ids(&last_records(&path, 3, &http).unwrap()), vec![296, 298, 299]);
+        let errors = RecordFilter {
+            errors: true,
+            ..http.clone()
+        };
+        // Status 404 (i % 5 == 2), 500 (i % 5 == 3), or blocked (296).
+        assert_eq!(
+            flow_ids(&last_records(&path, 4, &errors).unwrap()),
+            vec![292, 293, 296, 298]
+        );
+        let named = RecordFilter {
+            sni: Some("h2.lab".into()),
+            ..http
+        };
+        assert_eq!(flow_ids(&last_records(&path, 2, &named).unwrap()), vec![290, 298]);
         std::fs::remove_file(&path).unwrap();
     }
 

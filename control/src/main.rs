@@ -15,7 +15,9 @@ use serde_json::Value;
 
 use loupe_control::client::{ClientError, ControlClient};
 use loupe_control::config::Cidr;
-use loupe_control::protocol::{CaptureFilter, Request, SessionFilter, DEFAULT_CAPTURE_BYTES, DEFAULT_SOCKET};
+use loupe_control::protocol::{
+    CaptureFilter, CaptureLeg, Request, SessionFilter, DEFAULT_CAPTURE_BYTES, DEFAULT_SOCKET,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "loupectl", version, about = "Drive a running loupe over its control socket")]
@@ -52,7 +54,7 @@ enum Verb {
     /// Hosts excluded from decryption after failures.
     #[command(subcommand)]
     Exclusions(ExclusionsVerb),
-    /// The decryption log.
+    /// The decryption log, and the HTTP events of the EVE log.
     #[command(subcommand)]
     Log(LogVerb),
     /// Packet capture of inspected flows.
@@ -137,17 +139,29 @@ enum ExclusionsVerb {
 
 #[derive(Debug, Subcommand)]
 enum LogVerb {
-    /// The last records, optionally following new ones.
+    /// The last records of the decryption log (`decryption.jsonl`, one per TLS
+    /// session), or with --http the last HTTP transactions of the EVE log (`eve.json`),
+    /// optionally following new ones.
     Tail {
+        /// Keep printing records as they are appended.
         #[arg(short, long)]
         follow: bool,
-        /// Only blocked or aborted sessions and sessions with an error.
+        /// Only failures. Decryption log: blocked or aborted sessions and sessions with
+        /// an error. With --http: transactions loupe blocked (`loupe.blocked`) or
+        /// answered with status 400 or more.
         #[arg(long)]
         errors: bool,
-        #[arg(long)]
+        /// Only this server name, exact or `*.example.com`. Decryption log: the TLS SNI;
+        /// with --http: the request's host (`http.hostname`).
+        #[arg(long, value_name = "NAME")]
         sni: Option<String>,
+        /// Records to print from the end of the log.
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
+        /// The EVE log's `http` events (one per transaction) instead of the decryption
+        /// log; --json prints each EVE object unchanged.
+        #[arg(short = 'H', long)]
+        http: bool,
     },
 }
 
@@ -161,6 +175,10 @@ enum CaptureVerb {
         port: Option<u16>,
         #[arg(long)]
         sni: Option<String>,
+        /// Only one leg: `client` (client ↔ loupe) or `server` (loupe ↔ server); Wireshark
+        /// decrypts a one-leg capture with the key log of `export = ["keylog"]`.
+        #[arg(long, value_enum)]
+        leg: Option<CaptureLeg>,
         /// Default: ./loupe-capture-<unix time>.pcap
         #[arg(long)]
         out: Option<PathBuf>,
@@ -219,20 +237,8 @@ type Renderer = Box<dyn Fn(&Value) -> String>;
 fn run(cli: Cli) -> Result<(), Failure> {
     let socket = socket_path(&cli);
     let json = cli.json;
-    if let Verb::Log(LogVerb::Tail {
-        follow,
-        errors,
-        sni,
-        lines,
-    }) = cli.verb
-    {
-        let request = Request::LogTail {
-            follow,
-            errors,
-            sni,
-            lines,
-        };
-        return log_tail(&socket, request, json);
+    if let Verb::Log(tail) = cli.verb {
+        return log_tail(&socket, log_tail_request(tail), json);
     }
     let (request, renderer) = request_for(cli.verb)?;
     let mut client = ControlClient::connect(&socket)?;
@@ -263,6 +269,23 @@ fn log_tail(socket: &Path, request: Request, json: bool) -> Result<(), Failure> 
         writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_ok()
     })?;
     Ok(())
+}
+
+fn log_tail_request(verb: LogVerb) -> Request {
+    let LogVerb::Tail {
+        follow,
+        errors,
+        sni,
+        lines,
+        http,
+    } = verb;
+    Request::LogTail {
+        follow,
+        errors,
+        sni,
+        lines,
+        http,
+    }
 }
 
 /// The request a verb sends, and how its result is shown.
@@ -322,24 +345,15 @@ fn request_for(verb: Verb) -> Result<(Request, Renderer), Failure> {
         }
         Verb::Exclusions(ExclusionsVerb::List) => (Request::ExclusionsList, generic),
         Verb::Exclusions(ExclusionsVerb::Clear { host }) => (Request::ExclusionsClear { host }, generic),
-        Verb::Log(LogVerb::Tail {
-            follow,
-            errors,
-            sni,
-            lines,
-        }) => (
-            Request::LogTail {
-                follow,
-                errors,
-                sni,
-                lines,
-            },
+        Verb::Log(tail) => (
+            log_tail_request(tail),
             Box::new(|v: &Value| format!("{}\n", render::log_record(v))),
         ),
         Verb::Capture(CaptureVerb::Start {
             host,
             port,
             sni,
+            leg,
             out,
             max_bytes,
         }) => {
@@ -355,7 +369,7 @@ fn request_for(verb: Verb) -> Result<(Request, Renderer), Failure> {
             };
             (
                 Request::CaptureStart {
-                    filter: CaptureFilter { host, port, sni },
+                    filter: CaptureFilter { host, port, sni, leg },
                     out: absolute(&out)?,
                     max_bytes,
                 },
@@ -477,5 +491,51 @@ mod tests {
         assert!(out.is_absolute() && out.to_string_lossy().ends_with(".pcap"));
         assert_eq!(max_bytes, DEFAULT_CAPTURE_BYTES);
         assert!(Cli::try_parse_from(["loupectl", "profile", "set", "default"]).is_err());
+    }
+
+    #[test]
+    fn log_tail_arguments() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("loupectl").chain(args.iter().copied())).unwrap();
+            request_for(cli.verb).ok().map(|(request, _)| request)
+        };
+        assert_eq!(
+            parse(&["log", "tail"]),
+            Some(Request::LogTail {
+                follow: false,
+                errors: false,
+                sni: None,
+                lines: 20,
+                http: false,
+            })
+        );
+        let http = Some(Request::LogTail {
+            follow: true,
+            errors: true,
+            sni: Some("*.example".into()),
+            lines: 5,
+            http: true,
+        });
+        assert_eq!(
+            parse(&[
+                "log",
+                "tail",
+                "--http",
+                "-f",
+                "--errors",
+                "--sni",
+                "*.example",
+                "-n",
+                "5"
+            ]),
+            http
+        );
+        assert_eq!(
+            parse(&["log", "tail", "-Hf", "--errors", "--sni=*.example", "-n5"]),
+            http
+        );
+        // --json is global: it may come after the verb.
+        let cli = Cli::try_parse_from(["loupectl", "log", "tail", "-H", "--json"]).unwrap();
+        assert!(cli.json);
     }
 }

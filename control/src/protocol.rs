@@ -96,6 +96,12 @@ pub enum Request {
         /// Records from the end of the log to send first.
         #[serde(default = "default_tail_lines")]
         lines: usize,
+        /// Tail the EVE log's `http` events (`<log-dir>/eve.json`) instead of the
+        /// decryption log: `sni` then matches `http.hostname`, and `errors` keeps
+        /// events with `loupe.blocked` true or `http.status` ≥ 400. Omitted when false,
+        /// so a daemon that predates it still understands the request.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        http: bool,
     },
     CaptureStart {
         #[serde(default)]
@@ -328,6 +334,12 @@ pub struct SessionSummary {
     pub bytes_server_to_client: u64,
     /// Seconds since the SYN.
     pub age_secs: u64,
+    /// HTTP transactions (request and response) inspected so far.
+    #[serde(default)]
+    pub transactions: u64,
+    /// The last request in a few words: `GET shop.example/admin 403`.
+    #[serde(default)]
+    pub last_http: Option<String>,
 }
 
 /// One direction of a session as a firewall shows it: who sends, to whom, the TCP state
@@ -377,6 +389,45 @@ pub struct SessionDetail {
     /// For ended sessions: why (`fin`, `client_reset`…).
     pub end_reason: Option<String>,
     pub config_version: u64,
+    /// What HTTP inspection saw; null when the session was never inspected as HTTP
+    /// (not decrypted, or still in the handshake).
+    #[serde(default)]
+    pub http: Option<HttpDetail>,
+}
+
+/// HTTP inspection of one decrypted session, for `session ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpDetail {
+    /// `http/1.1`, `h2` or `unknown` (not recognised yet, or not HTTP).
+    pub protocol: String,
+    /// Transactions inspected so far.
+    pub transactions: u64,
+    /// Why inspection stopped while bytes kept flowing, e.g.
+    /// `http2 COMPRESSION_ERROR in HEADERS of stream 5`.
+    pub stopped: Option<String>,
+    /// Why inspection ended the session (a block, a reset), if it did.
+    pub ended: Option<String>,
+    /// The last few transactions, oldest first.
+    pub recent: Vec<HttpLine>,
+}
+
+/// One HTTP transaction as `session ID` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpLine {
+    pub method: String,
+    /// The `Host` header or `:authority`.
+    pub host: Option<String>,
+    /// The request target as sent (`/admin?x=1`).
+    pub url: String,
+    /// The response status; null while none came (or the request was blocked).
+    pub status: Option<u16>,
+    /// The HTTP/2 stream; null for HTTP/1.1.
+    pub stream_id: Option<u32>,
+    /// The URL rule that matched, and its action (`block`, `alert`, `allow`…).
+    pub url_rule: Option<String>,
+    pub url_action: Option<String>,
+    /// loupe answered or reset instead of forwarding the request.
+    pub blocked: bool,
 }
 
 // ---- workers ----
@@ -432,6 +483,21 @@ pub struct CaptureFilter {
     /// The flow's ClientHello named this server (exact or `*.example.com`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// Only the frames of one leg: `client` (client ↔ loupe) or `server` (loupe ↔
+    /// server). Both legs share one 4-tuple, so tools that track TLS per connection
+    /// (Wireshark with a key log) need one leg per file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<CaptureLeg>,
+}
+
+/// One of the two TCP connections loupe joins for a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureLeg {
+    /// Between the client and loupe (the inside port).
+    Client,
+    /// Between loupe and the server (the outside port).
+    Server,
 }
 
 /// Reads a request line, or says precisely what is wrong with it.
@@ -520,6 +586,80 @@ mod tests {
         );
         assert_eq!(kind(r#"{"v":1,"id":"x","verb":"status"}"#), ErrorKind::BadRequest);
         assert!(parse_request(br#"{"v":1,"verb":"log-tail"}"#).is_ok());
+    }
+
+    #[test]
+    fn log_tail_of_http_events() {
+        let parsed = parse_request(br#"{"v":1,"verb":"log-tail","http":true}"#).unwrap();
+        assert_eq!(
+            parsed.request,
+            Request::LogTail {
+                follow: false,
+                errors: false,
+                sni: None,
+                lines: 20,
+                http: true,
+            }
+        );
+        let Request::LogTail { http, .. } = parse_request(br#"{"v":1,"verb":"log-tail"}"#).unwrap().request else {
+            panic!("not a log-tail");
+        };
+        assert!(!http, "the decryption log unless asked");
+        assert_eq!(
+            parse_request(br#"{"v":1,"verb":"log-tail","http":"yes"}"#)
+                .unwrap_err()
+                .1
+                .kind,
+            ErrorKind::BadRequest
+        );
+        // `http: false` is left out, so daemons that predate it (unknown keys are
+        // refused) still take a plain tail.
+        let plain = Request::LogTail {
+            follow: true,
+            errors: false,
+            sni: None,
+            lines: 5,
+            http: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"verb":"log-tail","follow":true,"errors":false,"sni":null,"lines":5}"#
+        );
+    }
+
+    #[test]
+    fn sessions_from_daemons_without_http_still_read() {
+        let summary: SessionSummary = serde_json::from_str(
+            r#"{"id":1,"worker":0,"client":"198.18.0.1:40000","server":"198.18.0.2:443","sni":null,
+                "state":"decrypting","action":"decrypt","rule":"all","bytes_client_to_server":1,
+                "bytes_server_to_client":2,"age_secs":3}"#,
+        )
+        .unwrap();
+        assert_eq!((summary.transactions, summary.last_http), (0, None));
+    }
+
+    #[test]
+    fn session_detail_carries_http() {
+        let http = HttpDetail {
+            protocol: "h2".into(),
+            transactions: 2,
+            stopped: Some("http2 COMPRESSION_ERROR in HEADERS of stream 5".into()),
+            ended: None,
+            recent: vec![HttpLine {
+                method: "GET".into(),
+                host: Some("shop.example".into()),
+                url: "/admin".into(),
+                status: Some(403),
+                stream_id: Some(3),
+                url_rule: Some("no-admin".into()),
+                url_action: Some("block".into()),
+                blocked: true,
+            }],
+        };
+        let wire = serde_json::to_value(&http).unwrap();
+        assert_eq!(wire["recent"][0]["stream_id"], 3);
+        assert_eq!(wire["ended"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<HttpDetail>(wire).unwrap(), http);
     }
 
     #[test]

@@ -195,6 +195,35 @@ fn items(value: Option<&Value>) -> &[Value] {
     value.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
+/// Text that came off the wire (URLs, host names, methods) made safe for a terminal:
+/// control characters are shown escaped (`\u{1b}`), never sent to it.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// At most `max` characters: longer text keeps its start and ends with `…`.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `value[key]` as text from the wire: [`field`], then [`printable`].
+fn wire_field(value: &Value, key: &str) -> String {
+    printable(&field(value, key))
+}
+
 // ---- verbs ----
 
 pub fn status(value: &Value) -> String {
@@ -250,15 +279,96 @@ pub fn sessions(value: &Value) -> String {
                 bytes(s.get("bytes_client_to_server")),
                 bytes(s.get("bytes_server_to_client")),
                 age(s.get("age_secs")),
+                field(s, "transactions"),
+                truncate(&wire_field(s, "last_http"), LAST_HTTP_WIDTH),
             ]
         })
         .collect();
     table(
         &[
-            "ID", "CLIENT", "SERVER", "SNI", "STATE", "ACTION", "RULE", "C2S", "S2C", "AGE",
+            "ID",
+            "CLIENT",
+            "SERVER",
+            "SNI",
+            "STATE",
+            "ACTION",
+            "RULE",
+            "C2S",
+            "S2C",
+            "AGE",
+            "HTTP",
+            "LAST REQUEST",
         ],
         &rows,
     )
+}
+
+/// The `LAST REQUEST` column of `sessions` is cut to this many characters.
+const LAST_HTTP_WIDTH: usize = 48;
+
+/// One transaction of `session ID`'s http section:
+/// `GET shop.example/admin → 403 blocked by url rule no-admin (stream 5)`.
+pub fn http_line(line: &Value) -> String {
+    let host = line.get("host").and_then(Value::as_str).filter(|h| !h.is_empty());
+    let url = line.get("url").and_then(Value::as_str).unwrap_or("");
+    // origin-form (`/admin`) reads as host + path; other forms (`http://…`, `*`,
+    // `host:443`) stand on their own.
+    let target = match host {
+        Some(host) if url.starts_with('/') => format!("{host}{url}"),
+        Some(host) if !url.is_empty() => format!("{host} {url}"),
+        Some(host) => host.to_string(),
+        None if url.is_empty() => "-".to_string(),
+        None => url.to_string(),
+    };
+    let mut out = format!("{} {}", wire_field(line, "method"), printable(&target));
+    let blocked = line.get("blocked").and_then(Value::as_bool).unwrap_or(false);
+    match line.get("status").filter(|s| !s.is_null()) {
+        Some(status) => out.push_str(&format!(" → {}", text(Some(status)))),
+        None if blocked => {}
+        None => out.push_str(" → no response"),
+    }
+    let rule = line.get("url_rule").and_then(Value::as_str).filter(|r| !r.is_empty());
+    match (blocked, rule) {
+        (true, Some(rule)) => out.push_str(&format!(" blocked by url rule {}", printable(rule))),
+        (true, None) => out.push_str(" blocked"),
+        (false, Some(rule)) => match line.get("url_action").and_then(Value::as_str) {
+            Some(action) if !action.is_empty() => {
+                out.push_str(&format!(" url rule {} ({})", printable(rule), printable(action)))
+            }
+            _ => out.push_str(&format!(" url rule {}", printable(rule))),
+        },
+        (false, None) => {}
+    }
+    if let Some(stream) = line.get("stream_id").filter(|s| !s.is_null()) {
+        out.push_str(&format!(" (stream {})", text(Some(stream))));
+    }
+    out
+}
+
+/// `session ID`'s http section; nothing for a session never inspected as HTTP.
+fn http_section(out: &mut String, http: Option<&Value>) {
+    let Some(http) = http.filter(|h| h.is_object()) else {
+        return;
+    };
+    section(
+        out,
+        "http",
+        &[
+            pair("protocol", field(http, "protocol")),
+            pair("transactions", field(http, "transactions")),
+            pair("stopped", wire_field(http, "stopped")),
+            pair("ended", wire_field(http, "ended")),
+        ],
+    );
+    let recent = items(http.get("recent"));
+    if recent.is_empty() {
+        out.push_str("    recent        -\n");
+        return;
+    }
+    out.push_str("    recent\n");
+    for line in recent {
+        out.push_str(&format!("      {}\n", http_line(line)));
+    }
 }
 
 fn flow(out: &mut String, title: &str, flow: Option<&Value>) {
@@ -338,6 +448,7 @@ pub fn session(value: &Value) -> String {
             pair("config version", field(value, "config_version")),
         ],
     );
+    http_section(&mut body, value.get("http"));
     out.push_str(&indent(&body, "  "));
     out
 }
@@ -485,8 +596,12 @@ fn endpoint(record: &Value, ip: &str, port: &str) -> String {
     }
 }
 
-/// One decryption-log record on one line.
+/// One log record on one line: an EVE `http` event as [`http_event`], anything else
+/// as a decryption-log record.
 pub fn log_record(record: &Value) -> String {
+    if record.get("event_type").and_then(Value::as_str) == Some("http") {
+        return http_event(record);
+    }
     let mut line = format!(
         "{} {} {} {} {} -> {} {} rule={}",
         field(record, "time"),
@@ -501,6 +616,54 @@ pub fn log_record(record: &Value) -> String {
     if let Some(error) = record.get("error").filter(|e| !e.is_null()) {
         line.push(' ');
         line.push_str(&text(Some(error)));
+    }
+    line
+}
+
+/// An EVE timestamp to the second: `2026-12-03T13:35:00.123456+0000` as
+/// `2026-12-03T13:35:00`; anything else as it is.
+fn eve_time(record: &Value) -> String {
+    let time = field(record, "timestamp");
+    let shaped = time.len() >= 19
+        && time.as_bytes()[..19].iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            10 => *b == b'T',
+            13 | 16 => *b == b':',
+            _ => b.is_ascii_digit(),
+        });
+    if shaped {
+        time[..19].to_string()
+    } else {
+        printable(&time)
+    }
+}
+
+/// One EVE `http` event on one line:
+/// `2026-12-03T13:35:00 198.18.0.1:40000 → shop.example GET /admin 403 HTTP/1.1 [blocked: no-admin]`.
+pub fn http_event(record: &Value) -> String {
+    let http = record.get("http").unwrap_or(&Value::Null);
+    let loupe = record.get("loupe").unwrap_or(&Value::Null);
+    let to = match http.get("hostname").and_then(Value::as_str) {
+        Some(host) if !host.is_empty() => printable(host),
+        _ => endpoint(record, "dest_ip", "dest_port"),
+    };
+    let mut line = format!(
+        "{} {} → {to} {} {} {} {}",
+        eve_time(record),
+        endpoint(record, "src_ip", "src_port"),
+        wire_field(http, "http_method"),
+        wire_field(http, "url"),
+        field(http, "status"),
+        wire_field(http, "protocol"),
+    );
+    let blocked = loupe.get("blocked").and_then(Value::as_bool).unwrap_or(false);
+    let url_rule = loupe.get("url_rule").unwrap_or(&Value::Null);
+    let rule = url_rule.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
+    match (blocked, rule) {
+        (true, Some(rule)) => line.push_str(&format!(" [blocked: {}]", printable(rule))),
+        (true, None) => line.push_str(" [blocked]"),
+        (false, Some(rule)) => line.push_str(&format!(" [{}: {}]", wire_field(url_rule, "action"), printable(rule))),
+        (false, None) => {}
     }
     line
 }
@@ -556,6 +719,7 @@ mod tests {
             trust_list(&value);
             trust_fetch(&value);
             log_record(&value);
+            http_event(&value);
             capture_start(&value);
             capture_stop(&value);
         }
@@ -582,10 +746,12 @@ mod tests {
         let out = sessions(&json!([{
             "id": 7, "worker": 0, "client": "198.18.0.1:50000", "server": "198.18.0.2:443",
             "sni": "a.lab", "state": "decrypting", "action": "decrypt", "rule": null,
-            "bytes_client_to_server": 2048, "bytes_server_to_client": 5_000_000, "age_secs": 125
+            "bytes_client_to_server": 2048, "bytes_server_to_client": 5_000_000, "age_secs": 125,
+            "transactions": 3, "last_http": "GET shop.example/admin 403"
         }]));
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("ID  CLIENT"), "{out}");
+        assert!(lines[0].ends_with("AGE    HTTP  LAST REQUEST"), "{out}");
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             cells,
@@ -599,9 +765,124 @@ mod tests {
                 "-",
                 "2.0K",
                 "4.8M",
-                "2m05s"
+                "2m05s",
+                "3",
+                "GET",
+                "shop.example/admin",
+                "403"
             ]
         );
+    }
+
+    #[test]
+    fn sessions_table_cuts_long_requests_and_shows_old_daemons() {
+        let long = format!("GET shop.example/{} 200", "a".repeat(100));
+        let out = sessions(&json!([
+            {"id": 1, "transactions": 1, "last_http": long},
+            {"id": 2, "transactions": 0, "last_http": null},
+            {"id": 3, "last_http": "GET x.lab/\u{1b}[2J 200"}
+        ]));
+        let lines: Vec<&str> = out.lines().collect();
+        let last = lines[1].rsplit("  ").next().unwrap();
+        assert_eq!(last.chars().count(), LAST_HTTP_WIDTH, "{out}");
+        assert!(
+            last.starts_with("GET shop.example/aaa") && last.ends_with("a…"),
+            "{out}"
+        );
+        assert!(lines[2].ends_with("0     -"), "{out}");
+        // A daemon without HTTP inspection: no count; control characters escaped.
+        assert!(lines[3].ends_with("-     GET x.lab/\\u{1b}[2J 200"), "{out}");
+        assert!(!out.contains('\u{1b}'), "{out}");
+    }
+
+    #[test]
+    fn session_detail_lists_http_transactions() {
+        let out = session(&json!({
+            "id": 281474976710657u64, "worker": 1, "live": false, "state": "ended", "decrypted": true,
+            "http": {
+                "protocol": "h2", "transactions": 4,
+                "stopped": "http2 COMPRESSION_ERROR in HEADERS of stream 7", "ended": null,
+                "recent": [
+                    {"method": "GET", "host": "shop.example", "url": "/admin", "status": 403, "stream_id": 5,
+                     "url_rule": "no-admin", "url_action": "block", "blocked": true},
+                    {"method": "GET", "host": "shop.example", "url": "/", "status": 200, "stream_id": 1,
+                     "url_rule": null, "url_action": null, "blocked": false},
+                    {"method": "POST", "host": null, "url": "/login", "status": null, "stream_id": null,
+                     "url_rule": "log-login", "url_action": "alert", "blocked": false},
+                    {"method": "GET", "host": "shop.example", "url": "/x", "status": null, "stream_id": 3,
+                     "url_rule": "no-x", "url_action": "block", "blocked": true}
+                ]
+            }
+        }));
+        let expected = "  http
+      protocol      h2
+      transactions  4
+      stopped       http2 COMPRESSION_ERROR in HEADERS of stream 7
+      ended         -
+      recent
+        GET shop.example/admin → 403 blocked by url rule no-admin (stream 5)
+        GET shop.example/ → 200 (stream 1)
+        POST /login → no response url rule log-login (alert)
+        GET shop.example/x blocked by url rule no-x (stream 3)
+";
+        assert!(out.ends_with(expected), "{out}");
+        // HTTP/1.1, and a session without http (never inspected): no section.
+        let line = http_line(
+            &json!({"method": "CONNECT", "host": "shop.example", "url": "shop.example:443",
+            "status": 200, "stream_id": null, "url_rule": null, "url_action": null, "blocked": false}),
+        );
+        assert_eq!(line, "CONNECT shop.example shop.example:443 → 200");
+        assert!(!session(&json!({"id": 1, "http": null})).contains("http"));
+        let empty = session(&json!({"id": 1, "http": {"protocol": "unknown", "transactions": 0, "recent": []}}));
+        assert!(
+            empty.ends_with(
+                "      transactions  0\n      stopped       -\n      ended         -\n      recent        -\n"
+            ),
+            "{empty}"
+        );
+    }
+
+    #[test]
+    fn http_events_read_like_the_brief() {
+        let event = json!({
+            "timestamp": "2026-12-03T13:35:00.123456+0000", "flow_id": 1, "event_type": "http",
+            "src_ip": "198.18.0.1", "src_port": 40000, "dest_ip": "198.18.0.2", "dest_port": 443,
+            "proto": "TCP", "app_proto": "http",
+            "http": {"hostname": "shop.example", "url": "/admin", "http_user_agent": "curl/7.88",
+                     "http_method": "GET", "protocol": "HTTP/1.1", "status": 403, "length": 0},
+            "loupe": {"session_id": 281474976710657u64, "rule": "decrypt-all", "action": "decrypt",
+                      "url_rule": {"name": "no-admin", "action": "block"}, "blocked": true, "transaction": 0}
+        });
+        let expected =
+            "2026-12-03T13:35:00 198.18.0.1:40000 → shop.example GET /admin 403 HTTP/1.1 [blocked: no-admin]";
+        assert_eq!(http_event(&event), expected);
+        assert_eq!(log_record(&event), expected, "log tail renders by event type");
+        // No hostname, no response, an alerting rule, an IPv6 client, an odd timestamp.
+        let event = json!({
+            "timestamp": "yesterday", "event_type": "http", "src_ip": "2001:db8::1", "src_port": 40000,
+            "dest_ip": "198.18.0.2", "dest_port": 443,
+            "http": {"url": "/\u{1b}]0;x\u{7}", "http_method": "GET", "protocol": "HTTP/2"},
+            "loupe": {"url_rule": {"name": "watch", "action": "alert"}, "blocked": false}
+        });
+        assert_eq!(
+            http_event(&event),
+            "yesterday [2001:db8::1]:40000 → 198.18.0.2:443 GET /\\u{1b}]0;x\\u{7} - HTTP/2 [alert: watch]"
+        );
+        for odd in [
+            json!(null),
+            json!({"event_type": "http"}),
+            json!({"event_type": "http", "http": 5, "loupe": []}),
+        ] {
+            http_event(&odd);
+        }
+    }
+
+    #[test]
+    fn cutting_and_escaping() {
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcd", 3), "ab…");
+        assert_eq!(truncate("ééééé", 4), "ééé…");
+        assert_eq!(printable("a\tb\u{1b}[0m"), "a\\tb\\u{1b}[0m");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! One thread accepts; each connection gets its own thread, which checks the peer's
 //! credentials (SO_PEERCRED), reads request lines under a size cap and an idle timeout,
 //! and hands each request to the control thread as a [`ControlCall`]. `log-tail` is
-//! answered by the connection thread itself from the decryption log, so a slow or
-//! endless follower never occupies the control thread.
+//! answered by the connection thread itself from the decryption log (or, with `http`,
+//! from the EVE log beside it), so a slow or endless follower never occupies the
+//! control thread.
 
 use std::ffi::{CStr, CString};
 use std::io::{self, Read, Write};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use serde_json::Value;
 
-use crate::log_tail::{LogFollower, RecordFilter};
+use crate::log_tail::{LogFollower, LogKind, RecordFilter};
 use crate::protocol::{
     parse_request, ControlCall, ControlError, ErrorKind, PeerCred, ReplyLine, Request, RequestLine, DEFAULT_SOCKET,
     MAX_REQUEST_BYTES,
@@ -46,7 +47,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Connections served at once; more get a `failed` "too many connections" error.
     pub max_connections: usize,
-    /// The decryption log (JSON lines) that `log-tail` reads.
+    /// The decryption log (JSON lines) that `log-tail` reads. `log-tail --http` reads
+    /// the EVE log in the same directory (`eve.json`, see [`ServerSettings::log_path`]).
     pub log_file: PathBuf,
     /// How long a connection waits for the control thread's reply.
     pub call_timeout: Duration,
@@ -61,6 +63,18 @@ impl Default for ServerSettings {
             max_connections: 32,
             log_file: PathBuf::from("/var/log/loupe/decryption.jsonl"),
             call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The file `log-tail` reads for this kind of log: `log_file` itself for the
+    /// decryption log; for HTTP events, `eve.json` in `log_file`'s directory (the
+    /// daemon writes both under its `--log-dir`).
+    pub fn log_path(&self, kind: LogKind) -> PathBuf {
+        match kind {
+            LogKind::Decryption => self.log_file.clone(),
+            LogKind::Http => self.log_file.with_file_name(kind.file_name()),
         }
     }
 }
@@ -584,9 +598,13 @@ impl<'a> Connection<'a> {
                             errors,
                             sni,
                             lines,
+                            http,
                         },
                     ..
-                }) => self.log_tail(id, follow, RecordFilter { errors, sni }, lines),
+                }) => {
+                    let log = if http { LogKind::Http } else { LogKind::Decryption };
+                    self.log_tail(id, follow, RecordFilter { log, errors, sni }, lines)
+                }
                 Ok(RequestLine { id, request, .. }) => {
                     let reply = self.call(request, peer, id);
                     self.send(&reply)
@@ -685,7 +703,8 @@ impl<'a> Connection<'a> {
 
     /// Serves `log-tail`; false when the connection should close.
     fn log_tail(&mut self, id: Option<u64>, follow: bool, filter: RecordFilter, lines: usize) -> bool {
-        let path = self.shared.settings.log_file.clone();
+        let path = self.shared.settings.log_path(filter.log);
+        let what = filter.log.describe();
         let mut follower = LogFollower::new(&path);
         let mut client_gone = false;
         let started = {
@@ -696,7 +715,7 @@ impl<'a> Connection<'a> {
             })
         };
         if let Err(e) = started {
-            let message = format!("cannot read the decryption log {}: {e}", path.display());
+            let message = format!("cannot read {what} {}: {e}", path.display());
             return self.send(&ReplyLine::error(id, ControlError::new(ErrorKind::Failed, message)));
         }
         if client_gone {
@@ -725,7 +744,7 @@ impl<'a> Connection<'a> {
             }
             if let Err(e) = polled {
                 // Transient (a rotation race, a permission change): say it, keep going.
-                tracing::warn!(path = %path.display(), error = %e, "log-tail: cannot read the decryption log");
+                tracing::warn!(path = %path.display(), error = %e, "log-tail: cannot read {what}");
             }
         }
     }
@@ -807,6 +826,68 @@ mod tests {
         let (name, primary) = lookup_user(0).unwrap().unwrap();
         assert!(user_in_group(&name, primary, primary));
         assert!(!user_in_group(&name, primary, 4_000_000_000));
+    }
+
+    #[test]
+    fn log_tail_http_reads_eve_json_beside_the_decryption_log() {
+        let dir = std::env::temp_dir().join(format!("loupe-eve-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = ServerSettings {
+            path: dir.join("control.sock"),
+            log_file: dir.join("decryption.jsonl"),
+            ..ServerSettings::default()
+        };
+        assert_eq!(settings.log_path(LogKind::Decryption), dir.join("decryption.jsonl"));
+        assert_eq!(settings.log_path(LogKind::Http), dir.join("eve.json"));
+        std::fs::write(
+            dir.join("decryption.jsonl"),
+            "{\"session_id\":1,\"sni\":\"shop.example\",\"outcome\":\"blocked\"}\n",
+        )
+        .unwrap();
+        let event = |flow: u64, kind: &str, status: u16, blocked: bool| {
+            format!(
+                "{{\"flow_id\":{flow},\"event_type\":\"{kind}\",\"http\":{{\"hostname\":\"shop.example\",\
+                 \"url\":\"/\",\"status\":{status}}},\"loupe\":{{\"blocked\":{blocked}}}}}\n"
+            )
+        };
+        let eve = [
+            event(10, "tls", 0, false),
+            event(11, "http", 200, false),
+            event(12, "http", 403, true),
+        ]
+        .concat();
+        std::fs::write(dir.join("eve.json"), eve).unwrap();
+
+        let server = ControlServer::bind(settings).unwrap();
+        let (calls, _control_thread) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = server.spawn(calls, stop.clone()).unwrap();
+        let tail = |errors: bool, http: bool| {
+            let mut client = crate::client::ControlClient::connect(&dir.join("control.sock")).unwrap();
+            let mut ids = Vec::new();
+            let request = Request::LogTail {
+                follow: false,
+                errors,
+                sni: Some("shop.example".into()),
+                lines: 10,
+                http,
+            };
+            client
+                .stream(request, |record| {
+                    let id = record.get("flow_id").or_else(|| record.get("session_id"));
+                    ids.push(id.and_then(Value::as_u64).unwrap());
+                    true
+                })
+                .unwrap();
+            ids
+        };
+        assert_eq!(tail(false, true), vec![11, 12]);
+        assert_eq!(tail(true, true), vec![12]);
+        assert_eq!(tail(true, false), vec![1]);
+        stop.store(true, Ordering::Relaxed);
+        accept.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

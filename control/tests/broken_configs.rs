@@ -214,7 +214,7 @@ fn unknown_key_in_a_rule() {
         err,
         format!(
             "{}:35: rule \"no-inspection-lab\": unknown field `port`, expected one of `name`, `source`, \
-             `destination`, `ports`, `sni`, `category`, `action`, `profile`, `certificate`, `key`",
+             `destination`, `ports`, `sni`, `category`, `action`, `profile`, `certificate`, `key`, `export`",
             path.display()
         )
     );

@@ -345,6 +345,7 @@ fn tail(client: &mut ControlClient, lines: usize, errors: bool, sni: Option<&str
                 errors,
                 sni: sni.map(String::from),
                 lines,
+                http: false,
             },
             |record| {
                 ids.push(record["session_id"].as_u64().unwrap());
@@ -422,6 +423,7 @@ fn log_tail_filters_and_follows() {
                 errors: false,
                 sni: None,
                 lines: 1,
+                http: false,
             },
             |record| {
                 let id = record["session_id"].as_u64().unwrap();

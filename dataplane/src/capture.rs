@@ -9,9 +9,12 @@
 //!   because the filter names an SNI and the flow's ClientHello has not been parsed yet.
 //! - [`PendingFrames`] (sans-IO): the frames held per flow until its SNI is known; bounded
 //!   ([`PENDING_FRAMES_PER_FLOW`], [`PENDING_BYTES_PER_FLOW`], [`PENDING_FLOWS`]).
-//! - [`PcapWriter`]: the file format over any `Write`, bounded by `max_bytes`.
+//! - [`PcapWriter`]: the file format (the `pcap-file` crate's header and record types)
+//!   over any `Write`, bounded by `max_bytes`.
 //! - [`CaptureTap`] (worker side) sends frames over a bounded channel to the writer
 //!   thread `loupe-capture` that [`Capture`] owns.
+//! - [`plaintext`]: the decrypted export's pcap files (synthetic flows of decrypted
+//!   sessions, rotated), on the same [`PcapWriter`].
 //!
 //! Cost when no capture runs: the worker holds `Option<CaptureTap>`, so one `Option` check
 //! per frame. While a capture runs, each matching frame is copied into a `Vec<u8>`: this
@@ -31,15 +34,16 @@
 //! How a worker calls it (`tap: Option<CaptureTap>`, replaced between batches from the
 //! control thread's channel):
 //! - received frame of a known (or just opened) flow, in `handle_frame` after the lookup:
-//!   `tap.frame(key, knowledge, frame)` with the whole Ethernet frame;
+//!   `tap.frame(key, knowledge, leg, frame)` with the whole Ethernet frame;
 //! - transmitted frame, in the TX token once the Ethernet header is written:
-//!   `tap.frame(key, knowledge, frame)` with the frame as it leaves;
+//!   `tap.frame(key, knowledge, leg, frame)` with the frame as it leaves;
 //! - flow removed (`finish`): `tap.flow_ended(key, knowledge)`.
 //!
 //! `knowledge` is `SniKnowledge::NotYet` until the session parsed the ClientHello, then
 //! `Known(session.sni())`; `Known(None)` also once the session gave up on a ClientHello
 //! (not TLS), so such flows stop being held.
 
+use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -51,11 +55,16 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use byteorder_slice::LittleEndian;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use loupe_control::protocol::{name_matches, CaptureFilter};
+use loupe_control::protocol::{name_matches, CaptureFilter, CaptureLeg};
+use pcap_file::pcap::{PcapHeader, RawPcapPacket};
+use pcap_file::{DataLink, Endianness, PcapError, TsResolution};
 use serde::Serialize;
 
 use crate::flow::FlowKey;
+
+pub mod plaintext;
 
 /// Events queued from the taps to the writer; beyond this a frame is dropped (counted).
 pub const CHANNEL_EVENTS: usize = 4096;
@@ -73,7 +82,6 @@ pub const SNAPLEN: usize = 65535;
 pub const PCAP_HEADER_LEN: u64 = 24;
 /// The pcap per-record header.
 pub const PCAP_RECORD_HEADER_LEN: u64 = 16;
-const LINKTYPE_ETHERNET: u32 = 1;
 
 /// What the worker knows of a flow's SNI when it hands over a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,14 +325,15 @@ impl<W: Write> PcapWriter<W> {
                 format!("max_bytes {max_bytes} leaves no room for the {PCAP_HEADER_LEN}-byte pcap header"),
             ));
         }
-        let mut header = [0u8; PCAP_HEADER_LEN as usize];
-        header[0..4].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-        header[4..6].copy_from_slice(&2u16.to_le_bytes());
-        header[6..8].copy_from_slice(&4u16.to_le_bytes());
-        // thiszone (8..12) and sigfigs (12..16) stay zero.
-        header[16..20].copy_from_slice(&(SNAPLEN as u32).to_le_bytes());
-        header[20..24].copy_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
-        out.write_all(&header)?;
+        // Version 2.4, no time zone correction or accuracy, microsecond timestamps.
+        let header = PcapHeader {
+            snaplen: SNAPLEN as u32,
+            datalink: DataLink::ETHERNET,
+            ts_resolution: TsResolution::MicroSecond,
+            endianness: Endianness::Little,
+            ..PcapHeader::default()
+        };
+        header.write_to(&mut out).map_err(pcap_error)?;
         Ok(PcapWriter {
             out,
             max_bytes,
@@ -340,13 +349,16 @@ impl<W: Write> PcapWriter<W> {
             return Ok(false);
         }
         let since = frame.time.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let mut header = [0u8; PCAP_RECORD_HEADER_LEN as usize];
-        header[0..4].copy_from_slice(&(since.as_secs() as u32).to_le_bytes());
-        header[4..8].copy_from_slice(&since.subsec_micros().to_le_bytes());
-        header[8..12].copy_from_slice(&(frame.data.len() as u32).to_le_bytes());
-        header[12..16].copy_from_slice(&frame.wire_len.to_le_bytes());
-        self.out.write_all(&header)?;
-        self.out.write_all(&frame.data)?;
+        // The raw record: seconds wrap past 2106 rather than fail, and `CapturedFrame::copy`
+        // already cut the data at SNAPLEN.
+        let record = RawPcapPacket {
+            ts_sec: since.as_secs() as u32,
+            ts_frac: since.subsec_micros(),
+            incl_len: frame.data.len() as u32,
+            orig_len: frame.wire_len,
+            data: Cow::Borrowed(&frame.data),
+        };
+        record.write_to::<_, LittleEndian>(&mut self.out).map_err(pcap_error)?;
         self.written += frame.record_len();
         Ok(true)
     }
@@ -366,6 +378,14 @@ impl<W: Write> PcapWriter<W> {
 
     pub fn into_inner(self) -> W {
         self.out
+    }
+}
+
+/// pcap-file's errors as I/O errors (writing only fails in the writer underneath).
+fn pcap_error(err: PcapError) -> io::Error {
+    match err {
+        PcapError::IoError(err) => err,
+        other => io::Error::other(other),
     }
 }
 
@@ -481,8 +501,11 @@ pub struct CaptureTap {
 
 impl CaptureTap {
     /// One call per received or transmitted Ethernet frame of flow `key`.
-    pub fn frame(&self, key: FlowKey, sni: SniKnowledge<'_>, frame: &[u8]) {
+    pub fn frame(&self, key: FlowKey, sni: SniKnowledge<'_>, leg: CaptureLeg, frame: &[u8]) {
         if self.stats.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.filter.leg.is_some_and(|wanted| wanted != leg) {
             return;
         }
         let verdict = decide(&self.filter, key, sni);
@@ -720,6 +743,7 @@ mod tests {
             host: host.map(|h| h.parse().unwrap()),
             port,
             sni: sni.map(str::to_string),
+            leg: None,
         }
     }
 
@@ -958,14 +982,14 @@ mod tests {
         };
         let k = key("10.0.0.1:1", "10.0.0.2:443");
         for _ in 0..3 {
-            tap.frame(k, SniKnowledge::NotYet, &[0u8; 60]);
+            tap.frame(k, SniKnowledge::NotYet, CaptureLeg::Client, &[0u8; 60]);
         }
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
         assert_eq!(receiver.len(), 1);
         // A stopped capture takes nothing and counts nothing.
         stats.stopped.store(true, Ordering::Relaxed);
         drop(receiver.try_recv());
-        tap.frame(k, SniKnowledge::NotYet, &[0u8; 60]);
+        tap.frame(k, SniKnowledge::NotYet, CaptureLeg::Client, &[0u8; 60]);
         assert!(receiver.is_empty());
         assert!(!tap.is_active());
     }
@@ -981,10 +1005,10 @@ mod tests {
             hint: Arc::clone(&hint),
         };
         let k = key("10.0.0.1:1", "10.0.0.2:443");
-        tap.frame(k, SniKnowledge::Known(Some("b.lab")), &[0u8; 60]);
+        tap.frame(k, SniKnowledge::Known(Some("b.lab")), CaptureLeg::Client, &[0u8; 60]);
         assert!(receiver.is_empty(), "nothing held: no discard sent");
         hint.add(&k);
-        tap.frame(k, SniKnowledge::Known(Some("b.lab")), &[0u8; 60]);
+        tap.frame(k, SniKnowledge::Known(Some("b.lab")), CaptureLeg::Client, &[0u8; 60]);
         assert!(matches!(
             receiver.try_recv(),
             Ok(CaptureEvent::Resolve { keep: false, .. })
@@ -1179,7 +1203,7 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 for (key, sni, bytes) in &steps {
-                    worker_tap.frame(*key, *sni, bytes);
+                    worker_tap.frame(*key, *sni, CaptureLeg::Client, bytes);
                 }
                 worker_tap.flow_ended(b, Known(Some("b.lab")));
             });
@@ -1189,7 +1213,7 @@ mod tests {
         assert_eq!(summary.dropped, 0);
         assert_eq!(summary.bytes, std::fs::metadata(&path).unwrap().len());
         // After stop a tap sends nothing and counts nothing.
-        tap.frame(a, Known(Some("a.lab")), &[0u8; 60]);
+        tap.frame(a, Known(Some("a.lab")), CaptureLeg::Client, &[0u8; 60]);
         assert!(!tap.is_active());
         assert_eq!(tap.stats.dropped.load(Ordering::Relaxed), 0);
 
@@ -1296,7 +1320,7 @@ mod tests {
             stats: Arc::clone(&stats),
             hint: Arc::new(PendingHint::default()),
         };
-        tap.frame(k, SniKnowledge::NotYet, &[0u8; 60]);
+        tap.frame(k, SniKnowledge::NotYet, CaptureLeg::Client, &[0u8; 60]);
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 3);
     }
 
@@ -1320,7 +1344,7 @@ mod tests {
         let path = temp_path("live");
         let (capture, tap) = Capture::start(CaptureFilter::default(), &path, 1 << 20).unwrap();
         let k = key("10.0.0.1:1", "10.0.0.2:443");
-        tap.frame(k, SniKnowledge::NotYet, &[7u8; 60]);
+        tap.frame(k, SniKnowledge::NotYet, CaptureLeg::Client, &[7u8; 60]);
         // The writer flushes within FLUSH_INTERVAL of an event, even with nothing after it.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
@@ -1333,7 +1357,7 @@ mod tests {
         }
         assert_eq!(capture.summary().frames, 1);
         for _ in 0..100 {
-            tap.frame(k, SniKnowledge::NotYet, &[8u8; 60]);
+            tap.frame(k, SniKnowledge::NotYet, CaptureLeg::Client, &[8u8; 60]);
         }
         let summary = capture.stop();
         assert_eq!(summary.frames + summary.dropped, 101);

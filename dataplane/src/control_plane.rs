@@ -75,6 +75,8 @@ pub struct WorkerHandle {
 pub struct PolicySources {
     pub trust_ca: Vec<PathBuf>,
     pub state_dir: PathBuf,
+    /// Where the key log of rules that export keys goes (under `[export]`).
+    pub log_dir: PathBuf,
 }
 
 pub struct ControlPlane {
@@ -179,10 +181,11 @@ impl ControlPlane {
     /// `version`.
     fn build(&self, config: &Config, overrides: &ProfileOverrides, version: u64) -> Result<Policy, ControlError> {
         let effective = overrides.apply(config).map_err(invalid)?;
-        crate::daemon::build_policy(
+        crate::daemon::build_policy_logging(
             &effective,
             &self.sources.trust_ca,
             Some(&self.sources.state_dir),
+            Some(&self.sources.log_dir),
             version,
             (*self.current.exclusions).clone(),
         )
@@ -699,6 +702,13 @@ impl ControlPlane {
                 "dropped": sum(|s| &s.exclusions_dropped),
             },
             "presented_chains": { "kept": self.chains.len(), "dropped": sum(|s| &s.chains_dropped) },
+            "http": {
+                "transactions": sum(|s| &s.http_transactions),
+                "url_rule_hits": sum(|s| &s.url_rule_hits),
+                "blocked": sum(|s| &s.http_blocked),
+                "protocol_errors": sum(|s| &s.http_protocol_errors),
+                "eve_write_errors": sum(|s| &s.eve_write_errors),
+            },
             "timeouts": {
                 "idle": sum(|s| &s.idle_timeouts),
                 "handshake": sum(|s| &s.handshake_timeouts),

@@ -11,12 +11,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use boring::pkey::PKey;
 use boring::x509::X509;
-use loupe_control::config::{Config, FailMode, RuleAction};
+use loupe_control::config::{Config, ExportKind, FailMode, RuleAction};
 
 use crate::policy::{unix_now, Exclusion, ExclusionCache, Policy, PolicyInputs, ProfileContext};
 use crate::tls::forge::ForgedCert;
 
+use crate::capture::plaintext::PlaintextExport;
 use crate::control_plane::{ControlPlane, PolicySources, WorkerHandle};
+use crate::eve::EveLog;
 use crate::tls::ca::{CaRole, DecryptionCa};
 use crate::tls::forge::Forger;
 use crate::tls::probe::ProbeContext;
@@ -167,6 +169,19 @@ pub fn build_policy(
     version: u64,
     exclusions: ExclusionCache,
 ) -> Result<Policy> {
+    build_policy_logging(config, trust_ca, state_dir, None, version, exclusions)
+}
+
+/// [`build_policy`] for a running daemon: with its log directory, rules that export keys
+/// get the key log (opened once per path and shared by every later snapshot).
+pub fn build_policy_logging(
+    config: &Config,
+    trust_ca: &[PathBuf],
+    state_dir: Option<&Path>,
+    log_dir: Option<&Path>,
+    version: u64,
+    exclusions: ExclusionCache,
+) -> Result<Policy> {
     let (trust, pins) = trust_store(config, trust_ca, state_dir)?;
     tracing::info!(trust_anchors = trust.len(), pinned = pins.len(), "trust store loaded");
     let mut settings = config.profiles.clone();
@@ -191,7 +206,13 @@ pub fn build_policy(
         profiles,
         inbound,
     };
-    Policy::build(config, inputs, version, exclusions).map_err(anyhow::Error::msg)
+    let mut policy = Policy::build(config, inputs, version, exclusions).map_err(anyhow::Error::msg)?;
+    if let Some(log_dir) = log_dir.filter(|_| config.exports(ExportKind::Keylog)) {
+        let path = config.export.keylog_path(log_dir);
+        policy.keylog =
+            Some(crate::tls::keylog::shared(&path).with_context(|| format!("opening the key log {}", path.display()))?);
+    }
+    Ok(policy)
 }
 
 /// The policy's XDP-enforceable no-decrypt rules as map entries.
@@ -282,10 +303,11 @@ pub fn run(options: RunOptions) -> Result<()> {
     install_signal_handlers();
     let exclusions = load_exclusions(&options.config, &options.state_dir);
     let (overrides, effective) = saved_overrides(&options.config, &options.state_dir);
-    let policy = Arc::new(build_policy(
+    let policy = Arc::new(build_policy_logging(
         &effective,
         &options.trust_ca,
         Some(&options.state_dir),
+        Some(&options.log_dir),
         1,
         exclusions,
     )?);
@@ -336,6 +358,19 @@ pub fn run(options: RunOptions) -> Result<()> {
     );
     let log = Arc::new(DecryptionLog::open(&options.log_dir)?);
     tracing::info!(path = %log.path().display(), "decryption log");
+    let eve = Arc::new(EveLog::open(&options.log_dir)?);
+    tracing::info!(path = %eve.path().display(), "EVE log");
+    // Kept to the end of `run`: dropping it finishes the writer thread's last file.
+    let (_plaintext_export, export_tap) = if effective.exports(ExportKind::Pcap) {
+        let dir = effective.export.dir_in(&options.log_dir);
+        let (export, tap) =
+            PlaintextExport::start(&dir, effective.export.pcap_max_bytes, effective.export.pcap_max_files)
+                .map_err(|e| anyhow::anyhow!("starting the plaintext pcap export in {}: {e}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "plaintext pcap export");
+        (Some(export), Some(tap))
+    } else {
+        (None, None)
+    };
     let (exclusion_tx, exclusion_rx) = crossbeam_channel::bounded::<ExclusionRequest>(1024);
     let (chain_tx, chain_rx) = crossbeam_channel::bounded::<PresentedChain>(CHAIN_QUEUE);
     let mut worker_handles = Vec::new();
@@ -352,6 +387,8 @@ pub fn run(options: RunOptions) -> Result<()> {
         let tls = WorkerTls {
             forger: forger.clone(),
             log: log.clone(),
+            eve: eve.clone(),
+            export: export_tap.clone(),
         };
         let (policy_tx, policy_rx) = crossbeam_channel::bounded(8);
         let policy_queue = policy_rx.clone();
@@ -421,6 +458,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         PolicySources {
             trust_ca: options.trust_ca.clone(),
             state_dir: options.state_dir.clone(),
+            log_dir: options.log_dir.clone(),
         },
         Arc::clone(&policy),
         worker_handles,

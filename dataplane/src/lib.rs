@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod control_plane;
 pub mod daemon;
+pub mod eve;
 pub mod flow;
 pub mod frame;
 pub mod inspect;

@@ -180,9 +180,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("{}", file.display()))?;
             let bypassed = policy.xdp_bypasses(&config.dataplane.inspect_ports);
             println!(
-                "{}: ok ({} rules, {} profiles; {} no-decrypt entries enforced in XDP)",
+                "{}: ok ({} rules, {} url rules, {} profiles; {} no-decrypt entries enforced in XDP)",
                 file.display(),
                 config.rules.len(),
+                config.url_rules.len(),
                 config.profiles.len().max(1),
                 bypassed.len()
             );

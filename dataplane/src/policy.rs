@@ -1,6 +1,7 @@
 //! Decryption policy: one immutable, versioned snapshot of rules, profiles (with their TLS
-//! contexts), categories and the exclusion cache. Workers hold an `Arc<Policy>`, swap it
-//! between batches, and every flow keeps the snapshot it started with.
+//! contexts), categories, URL rules, inspection settings and the exclusion cache. Workers
+//! hold an `Arc<Policy>`, swap it between batches, and every flow keeps the snapshot it
+//! started with.
 //!
 //! Sans-IO: evaluation takes addresses and a server name and returns a [`Decision`].
 
@@ -10,11 +11,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use loupe_control::config::{self, Cidr, Config, LoadedCategory, NotTls, RuleAction, Timeouts};
+use loupe_control::config::{
+    self, Cidr, Config, Inspection, LoadedCategory, NotTls, OnProtocolError, RuleAction, Timeouts,
+};
 use serde::{Deserialize, Serialize};
 
 use boring::x509::store::X509Store;
 
+use crate::inspect::engine::InspectSettings;
+use crate::inspect::export::Exports;
+use crate::inspect::hpack::HpackLimits;
+use crate::inspect::http1::Http1Limits;
+use crate::inspect::http2::Http2Limits;
+pub use crate::inspect::url_rules::{Categories, MAX_CATEGORIES};
+use crate::inspect::url_rules::{HostPattern, UrlRules};
 use crate::tls::forge::ForgedCert;
 use crate::tls::session::{Profile, SplitTlsContext};
 use crate::tls::trust::PinnedLeafs;
@@ -46,102 +56,18 @@ impl ProfileContext {
     }
 }
 
-/// A server name condition: `www.example.com` exactly, or `*.example.com` (any name below
-/// example.com, not example.com itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum SniPattern {
-    Exact(String),
-    Below(String),
-}
-
-impl SniPattern {
-    fn new(text: &str) -> SniPattern {
-        let text = text.to_ascii_lowercase();
-        match text.strip_prefix("*.") {
-            Some(suffix) => SniPattern::Below(suffix.to_string()),
-            None => SniPattern::Exact(text),
-        }
-    }
-
-    fn matches(&self, sni: &str) -> bool {
-        match self {
-            SniPattern::Exact(name) => name == sni,
-            SniPattern::Below(suffix) => {
-                sni.len() > suffix.len() + 1
-                    && sni.ends_with(suffix.as_str())
-                    && sni.as_bytes()[sni.len() - suffix.len() - 1] == b'.'
-            }
-        }
-    }
-}
-
-/// Named domain lists; a domain covers itself and every name below it.
-#[derive(Debug, Default)]
-pub struct Categories {
-    names: Vec<String>,
-    /// Domain → bit set of the categories listing it.
-    domains: HashMap<String, u64>,
-}
-
-/// Categories a policy can hold (one bit each).
-pub const MAX_CATEGORIES: usize = 64;
-
-impl Categories {
-    pub fn new(loaded: &[LoadedCategory]) -> Result<Categories, String> {
-        if loaded.len() > MAX_CATEGORIES {
-            return Err(format!(
-                "{} categories configured; loupe holds at most {MAX_CATEGORIES}",
-                loaded.len()
-            ));
-        }
-        let mut categories = Categories::default();
-        for (bit, category) in loaded.iter().enumerate() {
-            categories.names.push(category.name.clone());
-            for domain in &category.domains {
-                *categories.domains.entry(domain.to_ascii_lowercase()).or_default() |= 1 << bit;
-            }
-        }
-        Ok(categories)
-    }
-
-    fn bit(&self, name: &str) -> Option<u64> {
-        self.names.iter().position(|n| n == name).map(|i| 1 << i)
-    }
-
-    /// The categories `sni` belongs to: its own entry and those of every parent domain.
-    fn of(&self, sni: &str) -> u64 {
-        let mut set = 0;
-        let mut name = sni;
-        loop {
-            set |= self.domains.get(name).copied().unwrap_or(0);
-            match name.split_once('.') {
-                Some((_, parent)) if !parent.is_empty() => name = parent,
-                _ => return set,
-            }
-        }
-    }
-
-    fn names_in(&self, set: u64) -> Vec<&str> {
-        self.names
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| set & (1 << i) != 0)
-            .map(|(_, n)| n.as_str())
-            .collect()
-    }
-}
-
 struct CompiledRule {
     name: String,
     source: Vec<Cidr>,
     destination: Vec<Cidr>,
     ports: Vec<u16>,
-    sni: Vec<SniPattern>,
+    sni: Vec<HostPattern>,
     /// Bit set of categories; 0 = no category condition.
     categories: u64,
     action: RuleAction,
     profile: Option<Arc<ProfileContext>>,
     inbound: Option<Arc<ForgedCert>>,
+    exports: Exports,
 }
 
 impl CompiledRule {
@@ -350,6 +276,16 @@ pub struct Policy {
     pub not_tls: NotTls,
     /// Applied by workers to every open flow, whichever snapshot it started with.
     pub timeouts: Timeouts,
+    /// `[[url_rule]]`s, judged per HTTP request by the inspection engine (with their hit
+    /// counters, shared by snapshots of the same rules).
+    pub url_rules: Arc<UrlRules>,
+    /// `[inspection]`: what the inspection engine does with decrypted sessions.
+    pub inspection: Inspection,
+    /// The same settings as the engine takes them.
+    pub inspect_settings: Arc<InspectSettings>,
+    /// The NSS key log that rules with `export = ["keylog"]` write to; set by the daemon
+    /// (it knows the log directory), None while no rule exports keys.
+    pub keylog: Option<Arc<crate::tls::keylog::KeyLog>>,
     /// Flows each rule decided (index = rule index), shared by snapshots of the same rules.
     hits: Arc<[AtomicU64]>,
     default_hits: Arc<AtomicU64>,
@@ -373,7 +309,7 @@ impl Policy {
         version: u64,
         exclusions: ExclusionCache,
     ) -> Result<Policy, String> {
-        let categories = Categories::new(&inputs.categories)?;
+        let categories = Arc::new(Categories::new(&inputs.categories)?);
         let profile = |name: &str| -> Result<Arc<ProfileContext>, String> {
             inputs
                 .profiles
@@ -406,7 +342,7 @@ impl Policy {
                 source: rule.source.clone(),
                 destination: rule.destination.clone(),
                 ports: rule.ports.clone(),
-                sni: rule.sni.iter().map(|s| SniPattern::new(s)).collect(),
+                sni: rule.sni.iter().map(|s| HostPattern::new(s)).collect(),
                 categories: bits,
                 action: rule.action,
                 profile: if decrypts {
@@ -418,6 +354,7 @@ impl Policy {
                     None
                 },
                 inbound,
+                exports: Exports::from_config(&rule.export),
             });
         }
         let default_profile = match config.decryption.default_action {
@@ -425,22 +362,28 @@ impl Policy {
             _ => None,
         };
         let hits: Arc<[AtomicU64]> = (0..rules.len()).map(|_| AtomicU64::new(0)).collect();
+        let url_rules = UrlRules::with_categories(&config.url_rules, Arc::clone(&categories))?;
         Ok(Policy {
             version,
             rules: rules.into(),
             default_action: config.decryption.default_action,
             default_profile,
             profiles: inputs.profiles.into(),
-            categories: Arc::new(categories),
+            categories,
             exclusions: Arc::new(exclusions),
             not_tls: config.decryption.not_tls,
             timeouts: config.timeouts.clone(),
+            url_rules: Arc::new(url_rules),
+            inspection: config.inspection.clone(),
+            inspect_settings: Arc::new(inspect_settings(&config.inspection)),
+            keylog: None,
             hits,
             default_hits: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// The next snapshot: the same rules, profiles and counters, another exclusion cache.
+    /// The next snapshot: the same rules (URL rules too), profiles, settings and counters,
+    /// another exclusion cache.
     pub fn with_exclusions(&self, exclusions: ExclusionCache) -> Policy {
         Policy {
             version: self.version + 1,
@@ -452,6 +395,10 @@ impl Policy {
             exclusions: Arc::new(exclusions),
             not_tls: self.not_tls,
             timeouts: self.timeouts.clone(),
+            url_rules: Arc::clone(&self.url_rules),
+            inspection: self.inspection.clone(),
+            inspect_settings: Arc::clone(&self.inspect_settings),
+            keylog: self.keylog.clone(),
             hits: Arc::clone(&self.hits),
             default_hits: Arc::clone(&self.default_hits),
         }
@@ -525,6 +472,19 @@ impl Policy {
         }
     }
 
+    /// What is exported of a session `decision` (made by this snapshot) decrypts: its
+    /// rule's `export`; nothing for the default action, and nothing when the session is
+    /// not decrypted (another action, or the exclusion cache turned it to no-decrypt).
+    pub fn exports(&self, decision: &Decision) -> Exports {
+        if !matches!(decision.action, RuleAction::Decrypt | RuleAction::DecryptInbound) {
+            return Exports::default();
+        }
+        decision
+            .rule_index
+            .and_then(|index| self.rules.get(index))
+            .map_or_else(Exports::default, |rule| rule.exports)
+    }
+
     /// Counts a flow for the rule that decided it.
     pub fn count_hit(&self, decision: &Decision) {
         let counter = match decision.rule_index {
@@ -590,6 +550,29 @@ impl Policy {
 
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.name.as_str())
+    }
+}
+
+/// `[inspection]` as the engine takes it; the bounds the file does not set keep the
+/// parsers' defaults.
+fn inspect_settings(inspection: &Inspection) -> InspectSettings {
+    let http2 = Http2Limits::default();
+    InspectSettings {
+        block_on_protocol_error: inspection.on_protocol_error == OnProtocolError::Block,
+        block_page: inspection.block_page,
+        http1: Http1Limits {
+            max_head_bytes: inspection.max_header_bytes,
+            ..Http1Limits::default()
+        },
+        http2: Http2Limits {
+            max_streams: inspection.max_streams as usize,
+            max_header_block: inspection.max_header_block,
+            hpack: HpackLimits {
+                max_table_size: inspection.hpack_table_size,
+                ..http2.hpack
+            },
+            ..http2
+        },
     }
 }
 
@@ -706,6 +689,40 @@ mod tests {
     }
 
     #[test]
+    fn exports_come_from_the_deciding_rule_of_decrypted_sessions_only() {
+        let p = policy(
+            "[[rule]]\nname = \"debug\"\nsni = [\"d.lab\"]\naction = \"decrypt\"\nexport = [\"pcap\", \"keylog\"]\n\n\
+             [[rule]]\nname = \"keys\"\nsni = [\"k.lab\"]\naction = \"decrypt\"\nexport = [\"keylog\"]\n",
+            vec![],
+        );
+        let server = at("198.18.0.2", 443);
+        let d = p.at_hello(at(CLIENT, 1), server, Some("d.lab"));
+        assert_eq!(
+            p.exports(&d),
+            Exports {
+                pcap: true,
+                keylog: true
+            }
+        );
+        let d = p.at_hello(at(CLIENT, 1), server, Some("k.lab"));
+        assert_eq!(
+            p.exports(&d),
+            Exports {
+                pcap: false,
+                keylog: true
+            }
+        );
+        let d = p.at_hello(at(CLIENT, 1), server, Some("other.lab"));
+        assert_eq!((d.rule.as_str(), p.exports(&d).any()), ("default", false));
+        // An excluded server is spliced: nothing to export.
+        let mut cache = (*p.exclusions).clone();
+        cache.insert(ExclusionKey::new(Some("d.lab"), server), "x".into(), unix_now());
+        let next = p.with_exclusions(cache);
+        let d = next.at_hello(at(CLIENT, 1), server, Some("d.lab"));
+        assert_eq!((d.action, next.exports(&d).any()), (RuleAction::NoDecrypt, false));
+    }
+
+    #[test]
     fn exclusion_cache_is_bounded_and_expires() {
         let mut cache = ExclusionCache::new(Duration::from_secs(10), 2);
         let key = |n: u16| ExclusionKey::new(None, at("198.18.0.2", n));
@@ -715,6 +732,78 @@ mod tests {
         assert!(cache.get(&key(1), 102).is_none(), "the soonest to expire went first");
         assert!(cache.get(&key(3), 111).is_some());
         assert!(cache.get(&key(3), 112).is_none(), "expired after the TTL");
+    }
+
+    #[test]
+    fn a_reload_applies_new_url_rules_and_inspection_settings() {
+        use crate::inspect::url_rules::{UrlAction, UrlRequest};
+        let request = UrlRequest {
+            host: Some("www.shop.lab:443"),
+            path: "/admin/users",
+            method: "GET",
+        };
+        let categories = || {
+            vec![LoadedCategory {
+                name: "shops".into(),
+                domains: vec!["shop.lab".into()],
+            }]
+        };
+        let category = "[[category]]\nname = \"shops\"\nfile = \"s\"\n\n";
+        let first = policy(
+            &format!("{category}[[url_rule]]\nname = \"admin\"\npath = [\"/admin/\"]\naction = \"alert\"\n"),
+            categories(),
+        );
+        let m = first.url_rules.judge(&request).unwrap();
+        assert_eq!((&*m.name, m.action), ("admin", UrlAction::Alert));
+        assert_eq!(first.inspection, Inspection::default());
+        // Another exclusion cache: the same URL rules, counters and settings.
+        let next = first.with_exclusions(ExclusionCache::new(Duration::from_secs(60), 8));
+        assert!(Arc::ptr_eq(&first.url_rules, &next.url_rules));
+        assert_eq!(next.url_rules.hits(), vec![("admin".to_string(), 1)]);
+        // A reload (what `loupectl policy load` builds): the new rules and settings decide.
+        let reloaded = policy(
+            &format!(
+                "{category}[inspection]\non_protocol_error = \"block\"\nblock_page = false\n\n\
+                 [[url_rule]]\nname = \"no-shops\"\ncategory = [\"shops\"]\naction = \"block\"\n"
+            ),
+            categories(),
+        );
+        let m = reloaded.url_rules.judge(&request).unwrap();
+        assert_eq!((&*m.name, m.action, m.rule_index), ("no-shops", UrlAction::Block, 0));
+        assert_eq!(reloaded.inspection.on_protocol_error, config::OnProtocolError::Block);
+        assert!(!reloaded.inspection.block_page);
+        assert!(reloaded.inspect_settings.block_on_protocol_error && !reloaded.inspect_settings.block_page);
+        assert!(!first.inspect_settings.block_on_protocol_error && first.inspect_settings.block_page);
+        assert!(reloaded
+            .url_rules
+            .judge(&UrlRequest {
+                host: Some("other.lab"),
+                ..request
+            })
+            .is_none());
+        // And one without URL rules allows everything.
+        assert!(policy("", vec![]).url_rules.judge(&request).is_none());
+    }
+
+    #[test]
+    fn inspection_bounds_reach_the_parsers() {
+        let p = policy(
+            "[inspection]\nmax_header_bytes = 8192\nmax_streams = 10\nhpack_table_size = 8192\n\
+             max_header_block = 4096\n",
+            vec![],
+        );
+        let s = &p.inspect_settings;
+        assert_eq!(s.http1.max_head_bytes, 8192);
+        assert_eq!(s.http1.max_pipelined, Http1Limits::default().max_pipelined);
+        assert_eq!((s.http2.max_streams, s.http2.max_header_block), (10, 4096));
+        assert_eq!(s.http2.hpack.max_table_size, 8192);
+        let d = policy("", vec![]);
+        let (d, defaults) = (&d.inspect_settings, InspectSettings::default());
+        assert_eq!(
+            (d.http1, d.http2),
+            (defaults.http1, defaults.http2),
+            "the defaults agree"
+        );
     }
 
     #[test]
@@ -734,5 +823,6 @@ mod tests {
         assert_eq!(c.of("www.example.com"), 3);
         assert_eq!(c.of("notexample.com"), 0);
         assert_eq!(c.of("com"), 0);
+        assert_eq!(c.of("WWW.Example.COM"), 3);
     }
 }

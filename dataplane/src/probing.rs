@@ -38,6 +38,8 @@ pub struct PendingRecord {
     pub started: std::time::SystemTime,
     /// The DER chain the server presented, leaf first, when it did not verify (else empty).
     pub presented_chain: Vec<Vec<u8>>,
+    /// What inspection saw, for `loupectl session ID` once the session ended.
+    pub http: Option<loupe_control::protocol::HttpDetail>,
 }
 
 struct Probe {

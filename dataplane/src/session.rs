@@ -3,9 +3,16 @@
 //! through split TLS, splices, or blocks (and refuses what is not TLS), and when the flow
 //! ends it produces the flow's one decryption-log record.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::capture::SniKnowledge;
+use crate::inspect::engine::{HttpInspector, InspectedTransaction};
+use crate::inspect::export::{SessionExport, Side as ExportSide, SyntheticPacket};
+use crate::inspect::{Inspector, Pass, Relay};
+use crate::tls::keylog::KeyLog;
+use loupe_control::protocol::{HttpDetail, HttpLine};
 
 use loupe_control::config::{RuleAction, Undecryptable};
 use smoltcp::socket::tcp;
@@ -16,15 +23,97 @@ use crate::relay::{humanize, ByteCounts, EndReason, Fins, Phase, Splice, StreamP
 use crate::tls::client_hello::{ClientHello, ClientHelloError, ClientHelloReader};
 use crate::tls::diagnosis::{ClientOffer, ConnectFailure, DiagnosisInput, ProfileFacts, UpstreamOffer};
 use crate::tls::forge::CertSource;
-use crate::tls::record::{Action, DecryptionRecord, Outcome, Peer, Stage};
+use crate::tls::record::{Action, DecryptionRecord, HttpFact, Outcome, Peer, Stage};
 use crate::tls::session::{
     PlaintextCounter, SessionFailure, SplitTls, UntrustedAction, ALERT_ACCESS_DENIED, ALERT_HANDSHAKE_FAILURE,
 };
 use loupe_control::config::NotTls;
 
-/// What a worker lends a session while it runs: the forger.
+/// What a worker lends a session while it runs: the forger and the time of the round.
 pub struct TlsEnv<'a> {
     pub certs: &'a mut dyn CertSource,
+    /// Wall-clock time of this service round, stamped on the transactions seen in it.
+    pub now: SystemTime,
+}
+
+/// One transaction as `loupectl session ID` lists it.
+fn http_line(done: &InspectedTransaction) -> HttpLine {
+    let tx = &done.transaction;
+    HttpLine {
+        method: tx.method.clone(),
+        host: tx.host.clone(),
+        url: tx.url(),
+        status: tx.status,
+        stream_id: tx.stream_id,
+        url_rule: done.url_rule.as_ref().map(|hit| hit.rule.clone()),
+        url_action: done.url_rule.as_ref().map(|hit| hit.action.as_str().to_string()),
+        blocked: done.blocked,
+    }
+}
+
+/// How many finished transactions a session keeps for `loupectl session ID`.
+const RECENT_TRANSACTIONS: usize = 4;
+
+/// What looks at a decrypted session's plaintext.
+enum SessionInspector {
+    /// `[inspection] http = false`: bytes are counted, nothing else.
+    Counting(PlaintextCounter),
+    Http(Box<HttpInspector>),
+}
+
+impl SessionInspector {
+    fn for_policy(policy: &Policy) -> SessionInspector {
+        if policy.inspection.http {
+            let engine = HttpInspector::new(policy.inspect_settings.clone(), policy.url_rules.clone());
+            SessionInspector::Http(Box::new(engine))
+        } else {
+            SessionInspector::Counting(PlaintextCounter::default())
+        }
+    }
+
+    fn http(&self) -> Option<&HttpInspector> {
+        match self {
+            SessionInspector::Http(engine) => Some(engine),
+            SessionInspector::Counting(_) => None,
+        }
+    }
+}
+
+impl Inspector for SessionInspector {
+    fn established(&mut self, client_alpn: Option<&str>) {
+        match self {
+            SessionInspector::Counting(counter) => counter.established(client_alpn),
+            SessionInspector::Http(engine) => engine.established(client_alpn),
+        }
+    }
+
+    fn client_to_server(&mut self, plaintext: &[u8], relay: &mut Relay<'_>) -> Pass {
+        match self {
+            SessionInspector::Counting(counter) => counter.client_to_server(plaintext, relay),
+            SessionInspector::Http(engine) => engine.client_to_server(plaintext, relay),
+        }
+    }
+
+    fn server_to_client(&mut self, plaintext: &[u8], relay: &mut Relay<'_>) -> Pass {
+        match self {
+            SessionInspector::Counting(counter) => counter.server_to_client(plaintext, relay),
+            SessionInspector::Http(engine) => engine.server_to_client(plaintext, relay),
+        }
+    }
+
+    fn client_ended(&mut self, relay: &mut Relay<'_>) {
+        match self {
+            SessionInspector::Counting(counter) => counter.client_ended(relay),
+            SessionInspector::Http(engine) => engine.client_ended(relay),
+        }
+    }
+
+    fn server_ended(&mut self, relay: &mut Relay<'_>) {
+        match self {
+            SessionInspector::Counting(counter) => counter.server_ended(relay),
+            SessionInspector::Http(engine) => engine.server_ended(relay),
+        }
+    }
 }
 
 /// Alert sent to a client that offers no TLS version the profile allows.
@@ -159,7 +248,12 @@ pub struct Session {
     key: FlowKey,
     stream: Stream,
     hello: Option<ClientHello>,
-    inspector: PlaintextCounter,
+    inspector: SessionInspector,
+    /// The plaintext as synthetic TCP packets, when the session's rule exports pcap.
+    export: Option<Box<SessionExport>>,
+    /// Transactions finished so far, and the last few of them.
+    transactions: u64,
+    recent: VecDeque<InspectedTransaction>,
     client_fin_told: bool,
     server_fin_told: bool,
     pub packets: ByteCounts,
@@ -180,6 +274,7 @@ impl Session {
             }
             None => Stream::AwaitingHello(ClientHelloReader::new()),
         };
+        let inspector = SessionInspector::for_policy(&policy);
         Session {
             id,
             policy,
@@ -187,7 +282,10 @@ impl Session {
             key,
             stream,
             hello: None,
-            inspector: PlaintextCounter::default(),
+            inspector,
+            export: None,
+            transactions: 0,
+            recent: VecDeque::new(),
             client_fin_told: false,
             server_fin_told: false,
             packets: ByteCounts::default(),
@@ -196,6 +294,103 @@ impl Session {
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Transactions finished since the last call (for the EVE log); the session keeps
+    /// the count and the last few for `loupectl`.
+    pub fn take_transactions(&mut self) -> Vec<InspectedTransaction> {
+        let SessionInspector::Http(engine) = &mut self.inspector else {
+            return Vec::new();
+        };
+        if !engine.has_finished() {
+            return Vec::new();
+        }
+        let finished = engine.take_finished();
+        self.transactions += finished.len() as u64;
+        for transaction in &finished {
+            if self.recent.len() == RECENT_TRANSACTIONS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(transaction.clone());
+        }
+        finished
+    }
+
+    /// Synthetic plaintext packets waiting to be written (rules with `export = ["pcap"]`).
+    pub fn take_export_packets(&mut self) -> Vec<SyntheticPacket> {
+        match &mut self.export {
+            Some(export) if export.pending_packets() > 0 => export.take_packets(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The flow ended: the synthetic flow closes too, with resets when the session failed.
+    pub fn close_export(&mut self, now: SystemTime) {
+        let failed = matches!(&self.stream, Stream::Decrypting(tls) if tls.outcome().is_some());
+        if let Some(export) = &mut self.export {
+            match failed {
+                true => export.reset(now, ExportSide::Server),
+                false => export.close(now),
+            }
+        }
+    }
+
+    /// Whether transactions finished that [`Session::take_transactions`] has not taken.
+    pub fn has_transactions(&self) -> bool {
+        self.inspector.http().is_some_and(HttpInspector::has_finished)
+    }
+
+    /// How many transactions finished, and the last few, oldest first.
+    pub fn transactions(&self) -> (u64, impl Iterator<Item = &InspectedTransaction>) {
+        (self.transactions, self.recent.iter())
+    }
+
+    /// The inspection engine of a decrypted session (None when HTTP is not inspected).
+    pub fn http_inspector(&self) -> Option<&HttpInspector> {
+        self.inspector.http()
+    }
+
+    /// The last transaction in a line, for `loupectl sessions`: `GET shop.example/a 200`.
+    pub fn last_http(&self) -> Option<String> {
+        let last = &self.recent.back()?.transaction;
+        let mut line = format!("{} {}{}", last.method, last.host.as_deref().unwrap_or(""), last.url());
+        if let Some(status) = last.status {
+            line.push_str(&format!(" {status}"));
+        }
+        Some(line)
+    }
+
+    /// What inspection saw, for `loupectl session ID`; None when the session never
+    /// reached its plaintext (or HTTP is not inspected).
+    pub fn http_detail(&self) -> Option<HttpDetail> {
+        let engine = self.inspector.http().filter(|_| self.decrypted_at_some_point())?;
+        Some(HttpDetail {
+            protocol: engine.protocol().as_str().to_string(),
+            transactions: self.transactions,
+            stopped: engine.stopped().map(str::to_string),
+            ended: engine.ended().map(str::to_string),
+            recent: self.recent.iter().map(http_line).collect(),
+        })
+    }
+
+    /// Whether both handshakes completed (the session may have failed or ended since).
+    fn decrypted_at_some_point(&self) -> bool {
+        matches!(&self.stream, Stream::Decrypting(tls) if tls.facts().client.version.is_some())
+    }
+
+    /// The inspection facts for the decryption log.
+    fn http_fact(&self) -> Option<HttpFact> {
+        let engine = self.inspector.http().filter(|_| self.decrypted_at_some_point())?;
+        let counts = engine.counts();
+        Some(HttpFact {
+            protocol: engine.protocol().as_str().to_string(),
+            transactions: self.transactions,
+            url_rule_hits: counts.url_rule_hits,
+            blocked: counts.blocked,
+            protocol_errors: counts.protocol_errors,
+            stopped: engine.stopped().map(str::to_string),
+            ended: engine.ended().map(str::to_string),
+        })
     }
 
     /// The session's state name, given its TCP pair's phase and `TcpPair::closing`.
@@ -267,6 +462,7 @@ impl Session {
         record.packets_client_to_server = self.packets.client_to_server;
         record.packets_server_to_client = self.packets.server_to_client;
         record.config_version = self.policy.version;
+        record.http = self.http_fact();
         let profile = self.profile();
         record.profile = profile.map(|p| p.name.clone());
         if let Some(decision) = &self.decision {
@@ -576,7 +772,13 @@ impl StreamPump for SessionPump<'_, '_> {
                             .at_hello(session.key.client, session.key.server, hello.sni.as_deref());
                     session.policy.count_hit(&decision);
                     tracing::debug!(flow = %session.key, ?decision, "policy decision");
-                    session.stream = start(&hello, reader.raw(), session.key.server, &decision);
+                    let exports = session.policy.exports(&decision);
+                    let keylog = session.policy.keylog.clone().filter(|_| exports.keylog);
+                    session.stream = start(&hello, reader.raw(), session.key.server, &decision, keylog);
+                    if exports.pcap && matches!(session.stream, Stream::Decrypting(_)) {
+                        let export = SessionExport::new(session.key.client, session.key.server);
+                        session.export = Some(Box::new(export));
+                    }
                     session.hello = Some(hello);
                     session.decision = Some(decision);
                 }
@@ -655,7 +857,13 @@ impl StreamPump for SessionPump<'_, '_> {
                 session.server_fin_told = true;
                 progress = true;
             }
-            tls.advance(self.env.certs, &mut session.inspector);
+            if let SessionInspector::Http(engine) = &mut session.inspector {
+                engine.set_now(self.env.now);
+            }
+            match &mut session.export {
+                Some(export) => tls.advance(self.env.certs, &mut export.tee(&mut session.inspector, self.env.now)),
+                None => tls.advance(self.env.certs, &mut session.inspector),
+            }
             let to_server = drain(server, tls.pending_to_server());
             tls.consume_to_server(to_server);
             let to_client = drain(client, tls.pending_to_client());
@@ -680,7 +888,13 @@ impl StreamPump for SessionPump<'_, '_> {
 }
 
 /// What the session becomes once policy decided on its ClientHello.
-fn start(hello: &ClientHello, raw: &[u8], server: std::net::SocketAddr, decision: &Decision) -> Stream {
+fn start(
+    hello: &ClientHello,
+    raw: &[u8],
+    server: std::net::SocketAddr,
+    decision: &Decision,
+    keylog: Option<Arc<KeyLog>>,
+) -> Stream {
     let alert = |code: u8| {
         let [major, minor] = hello.max_version().clamp(0x0301, 0x0303).to_be_bytes();
         [21, major, minor, 0, 2, 2, code]
@@ -716,7 +930,7 @@ fn start(hello: &ClientHello, raw: &[u8], server: std::net::SocketAddr, decision
             },
         };
     }
-    let tls = SplitTls::start_with(hello, raw, server, &profile.context, decision.inbound.clone());
+    let tls = SplitTls::start_with(hello, raw, server, &profile.context, decision.inbound.clone(), keylog);
     Stream::Decrypting(Box::new(tls))
 }
 
@@ -975,19 +1189,19 @@ mod tests {
         let h = hello(0x0304, &[0x1301]);
         let server = "198.18.0.2:443".parse().unwrap();
         assert!(matches!(
-            start(&h, b"raw", server, &decision(RuleAction::NoDecrypt)),
+            start(&h, b"raw", server, &decision(RuleAction::NoDecrypt), None),
             Stream::Spliced { reason: SpliceReason::Policy, ref head, .. } if head == b"raw"
         ));
-        match start(&h, b"raw", server, &decision(RuleAction::Block)) {
+        match start(&h, b"raw", server, &decision(RuleAction::Block), None) {
             Stream::Blocked { alert, .. } => assert_eq!(alert, [21, 3, 3, 0, 2, 2, ALERT_ACCESS_DENIED]),
             _ => panic!("a block rule blocks"),
         }
         assert!(matches!(
-            start(&h, b"", server, &decision(RuleAction::Decrypt)),
+            start(&h, b"", server, &decision(RuleAction::Decrypt), None),
             Stream::Decrypting(_)
         ));
         assert!(matches!(
-            start(&hello(0x0301, &[CBC_SHA]), b"", server, &decision(RuleAction::Decrypt)),
+            start(&hello(0x0301, &[CBC_SHA]), b"", server, &decision(RuleAction::Decrypt), None),
             Stream::Blocked { reason: BlockReason::ClientUnsupported(_), alert, .. } if alert[6] == ALERT_PROTOCOL_VERSION
         ));
     }

@@ -12,6 +12,7 @@ use crate::capture::{CaptureTap, SniKnowledge};
 use crate::flow::FlowKey;
 use crate::frame::{write_ethernet_header, MacAddr, ETHERNET_HEADER_LEN};
 use crate::xsk::XskPort;
+use loupe_control::protocol::CaptureLeg;
 
 /// IP MTU of the ports (Ethernet payload).
 pub const IP_MTU: usize = 1500;
@@ -37,6 +38,8 @@ pub struct FlowTap<'a> {
     pub tap: &'a CaptureTap,
     pub key: FlowKey,
     pub sni: SniKnowledge<'a>,
+    /// Which of the flow's two connections the frames belong to.
+    pub leg: CaptureLeg,
 }
 
 pub struct PacketRx<'a>(&'a [u8]);
@@ -63,7 +66,7 @@ impl phy::TxToken for FrameTx<'_> {
             let result = (f.take().expect("called once"))(packet);
             write_ethernet_header(header, l2.dst, l2.src, packet[0] >> 4);
             if let Some(t) = tap {
-                t.tap.frame(t.key, t.sni, frame);
+                t.tap.frame(t.key, t.sni, t.leg, frame);
             }
             result
         });

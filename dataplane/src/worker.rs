@@ -10,14 +10,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use loupe_control::protocol::{FlowView, SessionDetail, SessionFilter, SessionSummary, WorkerQuery, WorkerReport};
+use loupe_control::protocol::{
+    CaptureLeg, FlowView, SessionDetail, SessionFilter, SessionSummary, WorkerQuery, WorkerReport,
+};
 
 use smoltcp::iface::Interface;
 use smoltcp::socket::tcp::State as TcpState;
 use smoltcp::time::{Duration, Instant};
 use xdpilone::xdp::XdpDesc;
 
+use crate::capture::plaintext::PlaintextTap;
 use crate::capture::CaptureTap;
+use crate::eve::{self, EveFlow, EveLog, HttpLoupeFacts, UrlRuleVerdict};
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{parse_tcp_frame, MacAddr};
 use crate::policy::{ExclusionKey, Policy};
@@ -26,7 +30,7 @@ use crate::relay::{ByteCounts, EndReason, Phase, TcpPair, LINGER};
 use crate::session::{Session, SessionState, TlsEnv};
 use crate::tcp_device::{transparent_interface, FlowTap, FrameDevice, L2Header};
 use crate::tls::forge::Forger;
-use crate::tls::record::{rfc3339_utc_ms, DecryptionLog, DecryptionRecord, NegotiatedFact, Outcome};
+use crate::tls::record::{rfc3339_utc_ms, Action, DecryptionLog, DecryptionRecord, NegotiatedFact, Outcome};
 use crate::xsk::{XskDrops, XskPort, BATCH};
 use crossbeam_channel::{Receiver, Sender};
 
@@ -108,6 +112,15 @@ pub struct WorkerStats {
     pub load_permille: AtomicU64,
     /// Presented chains the control thread could not be given (its queue was full or gone).
     pub chains_dropped: AtomicU64,
+    /// HTTP transactions seen in decrypted sessions, and of those, requests a URL rule
+    /// matched and requests loupe answered itself (blocked).
+    pub http_transactions: AtomicU64,
+    pub url_rule_hits: AtomicU64,
+    pub http_blocked: AtomicU64,
+    /// Sessions whose HTTP inspection stopped on malformed HTTP/1.1 or HTTP/2.
+    pub http_protocol_errors: AtomicU64,
+    /// EVE events that could not be written.
+    pub eve_write_errors: AtomicU64,
 }
 
 /// What a worker needs to split TLS: built once by the daemon, one per worker.
@@ -115,6 +128,10 @@ pub struct WorkerTls {
     /// Clones share the CA, the leaf key and the certificate cache.
     pub forger: Forger,
     pub log: Arc<DecryptionLog>,
+    /// `<log-dir>/eve.json`, shared by all workers; each writes whole lines in batches.
+    pub eve: Arc<EveLog>,
+    /// The plaintext pcap writer, when a rule exports pcap (`[export]`).
+    pub export: Option<PlaintextTap>,
 }
 
 /// How a worker follows the policy: the current snapshot, newer ones from the control
@@ -229,6 +246,8 @@ pub struct Worker {
     /// to reuse its allocation).
     next_sweep: Instant,
     expiring: Vec<(FlowId, EndReason)>,
+    /// EVE lines of this round, written with one append after it.
+    eve_batch: Vec<u8>,
 }
 
 impl Worker {
@@ -284,6 +303,7 @@ impl Worker {
             toward_servers: None,
             next_sweep: now + SWEEP_INTERVAL,
             expiring: Vec::with_capacity(max_flows),
+            eve_batch: Vec::new(),
         }
     }
 
@@ -336,6 +356,7 @@ impl Worker {
                 self.sweep_timeouts(now);
             }
             self.service_ready(now);
+            self.flush_eve();
             if !self.probes.is_empty() {
                 self.probes
                     .service(&mut self.server_iface, &mut self.ports, now, &mut self.probe_done);
@@ -436,9 +457,14 @@ impl Worker {
             tap,
             key,
             sni: flow.session.sni_knowledge(),
+            // A frame from the client, and loupe's answers to it, are the client leg.
+            leg: match direction {
+                Direction::ClientToServer => CaptureLeg::Client,
+                Direction::ServerToClient => CaptureLeg::Server,
+            },
         });
         if let Some(t) = tap {
-            t.tap.frame(t.key, t.sni, frame);
+            t.tap.frame(t.key, t.sni, t.leg, frame);
         }
         match direction {
             Direction::ClientToServer => {
@@ -569,8 +595,21 @@ impl Worker {
         let before = flow.pair.bytes;
         let env = TlsEnv {
             certs: &mut self.tls.forger,
+            now: SystemTime::now(),
         };
         flow.pair.relay(&mut flow.session.pump(env));
+        if let Some(tap) = &self.tls.export {
+            let packets = flow.session.take_export_packets();
+            if !packets.is_empty() {
+                tap.send(packets);
+            }
+        }
+        if flow.session.has_transactions() {
+            let key = self.flows.key(id);
+            if let Some(flow) = self.flows.get_mut(id) {
+                queue_http_events(&mut flow.session, key, &mut self.eve_batch, &self.stats);
+            }
+        }
         let mut more = false;
         let tap = match (&self.capture, self.flows.key(id)) {
             (Some(tap), Some(key)) => Some((tap, key)),
@@ -581,6 +620,11 @@ impl Worker {
             tap,
             key,
             sni: flow.session.sni_knowledge(),
+            leg: CaptureLeg::Client,
+        });
+        let server_tap = tap.map(|t| FlowTap {
+            leg: CaptureLeg::Server,
+            ..t
         });
         {
             let mut device = FrameDevice {
@@ -596,7 +640,7 @@ impl Worker {
                 ingress: None,
                 port: &mut self.ports[1 - flow.client_port],
                 l2: flow.toward_server(),
-                tap,
+                tap: server_tap,
             };
             more |= egress(&mut self.server_iface, &mut device, &mut flow.pair.server, now);
         }
@@ -618,6 +662,13 @@ impl Worker {
         if flow.release_at.is_some_and(|at| at <= now) {
             let reason = flow.pair.end_reason.unwrap_or(EndReason::Closed);
             let bytes = flow.pair.bytes;
+            if let Some(tap) = &self.tls.export {
+                flow.session.close_export(SystemTime::now());
+                let packets = flow.session.take_export_packets();
+                if !packets.is_empty() {
+                    tap.send(packets);
+                }
+            }
             let (record, input) = flow.session.record(Some(reason), bytes);
             if let Some((key, why)) = flow.session.exclusion() {
                 tracing::info!(server = %key, %why, "excluding the server from decryption");
@@ -630,6 +681,7 @@ impl Worker {
                 input,
                 started: flow.started,
                 presented_chain: flow.session.take_presented_chain(),
+                http: flow.session.http_detail(),
             };
             let probe_from = flow.session.server_refused_handshake().then(|| {
                 (
@@ -780,12 +832,28 @@ impl Worker {
     /// Writes a session's record, counts it, keeps its detail in the ring of ended
     /// sessions, and hands the control thread the chain of a server that did not verify.
     /// Runs once per session (allocating is fine here, not per packet).
+    /// Writes this round's EVE lines: one append, whole lines only.
+    fn flush_eve(&mut self) {
+        if self.eve_batch.is_empty() {
+            return;
+        }
+        if let Err(err) = self.tls.eve.write_lines(&self.eve_batch) {
+            WorkerStats::add(&self.stats.eve_write_errors, 1);
+            tracing::error!(%err, "EVE log write failed");
+        }
+        self.eve_batch.clear();
+        if self.eve_batch.capacity() > EVE_BATCH_KEEP {
+            self.eve_batch = Vec::new();
+        }
+    }
+
     fn log_session(&mut self, pending: PendingRecord) {
         let PendingRecord {
             mut record,
             input,
             started,
             presented_chain,
+            http,
         } = pending;
         record.explain(&input);
         let record = &record;
@@ -798,7 +866,11 @@ impl Worker {
         WorkerStats::add(counter, 1);
         self.tally.count(record);
         let now = self.now();
-        self.ended.push(ended_detail(record, self.settings.queue, started), now);
+        let detail = SessionDetail {
+            http,
+            ..ended_detail(record, self.settings.queue, started)
+        };
+        self.ended.push(detail, now);
         let verify_failed = record.verify.as_ref().is_some_and(|v| !v.trusted || v.code != 0);
         // Without a chain there is nothing the operator could accept.
         if verify_failed && !presented_chain.is_empty() {
@@ -813,6 +885,20 @@ impl Worker {
                 WorkerStats::add(&self.stats.chains_dropped, 1);
             }
         }
+        if record.sni.is_some() || record.server_leg.version.is_some() {
+            let flow = EveFlow {
+                flow_id: record.session_id,
+                session_id: record.session_id,
+                client: record.client(),
+                server: record.server(),
+            };
+            let event = eve::tls_event(SystemTime::now(), &flow, record);
+            queue_eve(&mut self.eve_batch, &event, &self.stats);
+        }
+        if record.http.as_ref().is_some_and(|http| http.protocol_errors > 0) {
+            WorkerStats::add(&self.stats.http_protocol_errors, 1);
+        }
+        self.flush_eve();
         // Last: whoever reads the record can already see the session and fetch its chain.
         if let Err(err) = self.tls.log.write(record) {
             WorkerStats::add(&self.stats.log_write_errors, 1);
@@ -893,6 +979,8 @@ impl Worker {
                 bytes_client_to_server: flow.pair.bytes.client_to_server,
                 bytes_server_to_client: flow.pair.bytes.server_to_client,
                 age_secs: elapsed_secs(flow.opened, now),
+                transactions: flow.session.transactions().0,
+                last_http: flow.session.last_http(),
             })
             .collect()
     }
@@ -933,6 +1021,7 @@ impl Worker {
             rule: flow.session.rule().map(str::to_string),
             action: flow.session.action().map(|a| a.as_str().to_string()),
             decrypted: flow.session.decrypted(),
+            http: flow.session.http_detail(),
             ..session_detail(&record, self.settings.queue, tcp)
         }
     }
@@ -1058,6 +1147,62 @@ struct TcpFacts {
     idle_timeout_secs: u64,
 }
 
+/// A round's EVE lines beyond this much capacity are not kept for the next round.
+const EVE_BATCH_KEEP: usize = 256 * 1024;
+
+/// Appends `event` as one line to `batch`; a serialization failure leaves `batch` as it was.
+fn queue_eve<E: serde::Serialize>(batch: &mut Vec<u8>, event: &E, stats: &WorkerStats) {
+    let mark = batch.len();
+    match serde_json::to_writer(&mut *batch, event) {
+        Ok(()) => batch.push(b'\n'),
+        Err(err) => {
+            batch.truncate(mark);
+            WorkerStats::add(&stats.eve_write_errors, 1);
+            tracing::error!(%err, "EVE event not serializable");
+        }
+    }
+}
+
+/// Queues an EVE `http` event for each transaction the session finished, and counts them.
+fn queue_http_events(session: &mut Session, key: Option<FlowKey>, batch: &mut Vec<u8>, stats: &WorkerStats) {
+    let transactions = session.take_transactions();
+    let Some(key) = key.filter(|_| !transactions.is_empty()) else {
+        return;
+    };
+    let flow = EveFlow {
+        flow_id: session.id(),
+        session_id: session.id(),
+        client: key.client,
+        server: key.server,
+    };
+    let rule = session.rule().unwrap_or("default");
+    let action = session.action().unwrap_or(Action::Decrypt);
+    for done in &transactions {
+        let facts = HttpLoupeFacts {
+            rule,
+            action,
+            url_rule: done.url_rule.as_ref().map(|hit| UrlRuleVerdict {
+                name: &hit.rule,
+                action: hit.action.as_str(),
+            }),
+            transaction: done.index,
+            blocked: done.blocked,
+            request_start: done.request_start,
+            response_first_byte: done.response_first_byte,
+            end: done.end,
+        };
+        let at = done.end.unwrap_or_else(SystemTime::now);
+        queue_eve(batch, &eve::http_event(at, &flow, &done.transaction, &facts), stats);
+        WorkerStats::add(&stats.http_transactions, 1);
+        if done.url_rule.is_some() {
+            WorkerStats::add(&stats.url_rule_hits, 1);
+        }
+        if done.blocked {
+            WorkerStats::add(&stats.http_blocked, 1);
+        }
+    }
+}
+
 /// A session's detail from its record (live: `Session::live_record`; ended: the final,
 /// explained one) and its TCP facts.
 fn session_detail(record: &DecryptionRecord, worker: u32, tcp: TcpFacts) -> SessionDetail {
@@ -1104,6 +1249,7 @@ fn session_detail(record: &DecryptionRecord, worker: u32, tcp: TcpFacts) -> Sess
         error: record.error.clone(),
         end_reason: (!tcp.live).then(|| record.end_reason.clone()),
         config_version: record.config_version,
+        http: None,
     }
 }
 
@@ -1347,6 +1493,7 @@ mod tests {
             not_before: String::new(),
             not_after: String::new(),
             sha256: String::new(),
+            sha1: String::new(),
             serial: String::new(),
         });
         r.verify = Some(VerifyFact {

@@ -4,8 +4,6 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/tls/mod.rs"]
-#[allow(dead_code)]
 mod tls;
 
 use tls::client_hello::{ClientHello, ClientHelloError, ClientHelloReader};

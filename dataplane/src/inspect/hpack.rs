@@ -1,4 +1,6 @@
-//! HPACK (RFC 7541) header block decoder, one per direction of an HTTP/2 connection.
+//! HPACK (RFC 7541) header block decoder, one per direction of an HTTP/2 connection, and
+//! [`HpackEncoder`], an encoder that never adds to the peer's dynamic table (loupe uses it
+//! when it must write header blocks itself: see `inspect::http2`).
 //!
 //! Sans-IO: complete header blocks in, header lists out. Memory is bounded by
 //! [`HpackLimits`]: the dynamic table never holds more than `max_table_size` bytes (RFC 7541
@@ -179,6 +181,18 @@ impl HpackDecoder {
         self.table.size
     }
 
+    /// The dynamic table's entries as (name, value), newest first: the first is index 62.
+    pub fn dynamic_entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        (0..self.table.entries.len()).filter_map(|index| self.table.get(index))
+    }
+
+    /// How many entries have entered the dynamic table since the decoder was made. The
+    /// difference across one block tells how many of the newest entries that block added,
+    /// which is how a caller finds the table as it stood before the block.
+    pub fn insertions(&self) -> u64 {
+        self.table.insertions
+    }
+
     fn decode_block(&mut self, block: &[u8]) -> Result<Vec<HeaderField>, HpackError> {
         let mut reader = BlockReader { block, pos: 0 };
         let mut fields = Vec::new();
@@ -314,6 +328,8 @@ struct DynamicTable {
     size: usize,
     /// The maximum size the encoder last set.
     capacity: usize,
+    /// Entries added since the table was made (evicted or not).
+    insertions: u64,
 }
 
 impl DynamicTable {
@@ -322,6 +338,7 @@ impl DynamicTable {
             entries: VecDeque::new(),
             size: 0,
             capacity,
+            insertions: 0,
         }
     }
 
@@ -347,6 +364,7 @@ impl DynamicTable {
         let bytes: Box<[u8]> = [name, value].concat().into_boxed_slice();
         self.entries.push_front((bytes, name.len()));
         self.size += entry_size;
+        self.insertions += 1;
     }
 
     fn evict_down_to(&mut self, target: usize) {
@@ -437,6 +455,175 @@ impl BlockReader<'_> {
         } else {
             Ok(raw.to_vec())
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoder
+
+/// An HPACK encoder that never inserts into the peer's dynamic table.
+///
+/// Each field is written as an indexed field when the static table, or a dynamic entry the
+/// encoder knows the peer's decoder holds, has it whole; otherwise as a literal without
+/// indexing (naming a table entry when one has the name); a field the sender marked
+/// sensitive stays "never indexed" (RFC 7541 §6.2.3). Strings are Huffman-coded when that
+/// is shorter. Since nothing is ever added, the peer's table only changes through the
+/// dynamic table size updates this encoder writes, and any number of blocks may be encoded
+/// without knowing what the peer's own encoder state is.
+#[derive(Debug)]
+pub struct HpackEncoder {
+    /// The newest entries of the peer decoder's table, which blocks may reference; the
+    /// peer may hold older ones too, unknown and never referenced. `capacity` is the
+    /// maximum size the peer's table has as far as this encoder set it.
+    table: DynamicTable,
+    /// A dynamic table size update the next block must start with.
+    pending_size_update: Option<usize>,
+}
+
+impl Default for HpackEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HpackEncoder {
+    /// An encoder that references the static table only (the peer's dynamic table is
+    /// unknown or empty) and writes no size update.
+    pub fn new() -> Self {
+        HpackEncoder {
+            table: DynamicTable::new(DEFAULT_TABLE_SIZE),
+            pending_size_update: None,
+        }
+    }
+
+    /// Takes over a direction whose blocks another encoder wrote until now. `entries` are
+    /// (name, value) of the peer decoder's table, newest first, as far as known (a prefix
+    /// of it: any older entries the peer holds are simply never referenced). The first
+    /// block starts with a dynamic table size update to `capacity`, which must be at most
+    /// the peer's SETTINGS_HEADER_TABLE_SIZE in effect: this meets any update the peer
+    /// awaits, and evicts the known entries that would not fit as the peer evicts them.
+    pub fn resume<'a>(entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>, capacity: usize) -> Self {
+        let mut table = DynamicTable::new(usize::MAX);
+        for (name, value) in entries {
+            // Appended oldest-last: the order the peer's table has them.
+            let bytes: Box<[u8]> = [name, value].concat().into_boxed_slice();
+            table.entries.push_back((bytes, name.len()));
+            table.size = table.size.saturating_add(field_size(name.len(), value.len()));
+        }
+        table.set_capacity(capacity);
+        HpackEncoder {
+            table,
+            pending_size_update: Some(capacity),
+        }
+    }
+
+    /// The peer's SETTINGS_HEADER_TABLE_SIZE changed, acknowledged (the decoder side's
+    /// [`HpackDecoder::set_max_table_size`]). A value below the table's current maximum
+    /// makes the next block start with a size update to it (RFC 7541 §4.2); a larger one
+    /// changes nothing, since this encoder has no use for more room.
+    pub fn set_max_table_size(&mut self, size: usize) {
+        if size < self.table.capacity {
+            self.table.set_capacity(size);
+            self.pending_size_update = Some(size);
+        }
+    }
+
+    /// Bytes of the known dynamic entries (RFC 7541 §4.1 size), for memory accounting.
+    pub fn table_size(&self) -> usize {
+        self.table.size
+    }
+
+    /// Appends one header block carrying `fields` to `out`.
+    pub fn encode(&mut self, fields: &[HeaderField], out: &mut Vec<u8>) {
+        if let Some(size) = self.pending_size_update.take() {
+            encode_integer(out, 0b0010_0000, 5, size);
+        }
+        for field in fields {
+            self.encode_field(field, out);
+        }
+    }
+
+    fn encode_field(&self, field: &HeaderField, out: &mut Vec<u8>) {
+        let (whole, name_index) = self.find(&field.name, &field.value);
+        if field.sensitive {
+            // §6.2.3: never indexed, whatever the tables hold, so that intermediaries
+            // downstream keep it out of their tables too.
+            encode_literal(out, 0b0001_0000, name_index, field);
+            return;
+        }
+        match whole {
+            Some(index) => encode_integer(out, 0b1000_0000, 7, index),
+            None => encode_literal(out, 0b0000_0000, name_index, field),
+        }
+    }
+
+    /// The 1-based index of an entry holding the whole field, and of one holding its
+    /// name (0 = none); the static table is preferred, as it cannot be evicted.
+    fn find(&self, name: &[u8], value: &[u8]) -> (Option<usize>, usize) {
+        let mut name_index = 0;
+        for (position, (entry_name, entry_value)) in STATIC_TABLE.iter().enumerate() {
+            if *entry_name == name {
+                if *entry_value == value {
+                    return (Some(position + 1), position + 1);
+                }
+                if name_index == 0 {
+                    name_index = position + 1;
+                }
+            }
+        }
+        for position in 0..self.table.entries.len() {
+            let Some((entry_name, entry_value)) = self.table.get(position) else {
+                break;
+            };
+            if entry_name == name {
+                let index = STATIC_TABLE.len() + 1 + position;
+                if entry_value == value {
+                    return (Some(index), index);
+                }
+                if name_index == 0 {
+                    name_index = index;
+                }
+            }
+        }
+        (None, name_index)
+    }
+}
+
+/// A literal field (§6.2.2 or §6.2.3: 4-bit name index prefix): the name by index when
+/// `name_index` is not 0, else as a string, then the value.
+fn encode_literal(out: &mut Vec<u8>, flags: u8, name_index: usize, field: &HeaderField) {
+    encode_integer(out, flags, 4, name_index);
+    if name_index == 0 {
+        encode_string(out, &field.name);
+    }
+    encode_string(out, &field.value);
+}
+
+/// An integer with an N-bit prefix (§5.1); `flags` are the first byte's bits above it.
+fn encode_integer(out: &mut Vec<u8>, flags: u8, prefix_bits: u8, value: usize) {
+    let prefix_max = usize::from(u8::MAX >> (8 - prefix_bits));
+    if value < prefix_max {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | prefix_max as u8);
+    let mut rest = value - prefix_max;
+    while rest >= 0x80 {
+        out.push(0x80 | (rest & 0x7f) as u8);
+        rest >>= 7;
+    }
+    out.push(rest as u8);
+}
+
+/// A string literal (§5.2), Huffman-coded when that is shorter.
+fn encode_string(out: &mut Vec<u8>, text: &[u8]) {
+    let coded_len = huffman_encoded_len(text);
+    if coded_len < text.len() {
+        encode_integer(out, 0b1000_0000, 7, coded_len);
+        huffman_encode(text, out);
+    } else {
+        encode_integer(out, 0, 7, text.len());
+        out.extend_from_slice(text);
     }
 }
 
@@ -628,4 +815,51 @@ fn huffman_decode(coded: &[u8], budget: usize) -> Result<Vec<u8>, HuffmanFault> 
         return Err(HuffmanFault::PaddingNotOnes);
     }
     Ok(decoded)
+}
+
+/// Each symbol's code (its `HUFFMAN_CODE_LENGTHS` low bits): the canonical code gives the
+/// symbols of one length consecutive codes in symbol order, from that length's first code.
+const fn build_huffman_codes() -> [u32; 257] {
+    let canonical = build_canonical_huffman();
+    let mut next_code = canonical.first_code;
+    let mut codes = [0u32; 257];
+    let mut symbol = 0;
+    while symbol < 257 {
+        let length = HUFFMAN_CODE_LENGTHS[symbol] as usize;
+        codes[symbol] = next_code[length];
+        next_code[length] += 1;
+        symbol += 1;
+    }
+    codes
+}
+
+static HUFFMAN_CODES: [u32; 257] = build_huffman_codes();
+
+/// Bytes `text` takes Huffman-coded, padding included.
+fn huffman_encoded_len(text: &[u8]) -> usize {
+    let bits: usize = text
+        .iter()
+        .map(|&byte| usize::from(HUFFMAN_CODE_LENGTHS[usize::from(byte)]))
+        .sum();
+    bits.div_ceil(8)
+}
+
+/// Appends `text` Huffman-coded (§5.2), padded with the most significant bits of EOS (ones).
+fn huffman_encode(text: &[u8], out: &mut Vec<u8>) {
+    // Bits not yet written, in the low `pending` bits: at most 7 plus one 30-bit code.
+    let mut bits = 0u64;
+    let mut pending = 0u32;
+    for &byte in text {
+        let length = u32::from(HUFFMAN_CODE_LENGTHS[usize::from(byte)]);
+        bits = (bits << length) | u64::from(HUFFMAN_CODES[usize::from(byte)]);
+        pending += length;
+        while pending >= 8 {
+            pending -= 8;
+            out.push((bits >> pending) as u8);
+        }
+        bits &= (1u64 << pending) - 1;
+    }
+    if pending > 0 {
+        out.push(((bits << (8 - pending)) as u8) | (0xff >> pending));
+    }
 }

@@ -190,11 +190,12 @@ impl Http1Problem {
 /// connection from 0 in request order; offsets are client stream offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Http1Event {
-    /// A request head is complete and ends at `head_end`: the caller may judge it (URL
-    /// rules) and then release the client bytes up to there. `request` has the request's
+    /// A request head is complete: it spans `head_start..head_end` of the client stream.
+    /// The caller may judge it (URL rules) and then release the client bytes up to there. `request` has the request's
     /// side of the transaction filled.
     RequestHead {
         index: u64,
+        head_start: u64,
         head_end: u64,
         request: Box<Transaction>,
     },
@@ -534,6 +535,7 @@ impl Http1Connection {
         self.next_request_index += 1;
         events.push(Http1Event::RequestHead {
             index,
+            head_start,
             head_end: self.client.offset,
             request: Box::new(request.transaction.clone()),
         });

@@ -1008,6 +1008,7 @@ mod tests {
             not_before: "2024-01-01T00:00:00Z".to_string(),
             not_after: "2025-01-01T00:00:00Z".to_string(),
             sha256: "ab".repeat(32),
+            sha1: "cd".repeat(20),
             serial: "01".to_string(),
         }
     }

@@ -5,6 +5,7 @@ pub mod ca;
 pub mod client_hello;
 pub mod diagnosis;
 pub mod forge;
+pub mod keylog;
 pub mod names;
 pub mod ocsp;
 pub mod offer;

@@ -72,6 +72,10 @@ pub struct CertFact {
     pub not_after: String,
     /// Lowercase hex of the DER's SHA-256.
     pub sha256: String,
+    /// Lowercase hex of the DER's SHA-1: what Suricata's EVE `tls.fingerprint` shows
+    /// (`eve.rs`). Empty in records written before it was kept.
+    #[serde(default)]
+    pub sha1: String,
     pub serial: String,
 }
 
@@ -89,6 +93,23 @@ pub struct NegotiatedFact {
     /// key share for another group): one extra round trip.
     #[serde(default)]
     pub hello_retry: bool,
+}
+
+/// HTTP inspection of one decrypted session, for its decryption record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpFact {
+    /// `http/1.1`, `h2`, or `unknown` (the plaintext was neither: relayed unchanged).
+    pub protocol: String,
+    pub transactions: u64,
+    /// Requests a URL rule matched, and those loupe answered itself.
+    pub url_rule_hits: u64,
+    pub blocked: u64,
+    pub protocol_errors: u64,
+    /// Why inspection stopped while the bytes went on uninspected (e.g. `http2
+    /// COMPRESSION_ERROR in HEADERS of stream 5`).
+    pub stopped: Option<String>,
+    /// Why inspection ended the session (a blocked request, a refused message).
+    pub ended: Option<String>,
 }
 
 /// What loupe made of the OCSP response the server stapled (it always asks for one).
@@ -341,6 +362,11 @@ pub struct DecryptionRecord {
     pub end_reason: String,
     /// Version of the configuration snapshot the session was decided under.
     pub config_version: u64,
+    /// What HTTP inspection saw in the decrypted stream; null when the session was not
+    /// decrypted or HTTP is not inspected. Its transactions are in `eve.json`, joined by
+    /// `loupe.session_id`.
+    #[serde(default)]
+    pub http: Option<HttpFact>,
     /// The one-line technical error (`certificate verify failed: … (code 18, depth 0)`,
     /// `alert received from server: fatal handshake_failure (40)`); null when none.
     pub error: Option<String>,
@@ -381,6 +407,7 @@ impl DecryptionRecord {
             packets_server_to_client: 0,
             end_reason: String::new(),
             config_version: 0,
+            http: None,
             error: None,
             diagnosis: None,
             remedy: None,
@@ -560,6 +587,7 @@ mod tests {
             not_before: "2025-01-01T00:00:00Z".to_string(),
             not_after: "2026-01-01T00:00:00Z".to_string(),
             sha256: "0f".repeat(32),
+            sha1: "0e".repeat(20),
             serial: "1a2b".to_string(),
         }
     }
@@ -733,6 +761,7 @@ mod tests {
             "packets_server_to_client",
             "end_reason",
             "config_version",
+            "http",
             "error",
             "diagnosis",
             "remedy",

@@ -55,11 +55,13 @@ use boring::x509::{X509NameRef, X509Ref, X509StoreContext, X509VerifyError};
 
 use super::client_hello::ClientHello;
 use super::forge::{CertSource, ForgedCert, Verdict};
+use super::keylog::{self, KeyLog};
 use super::names;
 use super::ocsp::{check_staple, StapleVerdict};
 use super::offer::{signature_algorithm_id, ProfileOffer};
 use super::record::{AlertFact, CertFact, NegotiatedFact, OcspFact, OcspStatus, Peer, Stage, VerifyFact};
 use super::trust::PinnedLeafs;
+pub use crate::inspect::{Inspector, Pass, Relay};
 
 /// Cap of each of the four ciphertext queues (in and out, client and server side).
 pub const BUFFER_CAP: usize = 64 * 1024;
@@ -552,6 +554,12 @@ impl SplitTlsContext {
             let key = extra.key.clone();
             lock(&cache).insert(key, CachedSession { session, verify });
         });
+        // The key-log callback is on every context; it writes only for connections whose
+        // rule exports keys (`keylog::enable`).
+        keylog::install(&mut up).map_err(|source| ProfileError::Boring {
+            what: "installing the key-log callback",
+            source,
+        })?;
         let upstream = up.build();
         let offer = ProfileOffer::new(
             profile.min_version,
@@ -665,6 +673,14 @@ unsafe extern "C" fn suspend_on_certificate_request(
     -1
 }
 
+/// `ssl`, writing its secrets to `keylog` when there is one.
+fn with_keylog(mut ssl: Ssl, keylog: Option<Arc<KeyLog>>) -> Result<Ssl, String> {
+    if let Some(log) = keylog {
+        keylog::enable(&mut ssl, log).map_err(|e| format!("enabling the key log: {e}"))?;
+    }
+    Ok(ssl)
+}
+
 /// The client-leg `Ssl`: presents `forged`, offers the server's ALPN choice.
 fn client_ssl(ctx: &SslContext, forged: &ForgedCert, upstream_alpn: Option<Vec<u8>>) -> Result<Ssl, String> {
     let index = ex_index(&CLIENT_EXTRA).map_err(|e| format!("allocating TLS state: {e}"))?;
@@ -705,6 +721,7 @@ fn client_context(
             .and_then(|protocol| find_alpn(client_list, protocol))
             .ok_or(AlpnError::NOACK)
     });
+    keylog::install(&mut builder).map_err(boring("installing the key-log callback"))?;
     Ok(builder.build())
 }
 
@@ -749,14 +766,8 @@ fn verify_reason(code: i32) -> String {
 // Inspection
 // ---------------------------------------------------------------------------------------
 
-/// Sees every plaintext byte, in order, once. Today it only counts; the HTTP parser and
-/// signature matcher plug in here.
-pub trait Inspector {
-    fn client_to_server(&mut self, plaintext: &[u8]);
-    fn server_to_client(&mut self, plaintext: &[u8]);
-}
-
-/// Counts plaintext bytes each way.
+/// Counts plaintext bytes each way and lets every byte through: the inspector of
+/// sessions whose HTTP is not inspected, and of tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PlaintextCounter {
     pub client_to_server: u64,
@@ -764,12 +775,14 @@ pub struct PlaintextCounter {
 }
 
 impl Inspector for PlaintextCounter {
-    fn client_to_server(&mut self, plaintext: &[u8]) {
+    fn client_to_server(&mut self, plaintext: &[u8], _relay: &mut Relay<'_>) -> Pass {
         self.client_to_server += plaintext.len() as u64;
+        Pass::Forward
     }
 
-    fn server_to_client(&mut self, plaintext: &[u8]) {
+    fn server_to_client(&mut self, plaintext: &[u8], _relay: &mut Relay<'_>) -> Pass {
         self.server_to_client += plaintext.len() as u64;
+        Pass::Forward
     }
 }
 
@@ -831,6 +844,8 @@ pub struct SessionFacts {
     pub client_end: Option<LegEnd>,
     pub server_end: Option<LegEnd>,
     pub bytes: TlsBytes,
+    /// The inspector ended the session (a blocked request was answered, a refusal).
+    pub ended_by_inspection: bool,
 }
 
 /// Why a session did not (or no longer does) carry data. Each names its stage.
@@ -1092,6 +1107,8 @@ enum Phase {
 enum Source {
     Open,
     Ended(LegEnd),
+    /// The inspector ended the session: nothing more is read from this source.
+    Stopped,
 }
 
 /// One direction of plaintext: from the source leg's TLS to the sink leg's TLS.
@@ -1134,6 +1151,8 @@ pub struct SplitTls {
     expired_action: UntrustedAction,
     /// decrypt-inbound: the server's own chain and key, presented to the client as is.
     inbound: Option<Arc<ForgedCert>>,
+    /// Where both legs' secrets go when the session's rule exports keys.
+    keylog: Option<Arc<KeyLog>>,
     pins: PinnedLeafs,
     /// Record version for an alert loupe writes to the client itself.
     alert_record_version: u16,
@@ -1141,8 +1160,17 @@ pub struct SplitTls {
     to_server: Direction,
     /// Server → client plaintext.
     to_client: Direction,
+    /// Which ends of the plaintext the inspector has been told about.
+    inspector_told: InspectorTold,
     facts: SessionFacts,
     failure: Option<SessionFailure>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct InspectorTold {
+    established: bool,
+    client_ended: bool,
+    server_ended: bool,
 }
 
 impl fmt::Debug for SplitTls {
@@ -1161,18 +1189,19 @@ impl SplitTls {
     /// `server`. Never fails: a session that cannot start is returned failed, with a fatal
     /// alert queued for the client. `client_bytes` beyond [`BUFFER_CAP`] fail the session.
     pub fn start(hello: &ClientHello, client_bytes: &[u8], server: SocketAddr, ctx: &SplitTlsContext) -> SplitTls {
-        SplitTls::start_with(hello, client_bytes, server, ctx, None)
+        SplitTls::start_with(hello, client_bytes, server, ctx, None, None)
     }
 
     /// As [`SplitTls::start`]; with `inbound`, the client is shown that chain (the server's
     /// own, decrypt-known-key) instead of a forgery, and the server is trusted when it
-    /// presents that leaf.
+    /// presents that leaf. With `keylog`, both legs' secrets go to that NSS key log.
     pub fn start_with(
         hello: &ClientHello,
         client_bytes: &[u8],
         server: SocketAddr,
         ctx: &SplitTlsContext,
         inbound: Option<Arc<ForgedCert>>,
+        keylog: Option<Arc<KeyLog>>,
     ) -> SplitTls {
         let checked_name = hello.sni.clone().unwrap_or_else(|| server.ip().to_string());
         let mut session = SplitTls {
@@ -1184,10 +1213,12 @@ impl SplitTls {
             untrusted_action: ctx.untrusted,
             expired_action: ctx.expired,
             inbound,
+            keylog,
             pins: ctx.pins.clone(),
             alert_record_version: hello.max_version().clamp(TLS1_0, TLS1_2),
             to_server: Direction::new(),
             to_client: Direction::new(),
+            inspector_told: InspectorTold::default(),
             facts: SessionFacts {
                 stage: Stage::UpstreamHandshake,
                 checked_name: checked_name.clone(),
@@ -1204,6 +1235,7 @@ impl SplitTls {
                 alert_sent_to_client: None,
                 client_end: None,
                 server_end: None,
+                ended_by_inspection: false,
                 bytes: TlsBytes::default(),
             },
             failure: None,
@@ -1224,8 +1256,10 @@ impl SplitTls {
         }
         session.client.wire_mut().incoming.push(client_bytes);
         session.facts.bytes.from_client = client_bytes.len() as u64;
+        let keylog = session.keylog.clone();
         let attached = ctx
             .upstream_ssl(hello, server, &checked_name)
+            .and_then(|ssl| with_keylog(ssl, keylog))
             .and_then(|ssl| session.upstream.attach(ssl).map(|_| ()));
         if let Err(detail) = attached {
             let failure = SessionFailure::Setup {
@@ -1335,7 +1369,13 @@ impl SplitTls {
             let progressed = match self.phase {
                 Phase::UpstreamHandshake => self.drive_upstream_handshake(certs),
                 Phase::ClientHandshake => self.drive_client_handshake(),
-                Phase::Established => self.relay(inspector),
+                Phase::Established => {
+                    if !self.inspector_told.established {
+                        self.inspector_told.established = true;
+                        inspector.established(self.facts.client.alpn.as_deref());
+                    }
+                    self.relay(inspector)
+                }
                 Phase::Done => false,
             };
             if !progressed {
@@ -1504,7 +1544,10 @@ impl SplitTls {
             Verdict::Trusted => &self.client_trusted,
             Verdict::Untrusted => &self.client_untrusted,
         };
-        let attached = client_ssl(ctx, &forged, upstream_alpn).and_then(|ssl| self.client.attach(ssl).map(|_| ()));
+        let keylog = self.keylog.clone();
+        let attached = client_ssl(ctx, &forged, upstream_alpn)
+            .and_then(|ssl| with_keylog(ssl, keylog))
+            .and_then(|ssl| self.client.attach(ssl).map(|_| ()));
         match attached {
             Ok(()) => self.phase = Phase::ClientHandshake,
             Err(detail) => {
@@ -1562,20 +1605,32 @@ impl SplitTls {
         }
     }
 
-    /// Moves plaintext both ways; handles the ends of each direction.
+    /// Moves plaintext both ways through the inspector; handles the ends of each direction.
     fn relay(&mut self, inspector: &mut dyn Inspector) -> bool {
         let (Leg::Tls(client), Leg::Tls(server)) = (&mut self.client, &mut self.upstream) else {
             return false;
         };
         let mut scratch = [0u8; READ_CHUNK];
         let bytes = &mut self.facts.bytes;
-        let up = pump(client, server, &mut self.to_server, &mut scratch, &mut |p| {
+        let mut end_session = false;
+        let (to_server, to_client) = (&mut self.to_server, &mut self.to_client);
+        let up = pump(client, server, to_server, &mut scratch, &mut |p, pending| {
             bytes.plaintext_client_to_server += p.len() as u64;
-            inspector.client_to_server(p);
+            let mut relay = Relay {
+                to_server: pending,
+                to_client: &mut to_client.pending,
+                end_session: &mut end_session,
+            };
+            inspector.client_to_server(p, &mut relay)
         });
-        let down = pump(server, client, &mut self.to_client, &mut scratch, &mut |p| {
+        let down = pump(server, client, to_client, &mut scratch, &mut |p, pending| {
             bytes.plaintext_server_to_client += p.len() as u64;
-            inspector.server_to_client(p);
+            let mut relay = Relay {
+                to_server: &mut to_server.pending,
+                to_client: pending,
+                end_session: &mut end_session,
+            };
+            inspector.server_to_client(p, &mut relay)
         });
         let mut progressed = false;
         for (result, source_peer) in [(up, Peer::Client), (down, Peer::Server)] {
@@ -1593,10 +1648,45 @@ impl SplitTls {
         }
         if let Source::Ended(end) = self.to_server.source {
             self.facts.client_end.get_or_insert(end);
+            if !self.inspector_told.client_ended {
+                self.inspector_told.client_ended = true;
+                let mut relay = Relay {
+                    to_server: &mut self.to_server.pending,
+                    to_client: &mut self.to_client.pending,
+                    end_session: &mut end_session,
+                };
+                inspector.client_ended(&mut relay);
+                progressed = true;
+            }
         }
         if let Source::Ended(end) = self.to_client.source {
             self.facts.server_end.get_or_insert(end);
+            if !self.inspector_told.server_ended {
+                self.inspector_told.server_ended = true;
+                let mut relay = Relay {
+                    to_server: &mut self.to_server.pending,
+                    to_client: &mut self.to_client.pending,
+                    end_session: &mut end_session,
+                };
+                inspector.server_ended(&mut relay);
+                progressed = true;
+            }
         }
+        if end_session {
+            // The inspector answered or refused: what is queued goes, then close_notify to
+            // both peers; nothing more is read.
+            for direction in [&mut self.to_server, &mut self.to_client] {
+                if direction.source == Source::Open {
+                    direction.source = Source::Stopped;
+                    direction.notify_sink = true;
+                }
+            }
+            self.facts.ended_by_inspection = true;
+            progressed = true;
+        }
+        let (Leg::Tls(client), Leg::Tls(server)) = (&mut self.client, &mut self.upstream) else {
+            return progressed;
+        };
         progressed |= close_sink(server, &mut self.to_server);
         progressed |= close_sink(client, &mut self.to_client);
         if self.to_server.sink_closed && self.to_client.sink_closed {
@@ -1693,7 +1783,7 @@ fn pump(
     sink: &mut SslStream<Wire>,
     direction: &mut Direction,
     scratch: &mut [u8],
-    seen: &mut dyn FnMut(&[u8]),
+    inspect: &mut dyn FnMut(&[u8], &mut Vec<u8>) -> Pass,
 ) -> Result<bool, LegError> {
     let mut progressed = false;
     loop {
@@ -1722,8 +1812,11 @@ fn pump(
         match source.ssl_read(scratch) {
             Ok(n) => {
                 let plaintext = &scratch[..n.min(scratch.len())];
-                seen(plaintext);
                 progressed = true;
+                if inspect(plaintext, &mut direction.pending) == Pass::Taken {
+                    // Whatever the inspector let through is in `pending`: written above.
+                    continue;
+                }
                 match sink.ssl_write(plaintext) {
                     Ok(written) => direction
                         .pending
@@ -1913,6 +2006,10 @@ pub fn cert_fact(cert: &X509Ref) -> CertFact {
         not_after: rfc3339(cert.not_after()),
         sha256: cert
             .digest(MessageDigest::sha256())
+            .map(|d| hex::encode(&*d))
+            .unwrap_or_default(),
+        sha1: cert
+            .digest(MessageDigest::sha1())
             .map(|d| hex::encode(&*d))
             .unwrap_or_default(),
         serial: cert

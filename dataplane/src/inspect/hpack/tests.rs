@@ -779,3 +779,186 @@ fn random_garbage_never_panics_and_stays_bounded() {
     // The mutations must reach past the first byte often enough to mean something.
     assert!(decoded_blocks > 10_000, "only {decoded_blocks} blocks decoded");
 }
+
+// ---------------------------------------------------------------------------------------
+// Encoder
+
+fn field(name: &str, value: &str) -> HeaderField {
+    HeaderField {
+        name: name.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        sensitive: false,
+    }
+}
+
+fn encoded(encoder: &mut HpackEncoder, fields: &[HeaderField]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encoder.encode(fields, &mut out);
+    out
+}
+
+#[test]
+fn encoder_huffman_matches_the_reference_and_rfc_c4() {
+    let all: Vec<u8> = (0..=255).collect();
+    for text in [&all[..], b"", b"a", b"www.example.com", b"no-cache", b"custom-value"] {
+        let mut fast = Vec::new();
+        super::huffman_encode(text, &mut fast);
+        assert_eq!(fast, huffman_encode(text), "{text:?}");
+        assert_eq!(fast.len(), huffman_encoded_len(text));
+    }
+    // RFC 7541 C.4.1: "www.example.com" as Huffman.
+    let mut coded = Vec::new();
+    super::huffman_encode(b"www.example.com", &mut coded);
+    assert_eq!(coded, block("f1e3 c2e5 f23a 6ba0 ab90 f4ff"));
+}
+
+#[test]
+fn encoder_indexes_static_fields_and_writes_the_rest_without_indexing() {
+    let mut encoder = HpackEncoder::new();
+    let fields = vec![
+        field(":method", "GET"),
+        field(":scheme", "https"),
+        field(":path", "/"),
+        field(":authority", "www.example.com"),
+        field("x-custom", "value"),
+    ];
+    let bytes = encoded(&mut encoder, &fields);
+    // RFC 7541 C.4.1's first three fields, then :authority as a literal without indexing
+    // naming static entry 1 (0x01), Huffman-coded.
+    assert_eq!(&bytes[..4], &block("8287 8401")[..]);
+    assert_eq!(&bytes[4..5], &block("8c")[..]);
+    assert_eq!(&bytes[5..17], &block("f1e3 c2e5 f23a 6ba0 ab90 f4ff")[..]);
+    // A new name: 0000 0000 then the name and the value.
+    assert_eq!(bytes[17], 0x00);
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    assert_eq!(decoder.decode(&bytes).unwrap(), fields);
+    assert_eq!(decoder.table_size(), 0);
+    assert_eq!(decoder.insertions(), 0);
+}
+
+#[test]
+fn encoder_keeps_never_indexed_fields_never_indexed() {
+    let mut secret = field("authorization", "Bearer abc");
+    secret.sensitive = true;
+    // Even a field the static table holds whole stays a never-indexed literal.
+    let mut method = field(":method", "GET");
+    method.sensitive = true;
+    let fields = vec![secret, method];
+    let bytes = encoded(&mut HpackEncoder::new(), &fields);
+    // authorization is static entry 23: 0001 1111 then 23 - 15 = 8.
+    assert_eq!(&bytes[..2], &[0x1f, 0x08]);
+    let decoded = HpackDecoder::new(HpackLimits::default()).decode(&bytes).unwrap();
+    assert_eq!(decoded, fields);
+    assert!(decoded.iter().all(|field| field.sensitive));
+}
+
+/// A decoder whose table holds `entries` (added oldest first), with the encoder that
+/// takes it over.
+fn decoder_with(entries: &[(&str, &str)]) -> HpackDecoder {
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let mut bytes = Vec::new();
+    for (name, value) in entries {
+        bytes.push(0x40);
+        bytes.extend(raw_string(name.as_bytes()));
+        bytes.extend(raw_string(value.as_bytes()));
+    }
+    decoder.decode(&bytes).unwrap();
+    decoder
+}
+
+#[test]
+fn resumed_encoder_references_known_dynamic_entries_and_never_inserts() {
+    let mut decoder = decoder_with(&[("x-old", "1"), ("cookie", "a=b"), ("x-new", "2")]);
+    let before = table(&decoder);
+    let insertions = decoder.insertions();
+    let mut encoder = HpackEncoder::resume(decoder.dynamic_entries(), 4096);
+    let fields = vec![
+        field("x-new", "2"),
+        field("cookie", "a=b"),
+        field("x-old", "1"),
+        field("x-old", "other"),
+        field("cookie", "c=d"),
+    ];
+    let bytes = encoded(&mut encoder, &fields);
+    // Size update to 4096 (001 11111 then 4096 - 31), then indices 62, 63 and 64, then
+    // literals naming dynamic entry 64 and static entry 32 (cookie).
+    assert_eq!(&bytes[..6], &block("3fe1 1f be bf c0")[..]);
+    assert_eq!(bytes[6], 0x0f);
+    assert_eq!(decoder.decode(&bytes).unwrap(), fields);
+    assert_eq!(table(&decoder), before);
+    assert_eq!(decoder.insertions(), insertions);
+    // Later blocks carry no size update.
+    let again = encoded(&mut encoder, &fields[..1]);
+    assert_eq!(again, vec![0xbe]);
+    assert_eq!(decoder.decode(&again).unwrap(), fields[..1]);
+}
+
+#[test]
+fn resumed_encoder_with_a_smaller_capacity_forgets_what_the_peer_evicts() {
+    let mut decoder = decoder_with(&[("x-old", "1"), ("x-new", "2")]);
+    // Each entry takes 5 + 1 + 32 = 38 bytes: 40 keeps the newest only.
+    let mut encoder = HpackEncoder::resume(decoder.dynamic_entries(), 40);
+    let fields = vec![field("x-new", "2"), field("x-old", "1")];
+    let bytes = encoded(&mut encoder, &fields);
+    assert_eq!(&bytes[..3], &[0x3f, 0x09, 0xbe]);
+    assert_eq!(bytes[3], 0x00, "x-old is no longer referenced");
+    assert_eq!(decoder.decode(&bytes).unwrap(), fields);
+    assert_eq!(table(&decoder), owned(&[("x-new", "2")]));
+}
+
+#[test]
+fn encoder_follows_a_lowered_table_size_setting() {
+    let mut decoder = decoder_with(&[("x-a", "1"), ("x-b", "2")]);
+    let mut encoder = HpackEncoder::resume(decoder.dynamic_entries(), 4096);
+    decoder.decode(&encoded(&mut encoder, &[])).unwrap();
+    // The peer lowers its setting to 0; both sides learn it from the acknowledgement.
+    decoder.set_max_table_size(0);
+    encoder.set_max_table_size(0);
+    let fields = vec![field("x-a", "1")];
+    let bytes = encoded(&mut encoder, &fields);
+    assert_eq!(bytes[0], 0x20);
+    assert_eq!(decoder.decode(&bytes).unwrap(), fields);
+    assert_eq!(decoder.table_size(), 0);
+    // Raising it again changes nothing: the encoder needs no room.
+    encoder.set_max_table_size(8192);
+    decoder.set_max_table_size(8192);
+    let bytes = encoded(&mut encoder, &fields);
+    assert_ne!(bytes[0] & 0xe0, 0x20);
+    assert_eq!(decoder.decode(&bytes).unwrap(), fields);
+    // A fresh encoder writes no update even when told of a setting at the default.
+    let mut fresh = HpackEncoder::new();
+    fresh.set_max_table_size(4096);
+    assert_eq!(encoded(&mut fresh, &[]), Vec::<u8>::new());
+}
+
+#[test]
+fn encoder_round_trips_random_fields() {
+    let mut prng = Prng(0x005e_ed0f_e4c0_de42);
+    let mut decoder = decoder_with(&[("x-known", "value"), (":path", "/known")]);
+    let mut encoder = HpackEncoder::resume(decoder.dynamic_entries(), 4096);
+    let names: [&[u8]; 6] = [b":path", b"x-known", b"cookie", b"content-type", b"x-random", b""];
+    for _ in 0..2_000 {
+        let count = prng.below(8);
+        let fields: Vec<HeaderField> = (0..count)
+            .map(|_| {
+                let name = match names[prng.below(names.len())] {
+                    b"" => (0..1 + prng.below(20)).map(|_| prng.next() as u8).collect(),
+                    name => name.to_vec(),
+                };
+                let value = match prng.below(4) {
+                    0 => b"/known".to_vec(),
+                    1 => b"value".to_vec(),
+                    _ => (0..prng.below(300)).map(|_| prng.next() as u8).collect(),
+                };
+                HeaderField {
+                    name,
+                    value,
+                    sensitive: prng.below(5) == 0,
+                }
+            })
+            .collect();
+        let bytes = encoded(&mut encoder, &fields);
+        assert_eq!(decoder.decode(&bytes).unwrap(), fields);
+        assert_eq!(decoder.insertions(), 2);
+    }
+}

@@ -1,0 +1,702 @@
+//! The EVE log: `<log-dir>/eve.json`, one JSON event per line in Suricata's EVE format,
+//! so that what already reads Suricata (Filebeat's and Logstash's Suricata modules, the
+//! Elastic and Splunk dashboards, `jq` scripts) reads loupe unchanged.
+//!
+//! Every event starts with Suricata's common header: `timestamp` (Suricata's
+//! `2026-12-03T13:35:00.123456+0000`, here always in UTC), `flow_id`, `in_iface` (when
+//! known), `event_type`, `src_ip`/`src_port` (the client), `dest_ip`/`dest_port` (the
+//! server), `proto` (`"TCP"`), `tx_id` (http), `app_proto`. Then the object named by the
+//! event type under Suricata's field names, and last loupe's own facts under `loupe`
+//! (`session_id` joins the decryption log). Absent values are left out, as Suricata
+//! does, never written as `null`.
+//!
+//! - `http` ([`http_event`]), one per transaction. HTTP/1.x as Suricata's HTTP logger
+//!   with `extended: yes` writes it: `hostname` (Host without the port, lowercase),
+//!   `http_port` (only when the Host named a port), `url`, `http_user_agent`,
+//!   `http_content_type` (the response's, cut at `;`), `http_refer`, `http_method`,
+//!   `protocol`, `status`, `length` (response body bytes). HTTP/2 as Suricata 7 and 8 log
+//!   it: the same event type with `app_proto` `"http2"`, `version` `"2"` and an `http2`
+//!   object with the `stream_id`; loupe also fills the HTTP/1 names it knows for HTTP/2
+//!   (`hostname` from `:authority`, `http_content_type`, `http_refer`, `protocol`
+//!   `"HTTP/2"`), all of them fields of Suricata's `http` object.
+//! - `tls` ([`tls_event`]), one per session, from its decryption record: Suricata's
+//!   extended TLS fields for the server's certificate (`subject`, `issuerdn`,
+//!   `subjectaltname`, `serial`, `fingerprint`, `notbefore`, `notafter`) and the session
+//!   (`sni`, `version`).
+//!
+//! The events are typed structs that borrow from the transaction or record they describe
+//! and serialize straight into the line; nothing is built as a `serde_json::Value`.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+
+use crate::inspect::transaction::{HttpVersion, Transaction};
+use crate::tls::record::{rfc3339_utc_ms, Action, CertFact, DecryptionRecord, Outcome};
+
+/// The flow an event is about. `client` is the side that opened the connection: it
+/// becomes `src_*`, the server `dest_*`, as Suricata logs flow events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EveFlow {
+    /// Suricata's `flow_id`: the same number on every event of one flow.
+    pub flow_id: u64,
+    /// loupe's session id, as in the decryption log (`loupe.session_id`).
+    pub session_id: u64,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+/// A point in time as Suricata's EVE `timestamp` writes it:
+/// `2026-12-03T13:35:00.123456+0000` (microseconds and a numeric offset; loupe writes
+/// UTC). Times before 1970 (a badly set clock) print as the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EveTime(pub SystemTime);
+
+impl fmt::Display for EveTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The date and time of day come from the decryption log's formatter; only the
+        // fraction and the offset differ.
+        let micros = self.0.duration_since(UNIX_EPOCH).unwrap_or_default().subsec_micros();
+        let rfc3339 = rfc3339_utc_ms(self.0);
+        let seconds = rfc3339.split_once('.').map_or(rfc3339.as_str(), |(seconds, _)| seconds);
+        write!(f, "{seconds}.{micros:06}+0000")
+    }
+}
+
+impl Serialize for EveTime {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+fn serialize_time<S: Serializer>(time: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => EveTime(*time).serialize(serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Suricata's common header, shared by every event type.
+#[derive(Debug, Clone, Serialize)]
+pub struct EveHeader<'a> {
+    pub timestamp: EveTime,
+    pub flow_id: u64,
+    /// The interface the flow came in on; left out when not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_iface: Option<&'a str>,
+    pub event_type: &'static str,
+    pub src_ip: IpAddr,
+    pub src_port: u16,
+    pub dest_ip: IpAddr,
+    pub dest_port: u16,
+    /// `"TCP"`: Suricata writes the IP protocol's name in capitals.
+    pub proto: &'static str,
+    /// The transaction's number within the flow (http); Suricata writes it on every
+    /// transaction event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_id: Option<u64>,
+    /// `"http"`, `"http2"` or `"tls"`, Suricata's names of the application protocols.
+    pub app_proto: &'static str,
+}
+
+impl<'a> EveHeader<'a> {
+    fn new(at: SystemTime, flow: &EveFlow, event_type: &'static str, app_proto: &'static str) -> Self {
+        EveHeader {
+            timestamp: EveTime(at),
+            flow_id: flow.flow_id,
+            in_iface: None,
+            event_type,
+            src_ip: flow.client.ip(),
+            src_port: flow.client.port(),
+            dest_ip: flow.server.ip(),
+            dest_port: flow.server.port(),
+            proto: "TCP",
+            tx_id: None,
+            app_proto,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// http
+// ---------------------------------------------------------------------------------------
+
+/// The URL rule that decided a request (`loupe.url_rule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UrlRuleVerdict<'a> {
+    /// The rule's name.
+    pub name: &'a str,
+    /// What it did: `allow`, `alert` or `block` (the URL rule action's own name).
+    pub action: &'a str,
+}
+
+/// What loupe knows of a transaction beyond the HTTP exchange: written under `loupe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpLoupeFacts<'a> {
+    /// The policy rule that decided the session (`"default"` when none matched).
+    pub rule: &'a str,
+    /// The policy action of the session.
+    pub action: Action,
+    /// The URL rule that matched the request; left out when none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_rule: Option<UrlRuleVerdict<'a>>,
+    /// The transaction's number within the session, from 0 in request order.
+    pub transaction: u64,
+    /// loupe answered the request itself; the server never saw it.
+    pub blocked: bool,
+    /// When the request's first byte arrived.
+    #[serde(serialize_with = "serialize_time", skip_serializing_if = "Option::is_none")]
+    pub request_start: Option<SystemTime>,
+    /// When the response's first byte arrived.
+    #[serde(serialize_with = "serialize_time", skip_serializing_if = "Option::is_none")]
+    pub response_first_byte: Option<SystemTime>,
+    /// When the transaction ended (its response's last byte, or its abort).
+    #[serde(serialize_with = "serialize_time", skip_serializing_if = "Option::is_none")]
+    pub end: Option<SystemTime>,
+}
+
+/// The `loupe` object of an http event.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpLoupe<'a> {
+    pub session_id: u64,
+    #[serde(flatten)]
+    pub facts: &'a HttpLoupeFacts<'a>,
+}
+
+/// An EVE `http` event: one transaction.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpEvent<'a> {
+    #[serde(flatten)]
+    pub header: EveHeader<'a>,
+    pub http: EveHttp<'a>,
+    pub loupe: HttpLoupe<'a>,
+}
+
+/// Suricata's `http` object.
+#[derive(Debug, Clone, Serialize)]
+pub struct EveHttp<'a> {
+    /// The Host header's (HTTP/2: `:authority`'s) host, lowercase, without the port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<Cow<'a, str>>,
+    /// The port the Host header named; left out when it named none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    /// The request target: path and query.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<EveUrl<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_user_agent: Option<&'a str>,
+    /// The response's media type: its Content-Type up to any `;`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_content_type: Option<&'a str>,
+    /// The Referer header (Suricata's spelling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_refer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_method: Option<&'a str>,
+    /// `HTTP/1.1`, `HTTP/1.0`, `HTTP/2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    /// The final status code; left out until a response head was seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Response body bytes (after de-chunking, before content decoding).
+    pub length: u64,
+    /// `"2"` on HTTP/2, as Suricata's HTTP/2 logger writes it; left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2: Option<EveHttp2>,
+}
+
+/// Suricata's `http.http2` object. Suricata also logs the frames' settings, priorities
+/// and error codes there; loupe logs the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EveHttp2 {
+    pub stream_id: u32,
+}
+
+/// A request target as `http.url`: the path and, when there is one, `?` and the query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EveUrl<'a> {
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+impl fmt::Display for EveUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.path)?;
+        if let Some(query) = self.query {
+            write!(f, "?{query}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for EveUrl<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.query {
+            None => serializer.serialize_str(self.path),
+            Some(_) => serializer.collect_str(self),
+        }
+    }
+}
+
+/// The `http` event of one transaction, stamped `at`.
+pub fn http_event<'a>(
+    at: SystemTime,
+    flow: &EveFlow,
+    tx: &'a Transaction,
+    facts: &'a HttpLoupeFacts<'a>,
+) -> HttpEvent<'a> {
+    let http2 = tx.version == Some(HttpVersion::Http2);
+    let mut header = EveHeader::new(at, flow, "http", if http2 { "http2" } else { "http" });
+    header.tx_id = Some(facts.transaction);
+    let (hostname, http_port) = match tx.host.as_deref() {
+        Some(host) => split_host(host),
+        None => (None, None),
+    };
+    let url = (!tx.path.is_empty() || tx.query.is_some()).then_some(EveUrl {
+        path: &tx.path,
+        query: tx.query.as_deref(),
+    });
+    let http = EveHttp {
+        hostname,
+        http_port,
+        url,
+        http_user_agent: tx.user_agent.as_deref(),
+        http_content_type: tx.response_content_type.as_deref().map(media_type),
+        http_refer: tx.referer.as_deref(),
+        http_method: Some(tx.method.as_str()).filter(|m| !m.is_empty()),
+        protocol: tx.version.map(HttpVersion::as_str),
+        status: tx.status.filter(|&s| s > 0),
+        length: tx.response_body_len,
+        version: http2.then_some("2"),
+        http2: if http2 {
+            tx.stream_id.map(|stream_id| EveHttp2 { stream_id })
+        } else {
+            None
+        },
+    };
+    HttpEvent {
+        header,
+        http,
+        loupe: HttpLoupe {
+            session_id: flow.session_id,
+            facts,
+        },
+    }
+}
+
+/// Splits a Host value into Suricata's `hostname` and `http_port` as its HTTP parser
+/// does: the host runs to the first `:` (an IPv6 literal keeps its brackets) and is
+/// lowercased; the port is logged only when it is a number from 1 to 65535. An empty
+/// host is no hostname.
+fn split_host(host: &str) -> (Option<Cow<'_, str>>, Option<u16>) {
+    let host = host.trim_matches(' ');
+    let end = if host.starts_with('[') {
+        host.find(']').map_or(host.len(), |i| i + 1)
+    } else {
+        host.find(':').unwrap_or(host.len())
+    };
+    let (name, rest) = host.split_at(end);
+    let name = name.trim_end_matches(' ');
+    let port = rest
+        .strip_prefix(':')
+        .map(|p| p.trim_matches(' '))
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|&p| p != 0);
+    if name.is_empty() {
+        return (None, port);
+    }
+    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    };
+    (Some(name), port)
+}
+
+/// A Content-Type value up to any `;` (Suricata leaves out the parameters).
+fn media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or(content_type)
+}
+
+// ---------------------------------------------------------------------------------------
+// tls
+// ---------------------------------------------------------------------------------------
+
+/// An EVE `tls` event: one TLS session.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsEvent<'a> {
+    #[serde(flatten)]
+    pub header: EveHeader<'a>,
+    pub tls: EveTls<'a>,
+    pub loupe: TlsLoupe<'a>,
+}
+
+/// Suricata's `tls` object (its extended fields, without JA3/JA4).
+#[derive(Debug, Clone, Serialize)]
+pub struct EveTls<'a> {
+    /// The server certificate's subject, `C=US, O=Example, CN=www.example.com`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuerdn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subjectaltname: Option<&'a [String]>,
+    /// The serial number's DER bytes, uppercase hex separated by `:` (`0C:00:99`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// SHA-1 of the certificate's DER, lowercase hex separated by `:`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<ColonHex<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<&'a str>,
+    /// `TLS 1.3`, `TLS 1.2`, `TLS 1.1`, `TLSv1`, `SSLv3`, or `UNDETERMINED`.
+    pub version: &'static str,
+    /// `2024-01-01T00:00:00` (UTC, no offset, as Suricata writes certificate dates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notbefore: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notafter: Option<&'a str>,
+}
+
+/// The `loupe` object of a tls event.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsLoupe<'a> {
+    pub session_id: u64,
+    pub rule: &'a str,
+    pub action: Action,
+    pub outcome: Outcome,
+}
+
+/// Lowercase hex bytes separated by `:` (`8f:51:12`), from plain hex (`8f5112`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColonHex<'a>(&'a str);
+
+impl fmt::Display for ColonHex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, pair) in self.0.as_bytes().chunks(2).enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            for &digit in pair {
+                write!(f, "{}", char::from(digit.to_ascii_lowercase()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for ColonHex<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// The `tls` event of one session, stamped `at`, from its decryption record. The
+/// certificate is the server's leaf as the server presented it (the real one, not
+/// loupe's forgery); the version is the server leg's, or the client leg's when loupe did
+/// not talk to the server.
+pub fn tls_event<'a>(at: SystemTime, flow: &EveFlow, record: &'a DecryptionRecord) -> TlsEvent<'a> {
+    let cert = record.server_cert.as_ref();
+    let version = record
+        .server_leg
+        .version
+        .as_deref()
+        .or(record.client_leg.version.as_deref());
+    let tls = EveTls {
+        subject: cert.map(|c| c.subject.as_str()),
+        issuerdn: cert.map(|c| c.issuer.as_str()),
+        subjectaltname: cert.map(|c| c.sans.as_slice()).filter(|sans| !sans.is_empty()),
+        serial: cert.and_then(|c| suricata_serial(&c.serial)),
+        fingerprint: cert.and_then(fingerprint),
+        sni: record.sni.as_deref(),
+        version: suricata_tls_version(version),
+        notbefore: cert.and_then(|c| suricata_cert_date(&c.not_before)),
+        notafter: cert.and_then(|c| suricata_cert_date(&c.not_after)),
+    };
+    TlsEvent {
+        header: EveHeader::new(at, flow, "tls", "tls"),
+        tls,
+        loupe: TlsLoupe {
+            session_id: flow.session_id,
+            rule: &record.rule,
+            action: record.action,
+            outcome: record.outcome,
+        },
+    }
+}
+
+fn fingerprint(cert: &CertFact) -> Option<ColonHex<'_>> {
+    let sha1 = cert.sha1.as_str();
+    (sha1.len() == 40 && sha1.bytes().all(|b| b.is_ascii_hexdigit())).then_some(ColonHex(sha1))
+}
+
+/// A negotiated version as BoringSSL names it (`TLSv1.3`) in Suricata's words
+/// (`TLS 1.3`); `UNDETERMINED`, Suricata's word, when unknown.
+pub fn suricata_tls_version(version: Option<&str>) -> &'static str {
+    match version {
+        Some("TLSv1.3") => "TLS 1.3",
+        Some("TLSv1.2") => "TLS 1.2",
+        Some("TLSv1.1") => "TLS 1.1",
+        Some("TLSv1" | "TLSv1.0") => "TLSv1",
+        Some("SSLv3") => "SSLv3",
+        _ => "UNDETERMINED",
+    }
+}
+
+/// A certificate date from the decryption log (`2024-01-01T00:00:00Z`) as Suricata
+/// writes it (`2024-01-01T00:00:00`); `None` when it is not in that shape.
+fn suricata_cert_date(rfc3339: &str) -> Option<&str> {
+    let date = rfc3339.strip_suffix('Z')?;
+    let shape = b"dddd-dd-ddTdd:dd:dd";
+    let fits = date.len() == shape.len()
+        && date.bytes().zip(shape).all(|(c, &s)| match s {
+            b'd' => c.is_ascii_digit(),
+            _ => c == s,
+        });
+    fits.then_some(date)
+}
+
+/// The decryption log's serial (the number in lowercase hex, as BoringSSL prints it:
+/// whole bytes without leading zero bytes, `-` when negative) as Suricata writes it:
+/// the bytes of its DER INTEGER content, two's complement and minimal, uppercase hex
+/// separated by `:` (`1001` → `10:01`, `80` → `00:80`, `0` → `00`).
+pub fn suricata_serial(hex: &str) -> Option<String> {
+    let (negative, digits) = match hex.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, hex),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let padded: Cow<'_, str> = if digits.len() % 2 == 1 {
+        Cow::Owned(format!("0{digits}"))
+    } else {
+        Cow::Borrowed(digits)
+    };
+    let mut bytes = hex::decode(padded.as_bytes()).ok()?;
+    // Minimal magnitude: no leading zero bytes (but keep one byte).
+    let zeros = bytes.iter().take_while(|&&b| b == 0).count().min(bytes.len() - 1);
+    bytes.drain(..zeros);
+    let negative = negative && bytes.iter().any(|&b| b != 0);
+    if negative {
+        // Two's complement of the magnitude, with a sign byte when the top bit is clear.
+        for byte in bytes.iter_mut() {
+            *byte = !*byte;
+        }
+        for byte in bytes.iter_mut().rev() {
+            let (sum, carry) = byte.overflowing_add(1);
+            *byte = sum;
+            if !carry {
+                break;
+            }
+        }
+        if bytes[0] & 0x80 == 0 {
+            bytes.insert(0, 0xff);
+        }
+        while bytes.len() > 1 && bytes[0] == 0xff && bytes[1] & 0x80 != 0 {
+            bytes.remove(0);
+        }
+    } else if bytes[0] & 0x80 != 0 {
+        bytes.insert(0, 0);
+    }
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for (i, byte) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{byte:02X}");
+    }
+    Some(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// The log file
+// ---------------------------------------------------------------------------------------
+
+/// Failure to write the EVE log, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum EveLogError {
+    #[error("EVE log {}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("EVE log {}: cannot serialize an event: {source}", path.display())]
+    Serialize { path: PathBuf, source: serde_json::Error },
+}
+
+/// A line buffer kept per thread so that writing an event allocates nothing once warm.
+/// One that grew past this (an event with a huge field) is let go after the write.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The EVE log: `<log-dir>/eve.json`, one event per line.
+///
+/// Concurrency (as the decryption log, `tls::record::DecryptionLog`): the file is opened
+/// with O_APPEND and every event goes out as one `write_all` of the whole line including
+/// its `\n`, i.e. one write(2) on a regular file. With O_APPEND the kernel moves the
+/// offset to the end and writes the bytes as one step (POSIX: no other modification
+/// between the two; Linux holds the inode lock for the write), so lines from several
+/// writers — threads sharing this value, each worker holding its own `EveLog`, or another
+/// process — never interleave or overwrite each other. A short write happens on a regular
+/// file only when the write partly fails (disk full, file size limit); `write_all` then
+/// reports the error. (Not promised on NFS, which emulates O_APPEND.)
+///
+/// Bounds: events go straight to the file, nothing is queued in memory; the line is
+/// built in a per-thread buffer that is reused.
+///
+/// Rotation: logrotate's `copytruncate` is safe as is (with O_APPEND the next write lands
+/// at the new end of the truncated file). For renaming rotation, call [`EveLog::reopen`]
+/// when told to (a signal, a control request), or [`EveLog::reopen_if_rotated`] now and
+/// then; both take `&self` and swap the descriptor atomically, so one log shared by all
+/// workers is reopened once for all of them. Until then the log goes on appending to the
+/// renamed file, so nothing is lost.
+#[derive(Debug)]
+pub struct EveLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl EveLog {
+    pub const FILE_NAME: &'static str = "eve.json";
+
+    /// Opens (creating the directory and the file when missing) `<log_dir>/eve.json` for
+    /// appending.
+    pub fn open(log_dir: &Path) -> Result<Self, EveLogError> {
+        std::fs::create_dir_all(log_dir).map_err(|source| EveLogError::Io {
+            path: log_dir.to_path_buf(),
+            what: "cannot create the log directory",
+            source,
+        })?;
+        let path = log_dir.join(Self::FILE_NAME);
+        let file = Self::open_file(&path)?;
+        Ok(EveLog { path, file })
+    }
+
+    fn open_file(path: &Path) -> Result<File, EveLogError> {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|source| EveLogError::Io {
+                path: path.to_path_buf(),
+                what: "cannot open for appending",
+                source,
+            })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the path again (creating it when the old file was renamed away) and writes
+    /// there from now on. When the open fails the old file stays in use.
+    ///
+    /// `&self`, so a log shared by the workers (`Arc<EveLog>`) is reopened in place
+    /// without a lock on the write path: dup2(2) makes the descriptor this log writes
+    /// through refer to the new file in one atomic step, so a write running on another
+    /// thread lands whole in the old file or whole in the new one.
+    pub fn reopen(&self) -> Result<(), EveLogError> {
+        use std::os::fd::AsRawFd;
+        let new = Self::open_file(&self.path)?;
+        loop {
+            // SAFETY: both descriptors are open and owned by `File`s that outlive the
+            // call; dup2 closes the old file description behind `self.file`'s number and
+            // puts a duplicate of `new`'s there, which `self.file` keeps owning. `new`'s
+            // own descriptor is closed when it drops.
+            let rc = unsafe { libc::dup2(new.as_raw_fd(), self.file.as_raw_fd()) };
+            if rc >= 0 {
+                return Ok(());
+            }
+            let error = std::io::Error::last_os_error();
+            // EINTR, or Linux's EBUSY while another thread's open(2) races for the number.
+            if !matches!(error.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) {
+                return Err(EveLogError::Io {
+                    path: self.path.clone(),
+                    what: "cannot reopen",
+                    source: error,
+                });
+            }
+        }
+    }
+
+    /// Reopens when the path no longer names the open file (renamed or removed by log
+    /// rotation); says whether it did. One stat(2) of the path and one fstat(2).
+    pub fn reopen_if_rotated(&self) -> Result<bool, EveLogError> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self.file.metadata().map_err(|source| EveLogError::Io {
+            path: self.path.clone(),
+            what: "cannot stat the open file",
+            source,
+        })?;
+        let same = match std::fs::metadata(&self.path) {
+            Ok(on_disk) => on_disk.dev() == open.dev() && on_disk.ino() == open.ino(),
+            Err(_) => false,
+        };
+        if same {
+            return Ok(false);
+        }
+        self.reopen()?;
+        Ok(true)
+    }
+
+    /// Appends `lines` (whole JSON lines, each ended by `\n`) with one write: a worker
+    /// batches a service round's events so that a transaction costs no system call.
+    pub fn write_lines(&self, lines: &[u8]) -> Result<(), EveLogError> {
+        (&self.file).write_all(lines).map_err(|source| EveLogError::Io {
+            path: self.path.clone(),
+            what: "cannot write",
+            source,
+        })
+    }
+
+    /// Appends `event` as one line. `&self`: writes through a shared reference are fine,
+    /// each is a single append (see the type's documentation).
+    pub fn write<E: Serialize + ?Sized>(&self, event: &E) -> Result<(), EveLogError> {
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut line) => {
+                let result = self.write_with(&mut line, event);
+                if line.capacity() > SCRATCH_KEEP {
+                    *line = Vec::new();
+                }
+                result
+            }
+            // Only when an event's serialization writes to the log itself.
+            Err(_) => self.write_with(&mut Vec::new(), event),
+        })
+    }
+
+    fn write_with<E: Serialize + ?Sized>(&self, line: &mut Vec<u8>, event: &E) -> Result<(), EveLogError> {
+        line.clear();
+        serde_json::to_writer(&mut *line, event).map_err(|source| EveLogError::Serialize {
+            path: self.path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        (&self.file).write_all(line).map_err(|source| EveLogError::Io {
+            path: self.path.clone(),
+            what: "cannot write",
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,807 @@
+//! The inspection engine of one decrypted session: the split-TLS session hands it each
+//! direction's plaintext, it frames HTTP/1.1 or HTTP/2, judges every request against the
+//! URL rules, and says what goes on: forward the bytes, hold them until a request head is
+//! complete, answer the client itself (a 403 page), or end the session.
+//!
+//! Sans-IO: bytes in, bytes and transactions out. The caller gives it the wall-clock time
+//! of each service round ([`HttpInspector::set_now`]) so that transactions carry their
+//! timing without the engine reading a clock.
+//!
+//! Which protocol: the client leg's ALPN says `h2` or not. Without `h2` the stream is read
+//! as HTTP/1.1; a stream whose first bytes are not a request line is relayed unchanged and
+//! marked `unknown` (TLS carries more than HTTP). A parse error later is a protocol error:
+//! by default the rest is relayed uninspected and the reason is kept for the record;
+//! `on_protocol_error = "block"` ends the session instead.
+//!
+//! Holding (HTTP/1.1): client bytes that belong to a request head not yet complete are
+//! held, so that a head is judged before any byte of it reaches the server; bodies and
+//! judged heads pass without a copy. A blocked request never reaches the server: the
+//! client gets the 403 once the responses to the requests before it are through (HTTP/1.1
+//! answers in order), then both legs close, because the server never saw that request
+//! and the connection cannot carry on in step.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::http1::{Http1Connection, Http1Error, Http1Event, Http1Limits};
+use super::http2::{Answer, Http2Connection, Http2Event, Http2Limits, Http2Output, StreamVerdict};
+use super::transaction::Transaction;
+use super::url_rules::{UrlAction, UrlRequest, UrlRules};
+use super::{Inspector, Pass, Relay};
+
+/// What the engine of one session may do and hold.
+#[derive(Debug, Clone)]
+pub struct InspectSettings {
+    /// End the session on malformed HTTP instead of relaying the rest uninspected.
+    pub block_on_protocol_error: bool,
+    /// Serve an HTML page naming the rule with a block's 403 (otherwise an empty body).
+    pub block_page: bool,
+    pub http1: Http1Limits,
+    pub http2: Http2Limits,
+}
+
+impl Default for InspectSettings {
+    fn default() -> Self {
+        InspectSettings {
+            block_on_protocol_error: false,
+            block_page: true,
+            http1: Http1Limits::default(),
+            http2: Http2Limits::default(),
+        }
+    }
+}
+
+/// The application protocol found inside the TLS session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Http1,
+    Http2,
+    /// Neither: relayed unchanged.
+    Unknown,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Http1 => "http/1.1",
+            AppProtocol::Http2 => "h2",
+            AppProtocol::Unknown => "unknown",
+        }
+    }
+}
+
+/// The URL rule that matched a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlHit {
+    pub rule: String,
+    pub action: UrlAction,
+}
+
+/// A finished transaction with what the engine decided about it and when it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InspectedTransaction {
+    /// Numbers the session's transactions from 0 in request order.
+    pub index: u64,
+    pub transaction: Transaction,
+    pub url_rule: Option<UrlHit>,
+    /// loupe answered the request itself; the server never saw it.
+    pub blocked: bool,
+    pub request_start: Option<SystemTime>,
+    pub response_first_byte: Option<SystemTime>,
+    pub end: Option<SystemTime>,
+}
+
+/// Counts for the session's record and the worker's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InspectCounts {
+    pub transactions: u64,
+    pub url_rule_hits: u64,
+    pub blocked: u64,
+    pub protocol_errors: u64,
+}
+
+/// Inspects one decrypted session; see the module documentation.
+pub struct HttpInspector {
+    settings: Arc<InspectSettings>,
+    url_rules: Arc<UrlRules>,
+    now: Option<SystemTime>,
+    mode: Mode,
+    protocol: AppProtocol,
+    /// Why inspection stopped early (protocol error, refusal, tunnel), for the record.
+    stopped: Option<String>,
+    /// Why the engine ended the session, if it did.
+    ended: Option<String>,
+    finished: Vec<InspectedTransaction>,
+    counts: InspectCounts,
+    /// The protocol was chosen (at `established`, or at the first byte without it).
+    started: bool,
+}
+
+enum Mode {
+    Http1(Box<Http1Flow>),
+    Http2(Box<Http2Flow>),
+    /// Everything relayed as is from here.
+    Passthrough,
+    /// The engine ended the session: nothing more goes anywhere.
+    Ended,
+}
+
+/// What the engine knows of an open HTTP/1.1 exchange beyond the parser's transaction.
+#[derive(Debug)]
+struct ExchangeMeta {
+    index: u64,
+    url_rule: Option<UrlHit>,
+    request_start: Option<SystemTime>,
+    response_first_byte: Option<SystemTime>,
+}
+
+/// A request loupe answers itself, waiting for the responses before it.
+#[derive(Debug)]
+struct PendingAnswer {
+    index: u64,
+    response: Vec<u8>,
+    transaction: Transaction,
+    meta: ExchangeMeta,
+}
+
+struct Http1Flow {
+    parser: Http1Connection,
+    /// Client bytes from `released` to `received`, not yet sent to the server.
+    held: Vec<u8>,
+    /// Client stream offset up to which bytes went to the server.
+    released: u64,
+    received: u64,
+    /// When the first byte of the next request was seen (before its head completed).
+    next_start: Option<SystemTime>,
+    open: VecDeque<ExchangeMeta>,
+    answer: Option<PendingAnswer>,
+    /// Client bytes at the start of the stream, kept until the protocol is known.
+    first_bytes: Vec<u8>,
+}
+
+struct Http2Flow {
+    connection: Http2Connection,
+    output: Http2Output,
+    streams: VecDeque<(u32, ExchangeMeta)>,
+    next_index: u64,
+}
+
+impl HttpInspector {
+    /// An engine for a session whose handshakes are not done yet: the client leg's ALPN,
+    /// given by [`Inspector::established`], selects HTTP/2 or HTTP/1.1.
+    pub fn new(settings: Arc<InspectSettings>, url_rules: Arc<UrlRules>) -> HttpInspector {
+        HttpInspector {
+            settings,
+            url_rules,
+            now: None,
+            mode: Mode::Passthrough,
+            protocol: AppProtocol::Unknown,
+            stopped: None,
+            ended: None,
+            finished: Vec::new(),
+            counts: InspectCounts::default(),
+            started: false,
+        }
+    }
+
+    fn start(&mut self, alpn: Option<&str>) {
+        self.started = true;
+        if alpn == Some("h2") {
+            let flow = Http2Flow {
+                connection: Http2Connection::new(self.settings.http2),
+                output: Http2Output::default(),
+                streams: VecDeque::new(),
+                next_index: 0,
+            };
+            self.mode = Mode::Http2(Box::new(flow));
+            self.protocol = AppProtocol::Http2;
+        } else {
+            let flow = Http1Flow {
+                parser: Http1Connection::new(self.settings.http1),
+                held: Vec::new(),
+                released: 0,
+                received: 0,
+                next_start: None,
+                open: VecDeque::new(),
+                answer: None,
+                first_bytes: Vec::new(),
+            };
+            self.mode = Mode::Http1(Box::new(flow));
+            self.protocol = AppProtocol::Http1;
+        }
+    }
+
+    /// The wall-clock time of the current service round, stamped on what happens in it.
+    pub fn set_now(&mut self, now: SystemTime) {
+        self.now = Some(now);
+    }
+
+    pub fn protocol(&self) -> AppProtocol {
+        self.protocol
+    }
+
+    /// Why inspection stopped before the session ended (the rest was relayed as is).
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    /// Why the engine ended the session.
+    pub fn ended(&self) -> Option<&str> {
+        self.ended.as_deref()
+    }
+
+    pub fn counts(&self) -> InspectCounts {
+        self.counts
+    }
+
+    /// Transactions finished since the last call, in the order they finished.
+    pub fn take_finished(&mut self) -> Vec<InspectedTransaction> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Whether transactions are waiting in [`HttpInspector::take_finished`].
+    pub fn has_finished(&self) -> bool {
+        !self.finished.is_empty()
+    }
+
+    /// Approximate bytes the engine holds for the session beyond its own size.
+    pub fn memory_bytes(&self) -> usize {
+        match &self.mode {
+            Mode::Http1(flow) => flow.held.capacity() + flow.first_bytes.capacity() + flow.open.len() * 64,
+            Mode::Http2(flow) => flow.connection.memory_bytes() + flow.streams.len() * 64,
+            Mode::Passthrough | Mode::Ended => 0,
+        }
+    }
+
+    fn judge(&mut self, transaction: &Transaction) -> Option<UrlHit> {
+        let request = UrlRequest {
+            host: transaction.host.as_deref(),
+            path: &transaction.path,
+            method: &transaction.method,
+        };
+        let hit = self.url_rules.judge(&request)?;
+        self.counts.url_rule_hits += 1;
+        Some(UrlHit {
+            rule: hit.name.to_string(),
+            action: hit.action,
+        })
+    }
+
+    fn finish(&mut self, transaction: Transaction, meta: ExchangeMeta, blocked: bool) {
+        self.counts.transactions += 1;
+        self.finished.push(InspectedTransaction {
+            index: meta.index,
+            transaction,
+            url_rule: meta.url_rule,
+            blocked,
+            request_start: meta.request_start,
+            response_first_byte: meta.response_first_byte,
+            end: self.now,
+        });
+    }
+
+    /// Stops inspecting: `Some` when the settings say to end the session instead.
+    fn protocol_error(&mut self, what: String) -> bool {
+        self.counts.protocol_errors += 1;
+        self.stopped.get_or_insert(what);
+        self.settings.block_on_protocol_error
+    }
+
+    fn end(&mut self, why: String, relay: &mut Relay<'_>) {
+        self.ended.get_or_insert(why);
+        self.mode = Mode::Ended;
+        *relay.end_session = true;
+    }
+
+    // ---- HTTP/1.1 --------------------------------------------------------------------
+
+    fn http1_client(&mut self, bytes: &[u8], relay: &mut Relay<'_>) -> Pass {
+        let Mode::Http1(flow) = &mut self.mode else {
+            unreachable!("http1 mode")
+        };
+        if flow.answer.is_some() {
+            // After a blocked request the client's bytes never reach the server.
+            return Pass::Taken;
+        }
+        let start = flow.received;
+        if flow.next_start.is_none() && flow.parser.client_bytes_framed() == start {
+            flow.next_start = self.now;
+        }
+        flow.received += bytes.len() as u64;
+        if start < 64 {
+            let keep = bytes.len().min(64 - start as usize);
+            flow.first_bytes.extend_from_slice(&bytes[..keep]);
+        }
+        let events = flow.parser.client_bytes(bytes);
+        let only_body = events
+            .iter()
+            .all(|event| matches!(event, Http1Event::RequestComplete { .. }));
+        if only_body
+            && flow.held.is_empty()
+            && flow.released == start
+            && flow.parser.client_bytes_framed() == flow.received
+        {
+            // Body bytes: straight through, no copy.
+            flow.released = flow.received;
+            for event in events {
+                self.http1_event(event, relay);
+            }
+            return Pass::Forward;
+        }
+        // From here the call's bytes are held like the rest and leave through `release`.
+        flow.held.extend_from_slice(bytes);
+        for event in events {
+            self.http1_event(event, relay);
+        }
+        let Mode::Http1(flow) = &mut self.mode else {
+            // Passthrough or ended: the held bytes were released or dropped on the way.
+            return Pass::Taken;
+        };
+        match &flow.answer {
+            Some(_) => flow.held = Vec::new(),
+            None => {
+                let framed = flow.parser.client_bytes_framed();
+                release(flow, framed, relay.to_server);
+            }
+        }
+        Pass::Taken
+    }
+
+    fn http1_server(&mut self, bytes: &[u8], relay: &mut Relay<'_>) -> Pass {
+        let Mode::Http1(flow) = &mut self.mode else {
+            unreachable!("http1 mode")
+        };
+        // With an answer waiting, these bytes may complete the response before it: they
+        // must be queued before the answer is.
+        let queue_first = flow.answer.is_some();
+        let events = flow.parser.server_bytes(bytes);
+        if queue_first {
+            relay.to_client.extend_from_slice(bytes);
+        }
+        for event in events {
+            self.http1_event(event, relay);
+        }
+        match self.mode {
+            _ if queue_first => Pass::Taken,
+            // Ended on these bytes (a refused or malformed response): they do not go.
+            Mode::Ended => Pass::Taken,
+            _ => Pass::Forward,
+        }
+    }
+
+    fn http1_event(&mut self, event: Http1Event, relay: &mut Relay<'_>) {
+        let Mode::Http1(flow) = &mut self.mode else { return };
+        match event {
+            Http1Event::RequestHead {
+                index,
+                head_start,
+                request,
+                ..
+            } => {
+                if flow.answer.is_some() {
+                    // Pipelined behind a blocked request: never forwarded, never answered.
+                    return;
+                }
+                let request_start = flow.next_start.take().or(self.now);
+                let url_rule = self.judge(&request);
+                let Mode::Http1(flow) = &mut self.mode else { return };
+                let meta = ExchangeMeta {
+                    index,
+                    url_rule: url_rule.clone(),
+                    request_start,
+                    response_first_byte: None,
+                };
+                match url_rule {
+                    Some(hit) if hit.action == UrlAction::Block => {
+                        self.counts.blocked += 1;
+                        let response = http1_block_response(&request, &hit.rule, self.settings.block_page);
+                        release(flow, head_start, relay.to_server);
+                        flow.answer = Some(PendingAnswer {
+                            index,
+                            response,
+                            transaction: *request,
+                            meta,
+                        });
+                        self.answer_when_due(relay);
+                    }
+                    _ => flow.open.push_back(meta),
+                }
+            }
+            Http1Event::RequestComplete { .. } => {
+                if flow.answer.is_none() {
+                    flow.next_start = None;
+                }
+            }
+            Http1Event::ResponseHead { index, .. } => {
+                if let Some(meta) = flow.open.iter_mut().find(|m| m.index == index) {
+                    meta.response_first_byte
+                        .get_or_insert_with(|| self.now.unwrap_or(SystemTime::UNIX_EPOCH));
+                }
+            }
+            Http1Event::TransactionComplete { index, transaction } => {
+                let meta = match flow.open.iter().position(|m| m.index == index) {
+                    Some(position) => flow.open.remove(position),
+                    None => None,
+                };
+                let meta = meta.unwrap_or(ExchangeMeta {
+                    index,
+                    url_rule: None,
+                    request_start: None,
+                    response_first_byte: None,
+                });
+                self.finish(*transaction, meta, false);
+                self.answer_when_due(relay);
+            }
+            Http1Event::Tunnel { .. } => {
+                // 101 or CONNECT: the parser counts every byte as framed; let them all go.
+                let flow_end = flow.received;
+                release(flow, flow_end, relay.to_server);
+                self.stopped
+                    .get_or_insert_with(|| "tunnel: relayed uninspected".to_string());
+                self.flush_open_http1();
+                self.mode = Mode::Passthrough;
+            }
+            Http1Event::ProtocolError(error) => self.http1_error(error, false, relay),
+            Http1Event::Refused(error) => self.http1_error(error, true, relay),
+        }
+    }
+
+    /// Sends a pending answer once every request before it has its response, then ends.
+    fn answer_when_due(&mut self, relay: &mut Relay<'_>) {
+        let Mode::Http1(flow) = &mut self.mode else { return };
+        let Some(answer) = &flow.answer else { return };
+        if flow.open.iter().any(|m| m.index < answer.index) {
+            return;
+        }
+        let Some(answer) = flow.answer.take() else { return };
+        relay.to_client.extend_from_slice(&answer.response);
+        let mut transaction = answer.transaction;
+        transaction.status = Some(response_status(&answer.response));
+        let rule = answer
+            .meta
+            .url_rule
+            .as_ref()
+            .map(|hit| hit.rule.clone())
+            .unwrap_or_default();
+        self.finish(transaction, answer.meta, true);
+        self.end(format!("request blocked by url rule {rule:?}"), relay);
+    }
+
+    fn http1_error(&mut self, error: Http1Error, refused: bool, relay: &mut Relay<'_>) {
+        let Mode::Http1(flow) = &mut self.mode else { return };
+        let nothing_parsed = self.counts.transactions == 0 && flow.open.is_empty() && flow.answer.is_none();
+        if nothing_parsed && !refused && !looks_like_http1(&flow.first_bytes) {
+            // Not HTTP at all: relayed unchanged, marked unknown.
+            self.protocol = AppProtocol::Unknown;
+            let all = flow.received;
+            release(flow, all, relay.to_server);
+            self.stopped.get_or_insert_with(|| format!("not HTTP: {error}"));
+            self.mode = Mode::Passthrough;
+            return;
+        }
+        if refused {
+            self.counts.protocol_errors += 1;
+            self.stopped.get_or_insert_with(|| format!("refused: {error}"));
+            self.flush_open_http1();
+            self.end(format!("refused: {error}"), relay);
+            return;
+        }
+        if self.protocol_error(error.to_string()) {
+            self.flush_open_http1();
+            self.end(format!("protocol error: {error}"), relay);
+            return;
+        }
+        let Mode::Http1(flow) = &mut self.mode else { return };
+        if flow.answer.is_none() {
+            let all = flow.received;
+            release(flow, all, relay.to_server);
+        }
+        self.flush_open_http1();
+        self.mode = Mode::Passthrough;
+    }
+
+    /// Forgets the exchanges still open when inspection stops: the record says why.
+    fn flush_open_http1(&mut self) {
+        if let Mode::Http1(flow) = &mut self.mode {
+            flow.open.clear();
+        }
+    }
+
+    // ---- HTTP/2 ----------------------------------------------------------------------
+
+    fn http2_bytes(&mut self, bytes: &[u8], from_client: bool, relay: &mut Relay<'_>) -> Pass {
+        let Mode::Http2(flow) = &mut self.mode else {
+            unreachable!("http2 mode")
+        };
+        // The connection writes straight into the session's queues.
+        std::mem::swap(&mut flow.output.to_server, relay.to_server);
+        std::mem::swap(&mut flow.output.to_client, relay.to_client);
+        let url_rules = &self.url_rules;
+        let block_page = self.settings.block_page;
+        let mut hits: Vec<(u32, UrlHit)> = Vec::new();
+        if from_client {
+            let mut judge = |transaction: &Transaction| {
+                let request = UrlRequest {
+                    host: transaction.host.as_deref(),
+                    path: &transaction.path,
+                    method: &transaction.method,
+                };
+                match url_rules.judge(&request) {
+                    None => StreamVerdict::Forward,
+                    Some(hit) => {
+                        let stream = transaction.stream_id.unwrap_or(0);
+                        let url_hit = UrlHit {
+                            rule: hit.name.to_string(),
+                            action: hit.action,
+                        };
+                        hits.push((stream, url_hit));
+                        if hit.action == UrlAction::Block {
+                            StreamVerdict::Answer(http2_block_answer(transaction, &hit.name, block_page))
+                        } else {
+                            StreamVerdict::Forward
+                        }
+                    }
+                }
+            };
+            flow.connection.client_bytes(bytes, &mut judge, &mut flow.output);
+        } else {
+            flow.connection.server_bytes(bytes, &mut flow.output);
+        }
+        std::mem::swap(&mut flow.output.to_server, relay.to_server);
+        std::mem::swap(&mut flow.output.to_client, relay.to_client);
+        self.counts.url_rule_hits += hits.len() as u64;
+        self.http2_events(hits, relay);
+        Pass::Taken
+    }
+
+    fn http2_closed(&mut self, from_client: bool, relay: &mut Relay<'_>) {
+        let Mode::Http2(flow) = &mut self.mode else { return };
+        std::mem::swap(&mut flow.output.to_server, relay.to_server);
+        std::mem::swap(&mut flow.output.to_client, relay.to_client);
+        if from_client {
+            flow.connection.client_closed(&mut flow.output);
+        } else {
+            flow.connection.server_closed(&mut flow.output);
+        }
+        std::mem::swap(&mut flow.output.to_server, relay.to_server);
+        std::mem::swap(&mut flow.output.to_client, relay.to_client);
+        self.http2_events(Vec::new(), relay);
+    }
+
+    fn http2_events(&mut self, mut hits: Vec<(u32, UrlHit)>, relay: &mut Relay<'_>) {
+        let Mode::Http2(flow) = &mut self.mode else { return };
+        let events = std::mem::take(&mut flow.output.events);
+        let close = std::mem::take(&mut flow.output.close);
+        for event in events {
+            let Mode::Http2(flow) = &mut self.mode else { return };
+            match event {
+                Http2Event::RequestHead { stream_id, .. } => {
+                    let url_rule = hits
+                        .iter()
+                        .position(|(stream, _)| *stream == stream_id)
+                        .map(|at| hits.swap_remove(at).1);
+                    let index = flow.next_index;
+                    flow.next_index += 1;
+                    flow.streams.push_back((
+                        stream_id,
+                        ExchangeMeta {
+                            index,
+                            url_rule,
+                            request_start: self.now,
+                            response_first_byte: None,
+                        },
+                    ));
+                }
+                Http2Event::ResponseHead { stream_id, .. } => {
+                    if let Some((_, meta)) = flow.streams.iter_mut().find(|(id, _)| *id == stream_id) {
+                        if meta.response_first_byte.is_none() {
+                            meta.response_first_byte = self.now;
+                        }
+                    }
+                }
+                Http2Event::Answered { .. } => self.counts.blocked += 1,
+                Http2Event::TransactionComplete { transaction } => {
+                    let stream_id = transaction.stream_id.unwrap_or(0);
+                    let meta = flow
+                        .streams
+                        .iter()
+                        .position(|(id, _)| *id == stream_id)
+                        .and_then(|at| flow.streams.remove(at))
+                        .map(|(_, meta)| meta);
+                    let index = meta.as_ref().map_or(flow.next_index, |m| m.index);
+                    let meta = meta.unwrap_or(ExchangeMeta {
+                        index,
+                        url_rule: None,
+                        request_start: None,
+                        response_first_byte: None,
+                    });
+                    let blocked = meta.url_rule.as_ref().is_some_and(|hit| hit.action == UrlAction::Block);
+                    self.finish(*transaction, meta, blocked);
+                }
+                Http2Event::StreamReset { .. } | Http2Event::GoAway { .. } => {}
+                Http2Event::ProtocolError(error) => {
+                    let what = error.to_string();
+                    if self.protocol_error(what.clone()) {
+                        self.end(format!("protocol error: {what}"), relay);
+                        return;
+                    }
+                }
+            }
+        }
+        if close {
+            let why = self
+                .stopped
+                .clone()
+                .unwrap_or_else(|| "http2 connection error".to_string());
+            self.end(why, relay);
+        }
+    }
+}
+
+impl Inspector for HttpInspector {
+    fn established(&mut self, client_alpn: Option<&str>) {
+        if !self.started {
+            self.start(client_alpn);
+        }
+    }
+
+    fn client_to_server(&mut self, plaintext: &[u8], relay: &mut Relay<'_>) -> Pass {
+        if !self.started {
+            self.start(None);
+        }
+        match self.mode {
+            Mode::Http1(_) => self.http1_client(plaintext, relay),
+            Mode::Http2(_) => self.http2_bytes(plaintext, true, relay),
+            Mode::Passthrough => Pass::Forward,
+            Mode::Ended => Pass::Taken,
+        }
+    }
+
+    fn server_to_client(&mut self, plaintext: &[u8], relay: &mut Relay<'_>) -> Pass {
+        if !self.started {
+            self.start(None);
+        }
+        match self.mode {
+            Mode::Http1(_) => self.http1_server(plaintext, relay),
+            Mode::Http2(_) => self.http2_bytes(plaintext, false, relay),
+            Mode::Passthrough => Pass::Forward,
+            Mode::Ended => Pass::Taken,
+        }
+    }
+
+    fn client_ended(&mut self, relay: &mut Relay<'_>) {
+        match &mut self.mode {
+            Mode::Http1(flow) => {
+                let events = flow.parser.client_closed();
+                for event in events {
+                    self.http1_event(event, relay);
+                }
+                // Whatever is still held goes: the client will send nothing more.
+                if let Mode::Http1(flow) = &mut self.mode {
+                    if flow.answer.is_none() {
+                        let all = flow.received;
+                        release(flow, all, relay.to_server);
+                    }
+                }
+            }
+            Mode::Http2(_) => self.http2_closed(true, relay),
+            Mode::Passthrough | Mode::Ended => {}
+        }
+    }
+
+    fn server_ended(&mut self, relay: &mut Relay<'_>) {
+        match &mut self.mode {
+            Mode::Http1(flow) => {
+                let events = flow.parser.server_closed();
+                for event in events {
+                    self.http1_event(event, relay);
+                }
+            }
+            Mode::Http2(_) => self.http2_closed(false, relay),
+            Mode::Passthrough | Mode::Ended => {}
+        }
+    }
+}
+
+/// Sends held client bytes up to stream offset `limit` to the server.
+fn release(flow: &mut Http1Flow, limit: u64, to_server: &mut Vec<u8>) {
+    if limit <= flow.released {
+        return;
+    }
+    let count = ((limit - flow.released) as usize).min(flow.held.len());
+    to_server.extend_from_slice(&flow.held[..count]);
+    flow.held.drain(..count);
+    flow.released += count as u64;
+    if flow.held.is_empty() && flow.held.capacity() > 4096 {
+        flow.held = Vec::new();
+    }
+}
+
+/// Whether a stream starts like an HTTP/1.x request line: a method token and a space.
+fn looks_like_http1(first: &[u8]) -> bool {
+    let token_len = first
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase() || **b == b'-')
+        .count();
+    (1..=20).contains(&token_len) && first.get(token_len).is_none_or(|b| *b == b' ')
+}
+
+fn response_status(response: &[u8]) -> u16 {
+    response
+        .get(9..12)
+        .and_then(|code| std::str::from_utf8(code).ok())
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(403)
+}
+
+/// The page a blocked request gets: it names the rule, so a user can tell the helpdesk.
+fn block_page(transaction: &Transaction, rule: &str) -> String {
+    let host = transaction.host.as_deref().unwrap_or("");
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>403 Blocked</title></head>\n\
+         <body><h1>Blocked</h1>\n<p>The request for <code>{}{}</code> was blocked by the inspection \
+         policy (URL rule <code>{}</code>).</p>\n<p>If you need it, ask your network administrator \
+         and quote the rule name.</p></body></html>\n",
+        html_escape(host),
+        html_escape(&transaction.url()),
+        html_escape(rule)
+    )
+}
+
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An HTTP/1.1 403 that closes the connection.
+fn http1_block_response(transaction: &Transaction, rule: &str, with_page: bool) -> Vec<u8> {
+    let body = if with_page {
+        block_page(transaction, rule)
+    } else {
+        String::new()
+    };
+    let version = match transaction.version {
+        Some(super::transaction::HttpVersion::Http10) => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let mut response = format!(
+        "{version} 403 Forbidden\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if transaction.method != "HEAD" {
+        response.extend_from_slice(body.as_bytes());
+    }
+    response
+}
+
+fn http2_block_answer(transaction: &Transaction, rule: &str, with_page: bool) -> Answer {
+    let body = if with_page && transaction.method != "HEAD" {
+        block_page(transaction, rule).into_bytes()
+    } else {
+        Vec::new()
+    };
+    Answer {
+        status: 403,
+        headers: vec![
+            ("content-type".to_string(), "text/html; charset=utf-8".to_string()),
+            ("cache-control".to_string(), "no-store".to_string()),
+        ],
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests;
