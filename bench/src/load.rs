@@ -18,6 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 // bulk workload hashes every byte it receives.
 use boring::sha::Sha256;
 use boring::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslSessionCacheMode, SslVerifyMode};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -34,10 +35,14 @@ pub enum Workload {
     Handshakes,
     /// Keep-alive HTTP/1.1 requests on `concurrency` connections.
     Requests,
+    /// The same over HTTP/2 (ALPN h2): one request at a time on each connection.
+    RequestsH2,
     /// `streams` parallel downloads of one large object, each hashed.
     Bulk { streams: usize },
     /// Open `sessions` TLS sessions, hold them idle for the duration, close them.
     Idle { sessions: usize },
+    /// The same with HTTP/2 sessions (ALPN h2, one request each before the hold).
+    IdleH2 { sessions: usize },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,9 +141,21 @@ impl Workload {
         match self {
             Workload::Handshakes => "handshakes",
             Workload::Requests => "requests",
+            Workload::RequestsH2 => "requests-h2",
             Workload::Bulk { .. } => "bulk",
             Workload::Idle { .. } => "idle",
+            Workload::IdleH2 { .. } => "idle-h2",
         }
+    }
+
+    /// Idle sessions held open (HTTP/1.1 or HTTP/2).
+    pub fn is_idle(&self) -> bool {
+        matches!(self, Workload::Idle { .. } | Workload::IdleH2 { .. })
+    }
+
+    /// Spoken over HTTP/2 (ALPN h2 only).
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Workload::RequestsH2 | Workload::IdleH2 { .. })
     }
 }
 
@@ -180,9 +197,9 @@ pub fn run_load_with(spec: &LoadSpec, on_ready: impl FnOnce(u64) + Send + 'stati
         bail!("concurrency must be at least 1");
     }
     let fds = match spec.workload {
-        Workload::Idle { sessions } => sessions + spec.concurrency,
+        Workload::Idle { sessions } | Workload::IdleH2 { sessions } => sessions + spec.concurrency,
         Workload::Bulk { streams } => streams,
-        Workload::Handshakes | Workload::Requests => spec.concurrency,
+        Workload::Handshakes | Workload::Requests | Workload::RequestsH2 => spec.concurrency,
     };
     raise_nofile(fds as u64 + 256)?;
     let shared = Arc::new(Shared::new(spec)?);
@@ -197,8 +214,9 @@ pub fn run_load_with(spec: &LoadSpec, on_ready: impl FnOnce(u64) + Send + 'stati
         match shared.spec.workload {
             Workload::Handshakes => timed(shared, handshakes_task).await,
             Workload::Requests => timed(shared, requests_task).await,
+            Workload::RequestsH2 => timed(shared, requests_h2_task).await,
             Workload::Bulk { streams } => bulk(shared, streams).await,
-            Workload::Idle { sessions } => idle(shared, sessions, on_ready).await,
+            Workload::Idle { sessions } | Workload::IdleH2 { sessions } => idle(shared, sessions, on_ready).await,
         }
     });
     // Tasks still closing sessions are dropped with the runtime, without waiting.
@@ -216,6 +234,9 @@ struct Shared {
     /// The same with `Connection: close` (handshakes: the server closes first, so its
     /// side, not ours, keeps the TIME_WAIT and the client never runs out of ports).
     request_close: Vec<u8>,
+    /// HTTP/2: `https://<sni><path>` (its scheme and authority become `:scheme` and
+    /// `:authority`).
+    uri: http::Uri,
     errors: AtomicU64,
     first_errors: Mutex<Vec<String>>,
 }
@@ -229,7 +250,13 @@ impl Shared {
         // No client session cache and no tickets: every handshake is a full one.
         ctx.set_session_cache_mode(SslSessionCacheMode::OFF);
         ctx.set_options(SslOptions::NO_TICKET);
-        ctx.set_alpn_protos(b"\x08http/1.1")?;
+        // The HTTP/2 workloads offer h2 alone: a server or middlebox that does not take it
+        // fails the session instead of quietly measuring HTTP/1.1.
+        if spec.workload.is_h2() {
+            ctx.set_alpn_protos(b"\x02h2")?;
+        } else {
+            ctx.set_alpn_protos(b"\x08http/1.1")?;
+        }
         // One key share, X25519 (BoringSSL would add an ML-KEM hybrid share): the same
         // group whatever the middlebox supports (sslsplit's and squid's OpenSSL 3.0 have
         // no ML-KEM), and the client's cheapest full handshake.
@@ -246,6 +273,9 @@ impl Shared {
             ctx: ctx.build(),
             request: req(""),
             request_close: req("Connection: close\r\n"),
+            uri: format!("https://{}{}", spec.sni, spec.path)
+                .parse()
+                .with_context(|| format!("bad URI for {} {}", spec.sni, spec.path))?,
             errors: AtomicU64::new(0),
             first_errors: Mutex::new(Vec::new()),
         })
@@ -587,12 +617,12 @@ async fn idle(shared: Arc<Shared>, sessions: usize, on_ready: impl FnOnce(u64)) 
     let (close_tx, close_rx) = watch::channel(false);
     let handles: Vec<_> = (0..sessions)
         .map(|_| {
-            tokio::spawn(idle_session(
-                shared.clone(),
-                gate.clone(),
-                opened_tx.clone(),
-                close_rx.clone(),
-            ))
+            let (shared, gate, opened, close) = (shared.clone(), gate.clone(), opened_tx.clone(), close_rx.clone());
+            if shared.spec.workload.is_h2() {
+                tokio::spawn(idle_session_h2(shared, gate, opened, close))
+            } else {
+                tokio::spawn(idle_session(shared, gate, opened, close))
+            }
         })
         .collect();
     drop(opened_tx);
@@ -731,26 +761,32 @@ struct Conn {
     body_received: u64,
 }
 
+/// TCP connect and full TLS handshake, the certificate verified for the SNI name (ALPN as
+/// the workload asks).
+async fn tls_connect(shared: &Shared, deadline: Instant, socket_buf: usize) -> Result<SslStream<BufReader<TcpStream>>> {
+    let spec = &shared.spec;
+    step(deadline, "connect and handshake", async {
+        let tcp = TcpStream::connect(spec.target)
+            .await
+            .with_context(|| format!("connecting to {}", spec.target))?;
+        tcp.set_nodelay(true)?;
+        let mut ssl = Ssl::new(&shared.ctx)?;
+        ssl.set_hostname(&spec.sni)?;
+        ssl.param_mut().set_host(&spec.sni)?;
+        // BoringSSL reads a record's header and then its body: the buffer turns
+        // those two reads into one system call (usually less, several records).
+        tokio_boring::SslStreamBuilder::new(ssl, BufReader::with_capacity(socket_buf, tcp))
+            .connect()
+            .await
+            .map_err(|e| anyhow!("TLS handshake with {}: {e}", spec.target))
+    })
+    .await
+}
+
 impl Conn {
     /// TCP connect and full TLS handshake, the certificate verified for the SNI name.
     async fn connect(shared: &Shared, deadline: Instant, buf: usize, socket_buf: usize) -> Result<Conn> {
-        let spec = &shared.spec;
-        let tls = step(deadline, "connect and handshake", async {
-            let tcp = TcpStream::connect(spec.target)
-                .await
-                .with_context(|| format!("connecting to {}", spec.target))?;
-            tcp.set_nodelay(true)?;
-            let mut ssl = Ssl::new(&shared.ctx)?;
-            ssl.set_hostname(&spec.sni)?;
-            ssl.param_mut().set_host(&spec.sni)?;
-            // BoringSSL reads a record's header and then its body: the buffer turns
-            // those two reads into one system call (usually less, several records).
-            tokio_boring::SslStreamBuilder::new(ssl, BufReader::with_capacity(socket_buf, tcp))
-                .connect()
-                .await
-                .map_err(|e| anyhow!("TLS handshake with {}: {e}", spec.target))
-        })
-        .await?;
+        let tls = tls_connect(shared, deadline, socket_buf).await?;
         Ok(Conn {
             tls,
             buf: vec![0; buf],
@@ -851,6 +887,182 @@ impl Conn {
                 Ok(_) => self.pos = self.len,
                 Err(e) => return !e.is::<Cut>(),
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2: the h2 crate over the same TLS streams (ALPN h2 only).
+
+/// An HTTP/2 connection: the handle requests are sent on; a task drives the connection.
+struct H2Conn {
+    send: h2::client::SendRequest<Bytes>,
+    driver: JoinHandle<std::result::Result<(), h2::Error>>,
+}
+
+impl H2Conn {
+    /// TCP connect, full TLS handshake with ALPN h2, the HTTP/2 preface and settings.
+    async fn connect(shared: &Shared, deadline: Instant, socket_buf: usize) -> Result<H2Conn> {
+        let tls = tls_connect(shared, deadline, socket_buf).await?;
+        if tls.ssl().selected_alpn_protocol() != Some(b"h2".as_slice()) {
+            bail!("the server did not select ALPN h2");
+        }
+        let (send, conn) = step(deadline, "HTTP/2 handshake", async {
+            h2::client::handshake(tls).await.context("HTTP/2 handshake")
+        })
+        .await?;
+        Ok(H2Conn {
+            send,
+            driver: tokio::spawn(conn),
+        })
+    }
+
+    /// Sends `GET uri` (one stream) and reads the whole response: the body's bytes
+    /// (HEADERS and frame headers are not counted). A status other than 200 is an error.
+    async fn request(&mut self, uri: &http::Uri, deadline: Instant) -> Result<u64> {
+        let send = &mut self.send;
+        step(deadline, "the HTTP/2 request", async {
+            let req = http::Request::get(uri.clone())
+                .header("user-agent", "loupe-bench")
+                .header("accept", "*/*")
+                .body(())?;
+            std::future::poll_fn(|cx| send.poll_ready(cx))
+                .await
+                .context("opening a stream")?;
+            let (resp, _) = send.send_request(req, true).context("sending the request")?;
+            let resp = resp.await.context("reading the response")?;
+            if resp.status() != http::StatusCode::OK {
+                bail!("HTTP status {}", resp.status());
+            }
+            let mut body = resp.into_body();
+            let mut n = 0u64;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.context("reading the response body")?;
+                n += chunk.len() as u64;
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            anyhow::Ok(n)
+        })
+        .await
+    }
+
+    /// Still usable: the connection has not ended.
+    fn usable(&self) -> bool {
+        !self.driver.is_finished()
+    }
+}
+
+/// A graceful GOAWAY (e.g. nginx's `keepalive_requests`, a million in the lab): the
+/// client moves to a new connection, as the HTTP/1.1 one does after `Connection: close`.
+fn is_graceful_goaway(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<h2::Error>())
+        .any(|h| h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR))
+}
+
+/// Requests over HTTP/2: as [`requests_task`], one request at a time on one connection
+/// (a new one when the server ends it or after an error), so that CPU per request
+/// compares with HTTP/1.1's.
+async fn requests_h2_task(shared: Arc<Shared>, w: Window) -> TaskStats {
+    let mut raw = new_hist();
+    let mut s = TaskStats {
+        completed: 0,
+        bytes: 0,
+        latency: None,
+        handshake: None,
+    };
+    let mut conn: Option<H2Conn> = None;
+    while Instant::now() < w.end {
+        if conn.as_ref().is_some_and(|c| !c.usable()) {
+            conn = None;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match H2Conn::connect(&shared, w.end, SOCKET_BUF).await {
+                Ok(c) => conn.insert(c),
+                Err(e) if e.is::<Cut>() => break,
+                Err(e) => {
+                    shared.error(&e);
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let t0 = Instant::now();
+        match c.request(&shared.uri, w.end).await {
+            Ok(body) => {
+                let done = Instant::now();
+                if w.contains(done) {
+                    s.completed += 1;
+                    s.bytes += body;
+                    record(&mut raw, done - t0);
+                }
+            }
+            Err(e) if e.is::<Cut>() => break,
+            Err(e) if is_graceful_goaway(&e) => conn = None,
+            Err(e) => {
+                conn = None;
+                shared.error(&e);
+                tokio::time::sleep(ERROR_PAUSE).await;
+            }
+        }
+    }
+    if !raw.is_empty() {
+        let interval = (raw.mean() as u64).max(1);
+        s.latency = Some(raw.clone_correct(interval));
+    }
+    s
+}
+
+/// One idle HTTP/2 session (as [`idle_session`]): connect, one request, hold; at the end
+/// the client's handle is dropped, and the connection sends its GOAWAY and closes.
+async fn idle_session_h2(
+    shared: Arc<Shared>,
+    gate: Arc<Semaphore>,
+    opened: mpsc::UnboundedSender<bool>,
+    mut close: watch::Receiver<bool>,
+) -> (bool, u64) {
+    let permit = gate.acquire_owned().await;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let open = async {
+        let mut c = H2Conn::connect(&shared, deadline, SOCKET_BUF_IDLE).await?;
+        let n = c.request(&shared.uri, deadline).await?;
+        anyhow::Ok((c, n))
+    };
+    let res = open.await;
+    drop(permit);
+    let (c, received) = match res {
+        Ok(c) => c,
+        Err(e) => {
+            let e = if e.is::<Cut>() {
+                anyhow!("opening the session took over {STEP_TIMEOUT:?}")
+            } else {
+                e
+            };
+            shared.error(&e);
+            let _ = opened.send(false);
+            return (false, 0);
+        }
+    };
+    let _ = opened.send(true);
+    drop(opened);
+    let H2Conn { send, mut driver, .. } = c;
+    tokio::select! {
+        _ = async { drop(close.wait_for(|&v| v).await) } => {
+            drop(send);
+            if tokio::time::timeout(Duration::from_secs(2), &mut driver).await.is_err() {
+                driver.abort();
+            }
+            (true, received)
+        }
+        r = &mut driver => {
+            let what = match r {
+                Ok(Ok(())) => "closed".to_string(),
+                Ok(Err(e)) => format!("broke ({e})"),
+                Err(e) => format!("lost its driver ({e})"),
+            };
+            shared.error(&anyhow!("the server {what} an idle HTTP/2 session while it was held"));
+            (false, received)
         }
     }
 }

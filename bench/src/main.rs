@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// The bench: every mode (direct, loupe-bridge, loupe-splice, loupe-decrypt, sslsplit,
-    /// squid) × every workload in a lab of its own; writes the report to --out.
+    /// The bench: every mode (direct, loupe-bridge, loupe-splice, loupe-decrypt,
+    /// loupe-inspect, sslsplit, squid) × every workload in a lab of its own; writes the report to --out.
     Run {
         /// One repetition, short durations, a 256 MiB bulk object.
         #[arg(long)]
@@ -38,8 +38,8 @@ enum Cmd {
         /// Repetitions of each workload (default: 3, or 1 with --quick/--tiny).
         #[arg(long)]
         reps: Option<usize>,
-        /// Only these workloads: handshakes, requests, bulk-1, bulk-8 (bulk-N for any
-        /// stream count N), idle.
+        /// Only these workloads: handshakes, requests, requests-h2, bulk-1, bulk-8 (bulk-N
+        /// for any stream count N), idle, idle-h2.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
         /// Where the report goes.
@@ -144,7 +144,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
     },
-    /// Run one workload against an HTTPS (HTTP/1.1) server for a warm-up and a measured
+    /// Run one workload against an HTTPS (HTTP/1.1, or HTTP/2 for the -h2 ones) server for a warm-up and a measured
     /// duration; print what it measured as one JSON line. Connection failures are counted
     /// in `errors`, not fatal. The idle workload writes `ready <n>` to stderr once its
     /// sessions are all open.
@@ -188,8 +188,12 @@ enum Cmd {
 enum LoadKind {
     Handshakes,
     Requests,
+    /// Keep-alive requests over HTTP/2 (ALPN h2), one at a time per connection.
+    RequestsH2,
     Bulk,
     Idle,
+    /// Idle HTTP/2 sessions (ALPN h2).
+    IdleH2,
 }
 
 fn main() -> ExitCode {
@@ -379,8 +383,10 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 workload: match workload {
                     LoadKind::Handshakes => Workload::Handshakes,
                     LoadKind::Requests => Workload::Requests,
+                    LoadKind::RequestsH2 => Workload::RequestsH2,
                     LoadKind::Bulk => Workload::Bulk { streams },
                     LoadKind::Idle => Workload::Idle { sessions },
+                    LoadKind::IdleH2 => Workload::IdleH2 { sessions },
                 },
                 concurrency,
                 warmup,

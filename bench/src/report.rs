@@ -28,7 +28,7 @@ use crate::load::{Latency, LoadResult};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
     pub mode: String,
-    /// "handshakes", "requests", "bulk-1", "bulk-8", "idle".
+    /// "handshakes", "requests", "requests-h2", "bulk-1", "bulk-8", "idle", "idle-h2".
     pub workload: String,
     /// Repetition number (0-based or 1-based, only shown).
     pub rep: usize,
@@ -264,6 +264,9 @@ pub struct BenchReport {
     /// One per (mode, workload) measured, modes major.
     pub cells: Vec<Cell>,
     pub notes: Vec<String>,
+    /// loupe-inspect against loupe-decrypt, per workload both ran (empty unless both did).
+    #[serde(default)]
+    pub inspection: Vec<InspectionCost>,
     /// The raw measurements.
     pub measurements: Vec<Measurement>,
 }
@@ -288,8 +291,8 @@ enum Kind {
 fn kind(workload: &str) -> Kind {
     match workload {
         "handshakes" => Kind::Handshakes,
-        "requests" => Kind::Requests,
-        "idle" => Kind::Idle,
+        "requests" | "requests-h2" => Kind::Requests,
+        "idle" | "idle-h2" => Kind::Idle,
         w if w.starts_with("bulk") => Kind::Bulk,
         _ => Kind::Other,
     }
@@ -493,7 +496,89 @@ fn p99_of(c: &Cell) -> Option<f64> {
     c.latency.map(|l| l.p99_us)
 }
 
-const WORKLOAD_ORDER: [&str; 5] = ["handshakes", "requests", "bulk-1", "bulk-8", "idle"];
+const WORKLOAD_ORDER: [&str; 7] = [
+    "handshakes",
+    "requests",
+    "requests-h2",
+    "bulk-1",
+    "bulk-8",
+    "idle",
+    "idle-h2",
+];
+
+/// The mode with HTTP inspection on, and its baseline: the same loupe with it off.
+pub const INSPECT_MODE: &str = "loupe-inspect";
+pub const INSPECT_BASELINE: &str = "loupe-decrypt";
+
+/// What HTTP inspection adds: a loupe-inspect cost against loupe-decrypt's for the same
+/// workload of the same run (medians of their clean repetitions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InspectionCost {
+    pub workload: String,
+    /// The cost's unit ("CPU-µs/request", "CPU-s/GB", "RSS B/session").
+    pub unit: String,
+    pub decrypt: f64,
+    pub inspect: f64,
+    /// `inspect − decrypt`, in `unit`.
+    pub added: f64,
+    /// `inspect ÷ decrypt`; `None` when decrypt's cost is not positive.
+    pub ratio: Option<f64>,
+    /// The issue's target, in words ("≤ 3 CPU-µs", "≤ +10%"); `None` without one.
+    pub target: Option<String>,
+    /// The figure meets the target (measured once, on a shared machine: noisy).
+    pub within_target: Option<bool>,
+}
+
+/// The target on inspection's added cost for a workload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum InspectTarget {
+    /// `added` at most this (in the cost's unit).
+    Added(f64),
+    /// `ratio` at most this.
+    Ratio(f64),
+}
+
+fn inspect_target(workload: &str) -> Option<InspectTarget> {
+    match (kind(workload), workload) {
+        (Kind::Requests, _) => Some(InspectTarget::Added(3.0)),
+        (Kind::Bulk, _) => Some(InspectTarget::Ratio(1.10)),
+        (Kind::Idle, "idle-h2") => Some(InspectTarget::Added(16.0 * 1024.0)),
+        (Kind::Idle, _) => Some(InspectTarget::Added(2.0 * 1024.0)),
+        _ => None,
+    }
+}
+
+fn inspection_cost(decrypt: &Cell, inspect: &Cell) -> Option<InspectionCost> {
+    let (d, i) = (cost_of(decrypt)?, cost_of(inspect)?);
+    if decrypt.failed() || inspect.failed() {
+        return None;
+    }
+    let added = i - d;
+    let ratio = ratio_value(i, d);
+    let target = inspect_target(&decrypt.workload);
+    let (text, within) = match target {
+        Some(InspectTarget::Added(max)) => {
+            let unit = if kind(&decrypt.workload) == Kind::Idle {
+                format!("{} B ({} KiB)", fmt_num(max), max / 1024.0)
+            } else {
+                format!("{max} CPU-µs")
+            };
+            (Some(format!("≤ {unit}")), Some(added <= max))
+        }
+        Some(InspectTarget::Ratio(max)) => (Some(format!("≤ +{:.0}%", (max - 1.0) * 100.0)), ratio.map(|r| r <= max)),
+        None => (None, None),
+    };
+    Some(InspectionCost {
+        workload: decrypt.workload.clone(),
+        unit: decrypt.cost_unit.clone(),
+        decrypt: d,
+        inspect: i,
+        added,
+        ratio,
+        target: text,
+        within_target: within,
+    })
+}
 
 impl BenchReport {
     /// Aggregates `measurements` (any order; modes keep their order of first
@@ -517,7 +602,7 @@ impl BenchReport {
         let rank = |w: &str| {
             WORKLOAD_ORDER.iter().position(|o| *o == w).unwrap_or(match kind(w) {
                 // Other bulk-N before idle, others last.
-                Kind::Bulk => 3,
+                Kind::Bulk => 4,
                 _ => WORKLOAD_ORDER.len(),
             })
         };
@@ -571,6 +656,13 @@ impl BenchReport {
             };
         }
 
+        let inspection = workloads
+            .iter()
+            .filter_map(|w| {
+                let find = |mode: &str| cells.iter().find(|c| c.mode == mode && &c.workload == w);
+                inspection_cost(find(INSPECT_BASELINE)?, find(INSPECT_MODE)?)
+            })
+            .collect();
         let mut report = Self {
             machine,
             floor,
@@ -578,6 +670,7 @@ impl BenchReport {
             workloads,
             cells,
             notes: Vec::new(),
+            inspection,
             measurements,
         };
         report.notes = report.auto_notes();
@@ -792,6 +885,8 @@ impl BenchReport {
             let (_, unit) = units(w);
             header.push(match kind(w) {
                 Kind::Bulk | Kind::Other => format!("{unit} ({w})"),
+                // Two workloads of a kind (HTTP/1.1 and HTTP/2): name the second.
+                _ if w.ends_with("-h2") => format!("{unit} ({w})"),
                 _ => unit.to_string(),
             });
         }
@@ -886,6 +981,11 @@ impl BenchReport {
             out.push_str(&md_table_left(&header, rows, 2));
         }
 
+        // Inspection.
+        if !self.inspection.is_empty() {
+            out.push_str(&self.inspection_markdown());
+        }
+
         // Floor.
         out.push_str("\n## Crypto floor\n\n");
         match &self.floor {
@@ -953,6 +1053,76 @@ impl BenchReport {
                 let _ = writeln!(out, "- {n}");
             }
         }
+        out
+    }
+
+    /// The "What HTTP inspection costs" section.
+    fn inspection_markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n## What HTTP inspection costs ({INSPECT_MODE} against {INSPECT_BASELINE})\n\n\
+             Both ran in this run with the same loupe; their configurations differ only by inspection: \
+             {INSPECT_BASELINE} has `[inspection] http = false`, {INSPECT_MODE} has it on with URL rules \
+             that match none of the bench's requests (every request is judged and allowed, and logged to eve.json). \
+             Export is off in both. Added: {INSPECT_MODE}'s median cost minus {INSPECT_BASELINE}'s (CPU of loupe's \
+             process; memory: its resident growth per idle session). One run on a shared machine: a difference of a \
+             few CPU-µs can be within the noise of either figure: each is given with the min–max of its repetitions.\n"
+        );
+        let header: Vec<String> = [
+            "workload",
+            "unit",
+            INSPECT_BASELINE,
+            INSPECT_MODE,
+            "added",
+            "inspect ÷ decrypt",
+            "target",
+            "met",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let rows = self
+            .inspection
+            .iter()
+            .map(|c| {
+                let signed = |v: f64| {
+                    if v >= 0.0 {
+                        format!("+{}", fmt_num(v))
+                    } else {
+                        format!("−{}", fmt_num(-v))
+                    }
+                };
+                // The medians, with the min–max of the repetitions: the noise to weigh
+                // the difference against.
+                let cost = |mode: &str, median: f64| {
+                    self.cell(mode, &c.workload)
+                        .and_then(|cell| cell.cost)
+                        .map_or_else(|| fmt_num(median), fmt_stat)
+                };
+                vec![
+                    c.workload.clone(),
+                    c.unit.clone(),
+                    cost(INSPECT_BASELINE, c.decrypt),
+                    cost(INSPECT_MODE, c.inspect),
+                    signed(c.added),
+                    c.ratio.map_or("—".into(), |r| {
+                        format!(
+                            "{r:.3}× ({}{:.1}%)",
+                            if r >= 1.0 { "+" } else { "−" },
+                            (r - 1.0).abs() * 100.0
+                        )
+                    }),
+                    c.target.clone().unwrap_or_else(|| "—".into()),
+                    match c.within_target {
+                        Some(true) => "yes".into(),
+                        Some(false) => "no".into(),
+                        None => "—".into(),
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&md_table_left(&header, rows, 2));
         out
     }
 
@@ -1697,6 +1867,149 @@ mod tests {
         // direct's idle memory: not applicable.
         let direct_row = md.lines().find(|l| l.starts_with("| direct |")).unwrap();
         assert!(direct_row.ends_with("| n/a |"), "{direct_row}");
+    }
+
+    /// loupe-decrypt and loupe-inspect over the workloads inspection has targets for:
+    /// (workload, decrypt figure, inspect figure) with 8 CPU-s (requests: req/s; bulk:
+    /// MB/s; idle: B/session). Requests: 10 s × rate requests over 8 CPU-s.
+    fn inspection_run() -> Vec<Measurement> {
+        let rows: [(&str, f64, f64); 6] = [
+            // 8 CPU-s over 10 s × rate requests: 40 and 41.67 CPU-µs per request.
+            ("requests", 20_000.0, 19_200.0),
+            ("requests-h2", 16_000.0, 8e6 / 10.0 / (8e6 / 16_000.0 / 10.0 + 2.5)),
+            ("bulk-8", 800.0, 800.0 / 1.05),
+            ("bulk-1", 800.0, 800.0 / 1.25),
+            ("idle", 50_000.0, 50_000.0 + 2048.0),
+            ("idle-h2", 60_000.0, 60_000.0 + 20_000.0),
+        ];
+        let mut ms = Vec::new();
+        for (w, d, i) in rows {
+            ms.push(meas(INSPECT_BASELINE, w, 1, d, Some(8.0)));
+            ms.push(meas(INSPECT_MODE, w, 1, i, Some(8.0)));
+        }
+        ms
+    }
+
+    #[test]
+    fn inspection_costs_against_decrypt_of_the_same_run() {
+        let r = BenchReport::new(machine(), Some(floor()), inspection_run());
+        assert_eq!(
+            r.workloads,
+            ["requests", "requests-h2", "bulk-1", "bulk-8", "idle", "idle-h2"]
+        );
+        let names: Vec<&str> = r.inspection.iter().map(|c| c.workload.as_str()).collect();
+        assert_eq!(names, r.workloads);
+        let get = |w: &str| r.inspection.iter().find(|c| c.workload == w).unwrap();
+
+        // HTTP/1.1: 40 CPU-µs/request without inspection, 8e6 / 192,000 = 41.67 µs with
+        // it: +1.67, within ≤ 3.
+        let q = get("requests");
+        assert_eq!(q.unit, "CPU-µs/request");
+        assert!(close(q.decrypt, 40.0), "{q:?}");
+        assert!((q.added - (8e6 / 192_000.0 - 40.0)).abs() < 1e-3, "{q:?}");
+        assert_eq!(q.target.as_deref(), Some("≤ 3 CPU-µs"));
+        assert_eq!(q.within_target, Some(true));
+        // HTTP/2: 50 → 52.5 CPU-µs per request, +2.5: within ≤ 3 (rounding of the
+        // completed count aside).
+        let h = get("requests-h2");
+        assert!((h.added - 2.5).abs() < 1e-3, "{h:?}");
+        assert_eq!(h.within_target, Some(true));
+
+        // Bulk: CPU per GB is the inverse of the throughput at equal CPU.
+        let b8 = get("bulk-8");
+        assert_eq!(b8.unit, "CPU-s/GB");
+        assert!((b8.ratio.unwrap() - 1.05).abs() < 1e-9, "{b8:?}");
+        assert_eq!(b8.target.as_deref(), Some("≤ +10%"));
+        assert_eq!(b8.within_target, Some(true));
+        let b1 = get("bulk-1");
+        assert!((b1.ratio.unwrap() - 1.25).abs() < 1e-9, "{b1:?}");
+        assert_eq!(b1.within_target, Some(false));
+
+        // Memory: exactly 2 KiB more per HTTP/1.1 session is within ≤ 2 KiB; 20,000 B
+        // more per HTTP/2 session is over ≤ 16 KiB.
+        let i = get("idle");
+        assert_eq!(i.unit, "RSS B/session");
+        assert!(close(i.added, 2048.0), "{i:?}");
+        assert_eq!(i.target.as_deref(), Some("≤ 2,048 B (2 KiB)"));
+        assert_eq!(i.within_target, Some(true));
+        let i2 = get("idle-h2");
+        assert!(close(i2.added, 20_000.0), "{i2:?}");
+        assert_eq!(i2.target.as_deref(), Some("≤ 16,384 B (16 KiB)"));
+        assert_eq!(i2.within_target, Some(false));
+
+        let md = r.to_markdown();
+        assert!(
+            md.contains("## What HTTP inspection costs (loupe-inspect against loupe-decrypt)"),
+            "{md}"
+        );
+        assert!(md.contains("`[inspection] http = false`"), "{md}");
+        assert!(
+            md.contains("| bulk-8 | CPU-s/GB | 1.00 | 1.05 | +0.050 | 1.050× (+5.0%) | ≤ +10% | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| idle-h2 | RSS B/session | 60,000 | 80,000 | +20,000 | 1.333× (+33.3%) | ≤ 16,384 B (16 KiB) | no |"
+            ),
+            "{md}"
+        );
+        // The costs table names the HTTP/2 columns.
+        assert!(
+            md.contains("| mode | CPU-µs/request | CPU-µs/request (requests-h2) | CPU-s/GB (bulk-1) |"),
+            "{md}"
+        );
+        // Both modes still get their ordinary rows, and a round trip keeps the section.
+        assert!(md.contains("| loupe-inspect | requests-h2 |"), "{md}");
+        assert_eq!(BenchReport::from_json(&r.to_json().unwrap()).unwrap(), r);
+    }
+
+    #[test]
+    fn inspection_costs_need_both_modes_clean() {
+        // Without loupe-inspect: no section.
+        let r = BenchReport::new(machine(), Some(floor()), full_run());
+        assert!(r.inspection.is_empty());
+        assert!(!r.to_markdown().contains("What HTTP inspection costs"));
+        // A failed loupe-inspect cell gives no row for its workload; the others stay.
+        let mut ms = inspection_run();
+        for m in ms.iter_mut() {
+            if m.mode == INSPECT_MODE && m.workload == "requests-h2" {
+                m.load.errors = 2;
+            }
+        }
+        let r = BenchReport::new(machine(), Some(floor()), ms);
+        assert!(r.inspection.iter().all(|c| c.workload != "requests-h2"));
+        assert_eq!(r.inspection.len(), 5);
+        // Handshakes have no target: a row, nothing claimed.
+        let ms = vec![
+            meas(INSPECT_BASELINE, "handshakes", 1, 1000.0, Some(8.0)),
+            meas(INSPECT_MODE, "handshakes", 1, 1000.0, Some(8.4)),
+        ];
+        let r = BenchReport::new(machine(), Some(floor()), ms);
+        let h = &r.inspection[0];
+        assert!((h.added - 40.0).abs() < 1e-9, "{h:?}");
+        assert_eq!((h.target.as_deref(), h.within_target), (None, None));
+        let md = r.to_markdown();
+        assert!(
+            md.contains("| handshakes | CPU-µs/handshake | 800 | 840 | +40.0 | 1.050× (+5.0%) | — | — |"),
+            "{md}"
+        );
+        // Repetitions: the medians are compared, each shown with its min–max.
+        let ms = vec![
+            meas(INSPECT_BASELINE, "idle", 1, 50_000.0, Some(8.0)),
+            meas(INSPECT_BASELINE, "idle", 2, 52_000.0, Some(8.0)),
+            meas(INSPECT_MODE, "idle", 1, 53_000.0, Some(8.0)),
+        ];
+        let r2 = BenchReport::new(machine(), Some(floor()), ms);
+        assert!(close(r2.inspection[0].added, 2_000.0), "{:?}", r2.inspection);
+        let md2 = r2.to_markdown();
+        assert!(
+            md2.contains("| idle | RSS B/session | 51,000 (50,000–52,000) | 53,000 | +2,000 | 1.039× (+3.9%) | ≤ 2,048 B (2 KiB) | yes |"),
+            "{md2}"
+        );
+        // A report written before the section existed still reads.
+        let mut v: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("inspection");
+        assert!(BenchReport::from_json(&v.to_string()).unwrap().inspection.is_empty());
     }
 
     #[test]

@@ -27,18 +27,23 @@ pub enum Mode {
     LoupeBridge,
     /// loupe with an SNI no-decrypt rule: userspace TCP relay, no TLS.
     LoupeSplice,
-    /// loupe decrypting with the default profile.
+    /// loupe decrypting with the default profile, HTTP inspection off: the baseline of
+    /// loupe-inspect.
     LoupeDecrypt,
+    /// loupe decrypting with HTTP inspection on (HTTP/1.1 and HTTP/2, eve.json) and URL
+    /// rules that match none of the bench's requests: every request judged and allowed.
+    LoupeInspect,
     Sslsplit,
     Squid,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Direct,
         Mode::LoupeBridge,
         Mode::LoupeSplice,
         Mode::LoupeDecrypt,
+        Mode::LoupeInspect,
         Mode::Sslsplit,
         Mode::Squid,
     ];
@@ -49,6 +54,7 @@ impl Mode {
             Mode::LoupeBridge => "loupe-bridge",
             Mode::LoupeSplice => "loupe-splice",
             Mode::LoupeDecrypt => "loupe-decrypt",
+            Mode::LoupeInspect => "loupe-inspect",
             Mode::Sslsplit => "sslsplit",
             Mode::Squid => "squid",
         }
@@ -59,7 +65,14 @@ impl Mode {
         matches!(self, Mode::Sslsplit | Mode::Squid)
     }
 
-    /// loupe's configuration for the mode.
+    /// The mode speaks HTTP/2 to the client: the peers' transparent proxies (sslsplit
+    /// 0.5.5, squid's ssl-bump) do not negotiate h2, so the -h2 workloads skip them.
+    fn speaks_h2(self) -> bool {
+        !self.routed()
+    }
+
+    /// loupe's configuration for the mode. loupe-decrypt and loupe-inspect differ only by
+    /// `[inspection] http` and the URL rules (export is off in both: the default).
     fn loupe_config(self) -> Option<&'static str> {
         match self {
             Mode::LoupeBridge => {
@@ -68,11 +81,42 @@ impl Mode {
             Mode::LoupeSplice => {
                 Some("[[rule]]\nname = \"bench-splice\"\nsni = [\"*.lab\", \"server.lab\"]\naction = \"no-decrypt\"\n")
             }
-            Mode::LoupeDecrypt => Some(""),
+            Mode::LoupeDecrypt => Some("[inspection]\nhttp = false\n"),
+            Mode::LoupeInspect => Some(INSPECT_CONFIG),
             _ => None,
         }
     }
 }
+
+/// loupe-inspect: inspection on (the default, said anyway) and a handful of URL rules of
+/// each kind of condition, none matching the bench's `GET https://server.lab/<object>`:
+/// every request is judged against all of them and allowed.
+const INSPECT_CONFIG: &str = "[inspection]
+http = true
+
+[[url_rule]]
+name = \"bench-host\"
+host = [\"blocked.example\", \"*.blocked.example\"]
+action = \"block\"
+
+[[url_rule]]
+name = \"bench-admin\"
+host = [\"server.lab\"]
+path = [\"/admin/\", \"/api/*/delete\"]
+action = \"block\"
+
+[[url_rule]]
+name = \"bench-upload\"
+method = [\"POST\", \"PUT\", \"DELETE\"]
+path = [\"/upload/\"]
+action = \"alert\"
+
+[[url_rule]]
+name = \"bench-nope\"
+host = [\"*.lab\"]
+path = [\"/nope/\", \"/*.exe\"]
+action = \"block\"
+";
 
 /// How big and how long.
 #[derive(Debug, Clone)]
@@ -86,10 +130,13 @@ pub struct BenchPlan {
     pub bulk_bytes: u64,
     pub bulk_streams: Vec<usize>,
     pub idle_sessions: usize,
-    /// Workloads in the fixed order: handshakes, requests, bulk-N, idle.
+    /// Workloads in the fixed order: handshakes, requests, requests-h2, bulk-N, idle,
+    /// idle-h2 (the -h2 ones only for modes that speak HTTP/2).
     pub handshakes: bool,
     pub requests: bool,
+    pub requests_h2: bool,
     pub idle: bool,
+    pub idle_h2: bool,
     pub out_dir: PathBuf,
 }
 
@@ -109,24 +156,30 @@ impl BenchPlan {
             idle_sessions: 9_000,
             handshakes: true,
             requests: true,
+            requests_h2: true,
             idle: true,
+            idle_h2: true,
             out_dir,
         }
     }
 
-    /// Keeps only the named workloads (`handshakes`, `requests`, `bulk-N`, `idle`).
+    /// Keeps only the named workloads (`handshakes`, `requests`, `requests-h2`, `bulk-N`,
+    /// `idle`, `idle-h2`).
     pub fn only_workloads(&mut self, names: &[String]) -> Result<()> {
         let mut bulk_streams = Vec::new();
-        let (mut handshakes, mut requests, mut idle) = (false, false, false);
+        let (mut handshakes, mut requests, mut requests_h2, mut idle, mut idle_h2) =
+            (false, false, false, false, false);
         for name in names {
             match name.as_str() {
                 "handshakes" => handshakes = true,
                 "requests" => requests = true,
+                "requests-h2" => requests_h2 = true,
                 "idle" => idle = true,
+                "idle-h2" => idle_h2 = true,
                 other => match other.strip_prefix("bulk-").map(str::parse::<usize>) {
                     Some(Ok(streams)) if streams > 0 => bulk_streams.push(streams),
                     _ => bail!(
-                        "unknown workload {other:?}: expected handshakes, requests, bulk-N (N streams, N ≥ 1) or idle"
+                        "unknown workload {other:?}: expected handshakes, requests, requests-h2, bulk-N (N streams, N ≥ 1), idle or idle-h2"
                     ),
                 },
             }
@@ -135,7 +188,9 @@ impl BenchPlan {
         bulk_streams.dedup();
         self.handshakes = handshakes;
         self.requests = requests;
+        self.requests_h2 = requests_h2;
         self.idle = idle;
+        self.idle_h2 = idle_h2;
         self.bulk_streams = bulk_streams;
         Ok(())
     }
@@ -270,8 +325,9 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
         plan.bulk_bytes >> 20
     ));
     let objects = make_objects(&www, plan.bulk_bytes)?;
+    // HTTP/2 on for the -h2 workloads; the HTTP/1.1 ones offer http/1.1 alone in ALPN.
     let mut nginx_spec = NginxTls::new("198.18.0.2:443".parse()?, &www, &origin.cert_file, &origin.key_file);
-    nginx_spec.http2 = false;
+    nginx_spec.http2 = true;
     nginx_spec.uploads = false;
     let _nginx = lab.spawn_nginx_tls(Ns::Server, &nginx_spec)?;
     progress("measuring the crypto floor (openssl speed)");
@@ -279,7 +335,12 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
 
     let mut measurements = Vec::new();
     let workloads = workloads(plan);
-    let steps = (plan.modes.len() * workloads.len() * plan.reps) as u64;
+    let runs = |mode: Mode, w: &crate::load::Workload| mode.speaks_h2() || !w.is_h2();
+    let steps = plan
+        .modes
+        .iter()
+        .map(|&m| workloads.iter().filter(|(_, w)| runs(m, w)).count() * plan.reps)
+        .sum::<usize>() as u64;
     let bar = indicatif::ProgressBar::new(steps).with_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -289,13 +350,13 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
         bar.set_message(format!("{}: starting", mode.name()));
         let (mut running, mut client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
         let mut used = false;
-        for (name, workload) in &workloads {
+        for (name, workload) in workloads.iter().filter(|(_, w)| runs(mode, w)) {
             for rep in 1..=plan.reps {
                 check_interrupted()?;
                 // Memory per idle session is the growth of a fresh process: one that ran
                 // earlier workloads already holds the pages (flow slots, buffers, caches)
                 // the idle sessions would otherwise have touched.
-                if matches!(workload, crate::load::Workload::Idle { .. }) && used {
+                if workload.is_idle() && used {
                     bar.set_message(format!("{}: restarting for idle", mode.name()));
                     drop(running);
                     (running, client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
@@ -347,6 +408,9 @@ fn workloads(plan: &BenchPlan) -> Vec<(String, crate::load::Workload)> {
     if plan.requests {
         out.push(("requests".to_string(), Workload::Requests));
     }
+    if plan.requests_h2 {
+        out.push(("requests-h2".to_string(), Workload::RequestsH2));
+    }
     for &streams in &plan.bulk_streams {
         out.push((format!("bulk-{streams}"), Workload::Bulk { streams }));
     }
@@ -354,6 +418,14 @@ fn workloads(plan: &BenchPlan) -> Vec<(String, crate::load::Workload)> {
         out.push((
             "idle".to_string(),
             Workload::Idle {
+                sessions: plan.idle_sessions,
+            },
+        ));
+    }
+    if plan.idle_h2 {
+        out.push((
+            "idle-h2".to_string(),
+            Workload::IdleH2 {
                 sessions: plan.idle_sessions,
             },
         ));
@@ -372,7 +444,7 @@ fn start_mode<'lab>(
             Running::Middle(lab.start(&Middle::KernelBridge)?),
             origin_ca.cert_file.clone(),
         )),
-        Mode::LoupeBridge | Mode::LoupeSplice | Mode::LoupeDecrypt => {
+        Mode::LoupeBridge | Mode::LoupeSplice | Mode::LoupeDecrypt | Mode::LoupeInspect => {
             let config = lab.dir().join(format!("{}.toml", mode.name()));
             std::fs::write(&config, mode.loupe_config().unwrap_or_default())?;
             let args = vec![
@@ -382,7 +454,7 @@ fn start_mode<'lab>(
                 origin_ca.cert_file.display().to_string(),
             ];
             let guard = lab.start(&Middle::Loupe { args })?;
-            let client_ca = if mode == Mode::LoupeDecrypt {
+            let client_ca = if matches!(mode, Mode::LoupeDecrypt | Mode::LoupeInspect) {
                 let state = guard.state_dir().context("loupe state dir")?;
                 let shown = lab.exec(
                     Ns::App,
@@ -463,6 +535,7 @@ fn measure(
     match workload {
         Workload::Handshakes => argv.extend(["--workload".into(), "handshakes".into()]),
         Workload::Requests => argv.extend(["--workload".into(), "requests".into()]),
+        Workload::RequestsH2 => argv.extend(["--workload".into(), "requests-h2".into()]),
         Workload::Bulk { streams } => argv.extend([
             "--workload".into(),
             "bulk".into(),
@@ -471,16 +544,16 @@ fn measure(
             "--sha256".into(),
             sha.unwrap_or_default().into(),
         ]),
-        Workload::Idle { sessions } => argv.extend([
+        Workload::Idle { sessions } | Workload::IdleH2 { sessions } => argv.extend([
             "--workload".into(),
-            "idle".into(),
+            if workload.is_h2() { "idle-h2" } else { "idle" }.into(),
             "--sessions".into(),
             sessions.to_string(),
         ]),
     }
     let pids = running.pids();
     let before = sample(&pids);
-    let (load, held_rss) = if matches!(workload, Workload::Idle { .. }) {
+    let (load, held_rss) = if workload.is_idle() {
         let mut p = lab.spawn(Ns::Client, "load-idle", &argv)?;
         // Memory is sampled while the sessions are held (the generator says "ready").
         let deadline = Instant::now() + plan.duration + Duration::from_secs(120);
@@ -548,6 +621,19 @@ fn parse_result(stdout: &str) -> Result<LoadResult> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn decrypt_and_inspect_differ_only_by_inspection() {
+        assert_eq!(Mode::LoupeDecrypt.loupe_config(), Some("[inspection]\nhttp = false\n"));
+        let inspect = Mode::LoupeInspect.loupe_config().unwrap();
+        assert!(inspect.starts_with("[inspection]\nhttp = true\n"), "{inspect}");
+        assert!(inspect.matches("[[url_rule]]").count() >= 3, "{inspect}");
+        assert!(
+            !inspect.contains("[[rule]]") && !inspect.contains("export"),
+            "{inspect}"
+        );
+        assert!(Mode::LoupeInspect.speaks_h2() && !Mode::Sslsplit.speaks_h2());
+    }
+
     fn names(plan: &BenchPlan) -> Vec<String> {
         workloads(plan).into_iter().map(|(name, _)| name).collect()
     }
@@ -555,16 +641,30 @@ mod tests {
     #[test]
     fn workloads_keep_the_fixed_order_whatever_the_order_asked() {
         let mut plan = BenchPlan::quick(PathBuf::from("out"));
-        assert_eq!(names(&plan), ["handshakes", "requests", "bulk-1", "bulk-8", "idle"]);
+        assert_eq!(
+            names(&plan),
+            [
+                "handshakes",
+                "requests",
+                "requests-h2",
+                "bulk-1",
+                "bulk-8",
+                "idle",
+                "idle-h2"
+            ]
+        );
         plan.only_workloads(&["idle".into(), "bulk-4".into(), "handshakes".into(), "bulk-4".into()])
             .unwrap();
         assert_eq!(names(&plan), ["handshakes", "bulk-4", "idle"]);
+        plan.only_workloads(&["idle-h2".into(), "requests-h2".into(), "requests".into()])
+            .unwrap();
+        assert_eq!(names(&plan), ["requests", "requests-h2", "idle-h2"]);
     }
 
     #[test]
     fn an_unknown_workload_is_named_in_the_error() {
         let mut plan = BenchPlan::quick(PathBuf::from("out"));
-        for bad in ["bulk-0", "bulk-x", "handshake"] {
+        for bad in ["bulk-0", "bulk-x", "handshake", "requests-h3"] {
             let e = plan.only_workloads(&[bad.to_string()]).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }

@@ -600,7 +600,7 @@ fn encode_literal(out: &mut Vec<u8>, flags: u8, name_index: usize, field: &Heade
 }
 
 /// An integer with an N-bit prefix (§5.1); `flags` are the first byte's bits above it.
-fn encode_integer(out: &mut Vec<u8>, flags: u8, prefix_bits: u8, value: usize) {
+pub(crate) fn encode_integer(out: &mut Vec<u8>, flags: u8, prefix_bits: u8, value: usize) {
     let prefix_max = usize::from(u8::MAX >> (8 - prefix_bits));
     if value < prefix_max {
         out.push(flags | value as u8);

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use super::*;
+use crate::inspect::hpack::encode_integer;
 
 // ---- frames --------------------------------------------------------------------------
 
@@ -181,21 +182,6 @@ impl IndexingEncoder {
         }
         out
     }
-}
-
-fn encode_integer(out: &mut Vec<u8>, flags: u8, prefix_bits: u8, value: usize) {
-    let prefix_max = usize::from(u8::MAX >> (8 - prefix_bits));
-    if value < prefix_max {
-        out.push(flags | value as u8);
-        return;
-    }
-    out.push(flags | prefix_max as u8);
-    let mut rest = value - prefix_max;
-    while rest >= 0x80 {
-        out.push(0x80 | (rest & 0x7f) as u8);
-        rest >>= 7;
-    }
-    out.push(rest as u8);
 }
 
 fn encode_string(out: &mut Vec<u8>, text: &[u8]) {
