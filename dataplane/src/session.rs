@@ -253,7 +253,8 @@ pub struct Session {
     export: Option<Box<SessionExport>>,
     /// Transactions finished so far, and the last few of them.
     transactions: u64,
-    recent: VecDeque<InspectedTransaction>,
+    /// As `loupectl session ID` lists them: a line each, not the whole transactions.
+    recent: VecDeque<HttpLine>,
     client_fin_told: bool,
     server_fin_told: bool,
     pub packets: ByteCounts,
@@ -310,8 +311,11 @@ impl Session {
         for transaction in &finished {
             if self.recent.len() == RECENT_TRANSACTIONS {
                 self.recent.pop_front();
+            } else if self.recent.capacity() == 0 {
+                // Most sessions carry a request or two: grow from one slot, not four.
+                self.recent.reserve_exact(1);
             }
-            self.recent.push_back(transaction.clone());
+            self.recent.push_back(http_line(transaction));
         }
         finished
     }
@@ -341,7 +345,7 @@ impl Session {
     }
 
     /// How many transactions finished, and the last few, oldest first.
-    pub fn transactions(&self) -> (u64, impl Iterator<Item = &InspectedTransaction>) {
+    pub fn transactions(&self) -> (u64, impl Iterator<Item = &HttpLine>) {
         (self.transactions, self.recent.iter())
     }
 
@@ -352,8 +356,8 @@ impl Session {
 
     /// The last transaction in a line, for `loupectl sessions`: `GET shop.example/a 200`.
     pub fn last_http(&self) -> Option<String> {
-        let last = &self.recent.back()?.transaction;
-        let mut line = format!("{} {}{}", last.method, last.host.as_deref().unwrap_or(""), last.url());
+        let last = self.recent.back()?;
+        let mut line = format!("{} {}{}", last.method, last.host.as_deref().unwrap_or(""), last.url);
         if let Some(status) = last.status {
             line.push_str(&format!(" {status}"));
         }
@@ -369,7 +373,7 @@ impl Session {
             transactions: self.transactions,
             stopped: engine.stopped().map(str::to_string),
             ended: engine.ended().map(str::to_string),
-            recent: self.recent.iter().map(http_line).collect(),
+            recent: self.recent.iter().cloned().collect(),
         })
     }
 

@@ -309,7 +309,7 @@ impl HttpInspector {
             flow.next_start = self.now;
         }
         flow.received += bytes.len() as u64;
-        if start < 64 {
+        if start < 64 && self.counts.transactions == 0 && flow.open.is_empty() {
             let keep = bytes.len().min(64 - start as usize);
             flow.first_bytes.extend_from_slice(&bytes[..keep]);
         }
@@ -384,6 +384,8 @@ impl HttpInspector {
                     return;
                 }
                 let request_start = flow.next_start.take().or(self.now);
+                // A request line was seen: the protocol is known, the sniffed bytes go.
+                flow.first_bytes = Vec::new();
                 let url_rule = self.judge(&request);
                 let Mode::Http1(flow) = &mut self.mode else { return };
                 let meta = ExchangeMeta {
@@ -424,6 +426,10 @@ impl HttpInspector {
                     Some(position) => flow.open.remove(position),
                     None => None,
                 };
+                if flow.open.is_empty() {
+                    // An idle keep-alive connection keeps no queue memory.
+                    flow.open = VecDeque::new();
+                }
                 let meta = meta.unwrap_or(ExchangeMeta {
                     index,
                     url_rule: None,
@@ -713,7 +719,8 @@ fn release(flow: &mut Http1Flow, limit: u64, to_server: &mut Vec<u8>) {
     to_server.extend_from_slice(&flow.held[..count]);
     flow.held.drain(..count);
     flow.released += count as u64;
-    if flow.held.is_empty() && flow.held.capacity() > 4096 {
+    if flow.held.is_empty() {
+        // Heads are held only until judged: an idle connection keeps no buffer.
         flow.held = Vec::new();
     }
 }

@@ -643,13 +643,23 @@ impl Http1Connection {
         self.finish_if_complete(index, events);
     }
 
+    /// Removes an exchange; the queue's memory goes with the last one, so that an idle
+    /// keep-alive connection holds none (an exchange carries a whole Transaction).
+    fn take_exchange(&mut self, position: usize) -> Option<Exchange> {
+        let exchange = self.exchanges.remove(position);
+        if self.exchanges.is_empty() {
+            self.exchanges = VecDeque::new();
+        }
+        exchange
+    }
+
     fn finish_if_complete(&mut self, index: u64, events: &mut Vec<Http1Event>) {
         let Some(position) = self.position(index) else {
             return;
         };
         let exchange = &self.exchanges[position];
         if exchange.request_complete && exchange.response_complete {
-            if let Some(exchange) = self.exchanges.remove(position) {
+            if let Some(exchange) = self.take_exchange(position) {
                 events.push(Http1Event::TransactionComplete {
                     index,
                     transaction: Box::new(exchange.transaction),
@@ -659,10 +669,7 @@ impl Http1Connection {
     }
 
     fn switch_to_tunnel(&mut self, index: u64, why: &'static str, events: &mut Vec<Http1Event>) {
-        if let Some(exchange) = self
-            .position(index)
-            .and_then(|position| self.exchanges.remove(position))
-        {
+        if let Some(exchange) = self.position(index).and_then(|position| self.take_exchange(position)) {
             events.push(Http1Event::TransactionComplete {
                 index,
                 transaction: Box::new(exchange.transaction),
@@ -697,7 +704,7 @@ impl Http1Connection {
             Reading::AwaitingSwitch { .. } => {}
             Reading::Body { index, .. } => {
                 let answered = self.position(index).filter(|&p| self.exchanges[p].response_complete);
-                match answered.and_then(|position| self.exchanges.remove(position)) {
+                match answered.and_then(|position| self.take_exchange(position)) {
                     Some(exchange) => {
                         events.push(Http1Event::TransactionComplete {
                             index,

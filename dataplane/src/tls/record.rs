@@ -459,7 +459,7 @@ pub fn rfc3339_utc_ms(time: SystemTime) -> String {
 /// Proleptic Gregorian date of a day count since 1970-01-01. Counting from 0000-03-01
 /// puts the leap day at the end of each year, so a year is 365 days plus one every 4,
 /// minus one every 100, plus one every 400 (an "era" of 146,097 days).
-fn civil_date(days_since_epoch: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_date(days_since_epoch: u64) -> (u64, u64, u64) {
     // 719,468 days from 0000-03-01 to 1970-01-01.
     let days = days_since_epoch + 719_468;
     let era = days / 146_097;
