@@ -25,7 +25,9 @@
 //!   (`sni`, `version`).
 //!
 //! The events are typed structs that borrow from the transaction or record they describe
-//! and serialize straight into the line; nothing is built as a `serde_json::Value`.
+//! and serialize straight into the line; nothing is built as a `serde_json::Value`. The
+//! `http` event, one per transaction, is written by hand ([`HttpEvent::write_line`]) to
+//! the same bytes serde_json writes for it.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -721,6 +723,8 @@ impl EveLog {
         })
     }
 }
+
+mod line;
 
 #[cfg(test)]
 mod tests;

@@ -37,16 +37,26 @@ pub struct TlsEnv<'a> {
 }
 
 /// One transaction as `loupectl session ID` lists it.
-fn http_line(done: &InspectedTransaction) -> HttpLine {
-    let tx = &done.transaction;
+/// A logged transaction's line for `loupectl`, its text moved, not copied.
+fn http_line(done: InspectedTransaction) -> HttpLine {
+    let tx = done.transaction;
+    let mut url = tx.path;
+    if let Some(query) = tx.query {
+        url.push('?');
+        url.push_str(&query);
+    }
+    let (url_rule, url_action) = match done.url_rule {
+        Some(hit) => (Some(hit.rule), Some(hit.action.as_str().to_string())),
+        None => (None, None),
+    };
     HttpLine {
-        method: tx.method.clone(),
-        host: tx.host.clone(),
-        url: tx.url(),
+        method: tx.method,
+        host: tx.host,
+        url,
         status: tx.status,
         stream_id: tx.stream_id,
-        url_rule: done.url_rule.as_ref().map(|hit| hit.rule.clone()),
-        url_action: done.url_rule.as_ref().map(|hit| hit.action.as_str().to_string()),
+        url_rule,
+        url_action,
         blocked: done.blocked,
     }
 }
@@ -297,18 +307,21 @@ impl Session {
         self.id
     }
 
-    /// Transactions finished since the last call (for the EVE log); the session keeps
-    /// the count and the last few for `loupectl`.
+    /// Transactions finished since the last call, in the order they finished, for the
+    /// EVE log; give them back with [`Session::keep_logged`].
     pub fn take_transactions(&mut self) -> Vec<InspectedTransaction> {
-        let SessionInspector::Http(engine) = &mut self.inspector else {
-            return Vec::new();
-        };
-        if !engine.has_finished() {
-            return Vec::new();
+        match &mut self.inspector {
+            SessionInspector::Http(engine) if engine.has_finished() => engine.take_finished(),
+            _ => Vec::new(),
         }
-        let finished = engine.take_finished();
-        self.transactions += finished.len() as u64;
-        for transaction in &finished {
+    }
+
+    /// Counts transactions once logged and keeps the last few for `loupectl`, as lines
+    /// made of their own text (nothing copied).
+    pub fn keep_logged(&mut self, logged: Vec<InspectedTransaction>) {
+        self.transactions += logged.len() as u64;
+        let skipped = logged.len().saturating_sub(RECENT_TRANSACTIONS);
+        for transaction in logged.into_iter().skip(skipped) {
             if self.recent.len() == RECENT_TRANSACTIONS {
                 self.recent.pop_front();
             } else if self.recent.capacity() == 0 {
@@ -317,7 +330,6 @@ impl Session {
             }
             self.recent.push_back(http_line(transaction));
         }
-        finished
     }
 
     /// Synthetic plaintext packets waiting to be written (rules with `export = ["pcap"]`).

@@ -248,6 +248,8 @@ pub struct Worker {
     expiring: Vec<(FlowId, EndReason)>,
     /// EVE lines of this round, written with one append after it.
     eve_batch: Vec<u8>,
+    /// When the batch's oldest line was queued (at a round's end), while it has any.
+    eve_batch_since: Option<Instant>,
 }
 
 impl Worker {
@@ -304,6 +306,7 @@ impl Worker {
             next_sweep: now + SWEEP_INTERVAL,
             expiring: Vec::with_capacity(max_flows),
             eve_batch: Vec::new(),
+            eve_batch_since: None,
         }
     }
 
@@ -356,7 +359,7 @@ impl Worker {
                 self.sweep_timeouts(now);
             }
             self.service_ready(now);
-            self.flush_eve();
+            self.flush_eve_if_due(now);
             if !self.probes.is_empty() {
                 self.probes
                     .service(&mut self.server_iface, &mut self.ports, now, &mut self.probe_done);
@@ -373,6 +376,7 @@ impl Worker {
                 self.wait(now);
             }
         }
+        self.flush_eve();
         tracing::info!(queue = self.settings.queue, flows = self.flows.len(), "worker stopping");
     }
 
@@ -829,11 +833,21 @@ impl Worker {
             .store(self.flows.len() as u64, Ordering::Relaxed);
     }
 
-    /// Writes a session's record, counts it, keeps its detail in the ring of ended
-    /// sessions, and hands the control thread the chain of a server that did not verify.
-    /// Runs once per session (allocating is fine here, not per packet).
-    /// Writes this round's EVE lines: one append, whole lines only.
+    /// Writes the batch's EVE lines once they are due: the batch is large, or its first
+    /// line waited [`EVE_FLUSH_DELAY`] (an idle worker wakes up for that).
+    fn flush_eve_if_due(&mut self, now: Instant) {
+        if self.eve_batch.is_empty() {
+            return;
+        }
+        let since = *self.eve_batch_since.get_or_insert(now);
+        if self.eve_batch.len() >= EVE_FLUSH_BYTES || now - since >= EVE_FLUSH_DELAY {
+            self.flush_eve();
+        }
+    }
+
+    /// Writes the batch's EVE lines: one append, whole lines only.
     fn flush_eve(&mut self) {
+        self.eve_batch_since = None;
         if self.eve_batch.is_empty() {
             return;
         }
@@ -847,6 +861,9 @@ impl Worker {
         }
     }
 
+    /// Writes a session's record, counts it, keeps its detail in the ring of ended
+    /// sessions, and hands the control thread the chain of a server that did not verify.
+    /// Runs once per session (allocating is fine here, not per packet).
     fn log_session(&mut self, pending: PendingRecord) {
         let PendingRecord {
             mut record,
@@ -1071,8 +1088,13 @@ impl Worker {
         } else {
             PROBE_POLL_MS
         };
-        let timeout = match self.timers.peek() {
-            Some(Reverse((at, _, _))) => ((*at - now).total_micros().div_ceil(1000) as i32).clamp(0, cap),
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let eve_due = self.eve_batch_since.map(|since| since + EVE_FLUSH_DELAY);
+        let timeout = match timer.into_iter().chain(eve_due).min() {
+            // Instant - Instant is an absolute difference: a deadline passed is 0 here.
+            Some(at) => ((at.total_micros() - now.total_micros()).max(0) as u64)
+                .div_ceil(1000)
+                .min(cap as u64) as i32,
             None => cap,
         };
         let mut fds = [
@@ -1149,6 +1171,11 @@ struct TcpFacts {
 
 /// A round's EVE lines beyond this much capacity are not kept for the next round.
 const EVE_BATCH_KEEP: usize = 256 * 1024;
+/// EVE lines wait in the worker's batch at most this long (or until it holds
+/// [`EVE_FLUSH_BYTES`]): a write(2) per service round, or per sleep, was a system call
+/// per request in the bench's profile.
+const EVE_FLUSH_DELAY: Duration = Duration::from_millis(10);
+const EVE_FLUSH_BYTES: usize = 64 * 1024;
 
 /// Appends `event` as one line to `batch`; a serialization failure leaves `batch` as it was.
 fn queue_eve<E: serde::Serialize>(batch: &mut Vec<u8>, event: &E, stats: &WorkerStats) {
@@ -1166,18 +1193,23 @@ fn queue_eve<E: serde::Serialize>(batch: &mut Vec<u8>, event: &E, stats: &Worker
 /// Queues an EVE `http` event for each transaction the session finished, and counts them.
 fn queue_http_events(session: &mut Session, key: Option<FlowKey>, batch: &mut Vec<u8>, stats: &WorkerStats) {
     let transactions = session.take_transactions();
-    let Some(key) = key.filter(|_| !transactions.is_empty()) else {
-        return;
-    };
-    let flow = EveFlow {
+    let rule = session.rule().unwrap_or("default");
+    let action = session.action().unwrap_or(Action::Decrypt);
+    let flow = key.map(|key| EveFlow {
         flow_id: session.id(),
         session_id: session.id(),
         client: key.client,
         server: key.server,
-    };
-    let rule = session.rule().unwrap_or("default");
-    let action = session.action().unwrap_or(Action::Decrypt);
+    });
     for done in &transactions {
+        WorkerStats::add(&stats.http_transactions, 1);
+        if done.url_rule.is_some() {
+            WorkerStats::add(&stats.url_rule_hits, 1);
+        }
+        if done.blocked {
+            WorkerStats::add(&stats.http_blocked, 1);
+        }
+        let Some(flow) = &flow else { continue };
         let facts = HttpLoupeFacts {
             rule,
             action,
@@ -1192,15 +1224,9 @@ fn queue_http_events(session: &mut Session, key: Option<FlowKey>, batch: &mut Ve
             end: done.end,
         };
         let at = done.end.unwrap_or_else(SystemTime::now);
-        queue_eve(batch, &eve::http_event(at, &flow, &done.transaction, &facts), stats);
-        WorkerStats::add(&stats.http_transactions, 1);
-        if done.url_rule.is_some() {
-            WorkerStats::add(&stats.url_rule_hits, 1);
-        }
-        if done.blocked {
-            WorkerStats::add(&stats.http_blocked, 1);
-        }
+        eve::http_event(at, flow, &done.transaction, &facts).write_line(batch);
     }
+    session.keep_logged(transactions);
 }
 
 /// A session's detail from its record (live: `Session::live_record`; ended: the final,

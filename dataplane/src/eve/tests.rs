@@ -723,3 +723,90 @@ fn errors_name_the_path() {
     assert!(error.starts_with("EVE log "), "{error}");
     assert!(error.contains("not-a-dir"), "{error}");
 }
+
+// ---- the hand-written http line against serde_json ----------------------------------
+
+#[track_caller]
+fn assert_line_matches_serde(event: &HttpEvent<'_>) {
+    let mut expected = serde_json::to_vec(event).unwrap();
+    expected.push(b'\n');
+    let mut line = b"earlier lines\n".to_vec();
+    event.write_line(&mut line);
+    assert_eq!(
+        String::from_utf8_lossy(&line["earlier lines\n".len()..]),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+#[test]
+fn the_written_http_line_is_what_serde_json_writes() {
+    let ipv6 = EveFlow {
+        client: "[2001:db8::1]:40000".parse().unwrap(),
+        server: "[::ffff:198.18.0.2]:443".parse().unwrap(),
+        ..flow()
+    };
+    let mut blocked = facts();
+    blocked.blocked = true;
+    blocked.response_first_byte = None;
+    // Timestamps in other seconds than the event's (the writer reuses a second's text).
+    let mut spread = facts();
+    spread.request_start = Some(UNIX_EPOCH + Duration::from_micros(1_699_999_999_999_999));
+    spread.end = Some(UNIX_EPOCH + Duration::from_micros(1_700_086_400_000_007));
+    for tx in [http11_get(), http2_post(), Transaction::default()] {
+        for facts in [facts(), bare_facts(), blocked.clone(), spread.clone()] {
+            for flow in [flow(), ipv6] {
+                let mut event = http_event(at(), &flow, &tx, &facts);
+                assert_line_matches_serde(&event);
+                event.header.in_iface = Some("in\"0");
+                assert_line_matches_serde(&event);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_written_http_line_escapes_as_serde_json_does() {
+    // Every control character, quotes, backslashes, DEL, and multi-byte UTF-8, alone and
+    // amid plain runs, in every string field.
+    let mut awkward: String = (0u8..0x20).map(char::from).collect();
+    awkward.push_str("\"\\\u{7f}é✓𝄞 plain\\\"end");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pieces: Vec<&str> = vec![
+        "a", "/", "?", "\"", "\\", "\n", "\u{1}", "\u{1f}", "é", "𝄞", "\u{7f}", " ", ":", ";",
+    ];
+    let mut random = || -> String {
+        let len = next() % 12;
+        (0..len)
+            .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+            .collect()
+    };
+    let mut cases = vec![awkward.clone()];
+    cases.extend((0..300).map(|_| random()));
+    for text in cases {
+        let tx = Transaction {
+            method: text.clone(),
+            host: Some(format!("Host{text}:80")),
+            path: text.clone(),
+            query: Some(text.clone()),
+            user_agent: Some(text.clone()),
+            referer: Some(text.clone()),
+            response_content_type: Some(format!("{text};x")),
+            ..http11_get()
+        };
+        let facts = HttpLoupeFacts {
+            rule: &text,
+            url_rule: Some(UrlRuleVerdict {
+                name: &text,
+                action: "block",
+            }),
+            ..facts()
+        };
+        assert_line_matches_serde(&http_event(at(), &flow(), &tx, &facts));
+    }
+}

@@ -154,10 +154,19 @@ struct Http1Flow {
     received: u64,
     /// When the first byte of the next request was seen (before its head completed).
     next_start: Option<SystemTime>,
-    open: VecDeque<ExchangeMeta>,
+    /// Requests forwarded whose transactions are not complete, oldest first.
+    open: VecDeque<OpenRequest>,
     answer: Option<PendingAnswer>,
     /// Client bytes at the start of the stream, kept until the protocol is known.
     first_bytes: Vec<u8>,
+}
+
+/// A request forwarded to the server: its side of the transaction, until the parser's
+/// outcome completes it.
+#[derive(Debug)]
+struct OpenRequest {
+    meta: ExchangeMeta,
+    request: Box<Transaction>,
 }
 
 struct Http2Flow {
@@ -248,7 +257,7 @@ impl HttpInspector {
     /// Approximate bytes the engine holds for the session beyond its own size.
     pub fn memory_bytes(&self) -> usize {
         match &self.mode {
-            Mode::Http1(flow) => flow.held.capacity() + flow.first_bytes.capacity() + flow.open.len() * 64,
+            Mode::Http1(flow) => flow.held.capacity() + flow.first_bytes.capacity() + flow.open.capacity() * 64,
             Mode::Http2(flow) => flow.connection.memory_bytes() + flow.streams.len() * 64,
             Mode::Passthrough | Mode::Ended => 0,
         }
@@ -270,6 +279,10 @@ impl HttpInspector {
 
     fn finish(&mut self, transaction: Transaction, meta: ExchangeMeta, blocked: bool) {
         self.counts.transactions += 1;
+        if self.finished.capacity() == 0 {
+            // Taken every round: most rounds finish one transaction, not four.
+            self.finished.reserve_exact(1);
+        }
         self.finished.push(InspectedTransaction {
             index: meta.index,
             transaction,
@@ -407,7 +420,13 @@ impl HttpInspector {
                         });
                         self.answer_when_due(relay);
                     }
-                    _ => flow.open.push_back(meta),
+                    _ => {
+                        if flow.open.capacity() == 0 {
+                            // One slot, kept while the connection lives.
+                            flow.open.reserve_exact(1);
+                        }
+                        flow.open.push_back(OpenRequest { meta, request });
+                    }
                 }
             }
             Http1Event::RequestComplete { .. } => {
@@ -416,27 +435,34 @@ impl HttpInspector {
                 }
             }
             Http1Event::ResponseHead { index, .. } => {
-                if let Some(meta) = flow.open.iter_mut().find(|m| m.index == index) {
-                    meta.response_first_byte
+                if let Some(open) = flow.open.iter_mut().find(|open| open.meta.index == index) {
+                    open.meta
+                        .response_first_byte
                         .get_or_insert_with(|| self.now.unwrap_or(SystemTime::UNIX_EPOCH));
                 }
             }
-            Http1Event::TransactionComplete { index, transaction } => {
-                let meta = match flow.open.iter().position(|m| m.index == index) {
+            Http1Event::TransactionComplete { index, outcome } => {
+                let open = match flow.open.iter().position(|open| open.meta.index == index) {
                     Some(position) => flow.open.remove(position),
                     None => None,
                 };
-                if flow.open.is_empty() {
-                    // An idle keep-alive connection keeps no queue memory.
+                if flow.open.is_empty() && flow.open.capacity() > 1 {
+                    // Pipelining grew the queue: an idle keep-alive connection keeps one slot.
                     flow.open = VecDeque::new();
                 }
-                let meta = meta.unwrap_or(ExchangeMeta {
-                    index,
-                    url_rule: None,
-                    request_start: None,
-                    response_first_byte: None,
+                // Every forwarded request is open; the fallback only keeps the count true.
+                let OpenRequest { meta, request } = open.unwrap_or_else(|| OpenRequest {
+                    meta: ExchangeMeta {
+                        index,
+                        url_rule: None,
+                        request_start: None,
+                        response_first_byte: None,
+                    },
+                    request: Box::default(),
                 });
-                self.finish(*transaction, meta, false);
+                let mut transaction = *request;
+                outcome.complete(&mut transaction);
+                self.finish(transaction, meta, false);
                 self.answer_when_due(relay);
             }
             Http1Event::Tunnel { .. } => {
@@ -457,7 +483,7 @@ impl HttpInspector {
     fn answer_when_due(&mut self, relay: &mut Relay<'_>) {
         let Mode::Http1(flow) = &mut self.mode else { return };
         let Some(answer) = &flow.answer else { return };
-        if flow.open.iter().any(|m| m.index < answer.index) {
+        if flow.open.iter().any(|open| open.meta.index < answer.index) {
             return;
         }
         let Some(answer) = flow.answer.take() else { return };

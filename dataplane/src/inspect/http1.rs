@@ -39,6 +39,9 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::mem::MaybeUninit;
+
+use smallvec::SmallVec;
 
 use super::transaction::{HttpVersion, Transaction, TransactionMarks};
 
@@ -191,8 +194,9 @@ impl Http1Problem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Http1Event {
     /// A request head is complete: it spans `head_start..head_end` of the client stream.
-    /// The caller may judge it (URL rules) and then release the client bytes up to there. `request` has the request's
-    /// side of the transaction filled.
+    /// The caller may judge it (URL rules) and then release the client bytes up to there.
+    /// `request` is the request's side of the transaction, the caller's to keep: the
+    /// parser keeps only what the response adds ([`ExchangeOutcome`]).
     RequestHead {
         index: u64,
         head_start: u64,
@@ -206,7 +210,7 @@ pub enum Http1Event {
     /// The request and its final response are both complete. (A response may complete
     /// first when the server answers before the upload ends; the transaction then waits
     /// for the request's end, or for the client to close.)
-    TransactionComplete { index: u64, transaction: Box<Transaction> },
+    TransactionComplete { index: u64, outcome: ExchangeOutcome },
     /// From here both directions are opaque (101 Switching Protocols, or a 2xx answer to
     /// CONNECT), including client bytes sent after the request that asked for it.
     Tunnel { index: u64, why: &'static str },
@@ -215,6 +219,10 @@ pub enum Http1Event {
     /// Framing another parser could read differently: the caller must block it.
     Refused(Http1Error),
 }
+
+/// The events of one call. A piece of a keep-alive exchange makes at most three (head,
+/// request complete, transaction complete): they stay on the stack.
+pub type Http1Events = SmallVec<[Http1Event; 4]>;
 
 /// The HTTP/1.1 parser of one connection: both directions, fed separately.
 #[derive(Debug)]
@@ -295,11 +303,43 @@ enum ChunkedPhase {
     },
 }
 
+/// What an exchange adds to its request's side of the transaction: the response, and
+/// the bodies' lengths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExchangeOutcome {
+    /// The final status; `None` when the exchange ended without a final response.
+    pub status: Option<u16>,
+    pub response_content_type: Option<String>,
+    pub request_body_len: u64,
+    pub response_body_len: u64,
+    /// The response was HTTP/1.0: the transaction ran over HTTP/1.0.
+    pub http10_response: bool,
+    /// Switched protocols (101).
+    pub upgrade: bool,
+    /// A CONNECT answered 2xx: a tunnel.
+    pub connect: bool,
+}
+
+impl ExchangeOutcome {
+    /// Fills the response side into `transaction`, which has the request's side.
+    pub fn complete(self, transaction: &mut Transaction) {
+        transaction.status = self.status;
+        transaction.response_content_type = self.response_content_type;
+        transaction.request_body_len = self.request_body_len;
+        transaction.response_body_len = self.response_body_len;
+        if self.http10_response {
+            transaction.version = Some(HttpVersion::Http10);
+        }
+        transaction.marks.upgrade |= self.upgrade;
+        transaction.marks.connect |= self.connect;
+    }
+}
+
 /// A request whose transaction is not complete yet.
 #[derive(Debug)]
 struct Exchange {
     index: u64,
-    transaction: Transaction,
+    outcome: ExchangeOutcome,
     is_head: bool,
     is_connect: bool,
     asks_upgrade: bool,
@@ -324,8 +364,8 @@ impl Http1Connection {
     }
 
     /// Client→server plaintext, in stream order.
-    pub fn client_bytes(&mut self, bytes: &[u8]) -> Vec<Http1Event> {
-        let mut events = Vec::new();
+    pub fn client_bytes(&mut self, bytes: &[u8]) -> Http1Events {
+        let mut events = Http1Events::new();
         self.client.received += bytes.len() as u64;
         if self.phase == Phase::Inspecting {
             self.feed_client(bytes, &mut events);
@@ -334,8 +374,8 @@ impl Http1Connection {
     }
 
     /// Server→client plaintext, in stream order.
-    pub fn server_bytes(&mut self, bytes: &[u8]) -> Vec<Http1Event> {
-        let mut events = Vec::new();
+    pub fn server_bytes(&mut self, bytes: &[u8]) -> Http1Events {
+        let mut events = Http1Events::new();
         self.server.received += bytes.len() as u64;
         if self.phase == Phase::Inspecting {
             self.feed_server(bytes, &mut events);
@@ -346,8 +386,8 @@ impl Http1Connection {
     /// The client sent its last byte (close_notify or FIN). A half-close between
     /// requests is normal; one inside a message is an error, unless the server already
     /// answered that request (the transaction then completes with the body so far).
-    pub fn client_closed(&mut self) -> Vec<Http1Event> {
-        let mut events = Vec::new();
+    pub fn client_closed(&mut self) -> Http1Events {
+        let mut events = Http1Events::new();
         if self.phase == Phase::Inspecting && !self.client_closed {
             self.client_closed = true;
             self.end_of_client(&mut events);
@@ -356,8 +396,8 @@ impl Http1Connection {
     }
 
     /// The server sent its last byte: this ends a response read until close.
-    pub fn server_closed(&mut self) -> Vec<Http1Event> {
-        let mut events = Vec::new();
+    pub fn server_closed(&mut self) -> Http1Events {
+        let mut events = Http1Events::new();
         if self.phase == Phase::Inspecting && !self.server_closed {
             self.server_closed = true;
             match self.server.reading {
@@ -406,7 +446,7 @@ impl Http1Connection {
         }
     }
 
-    fn feed_client(&mut self, bytes: &[u8], events: &mut Vec<Http1Event>) {
+    fn feed_client(&mut self, bytes: &[u8], events: &mut Http1Events) {
         let max = self.limits.max_head_bytes;
         let mut rest = bytes;
         while !rest.is_empty() && self.phase == Phase::Inspecting {
@@ -443,7 +483,7 @@ impl Http1Connection {
         }
     }
 
-    fn feed_server(&mut self, bytes: &[u8], events: &mut Vec<Http1Event>) {
+    fn feed_server(&mut self, bytes: &[u8], events: &mut Http1Events) {
         let max = self.limits.max_head_bytes;
         let mut rest = bytes;
         while !rest.is_empty() && self.phase == Phase::Inspecting {
@@ -490,7 +530,7 @@ impl Http1Connection {
         index: u64,
         mut body: BodyFraming,
         bytes: &[u8],
-        events: &mut Vec<Http1Event>,
+        events: &mut Http1Events,
     ) -> usize {
         let limit = self.limits.max_head_bytes;
         let side = self.side_mut(direction);
@@ -503,10 +543,10 @@ impl Http1Connection {
                 side.offset += read.consumed as u64;
                 side.reading = Reading::Body { index, body };
                 if let Some(position) = self.position(index) {
-                    let transaction = &mut self.exchanges[position].transaction;
+                    let outcome = &mut self.exchanges[position].outcome;
                     match direction {
-                        Direction::ClientToServer => transaction.request_body_len += read.data,
-                        Direction::ServerToClient => transaction.response_body_len += read.data,
+                        Direction::ClientToServer => outcome.request_body_len += read.data,
+                        Direction::ServerToClient => outcome.response_body_len += read.data,
                     }
                 }
                 if read.done {
@@ -520,7 +560,7 @@ impl Http1Connection {
         }
     }
 
-    fn on_request_head(&mut self, head_start: u64, parsed: HeadResult<ParsedRequest>, events: &mut Vec<Http1Event>) {
+    fn on_request_head(&mut self, head_start: u64, parsed: HeadResult<ParsedRequest>, events: &mut Http1Events) {
         let request = match parsed {
             Ok(request) => request,
             Err((at, problem)) => return self.fail(Direction::ClientToServer, head_start + at as u64, problem, events),
@@ -537,11 +577,15 @@ impl Http1Connection {
             index,
             head_start,
             head_end: self.client.offset,
-            request: Box::new(request.transaction.clone()),
+            request: Box::new(request.transaction),
         });
+        if self.exchanges.capacity() == 0 {
+            // One slot, kept while the connection lives: most carry one request at a time.
+            self.exchanges.reserve_exact(1);
+        }
         self.exchanges.push_back(Exchange {
             index,
-            transaction: request.transaction,
+            outcome: ExchangeOutcome::default(),
             is_head: request.is_head,
             is_connect: request.is_connect,
             asks_upgrade: request.asks_upgrade,
@@ -560,10 +604,10 @@ impl Http1Connection {
         index: u64,
         head_start: u64,
         parsed: HeadResult<ParsedResponse>,
-        events: &mut Vec<Http1Event>,
+        events: &mut Http1Events,
     ) {
         let direction = Direction::ServerToClient;
-        let response = match parsed {
+        let mut response = match parsed {
             Ok(response) => response,
             Err((at, problem)) => return self.fail(direction, head_start + at as u64, problem, events),
         };
@@ -576,8 +620,8 @@ impl Http1Connection {
             if !exchange.asks_upgrade {
                 return self.fail(direction, head_start, Http1Problem::UnrequestedSwitch, events);
             }
-            exchange.record_final_response(&response);
-            exchange.transaction.marks.upgrade = true;
+            exchange.record_final_response(&mut response);
+            exchange.outcome.upgrade = true;
             events.push(Http1Event::ResponseHead {
                 index,
                 status,
@@ -595,14 +639,14 @@ impl Http1Connection {
             self.server.start_head();
             return;
         }
-        exchange.record_final_response(&response);
+        exchange.record_final_response(&mut response);
         events.push(Http1Event::ResponseHead {
             index,
             status,
             interim: false,
         });
         if exchange.is_connect && (200..300).contains(&status) {
-            exchange.transaction.marks.connect = true;
+            exchange.outcome.connect = true;
             return self.switch_to_tunnel(index, "2xx answer to CONNECT", events);
         }
         let has_no_body = exchange.is_head || status == 204 || status == 304;
@@ -616,7 +660,7 @@ impl Http1Connection {
         }
     }
 
-    fn complete_request(&mut self, index: u64, events: &mut Vec<Http1Event>) {
+    fn complete_request(&mut self, index: u64, events: &mut Http1Events) {
         events.push(Http1Event::RequestComplete {
             index,
             end: self.client.offset,
@@ -634,7 +678,7 @@ impl Http1Connection {
         }
     }
 
-    fn complete_response(&mut self, index: u64, events: &mut Vec<Http1Event>) {
+    fn complete_response(&mut self, index: u64, events: &mut Http1Events) {
         if let Some(position) = self.position(index) {
             self.exchanges[position].response_complete = true;
         }
@@ -643,17 +687,17 @@ impl Http1Connection {
         self.finish_if_complete(index, events);
     }
 
-    /// Removes an exchange; the queue's memory goes with the last one, so that an idle
-    /// keep-alive connection holds none (an exchange carries a whole Transaction).
+    /// Removes an exchange. A queue that pipelining grew goes with its last exchange, so
+    /// that an idle keep-alive connection holds no more than the one slot.
     fn take_exchange(&mut self, position: usize) -> Option<Exchange> {
         let exchange = self.exchanges.remove(position);
-        if self.exchanges.is_empty() {
+        if self.exchanges.is_empty() && self.exchanges.capacity() > 1 {
             self.exchanges = VecDeque::new();
         }
         exchange
     }
 
-    fn finish_if_complete(&mut self, index: u64, events: &mut Vec<Http1Event>) {
+    fn finish_if_complete(&mut self, index: u64, events: &mut Http1Events) {
         let Some(position) = self.position(index) else {
             return;
         };
@@ -662,17 +706,17 @@ impl Http1Connection {
             if let Some(exchange) = self.take_exchange(position) {
                 events.push(Http1Event::TransactionComplete {
                     index,
-                    transaction: Box::new(exchange.transaction),
+                    outcome: exchange.outcome,
                 });
             }
         }
     }
 
-    fn switch_to_tunnel(&mut self, index: u64, why: &'static str, events: &mut Vec<Http1Event>) {
+    fn switch_to_tunnel(&mut self, index: u64, why: &'static str, events: &mut Http1Events) {
         if let Some(exchange) = self.position(index).and_then(|position| self.take_exchange(position)) {
             events.push(Http1Event::TransactionComplete {
                 index,
-                transaction: Box::new(exchange.transaction),
+                outcome: exchange.outcome,
             });
         }
         events.push(Http1Event::Tunnel { index, why });
@@ -682,7 +726,7 @@ impl Http1Connection {
 
     /// Parses the client bytes held while a switch awaited its answer, now that the
     /// answer said they are HTTP.
-    fn release_held_client_bytes(&mut self, events: &mut Vec<Http1Event>) {
+    fn release_held_client_bytes(&mut self, events: &mut Http1Events) {
         let held = std::mem::take(&mut self.client.pending);
         self.client.start_head();
         self.feed_client(&held, events);
@@ -691,7 +735,7 @@ impl Http1Connection {
         }
     }
 
-    fn end_of_client(&mut self, events: &mut Vec<Http1Event>) {
+    fn end_of_client(&mut self, events: &mut Http1Events) {
         let direction = Direction::ClientToServer;
         match self.client.reading {
             Reading::Head => {
@@ -708,7 +752,7 @@ impl Http1Connection {
                     Some(exchange) => {
                         events.push(Http1Event::TransactionComplete {
                             index,
-                            transaction: Box::new(exchange.transaction),
+                            outcome: exchange.outcome,
                         });
                         self.client.start_head();
                     }
@@ -721,7 +765,7 @@ impl Http1Connection {
         }
     }
 
-    fn fail(&mut self, direction: Direction, offset: u64, problem: Http1Problem, events: &mut Vec<Http1Event>) {
+    fn fail(&mut self, direction: Direction, offset: u64, problem: Http1Problem, events: &mut Http1Events) {
         let error = Http1Error {
             direction,
             offset,
@@ -756,13 +800,11 @@ impl Http1Connection {
 }
 
 impl Exchange {
-    fn record_final_response(&mut self, response: &ParsedResponse) {
+    fn record_final_response(&mut self, response: &mut ParsedResponse) {
         self.final_response_seen = true;
-        self.transaction.status = Some(response.status);
-        self.transaction.response_content_type = response.content_type.clone();
-        if response.version == HttpVersion::Http10 {
-            self.transaction.version = Some(HttpVersion::Http10);
-        }
+        self.outcome.status = Some(response.status);
+        self.outcome.response_content_type = response.content_type.take();
+        self.outcome.http10_response = response.version == HttpVersion::Http10;
     }
 }
 
@@ -847,20 +889,19 @@ struct HeadScan {
 impl HeadScan {
     /// One past the LF that ends the head, if it is in `bytes`.
     fn find_end(&mut self, bytes: &[u8]) -> Option<usize> {
-        for (i, &byte) in bytes.iter().enumerate() {
-            match byte {
-                b'\n' => {
-                    if self.line_has_content {
-                        self.seen_start_line = true;
-                    } else if self.seen_start_line {
-                        return Some(i + 1);
-                    }
-                    self.line_has_content = false;
-                }
-                b'\r' => {}
-                _ => self.line_has_content = true,
+        // From LF to LF: a line's first byte nearly always says it has content.
+        let has_content = |line: &[u8]| line.iter().any(|&b| b != b'\r');
+        let mut line_start = 0;
+        for lf in memchr::memchr_iter(b'\n', bytes) {
+            if self.line_has_content || has_content(&bytes[line_start..lf]) {
+                self.seen_start_line = true;
+            } else if self.seen_start_line {
+                return Some(lf + 1);
             }
+            self.line_has_content = false;
+            line_start = lf + 1;
         }
+        self.line_has_content |= has_content(&bytes[line_start..]);
         None
     }
 
@@ -890,15 +931,46 @@ struct ParsedResponse {
     framing: FramingHeaders,
 }
 
-fn parse_request_head(head: &[u8]) -> HeadResult<ParsedRequest> {
-    check_field_lines(head)?;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_LINES];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(head) {
-        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
-        Ok(_) => return Err((start_line_offset(head), Http1Problem::InvalidLineEnding)),
-        Err(error) => return Err(locate_httparse_error(head, error, Direction::ClientToServer)),
+/// Room for httparse's header slices, left uninitialized: zeroing 128 of them per head
+/// showed in the bench's profile.
+fn header_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADER_LINES] {
+    [const { MaybeUninit::uninit() }; MAX_HEADER_LINES]
+}
+
+/// What httparse's verdict on a head means. `check_field_lines` runs only when httparse
+/// refused the head: everything it catches httparse refuses too (checked under test and
+/// fuzzing), and it names the problem httparse reports as a bare "invalid header name".
+fn head_verdict(
+    head: &[u8],
+    parsed: Result<httparse::Status<usize>, httparse::Error>,
+    direction: Direction,
+) -> HeadResult<()> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len == head.len() => {
+            #[cfg(any(test, fuzzing))]
+            assert_eq!(
+                check_field_lines(head),
+                Ok(()),
+                "httparse accepted a head check_field_lines refuses"
+            );
+            Ok(())
+        }
+        Ok(_) => {
+            check_field_lines(head)?;
+            Err((start_line_offset(head), Http1Problem::InvalidLineEnding))
+        }
+        Err(error) => {
+            check_field_lines(head)?;
+            Err(locate_httparse_error(head, error, direction))
+        }
     }
+}
+
+fn parse_request_head(head: &[u8]) -> HeadResult<ParsedRequest> {
+    let mut slots = header_slots();
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = request.parse_with_uninit_headers(head, &mut slots);
+    head_verdict(head, parsed, Direction::ClientToServer)?;
     // After httparse, so that only a head that is otherwise HTTP is refused for it.
     if let Some(at) = find_bare_lf(head) {
         return Err((at, Http1Problem::BareLineFeedInRequestHead));
@@ -915,35 +987,47 @@ fn parse_request_head(head: &[u8]) -> HeadResult<ParsedRequest> {
     let is_connect = method == "CONNECT";
     let target = split_target(target, is_connect);
 
-    let mut host: Option<&[u8]> = None;
-    for header in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")) {
-        match host {
-            Some(first) if !first.eq_ignore_ascii_case(header.value) => {
-                return Err((
-                    offset_within(head, header.name.as_bytes()),
-                    Http1Problem::ConflictingHosts,
-                ));
+    // One pass over the header lines for the fields the transaction and the framing need;
+    // for each, the first line that has it (Host: every line, they must agree).
+    let mut host: Option<(&[u8], usize)> = None;
+    let (mut expect, mut upgrade, mut user_agent, mut referer, mut content_type) = (None, None, None, None, None);
+    for header in headers {
+        let first = match RequestField::of(header.name) {
+            Some(RequestField::Host) => {
+                match host {
+                    Some((first, _)) if !first.eq_ignore_ascii_case(header.value) => {
+                        return Err((
+                            offset_within(head, header.name.as_bytes()),
+                            Http1Problem::ConflictingHosts,
+                        ));
+                    }
+                    Some(_) => {}
+                    None => host = Some((header.value, offset_within(head, header.name.as_bytes()))),
+                }
+                continue;
             }
-            Some(_) => {}
-            None => host = Some(header.value),
-        }
+            Some(RequestField::Expect) => &mut expect,
+            Some(RequestField::Upgrade) => &mut upgrade,
+            Some(RequestField::UserAgent) => &mut user_agent,
+            Some(RequestField::Referer) => &mut referer,
+            Some(RequestField::ContentType) => &mut content_type,
+            None => continue,
+        };
+        first.get_or_insert(header.value);
     }
     // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
-    if let (Some(authority), Some(host)) = (target.authority, host) {
+    if let (Some(authority), Some((host, at))) = (target.authority, host) {
         if !target.is_authority_form && !authority.as_bytes().eq_ignore_ascii_case(host) {
-            let at = headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("host"))
-                .map_or(0, |h| offset_within(head, h.name.as_bytes()));
             return Err((at, Http1Problem::ConflictingHosts));
         }
     }
     // Equal to an absolute-form authority when both are present (checked above).
-    let host = host.map(lossy).or_else(|| target.authority.map(str::to_owned));
+    let host = host
+        .map(|(host, _)| lossy(host))
+        .or_else(|| target.authority.map(str::to_owned));
 
-    let expect_continue =
-        header_value(headers, "expect").is_some_and(|value| trim_ows(value).eq_ignore_ascii_case(b"100-continue"));
-    let asks_upgrade = header_value(headers, "upgrade").is_some_and(|value| !trim_ows(value).is_empty());
+    let expect_continue = expect.is_some_and(|value| trim_ows(value).eq_ignore_ascii_case(b"100-continue"));
+    let asks_upgrade = upgrade.is_some_and(|value| !trim_ows(value).is_empty());
     let body = match framing.transfer {
         Some(TransferCoding::ChunkedFinal) => Some(BodyFraming::Chunked(ChunkedPhase::SizeLine)),
         // Refused in framing_headers: a request's final coding must be chunked.
@@ -959,9 +1043,9 @@ fn parse_request_head(head: &[u8]) -> HeadResult<ParsedRequest> {
         host,
         path: target.path,
         query: target.query.map(str::to_owned),
-        user_agent: header_value(headers, "user-agent").map(lossy),
-        referer: header_value(headers, "referer").map(lossy),
-        request_content_type: header_value(headers, "content-type").map(lossy),
+        user_agent: user_agent.map(lossy),
+        referer: referer.map(lossy),
+        request_content_type: content_type.map(lossy),
         marks: TransactionMarks {
             expect_continue,
             ..TransactionMarks::default()
@@ -978,14 +1062,10 @@ fn parse_request_head(head: &[u8]) -> HeadResult<ParsedRequest> {
 }
 
 fn parse_response_head(head: &[u8]) -> HeadResult<ParsedResponse> {
-    check_field_lines(head)?;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_LINES];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(head) {
-        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
-        Ok(_) => return Err((start_line_offset(head), Http1Problem::InvalidLineEnding)),
-        Err(error) => return Err(locate_httparse_error(head, error, Direction::ServerToClient)),
-    }
+    let mut slots = header_slots();
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, head, &mut slots);
+    head_verdict(head, parsed, Direction::ServerToClient)?;
     let status = response.code.unwrap_or_default();
     if status < 100 {
         return Err((start_line_offset(head), Http1Problem::InvalidStatusLine));
@@ -1002,6 +1082,33 @@ fn parse_response_head(head: &[u8]) -> HeadResult<ParsedResponse> {
         content_type: header_value(headers, "content-type").map(lossy),
         framing: framing_headers(head, headers, version, Direction::ServerToClient)?,
     })
+}
+
+/// The request header fields a transaction records or the framing depends on (beyond
+/// Content-Length and Transfer-Encoding, which `framing_headers` reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestField {
+    Host,
+    Expect,
+    Upgrade,
+    UserAgent,
+    Referer,
+    ContentType,
+}
+
+impl RequestField {
+    fn of(name: &str) -> Option<RequestField> {
+        let (field, spelled) = match name.len() {
+            4 => (RequestField::Host, "host"),
+            6 => (RequestField::Expect, "expect"),
+            7 if name.as_bytes()[0].eq_ignore_ascii_case(&b'u') => (RequestField::Upgrade, "upgrade"),
+            7 => (RequestField::Referer, "referer"),
+            10 => (RequestField::UserAgent, "user-agent"),
+            12 => (RequestField::ContentType, "content-type"),
+            _ => return None,
+        };
+        name.eq_ignore_ascii_case(spelled).then_some(field)
+    }
 }
 
 /// What Content-Length and Transfer-Encoding say, once checked for ambiguity.
@@ -1247,10 +1354,7 @@ fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
 
 /// Offset of an LF not preceded by CR.
 fn find_bare_lf(head: &[u8]) -> Option<usize> {
-    head.iter()
-        .enumerate()
-        .find(|&(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-        .map(|(i, _)| i)
+    memchr::memchr_iter(b'\n', head).find(|&i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// RFC 9110 §5.6.2 tchar.

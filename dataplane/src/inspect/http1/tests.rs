@@ -93,11 +93,23 @@ fn summary(events: &[Http1Event]) -> Vec<String> {
         .collect()
 }
 
+/// The completed transactions: each request (from its head event) completed by its
+/// outcome, as the engine puts them together.
 fn transactions(events: &[Http1Event]) -> Vec<Transaction> {
+    let request = |wanted: u64| {
+        events.iter().find_map(|event| match event {
+            Http1Event::RequestHead { index, request, .. } if *index == wanted => Some((**request).clone()),
+            _ => None,
+        })
+    };
     events
         .iter()
         .filter_map(|event| match event {
-            Http1Event::TransactionComplete { transaction, .. } => Some((**transaction).clone()),
+            Http1Event::TransactionComplete { index, outcome } => {
+                let mut transaction = request(*index).expect("a head event before its transaction");
+                outcome.clone().complete(&mut transaction);
+                Some(transaction)
+            }
             _ => None,
         })
         .collect()
