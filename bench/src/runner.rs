@@ -345,13 +345,17 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    for &mode in &plan.modes {
-        check_interrupted()?;
-        bar.set_message(format!("{}: starting", mode.name()));
-        let (mut running, mut client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
-        let mut used = false;
-        for (name, workload) in workloads.iter().filter(|(_, w)| runs(mode, w)) {
-            for rep in 1..=plan.reps {
+    // Repetitions go round the modes (rep 1 of every mode, then rep 2, …), each in a fresh
+    // process: drift in the machine's background load during a run then falls on every
+    // mode alike instead of on whichever ran last (two runs of this machine differed by
+    // 3× in one mode's requests while the other's held).
+    for rep in 1..=plan.reps {
+        for &mode in &plan.modes {
+            check_interrupted()?;
+            bar.set_message(format!("{}: starting", mode.name()));
+            let (mut running, mut client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
+            let mut used = false;
+            for (name, workload) in workloads.iter().filter(|(_, w)| runs(mode, w)) {
                 check_interrupted()?;
                 // Memory per idle session is the growth of a fresh process: one that ran
                 // earlier workloads already holds the pages (flow slots, buffers, caches)
@@ -377,8 +381,8 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
                 measurements.push(m);
                 bar.inc(1);
             }
+            drop(running);
         }
-        drop(running);
     }
     bar.finish_with_message("done");
     let machine = Machine::detect(&xdp_mode(&lab));
