@@ -18,7 +18,7 @@ use crate::tls::forge::ForgedCert;
 
 use crate::capture::plaintext::PlaintextExport;
 use crate::control_plane::{ControlPlane, PolicySources, WorkerHandle};
-use crate::eve::EveLog;
+use crate::eve::{EveLog, EveWriter};
 use crate::tls::ca::{CaRole, DecryptionCa};
 use crate::tls::forge::Forger;
 use crate::tls::probe::ProbeContext;
@@ -360,6 +360,8 @@ pub fn run(options: RunOptions) -> Result<()> {
     tracing::info!(path = %log.path().display(), "decryption log");
     let eve = Arc::new(EveLog::open(&options.log_dir)?);
     tracing::info!(path = %eve.path().display(), "EVE log");
+    // Finished once the workers are: the thread then writes what they handed over.
+    let (eve_writer, eve) = EveWriter::start(eve).context("starting the EVE writer thread")?;
     // Kept to the end of `run`: dropping it finishes the writer thread's last file.
     let (_plaintext_export, export_tap) = if effective.exports(ExportKind::Pcap) {
         let dir = effective.export.dir_in(&options.log_dir);
@@ -516,6 +518,8 @@ pub fn run(options: RunOptions) -> Result<()> {
             tracing::error!("a worker panicked");
         }
     }
+    drop(eve);
+    eve_writer.finish();
     write_counters(&counters_file, &wire, &all_stats, &forger, &plane.current);
     let counters = wire.counters()?;
     let mut flows_opened = 0;

@@ -21,7 +21,7 @@ use xdpilone::xdp::XdpDesc;
 
 use crate::capture::plaintext::PlaintextTap;
 use crate::capture::CaptureTap;
-use crate::eve::{self, EveFlow, EveLog, HttpLoupeFacts, UrlRuleVerdict};
+use crate::eve::{self, EveFlow, EveSink, HttpLoupeFacts, UrlRuleVerdict};
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{parse_tcp_frame, MacAddr};
 use crate::policy::{ExclusionKey, Policy};
@@ -128,8 +128,9 @@ pub struct WorkerTls {
     /// Clones share the CA, the leaf key and the certificate cache.
     pub forger: Forger,
     pub log: Arc<DecryptionLog>,
-    /// `<log-dir>/eve.json`, shared by all workers; each writes whole lines in batches.
-    pub eve: Arc<EveLog>,
+    /// `<log-dir>/eve.json`'s writer thread, shared by all workers; each hands it whole
+    /// lines in batches.
+    pub eve: EveSink,
     /// The plaintext pcap writer, when a rule exports pcap (`[export]`).
     pub export: Option<PlaintextTap>,
 }
@@ -845,19 +846,17 @@ impl Worker {
         }
     }
 
-    /// Writes the batch's EVE lines: one append, whole lines only.
+    /// Hands the batch's EVE lines to the writer thread (one append, whole lines only).
     fn flush_eve(&mut self) {
         self.eve_batch_since = None;
+        WorkerStats::add(&self.stats.eve_write_errors, self.tls.eve.take_failed_writes());
         if self.eve_batch.is_empty() {
             return;
         }
-        if let Err(err) = self.tls.eve.write_lines(&self.eve_batch) {
+        let batch = std::mem::take(&mut self.eve_batch);
+        if self.tls.eve.send(batch).is_err() {
             WorkerStats::add(&self.stats.eve_write_errors, 1);
-            tracing::error!(%err, "EVE log write failed");
-        }
-        self.eve_batch.clear();
-        if self.eve_batch.capacity() > EVE_BATCH_KEEP {
-            self.eve_batch = Vec::new();
+            tracing::error!("EVE writer thread gone: a batch of events lost");
         }
     }
 
@@ -1169,8 +1168,6 @@ struct TcpFacts {
     idle_timeout_secs: u64,
 }
 
-/// A round's EVE lines beyond this much capacity are not kept for the next round.
-const EVE_BATCH_KEEP: usize = 256 * 1024;
 /// EVE lines wait in the worker's batch at most this long (or until it holds
 /// [`EVE_FLUSH_BYTES`]): a write(2) per service round, or per sleep, was a system call
 /// per request in the bench's profile.

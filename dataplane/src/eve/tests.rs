@@ -810,3 +810,36 @@ fn the_written_http_line_escapes_as_serde_json_does() {
         assert_line_matches_serde(&http_event(at(), &flow(), &tx, &facts));
     }
 }
+
+#[test]
+fn the_writer_thread_writes_every_batch_in_order_before_it_finishes() {
+    let dir = TempDir::new("writer");
+    let log = Arc::new(EveLog::open(&dir.0).unwrap());
+    let (writer, sink) = EveWriter::start(log.clone()).unwrap();
+    let senders: Vec<_> = (0..2u64)
+        .map(|worker| {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                // More batches than the queue holds: senders wait, nothing is dropped.
+                for batch in 0..(EVE_WRITER_QUEUE as u64 * 2) {
+                    let line = format!("{{\"worker\":{worker},\"batch\":{batch}}}\n");
+                    sink.send(line.repeat(3).into_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|sender| sender.join().unwrap());
+    drop(sink);
+    writer.finish();
+    let events = read_lines(log.path());
+    assert_eq!(events.len(), 2 * 3 * 2 * EVE_WRITER_QUEUE);
+    for worker in 0..2u64 {
+        let batches: Vec<u64> = events
+            .iter()
+            .filter(|e| e["worker"] == worker)
+            .map(|e| e["batch"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (0..(EVE_WRITER_QUEUE as u64 * 2)).flat_map(|b| [b; 3]).collect();
+        assert_eq!(batches, expected, "worker {worker}'s lines in order");
+    }
+}
