@@ -36,8 +36,7 @@ pub struct TlsEnv<'a> {
     pub now: SystemTime,
 }
 
-/// One transaction as `loupectl session ID` lists it.
-/// A logged transaction's line for `loupectl`, its text moved, not copied.
+/// One logged transaction as `loupectl session ID` lists it, its text moved, not copied.
 fn http_line(done: InspectedTransaction) -> HttpLine {
     let tx = done.transaction;
     let mut url = tx.path;

@@ -603,9 +603,9 @@ impl HttpInspector {
 
     fn http2_events(&mut self, mut hits: Vec<(u32, UrlHit)>, relay: &mut Relay<'_>) {
         let Mode::Http2(flow) = &mut self.mode else { return };
-        let events = std::mem::take(&mut flow.output.events);
+        let mut events = std::mem::take(&mut flow.output.events);
         let close = std::mem::take(&mut flow.output.close);
-        for event in events {
+        for event in events.drain(..) {
             let Mode::Http2(flow) = &mut self.mode else { return };
             match event {
                 Http2Event::RequestHead { stream_id, .. } => {
@@ -660,6 +660,11 @@ impl HttpInspector {
                     }
                 }
             }
+        }
+        match &mut self.mode {
+            // The vector's room serves the next call: events come with nearly every one.
+            Mode::Http2(flow) if flow.output.events.is_empty() => flow.output.events = events,
+            _ => {}
         }
         if close {
             let why = self

@@ -44,7 +44,7 @@ impl Default for HpackLimits {
 }
 
 /// One decoded header field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderField {
     pub name: Vec<u8>,
     pub value: Vec<u8>,
@@ -165,14 +165,27 @@ impl HpackDecoder {
     /// On error the connection's HPACK state is unknowable: stop inspecting the
     /// connection. This decoder refuses every later block.
     pub fn decode(&mut self, block: &[u8]) -> Result<Vec<HeaderField>, HpackError> {
+        let mut fields = Vec::new();
+        self.decode_into(block, &mut fields)?;
+        Ok(fields)
+    }
+
+    /// As [`HpackDecoder::decode`], into `fields`, whose entries (and their names' and
+    /// values' buffers) are reused: a connection decoding into the same vector block
+    /// after block allocates only when a block has more or longer fields than before.
+    pub fn decode_into(&mut self, block: &[u8], fields: &mut Vec<HeaderField>) -> Result<(), HpackError> {
         if self.failed {
+            fields.clear();
             return Err(HpackError {
                 offset: 0,
                 problem: HpackProblem::EarlierFailure,
             });
         }
-        let result = self.decode_block(block);
+        let result = self.decode_block(block, fields);
         self.failed = result.is_err();
+        if self.failed {
+            fields.clear();
+        }
         result
     }
 
@@ -193,16 +206,17 @@ impl HpackDecoder {
         self.table.insertions
     }
 
-    fn decode_block(&mut self, block: &[u8]) -> Result<Vec<HeaderField>, HpackError> {
+    fn decode_block(&mut self, block: &[u8], fields: &mut Vec<HeaderField>) -> Result<(), HpackError> {
         let mut reader = BlockReader { block, pos: 0 };
-        let mut fields = Vec::new();
+        // Fields decoded so far; `fields[count..]` are spare entries to reuse.
+        let mut count = 0;
         let mut list_size = 0usize;
         while let Some(first) = reader.peek() {
             let start = reader.pos;
             let fail = |problem| HpackError { offset: start, problem };
             if first & 0b1110_0000 == 0b0010_0000 {
                 // RFC 7541 §6.3: dynamic table size update.
-                if !fields.is_empty() {
+                if count > 0 {
                     return Err(fail(HpackProblem::TableSizeUpdateNotAtStart));
                 }
                 let requested = reader.integer(5)?;
@@ -216,18 +230,22 @@ impl HpackDecoder {
             let too_large = HpackProblem::HeaderListTooLarge {
                 limit: self.limits.max_header_list_size,
             };
-            let field = if first & 0b1000_0000 != 0 {
+            if count == fields.len() {
+                fields.push(HeaderField::default());
+            }
+            let field = &mut fields[count];
+            field.name.clear();
+            field.value.clear();
+            if first & 0b1000_0000 != 0 {
                 // §6.1: indexed header field.
                 let index = reader.integer(7)?;
                 let (name, value) = self.lookup(index).map_err(fail)?;
                 if field_size(name.len(), value.len()) > budget {
                     return Err(fail(too_large));
                 }
-                HeaderField {
-                    name: name.to_vec(),
-                    value: value.to_vec(),
-                    sensitive: false,
-                }
+                field.name.extend_from_slice(name);
+                field.value.extend_from_slice(value);
+                field.sensitive = false;
             } else {
                 // §6.2: literal header field; the first byte says whether it enters the
                 // table (01xxxxxx, 6-bit index), is never indexed (0001xxxx) or neither
@@ -241,27 +259,25 @@ impl HpackDecoder {
                 // Budgets keep the strings from outgrowing the header list limit while they
                 // are decoded, before the field's overhead is added.
                 let string_budget = budget.saturating_sub(ENTRY_OVERHEAD);
-                let (name, value) = if name_index == 0 {
-                    let name = reader.string(string_budget, too_large)?;
-                    let value_budget = string_budget.saturating_sub(name.len());
-                    (name, reader.string(value_budget, too_large)?)
+                if name_index == 0 {
+                    reader.string_into(string_budget, too_large, &mut field.name)?;
                 } else {
                     // Copied (at most one table entry) before the insertion below, which may
                     // evict the entry named.
-                    let name = self.lookup(name_index).map_err(fail)?.0.to_vec();
-                    let value_budget = string_budget.saturating_sub(name.len());
-                    (name, reader.string(value_budget, too_large)?)
-                };
-                if field_size(name.len(), value.len()) > budget {
+                    field.name.extend_from_slice(self.lookup(name_index).map_err(fail)?.0);
+                }
+                let value_budget = string_budget.saturating_sub(field.name.len());
+                reader.string_into(value_budget, too_large, &mut field.value)?;
+                if field_size(field.name.len(), field.value.len()) > budget {
                     return Err(fail(too_large));
                 }
                 if add_to_table {
-                    self.table.insert(&name, &value);
+                    self.table.insert(&field.name, &field.value);
                 }
-                HeaderField { name, value, sensitive }
-            };
+                field.sensitive = sensitive;
+            }
             list_size += field_size(field.name.len(), field.value.len());
-            fields.push(field);
+            count += 1;
         }
         if self.size_update_required {
             return Err(HpackError {
@@ -269,7 +285,8 @@ impl HpackDecoder {
                 problem: self.missing_size_update(),
             });
         }
-        Ok(fields)
+        fields.truncate(count);
+        Ok(())
     }
 
     fn update_table_size(&mut self, requested: usize) -> Result<(), HpackProblem> {
@@ -430,7 +447,8 @@ impl BlockReader<'_> {
 
     /// A string literal (RFC 7541 §5.2), refused with `too_large` once it decodes to more
     /// than `budget` bytes.
-    fn string(&mut self, budget: usize, too_large: HpackProblem) -> Result<Vec<u8>, HpackError> {
+    /// Appends the string's octets (Huffman-decoded when so marked) to `out`.
+    fn string_into(&mut self, budget: usize, too_large: HpackProblem, out: &mut Vec<u8>) -> Result<(), HpackError> {
         let start = self.pos;
         let fail = |problem| HpackError { offset: start, problem };
         let huffman = self.peek().is_some_and(|byte| byte & 0x80 != 0);
@@ -442,7 +460,7 @@ impl BlockReader<'_> {
         let raw = &self.block[self.pos..self.pos + declared];
         self.pos += declared;
         if huffman {
-            huffman_decode(raw, budget).map_err(|fault| {
+            huffman_decode(raw, budget, out).map_err(|fault| {
                 fail(match fault {
                     HuffmanFault::Eos => HpackProblem::HuffmanEos,
                     HuffmanFault::PaddingTooLong { bits } => HpackProblem::HuffmanPaddingTooLong { bits },
@@ -453,7 +471,8 @@ impl BlockReader<'_> {
         } else if raw.len() > budget {
             Err(fail(too_large))
         } else {
-            Ok(raw.to_vec())
+            out.extend_from_slice(raw);
+            Ok(())
         }
     }
 }
@@ -778,9 +797,11 @@ enum HuffmanFault {
 
 /// Decodes a Huffman-coded string (RFC 7541 §5.2), one bit at a time: header strings are
 /// short, and this needs no table beyond the canonical code's 31 lengths.
-fn huffman_decode(coded: &[u8], budget: usize) -> Result<Vec<u8>, HuffmanFault> {
+/// Appends the decoded octets to `decoded` (at most `budget` of them).
+fn huffman_decode(coded: &[u8], budget: usize, decoded: &mut Vec<u8>) -> Result<(), HuffmanFault> {
     // The shortest code is 5 bits, so the output is at most 8/5 of the input.
-    let mut decoded = Vec::with_capacity(budget.min(coded.len() * 8 / 5));
+    decoded.reserve(budget.min(coded.len() * 8 / 5));
+    let budget = decoded.len().saturating_add(budget);
     // The bits read since the last symbol, and how many.
     let mut code = 0u32;
     let mut length = 0usize;
@@ -814,7 +835,7 @@ fn huffman_decode(coded: &[u8], budget: usize) -> Result<Vec<u8>, HuffmanFault> 
     if code != (1u32 << length) - 1 {
         return Err(HuffmanFault::PaddingNotOnes);
     }
-    Ok(decoded)
+    Ok(())
 }
 
 /// Each symbol's code (its `HUFFMAN_CODE_LENGTHS` low bits): the canonical code gives the

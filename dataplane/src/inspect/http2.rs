@@ -408,9 +408,10 @@ pub enum Http2Problem {
 /// What the bytes just fed made happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Http2Event {
-    /// A request's header block (the client's, or one the server promised with
-    /// PUSH_PROMISE, then not judged): `request` has the request's side filled.
-    RequestHead { stream_id: u32, request: Box<Transaction> },
+    /// A request's header block (the client's, judged before this event, or one the
+    /// server promised with PUSH_PROMISE, not judged). The transaction comes whole with
+    /// [`Http2Event::TransactionComplete`].
+    RequestHead { stream_id: u32 },
     /// A response header block with a status: `interim` for 1xx.
     ResponseHead { stream_id: u32, status: u16, interim: bool },
     /// loupe answered the stream instead of the server (the transaction completes next).
@@ -450,6 +451,9 @@ pub struct Http2Connection {
     client_decoder: HpackDecoder,
     /// Decodes server→client header blocks (PUSH_PROMISE included).
     server_decoder: HpackDecoder,
+    /// The header fields of the block being handled, either direction's; their buffers
+    /// are reused from block to block.
+    fields: Vec<HeaderField>,
     /// loupe's encoder toward the server, from the first answered stream on.
     reencoder: Option<HpackEncoder>,
     streams: BTreeMap<u32, Stream>,
@@ -615,6 +619,7 @@ impl Http2Connection {
             server: Side::new(Direction::ServerToClient),
             client_decoder: HpackDecoder::new(limits.hpack),
             server_decoder: HpackDecoder::new(limits.hpack),
+            fields: Vec::new(),
             reencoder: None,
             streams: BTreeMap::new(),
             answered: BTreeSet::new(),
@@ -744,6 +749,11 @@ impl Http2Connection {
             + self.reencoder.as_ref().map_or(0, HpackEncoder::table_size)
             + streams
             + self.answered.len() * 16
+            + self
+                .fields
+                .iter()
+                .map(|field| std::mem::size_of::<HeaderField>() + field.name.capacity() + field.value.capacity())
+                .sum::<usize>()
             + (self.client_settings_unacked.capacity() + self.server_settings_unacked.capacity()) * 12
             + self.to_client.capacity()
             + self.scratch.capacity()
@@ -901,20 +911,34 @@ impl Http2Connection {
     ) {
         let block = std::mem::take(&mut self.client.block);
         let insertions_before = self.client_decoder.insertions();
-        let decoded = self.client_decoder.decode(&block);
+        let mut fields = std::mem::take(&mut self.fields);
+        let decoded = self.client_decoder.decode_into(&block, &mut fields);
         self.client.recycle_block(block);
-        let fields = match decoded {
-            Ok(fields) => fields,
+        match decoded {
+            Ok(()) => self.client_fields(sequence, &fields, insertions_before, judge, out),
             Err(error) => {
                 let fault = (ErrorCode::COMPRESSION_ERROR, Http2Problem::Hpack(error));
                 let direction = Direction::ClientToServer;
-                return self.fail(direction, sequence.offset, Some(sequence.reference()), fault, out);
+                self.fail(direction, sequence.offset, Some(sequence.reference()), fault, out);
             }
-        };
+        }
+        self.fields = fields;
+    }
+
+    /// A client header block's decoded fields: a request judged and relayed (or
+    /// answered), trailers, or a block on a stream already closed.
+    fn client_fields(
+        &mut self,
+        sequence: HeaderSequence,
+        fields: &[HeaderField],
+        insertions_before: u64,
+        judge: &mut dyn FnMut(&Transaction) -> StreamVerdict,
+        out: &mut Http2Output,
+    ) {
         let id = sequence.stream_id;
         if self.streams.contains_key(&id) {
             // Trailers (or a second block on an open stream: the server judges that).
-            self.relay_client_block(&sequence, &fields, out);
+            self.relay_client_block(&sequence, fields, out);
             if sequence.end_stream {
                 self.request_ended(id, out);
             }
@@ -927,7 +951,7 @@ impl Http2Connection {
         if id <= self.last_client_stream {
             // A closed stream: the server ignores it or resets it; its block still counts
             // for HPACK.
-            return self.relay_client_block(&sequence, &fields, out);
+            return self.relay_client_block(&sequence, fields, out);
         }
         if id.is_multiple_of(2) {
             let fault = (ErrorCode::PROTOCOL_ERROR, Http2Problem::EvenClientStream);
@@ -938,11 +962,8 @@ impl Http2Connection {
             return self.refuse_stream(&sequence, out);
         }
         self.last_client_stream = id;
-        let transaction = request_transaction(id, &fields);
-        out.events.push(Http2Event::RequestHead {
-            stream_id: id,
-            request: Box::new(transaction.clone()),
-        });
+        let transaction = request_transaction(id, fields);
+        out.events.push(Http2Event::RequestHead { stream_id: id });
         match judge(&transaction) {
             StreamVerdict::Forward => {
                 self.streams.insert(
@@ -953,7 +974,7 @@ impl Http2Connection {
                         response_ended: false,
                     },
                 );
-                self.relay_client_block(&sequence, &fields, out);
+                self.relay_client_block(&sequence, fields, out);
             }
             StreamVerdict::Answer(answer) => {
                 if self.reencoder.is_none() {
@@ -1226,16 +1247,24 @@ impl Http2Connection {
     /// A whole server header block: a response head, trailers, or a promised request.
     fn server_block(&mut self, sequence: HeaderSequence, out: &mut Http2Output) {
         let block = std::mem::take(&mut self.server.block);
-        let decoded = self.server_decoder.decode(&block);
+        let mut fields = std::mem::take(&mut self.fields);
+        let decoded = self.server_decoder.decode_into(&block, &mut fields);
         self.server.recycle_block(block);
-        let direction = Direction::ServerToClient;
-        let fields = match decoded {
-            Ok(fields) => fields,
+        match decoded {
+            Ok(()) => self.server_fields(sequence, &fields, out),
             Err(error) => {
                 let fault = (ErrorCode::COMPRESSION_ERROR, Http2Problem::Hpack(error));
-                return self.fail(direction, sequence.offset, Some(sequence.reference()), fault, out);
+                let direction = Direction::ServerToClient;
+                self.fail(direction, sequence.offset, Some(sequence.reference()), fault, out);
             }
-        };
+        }
+        self.fields = fields;
+    }
+
+    /// A server header block's decoded fields: a promised request, a response head or
+    /// trailers.
+    fn server_fields(&mut self, sequence: HeaderSequence, fields: &[HeaderField], out: &mut Http2Output) {
+        let direction = Direction::ServerToClient;
         if sequence.kind == kind::PUSH_PROMISE {
             let promised = sequence.promised_stream;
             if promised == 0 || !promised.is_multiple_of(2) || promised <= self.last_promised_stream {
@@ -1248,11 +1277,8 @@ impl Http2Connection {
                 let fault = (ErrorCode::REFUSED_STREAM, Http2Problem::TooManyStreams { limit });
                 return self.fail(direction, sequence.offset, Some(sequence.reference()), fault, out);
             }
-            let transaction = request_transaction(promised, &fields);
-            out.events.push(Http2Event::RequestHead {
-                stream_id: promised,
-                request: Box::new(transaction.clone()),
-            });
+            let transaction = request_transaction(promised, fields);
+            out.events.push(Http2Event::RequestHead { stream_id: promised });
             self.streams.insert(
                 promised,
                 Stream {
@@ -1619,6 +1645,7 @@ impl Http2Connection {
         self.server_settings_unacked = VecDeque::new();
         self.to_client = Vec::new();
         self.scratch = Vec::new();
+        self.fields = Vec::new();
     }
 
     fn side(&self, direction: Direction) -> &Side {

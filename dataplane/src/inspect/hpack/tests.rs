@@ -363,26 +363,26 @@ fn huffman_encode(text: &[u8]) -> Vec<u8> {
 #[test]
 fn huffman_decodes_every_byte_value() {
     let all: Vec<u8> = (0..=255).collect();
-    assert_eq!(huffman_decode(&huffman_encode(&all), usize::MAX).unwrap(), all);
-    assert_eq!(huffman_decode(&[], 10).unwrap(), b"");
+    assert_eq!(decode_huffman(&huffman_encode(&all), usize::MAX).unwrap(), all);
+    assert_eq!(decode_huffman(&[], 10).unwrap(), b"");
 }
 
 #[test]
 fn huffman_padding_and_eos_errors() {
     // 'a' is 00011: three bits of ones pad it to a byte.
-    assert_eq!(huffman_decode(&[0x1f], 10).unwrap(), b"a");
+    assert_eq!(decode_huffman(&[0x1f], 10).unwrap(), b"a");
     // Padding with a zero in it.
-    assert_eq!(huffman_decode(&[0x18], 10), Err(HuffmanFault::PaddingNotOnes));
+    assert_eq!(decode_huffman(&[0x18], 10), Err(HuffmanFault::PaddingNotOnes));
     // A whole byte of ones after 'a' (11 bits left): more than 7 bits of padding.
     assert_eq!(
-        huffman_decode(&[0x1f, 0xff], 10),
+        decode_huffman(&[0x1f, 0xff], 10),
         Err(HuffmanFault::PaddingTooLong { bits: 11 })
     );
     // 30 ones are the EOS symbol, which may not appear in a string.
-    assert_eq!(huffman_decode(&[0xff, 0xff, 0xff, 0xff], 10), Err(HuffmanFault::Eos));
+    assert_eq!(decode_huffman(&[0xff, 0xff, 0xff, 0xff], 10), Err(HuffmanFault::Eos));
     // Output beyond the budget is refused as it is produced.
     assert_eq!(
-        huffman_decode(&huffman_encode(b"abc"), 2),
+        decode_huffman(&huffman_encode(b"abc"), 2),
         Err(HuffmanFault::OverBudget)
     );
 }
@@ -960,5 +960,32 @@ fn encoder_round_trips_random_fields() {
         let bytes = encoded(&mut encoder, &fields);
         assert_eq!(decoder.decode(&bytes).unwrap(), fields);
         assert_eq!(decoder.insertions(), 2);
+    }
+}
+
+/// `huffman_decode` into a fresh vector.
+fn decode_huffman(coded: &[u8], budget: usize) -> Result<Vec<u8>, HuffmanFault> {
+    let mut decoded = Vec::new();
+    huffman_decode(coded, budget, &mut decoded)?;
+    Ok(decoded)
+}
+
+#[test]
+fn decoding_into_reused_fields_gives_what_a_fresh_decode_gives() {
+    // Blocks of differing sizes (RFC 7541 C.4, Huffman-coded, with dynamic-table
+    // references), decoded into one vector whose entries are reused, against fresh decodes.
+    let blocks = [
+        "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff",
+        "8286 84be 5886 a8eb 1064 9cbf",
+        "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
+        "82",
+    ];
+    let mut fresh = HpackDecoder::new(HpackLimits::default());
+    let mut reusing = HpackDecoder::new(HpackLimits::default());
+    let mut fields = Vec::new();
+    for hex in blocks.iter().chain(blocks.iter().rev()) {
+        let expected = fresh.decode(&block(hex));
+        let got = reusing.decode_into(&block(hex), &mut fields);
+        assert_eq!(got.map(|()| fields.clone()), expected, "block {hex}");
     }
 }

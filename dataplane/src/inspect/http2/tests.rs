@@ -487,14 +487,11 @@ fn get_and_response_make_one_transaction_with_every_field() {
         response_body_len: 0,
         ..expected.clone()
     };
-    assert_eq!(judged, vec![request_side.clone()]);
+    assert_eq!(judged, vec![request_side]);
     assert_eq!(
         out.events,
         vec![
-            Http2Event::RequestHead {
-                stream_id: 1,
-                request: Box::new(request_side),
-            },
+            Http2Event::RequestHead { stream_id: 1 },
             Http2Event::ResponseHead {
                 stream_id: 1,
                 status: 200,
@@ -521,9 +518,15 @@ fn host_header_stands_in_for_a_missing_authority() {
         client_start(),
         headers(1, END_HEADERS | END_STREAM, &client.encode(&request)),
     ]))];
-    let (out, _) = run(&steps);
-    let Http2Event::RequestHead { request, .. } = &out.events[0] else {
-        panic!("{:?}", out.events);
+    let mut judged = Vec::new();
+    let mut judge = |request: &Transaction| {
+        judged.push(request.clone());
+        StreamVerdict::Forward
+    };
+    let (out, _) = run_with(Http2Limits::default(), &steps, usize::MAX, &mut judge);
+    assert!(matches!(out.events[0], Http2Event::RequestHead { stream_id: 1 }));
+    let [request] = &judged[..] else {
+        panic!("{judged:?}");
     };
     assert_eq!(request.host.as_deref(), Some("fallback.example"));
     assert_eq!(request.query, None);
