@@ -915,7 +915,7 @@ impl Http2Connection {
         let decoded = self.client_decoder.decode_into(&block, &mut fields);
         self.client.recycle_block(block);
         match decoded {
-            Ok(()) => self.client_fields(sequence, &fields, insertions_before, judge, out),
+            Ok(count) => self.client_fields(sequence, &fields[..count], insertions_before, judge, out),
             Err(error) => {
                 let fault = (ErrorCode::COMPRESSION_ERROR, Http2Problem::Hpack(error));
                 let direction = Direction::ClientToServer;
@@ -1251,7 +1251,7 @@ impl Http2Connection {
         let decoded = self.server_decoder.decode_into(&block, &mut fields);
         self.server.recycle_block(block);
         match decoded {
-            Ok(()) => self.server_fields(sequence, &fields, out),
+            Ok(count) => self.server_fields(sequence, &fields[..count], out),
             Err(error) => {
                 let fault = (ErrorCode::COMPRESSION_ERROR, Http2Problem::Hpack(error));
                 let direction = Direction::ServerToClient;

@@ -986,6 +986,101 @@ fn decoding_into_reused_fields_gives_what_a_fresh_decode_gives() {
     for hex in blocks.iter().chain(blocks.iter().rev()) {
         let expected = fresh.decode(&block(hex));
         let got = reusing.decode_into(&block(hex), &mut fields);
-        assert_eq!(got.map(|()| fields.clone()), expected, "block {hex}");
+        assert_eq!(got.map(|count| fields[..count].to_vec()), expected, "block {hex}");
+    }
+}
+
+/// The decoder as first written, bit by bit along the canonical code: the oracle the
+/// window decoder is checked against.
+fn bitwise_huffman_decode(coded: &[u8], budget: usize, decoded: &mut Vec<u8>) -> Result<(), HuffmanFault> {
+    // The shortest code is 5 bits, so the output is at most 8/5 of the input.
+    decoded.reserve(budget.min(coded.len() * 8 / 5));
+    let budget = decoded.len().saturating_add(budget);
+    // The bits read since the last symbol, and how many.
+    let mut code = 0u32;
+    let mut length = 0usize;
+    for &byte in coded {
+        for bit_index in (0..8).rev() {
+            code = (code << 1) | u32::from((byte >> bit_index) & 1);
+            length += 1;
+            let offset = code.wrapping_sub(HUFFMAN.first_code[length]);
+            if offset < HUFFMAN.count[length] {
+                let symbol = HUFFMAN.symbols[HUFFMAN.first_index[length] + offset as usize];
+                if symbol == HUFFMAN_EOS {
+                    return Err(HuffmanFault::Eos);
+                }
+                if decoded.len() == budget {
+                    return Err(HuffmanFault::OverBudget);
+                }
+                decoded.push(symbol as u8);
+                code = 0;
+                length = 0;
+            } else if length == HUFFMAN_MAX_CODE_LENGTH {
+                // Every 30-bit string starts with a code (the code is complete), so this
+                // cannot happen; refusing keeps `length` inside the tables regardless.
+                return Err(HuffmanFault::PaddingTooLong { bits: 30 });
+            }
+        }
+    }
+    // §5.2: what is left must be a prefix of EOS (all ones), shorter than 8 bits.
+    if length > 7 {
+        return Err(HuffmanFault::PaddingTooLong { bits: length as u8 });
+    }
+    if code != (1u32 << length) - 1 {
+        return Err(HuffmanFault::PaddingNotOnes);
+    }
+    Ok(())
+}
+
+#[test]
+fn the_window_decoder_decodes_as_the_bitwise_one() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut inputs: Vec<(Vec<u8>, usize)> = Vec::new();
+    for _ in 0..20_000 {
+        // Random bytes: mostly errors (EOS, padding), some valid by chance.
+        let len = (next() % 12) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        inputs.push((bytes, (next() % 20) as usize));
+        // Encodings of random text (short and long codes), whole, cut, or with a bit
+        // flipped, under a budget that may be too small.
+        let text_len = (next() % 40) as usize;
+        let text: Vec<u8> = (0..text_len)
+            .map(|_| match next() % 4 {
+                0 => next() as u8,
+                _ => b"abcdefghijklmnopqrstuvwxyz0123456789/-.:"[(next() % 40) as usize],
+            })
+            .collect();
+        let coded = huffman_encode(&text);
+        let budget = if next() % 4 == 0 {
+            (next() % 40) as usize
+        } else {
+            usize::MAX
+        };
+        inputs.push((coded.clone(), budget));
+        if !coded.is_empty() {
+            let mut cut = coded.clone();
+            cut.truncate((next() % coded.len() as u64) as usize);
+            inputs.push((cut, budget));
+            let mut flipped = coded;
+            let at = (next() % (flipped.len() as u64 * 8)) as usize;
+            flipped[at / 8] ^= 0x80 >> (at % 8);
+            inputs.push((flipped, budget));
+        }
+    }
+    for (coded, budget) in &inputs {
+        let mut window = b"kept".to_vec();
+        let mut bitwise = b"kept".to_vec();
+        let got = huffman_decode(coded, *budget, &mut window);
+        let expected = bitwise_huffman_decode(coded, *budget, &mut bitwise);
+        assert_eq!(got, expected, "{coded:02x?} budget {budget}");
+        if expected.is_ok() {
+            assert_eq!(window, bitwise, "{coded:02x?}");
+        }
     }
 }
