@@ -13,6 +13,8 @@ pub mod probing;
 pub mod relay;
 pub mod session;
 pub mod tcp_device;
+#[cfg(test)]
+mod test_rng;
 pub mod tls;
 pub mod wire;
 pub mod worker;

@@ -770,13 +770,8 @@ fn the_written_http_line_escapes_as_serde_json_does() {
     // amid plain runs, in every string field.
     let mut awkward: String = (0u8..0x20).map(char::from).collect();
     awkward.push_str("\"\\\u{7f}é✓𝄞 plain\\\"end");
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15u64);
+    let mut next = move || rng.next();
     let pieces: Vec<&str> = vec![
         "a", "/", "?", "\"", "\\", "\n", "\u{1}", "\u{1f}", "é", "𝄞", "\u{7f}", " ", ":", ";",
     ];

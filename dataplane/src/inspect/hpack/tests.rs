@@ -1034,13 +1034,8 @@ fn bitwise_huffman_decode(coded: &[u8], budget: usize, decoded: &mut Vec<u8>) ->
 
 #[test]
 fn the_window_decoder_decodes_as_the_bitwise_one() {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1du64);
+    let mut next = move || rng.next();
     let mut inputs: Vec<(Vec<u8>, usize)> = Vec::new();
     for _ in 0..20_000 {
         // Random bytes: mostly errors (EOS, padding), some valid by chance.
