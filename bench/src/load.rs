@@ -673,21 +673,9 @@ async fn idle_session(
     };
     let res = open.await;
     drop(permit);
-    let mut c = match res {
-        Ok(c) => c,
-        Err(e) => {
-            let e = if e.is::<Cut>() {
-                anyhow!("opening the session took over {STEP_TIMEOUT:?}")
-            } else {
-                e
-            };
-            shared.error(&e);
-            let _ = opened.send(false);
-            return (false, 0);
-        }
+    let Some(mut c) = report_opened(&shared, res, opened) else {
+        return (false, 0);
     };
-    let _ = opened.send(true);
-    drop(opened);
     // The read buffer is not needed while idle: keep the client's memory per session small.
     c.buf = Vec::new();
     c.pos = 0;
@@ -734,6 +722,26 @@ fn timed_out(deadline: Instant, what: &str) -> anyhow::Error {
 }
 
 /// Runs `f` until `deadline` or for at most [`STEP_TIMEOUT`].
+/// Tells the idle workload whether a session opened, after counting the error when not
+/// (the workload may read the errors as soon as every session answered); the sender is
+/// dropped either way.
+fn report_opened<T>(shared: &Shared, opening: Result<T>, opened: mpsc::UnboundedSender<bool>) -> Option<T> {
+    let session = match opening {
+        Ok(session) => Some(session),
+        Err(e) => {
+            let e = if e.is::<Cut>() {
+                anyhow!("opening the session took over {STEP_TIMEOUT:?}")
+            } else {
+                e
+            };
+            shared.error(&e);
+            None
+        }
+    };
+    let _ = opened.send(session.is_some());
+    session
+}
+
 async fn step<T>(deadline: Instant, what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
     let until = deadline.min(Instant::now() + STEP_TIMEOUT);
     match tokio::time::timeout_at(until.into(), f).await {
@@ -1031,21 +1039,9 @@ async fn idle_session_h2(
     };
     let res = open.await;
     drop(permit);
-    let (c, received) = match res {
-        Ok(c) => c,
-        Err(e) => {
-            let e = if e.is::<Cut>() {
-                anyhow!("opening the session took over {STEP_TIMEOUT:?}")
-            } else {
-                e
-            };
-            shared.error(&e);
-            let _ = opened.send(false);
-            return (false, 0);
-        }
+    let Some((c, received)) = report_opened(&shared, res, opened) else {
+        return (false, 0);
     };
-    let _ = opened.send(true);
-    drop(opened);
     let H2Conn { send, mut driver, .. } = c;
     tokio::select! {
         _ = async { drop(close.wait_for(|&v| v).await) } => {

@@ -36,6 +36,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
@@ -70,20 +72,25 @@ impl EveTime {
         let (year, month, day) = civil_date(secs / 86_400);
         let of_day = secs % 86_400;
         let mut out = *b"0000-00-00T00:00:00.000000+0000";
-        let mut put = |at: usize, width: usize, mut value: u64| {
-            for i in (at..at + width).rev() {
-                out[i] = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
-        };
-        put(0, 4, year.min(9999));
-        put(5, 2, month);
-        put(8, 2, day);
-        put(11, 2, of_day / 3600);
-        put(14, 2, of_day / 60 % 60);
-        put(17, 2, of_day % 60);
-        put(20, 6, u64::from(since_epoch.subsec_micros()));
+        put_digits(&mut out[0..4], year.min(9999));
+        put_digits(&mut out[5..7], month);
+        put_digits(&mut out[8..10], day);
+        put_digits(&mut out[11..13], of_day / 3600);
+        put_digits(&mut out[14..16], of_day / 60 % 60);
+        put_digits(&mut out[17..19], of_day % 60);
+        put_digits(&mut out[EveTime::MICROS], u64::from(since_epoch.subsec_micros()));
         out
+    }
+
+    /// Where [`EveTime::text`] has the microseconds.
+    const MICROS: std::ops::Range<usize> = 20..26;
+}
+
+/// Writes `value`'s last `field.len()` decimal digits into `field`, zero-padded.
+fn put_digits(field: &mut [u8], mut value: u64) {
+    for digit in field.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 
@@ -742,27 +749,25 @@ pub struct EveWriter {
 #[derive(Debug, Clone)]
 pub struct EveSink {
     sender: crossbeam_channel::Sender<Vec<u8>>,
-    failed_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed_writes: Arc<AtomicU64>,
 }
 
 impl EveWriter {
-    pub fn start(log: std::sync::Arc<EveLog>) -> std::io::Result<(EveWriter, EveSink)> {
+    pub fn start(log: Arc<EveLog>) -> std::io::Result<(EveWriter, EveSink)> {
         let (sender, batches) = crossbeam_channel::bounded::<Vec<u8>>(EVE_WRITER_QUEUE);
-        let failed_writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failed_writes = Arc::new(AtomicU64::new(0));
         let failed = failed_writes.clone();
         let thread = std::thread::Builder::new().name("loupe-eve".into()).spawn(move || {
             for batch in batches {
                 if let Err(err) = log.write_lines(&batch) {
-                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(%err, "EVE log write failed");
                 }
             }
         })?;
         Ok((EveWriter { thread: Some(thread) }, EveSink { sender, failed_writes }))
     }
-}
 
-impl EveWriter {
     /// Waits until the thread wrote every batch: call it once every sink is dropped.
     pub fn finish(mut self) {
         if let Some(thread) = self.thread.take() {
@@ -783,7 +788,7 @@ impl EveSink {
 
     /// Batches the thread failed to write since the last call, by any sink.
     pub fn take_failed_writes(&self) -> u64 {
-        self.failed_writes.swap(0, std::sync::atomic::Ordering::Relaxed)
+        self.failed_writes.swap(0, Ordering::Relaxed)
     }
 }
 

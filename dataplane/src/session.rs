@@ -38,12 +38,8 @@ pub struct TlsEnv<'a> {
 
 /// One logged transaction as `loupectl session ID` lists it, its text moved, not copied.
 fn http_line(done: InspectedTransaction) -> HttpLine {
-    let tx = done.transaction;
-    let mut url = tx.path;
-    if let Some(query) = tx.query {
-        url.push('?');
-        url.push_str(&query);
-    }
+    let mut tx = done.transaction;
+    let url = tx.take_url();
     let (url_rule, url_action) = match done.url_rule {
         Some(hit) => (Some(hit.rule), Some(hit.action.as_str().to_string())),
         None => (None, None),

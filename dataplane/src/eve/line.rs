@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{EveHeader, EveHttp, EveTime, EveUrl, HttpEvent};
+use super::{put_digits, EveHeader, EveHttp, EveTime, EveUrl, HttpEvent};
 
 impl HttpEvent<'_> {
     /// Appends the event as one JSON line, ended by `\n`.
@@ -113,11 +113,7 @@ impl Stamps {
         let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
         match self.last {
             Some((secs, mut text)) if secs == since_epoch.as_secs() => {
-                let mut micros = since_epoch.subsec_micros();
-                for digit in text[20..26].iter_mut().rev() {
-                    *digit = b'0' + (micros % 10) as u8;
-                    micros /= 10;
-                }
+                put_digits(&mut text[EveTime::MICROS], since_epoch.subsec_micros().into());
                 text
             }
             _ => {

@@ -67,4 +67,14 @@ impl Transaction {
             None => self.path.clone(),
         }
     }
+
+    /// [`Transaction::url`], made of the path's own buffer: path and query are left empty.
+    pub fn take_url(&mut self) -> String {
+        let mut url = std::mem::take(&mut self.path);
+        if let Some(query) = self.query.take() {
+            url.push('?');
+            url.push_str(&query);
+        }
+        url
+    }
 }
