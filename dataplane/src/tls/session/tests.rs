@@ -1226,3 +1226,71 @@ fn probe_learns_that_a_server_speaks_only_tls10() {
         other => panic!("expected a TLS 1.0 pick, got {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Record framing of what BoringSSL reads
+
+/// Records of the given body lengths, each with a valid header.
+fn record_stream(bodies: &[usize]) -> (Vec<u8>, Vec<usize>) {
+    let (mut stream, mut ends) = (Vec::new(), Vec::new());
+    for (i, &len) in bodies.iter().enumerate() {
+        stream.extend_from_slice(&[23, 3, 3]);
+        stream.extend_from_slice(&(len as u16).to_be_bytes());
+        stream.extend((0..len).map(|j| (i + j) as u8));
+        ends.push(stream.len());
+    }
+    (stream, ends)
+}
+
+#[test]
+fn the_record_cursor_says_ready_exactly_when_a_record_can_be_finished() {
+    let bodies = [0, 1, 17, 5, 300, MAX_RECORD_BODY, 2, 16 * 1024 + 16, 0, 40];
+    let (stream, ends) = record_stream(&bodies);
+    let mut rng = crate::test_rng::XorShift(0x6a09_e667_f3bc_c909u64);
+    for round in 0..200 {
+        let mut wire = Wire::default();
+        let (mut queued_to, mut scratch) = (0, vec![0u8; 20_000]);
+        while queued_to < stream.len() || !wire.incoming.is_empty() {
+            // The peer delivers a chunk of any size; BoringSSL then takes a chunk of any size.
+            let deliver = (rng.next() as usize % 7_000).min(stream.len() - queued_to);
+            queued_to += wire.accept_incoming(&stream[queued_to..queued_to + deliver]);
+            let taken_to = queued_to - wire.incoming.len();
+            // Oracle: the first record end after what was taken is within what is queued.
+            let next_end = ends.iter().copied().find(|&end| end > taken_to);
+            let expected = next_end.is_some_and(|end| end <= queued_to);
+            assert_eq!(
+                wire.record_ready(),
+                expected,
+                "round {round}: taken {taken_to}, queued {queued_to}, next record end {next_end:?}"
+            );
+            let take = rng.next() as usize % 20_000;
+            let _ = wire.read(&mut scratch[..take]);
+        }
+    }
+}
+
+#[test]
+fn the_record_cursor_lets_every_read_through_once_the_bytes_are_not_tls() {
+    let mut wire = Wire::default();
+    let (stream, _) = record_stream(&[10]);
+    wire.accept_incoming(&stream);
+    wire.accept_incoming(b"GET / HTTP/1.1\r\n");
+    let mut scratch = [0u8; 64];
+    assert_eq!(wire.read(&mut scratch[..stream.len()]).expect("queued"), stream.len());
+    // "GET /" is no record header: BoringSSL is left to reject it.
+    assert!(wire.record_ready());
+    wire.read(&mut scratch[..3]).expect("queued");
+    wire.read(&mut scratch[..3]).expect("queued");
+    assert!(wire.records.lost);
+    assert!(wire.record_ready());
+}
+
+#[test]
+fn the_record_cursor_lets_a_read_see_the_end_of_stream() {
+    let mut wire = Wire::default();
+    let (stream, _) = record_stream(&[100]);
+    wire.accept_incoming(&stream[..50]);
+    assert!(!wire.record_ready());
+    wire.peer_closed();
+    assert!(wire.record_ready());
+}
