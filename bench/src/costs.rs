@@ -68,6 +68,32 @@ impl ProcessSample {
     }
 }
 
+/// Busy CPU time of the whole machine, all cores, in seconds: what every process and the
+/// kernel's interrupt work used, whoever the scheduler's tick billed it to.
+pub fn machine_busy_s() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_machine_busy_s(&stat, clock_ticks_per_s()?).context("parsing /proc/stat")
+}
+
+/// The busy time of `/proc/stat`'s `cpu` line, in seconds: user, nice, system, irq and
+/// softirq (guest time is already inside user). Idle and iowait are not busy; steal is
+/// time the hypervisor ran someone else, not work done here.
+pub fn parse_machine_busy_s(stat: &str, ticks_per_s: f64) -> Result<f64> {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("no aggregate \"cpu\" line"))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse::<u64>().with_context(|| format!("cpu field {f:?}")))
+        .collect::<Result<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
+        bail!("the cpu line has {} fields, expected at least 7", fields.len());
+    };
+    Ok((user + nice + system + irq + softirq) as f64 / ticks_per_s)
+}
+
 /// `sysconf(_SC_CLK_TCK)`: the unit of the times in `/proc/PID/stat`.
 pub fn clock_ticks_per_s() -> Result<f64> {
     // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
@@ -374,6 +400,17 @@ CPUINFO: OPENSSL_ia32cap=0xfffa3203078bffff:0x400684219c07ab
         };
         assert!((d.decrypted_gb_cpu_s() - 0.4).abs() < 1e-12);
         assert!((d.split_handshake_cpu_us() - 157.1).abs() < 0.5);
+    }
+
+    #[test]
+    fn machine_busy_time_counts_work_not_idle_iowait_or_steal() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let stat = "cpu  300 10 100 5000 40 5 85 700 20 0\ncpu0 150 5 50 2500 20 3 40 350 10 0\nintr 1 2\n";
+        let busy = parse_machine_busy_s(stat, 100.0).unwrap();
+        assert!((busy - 5.0).abs() < 1e-9, "{busy}");
+        assert!(parse_machine_busy_s("cpu0 1 2 3 4 5 6 7\n", 100.0).is_err());
+        assert!(parse_machine_busy_s("cpu  1 2 3\n", 100.0).is_err());
+        assert!(machine_busy_s().unwrap() > 0.0);
     }
 
     #[test]

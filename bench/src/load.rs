@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 // BoringSSL's SHA-256 (SHA-NI): about 15% faster here than the sha2 crate's, and the
 // bulk workload hashes every byte it receives.
+use crate::costs::{machine_busy_s, ProcessSample};
 use boring::sha::Sha256;
 use boring::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslSessionCacheMode, SslVerifyMode};
 use bytes::Bytes;
@@ -64,6 +65,10 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Bulk: the object's SHA-256 (hex), checked for every stream.
     pub expect_sha256: Option<String>,
+    /// Processes (the appliance's) whose CPU is sampled at the ends of the measured
+    /// interval, with the generator's own.
+    #[serde(default)]
+    pub watch_pids: Vec<u32>,
 }
 
 /// Latency percentiles in microseconds.
@@ -98,6 +103,13 @@ pub struct LoadResult {
     pub handshake_us: Option<Latency>,
     /// CPU seconds (user + system) the generator used in the measured interval.
     pub client_cpu_s: f64,
+    /// CPU seconds the `watch_pids` used in the same interval (None without any, or when
+    /// one of them could not be read).
+    #[serde(default)]
+    pub watched_cpu_s: Option<f64>,
+    /// Busy CPU seconds of the whole machine (all cores, `/proc/stat`) in the interval.
+    #[serde(default)]
+    pub machine_cpu_s: Option<f64>,
     /// Bulk: every stream's body matched `expect_sha256`.
     pub integrity_ok: Option<bool>,
     /// Idle: sessions that were open at the same time.
@@ -368,15 +380,15 @@ where
         .map(|_| tokio::spawn(task(shared.clone(), w)))
         .collect();
     tokio::time::sleep_until(w.start.into()).await;
-    let cpu0 = cpu_seconds();
+    let cpu0 = CpuReading::now(&shared.spec.watch_pids);
     tokio::time::sleep_until(w.end.into()).await;
-    let cpu1 = cpu_seconds();
+    let cpu1 = CpuReading::now(&shared.spec.watch_pids);
     // Every task stops at the end of the window; a step in flight is cut there.
     let stats = join_all(&shared, handles, w.end + Duration::from_secs(5)).await;
 
     let mut r = shared.result();
     r.elapsed_s = (w.end - w.start).as_secs_f64();
-    r.client_cpu_s = cpu1 - cpu0;
+    cpu1.record_since(&cpu0, &mut r);
     let (mut lat, mut hs) = (None, None);
     for s in stats {
         r.completed += s.completed;
@@ -539,14 +551,14 @@ async fn bulk(shared: Arc<Shared>, streams: usize) -> LoadResult {
         .collect();
     go.wait().await;
     let t0 = Instant::now();
-    let cpu0 = cpu_seconds();
+    let cpu0 = CpuReading::now(&shared.spec.watch_pids);
     let outcomes = join_all(&shared, handles, t0 + shared.spec.duration + STEP_TIMEOUT).await;
-    let cpu1 = cpu_seconds();
+    let cpu1 = CpuReading::now(&shared.spec.watch_pids);
     let elapsed = t0.elapsed().as_secs_f64();
 
     let mut r = shared.result();
     r.elapsed_s = elapsed;
-    r.client_cpu_s = cpu1 - cpu0;
+    cpu1.record_since(&cpu0, &mut r);
     let mut body = 0u64;
     for o in &outcomes {
         r.completed += u64::from(o.complete);
@@ -637,9 +649,9 @@ async fn idle(shared: Arc<Shared>, sessions: usize, on_ready: impl FnOnce(u64)) 
     }
     on_ready(opened);
     let t0 = Instant::now();
-    let cpu0 = cpu_seconds();
+    let cpu0 = CpuReading::now(&shared.spec.watch_pids);
     tokio::time::sleep(shared.spec.duration).await;
-    let cpu1 = cpu_seconds();
+    let cpu1 = CpuReading::now(&shared.spec.watch_pids);
     let elapsed = t0.elapsed().as_secs_f64();
     let _ = close_tx.send(true);
     let held = join_all(&shared, handles, Instant::now() + STEP_TIMEOUT).await;
@@ -647,7 +659,7 @@ async fn idle(shared: Arc<Shared>, sessions: usize, on_ready: impl FnOnce(u64)) 
     let mut r = shared.result();
     r.completed = opened;
     r.elapsed_s = elapsed;
-    r.client_cpu_s = cpu1 - cpu0;
+    cpu1.record_since(&cpu0, &mut r);
     r.per_second = per(opened as f64, elapsed);
     r.bytes = held.iter().map(|h| h.1).sum();
     r.sessions_held = Some(held.iter().filter(|h| h.0).count() as u64);
@@ -1110,6 +1122,34 @@ fn parse_head(head: &[u8]) -> Result<Head> {
 }
 
 /// User plus system CPU seconds of this process (all threads) so far.
+/// CPU clocks read at one end of the measured interval.
+struct CpuReading {
+    client: f64,
+    watched: Option<f64>,
+    machine: Option<f64>,
+}
+
+impl CpuReading {
+    fn now(watch: &[u32]) -> CpuReading {
+        let watched = (!watch.is_empty())
+            .then(|| ProcessSample::read_many(watch).ok().map(|s| s.cpu_s))
+            .flatten();
+        CpuReading {
+            client: cpu_seconds(),
+            watched,
+            machine: machine_busy_s().ok(),
+        }
+    }
+
+    /// Fills the result's CPU figures with what was used from `start` to `self`.
+    fn record_since(&self, start: &CpuReading, r: &mut LoadResult) {
+        let used = |end: Option<f64>, begin: Option<f64>| Some((end? - begin?).max(0.0));
+        r.client_cpu_s = self.client - start.client;
+        r.watched_cpu_s = used(self.watched, start.watched);
+        r.machine_cpu_s = used(self.machine, start.machine);
+    }
+}
+
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };

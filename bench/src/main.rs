@@ -181,6 +181,10 @@ enum Cmd {
         /// Bulk: the object's SHA-256 (hex), checked for every stream.
         #[arg(long)]
         sha256: Option<String>,
+        /// Also report the CPU these processes (the appliance's) used in the measured
+        /// interval.
+        #[arg(long, value_delimiter = ',')]
+        watch_pids: Vec<u32>,
     },
 }
 
@@ -374,6 +378,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             warmup,
             duration,
             sha256,
+            watch_pids,
         } => {
             let spec = LoadSpec {
                 target: connect,
@@ -392,6 +397,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 warmup,
                 duration,
                 expect_sha256: sha256,
+                watch_pids,
             };
             let result = run_load(&spec)?;
             println!("{}", serde_json::to_string(&result)?);

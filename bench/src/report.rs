@@ -192,6 +192,9 @@ pub struct Comparison {
     /// The headline figure (conn/s, req/s, MB/s, bytes per session).
     pub headline: Option<Ratio>,
     pub cost: Option<Ratio>,
+    /// Whole-machine CPU per unit of work.
+    #[serde(default)]
+    pub machine_cost: Option<Ratio>,
     pub p50: Option<Ratio>,
     pub p99: Option<Ratio>,
 }
@@ -223,6 +226,11 @@ pub struct Cell {
     /// bytes per idle session; `None` without an appliance process.
     pub cost: Option<Stat>,
     pub cost_unit: String,
+    /// The CPU of the whole machine (all cores, every process and the kernel's interrupt
+    /// work: generator, origin and appliance) per handshake, request or GB; `None` for
+    /// idle. Unlike `cost`, it does not depend on whom the scheduler billed softirq work to.
+    #[serde(default)]
+    pub machine_cost: Option<Stat>,
     /// `cost.median` ÷ the crypto floor for the same unit (handshakes and bulk).
     pub floor_multiple: Option<f64>,
     /// CPU used by the load generator and by the appliance, in cores (CPU-seconds per
@@ -390,6 +398,17 @@ fn cost_value(m: &Measurement) -> Option<f64> {
     }
 }
 
+/// CPU-µs of the whole machine per handshake or request, CPU-s per GB for bulk.
+fn machine_cost_value(m: &Measurement) -> Option<f64> {
+    let l = &m.load;
+    let cpu = l.machine_cpu_s?;
+    match kind(&m.workload) {
+        Kind::Idle => None,
+        Kind::Bulk => (l.bytes > 0).then(|| cpu / (l.bytes as f64 / 1e9)),
+        _ => (l.completed > 0).then(|| cpu * 1e6 / l.completed as f64),
+    }
+}
+
 fn latency_of(m: &Measurement) -> Option<Latency> {
     match kind(&m.workload) {
         Kind::Handshakes => m.load.handshake_us,
@@ -411,6 +430,7 @@ fn aggregate(mode: &str, workload: &str, ms: &[&Measurement], floor: Option<&Flo
 
     let headline = Stat::of(&collect(&headline_value));
     let cost = Stat::of(&collect(&cost_value));
+    let machine_cost = Stat::of(&collect(&machine_cost_value));
     let lats: Vec<Latency> = ok.iter().filter_map(|m| latency_of(m)).collect();
     let latency = (!lats.is_empty()).then(|| {
         let med = |f: fn(&Latency) -> f64| median(&lats.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0);
@@ -447,6 +467,7 @@ fn aggregate(mode: &str, workload: &str, ms: &[&Measurement], floor: Option<&Flo
         latency,
         cost,
         cost_unit: cost_unit.to_string(),
+        machine_cost,
         floor_multiple,
         client_cpu_share,
         appliance_cpu_share,
@@ -486,6 +507,10 @@ fn best_ratio(mine: Option<f64>, others: &[(&str, Option<f64>)], higher_is_bette
 fn headline_of(c: &Cell) -> Option<f64> {
     c.headline.map(|s| s.median)
 }
+fn machine_cost_of(c: &Cell) -> Option<f64> {
+    c.machine_cost.map(|s| s.median)
+}
+
 fn cost_of(c: &Cell) -> Option<f64> {
     c.cost.map(|s| s.median)
 }
@@ -636,6 +661,7 @@ impl BenchReport {
                 c.vs_direct = Comparison {
                     headline: ratio(headline_of(c), headline_of(d), &d.mode),
                     cost: ratio(cost_of(c), cost_of(d), &d.mode),
+                    machine_cost: ratio(machine_cost_of(c), machine_cost_of(d), &d.mode),
                     p50: ratio(p50_of(c), p50_of(d), &d.mode),
                     p99: ratio(p99_of(c), p99_of(d), &d.mode),
                 };
@@ -651,6 +677,7 @@ impl BenchReport {
                     headline_higher_is_better(&c.workload),
                 ),
                 cost: best_ratio(cost_of(c), &pick(cost_of), false),
+                machine_cost: best_ratio(machine_cost_of(c), &pick(machine_cost_of), false),
                 p50: best_ratio(p50_of(c), &pick(p50_of), false),
                 p99: best_ratio(p99_of(c), &pick(p99_of), false),
             };
@@ -708,7 +735,7 @@ impl BenchReport {
             let measured_any = mine.iter().any(|c| c.ok_reps > 0);
             if measured_any && mine.iter().all(|c| c.cost.is_none() && c.appliance_cpu_share.is_none()) {
                 notes.push(if is_baseline(mode) {
-                    format!("`{mode}` is a kernel bridge: no appliance process, so no costs.")
+                    format!("`{mode}` is a kernel bridge: no appliance process, so no appliance costs (the whole machine's are measured).")
                 } else {
                     format!("`{mode}`: no appliance process was sampled, so no costs.")
                 });
@@ -911,6 +938,37 @@ impl BenchReport {
             .collect();
         out.push_str(&md_table(&header, rows));
 
+        // The whole machine.
+        let machine_workloads: Vec<&String> = self
+            .workloads
+            .iter()
+            .filter(|w| self.cells.iter().any(|c| &c.workload == *w && c.machine_cost.is_some()))
+            .collect();
+        if !machine_workloads.is_empty() {
+            out.push_str("\n## Costs of the whole machine (per unit of work, lower is better)\n\n");
+            out.push_str(
+                "The busy time of all cores in `/proc/stat` (user, nice, system, irq, softirq; not idle, iowait or steal) over the \
+                 measured interval, divided by the work done: generator, origin, appliance and the kernel between them, minus nothing. \
+                 It is the figure modes are compared on, `direct` included. The appliance figure above is the CPU time of the \
+                 appliance's processes over the same interval; on veth it also holds the peers' kernel TCP work that runs as \
+                 softirq while the appliance sends, billed to it by the scheduler's tick.\n\n",
+            );
+            let mut header = vec!["mode".to_string()];
+            header.extend(machine_workloads.iter().map(|w| format!("{} ({w})", units(w).1)));
+            let rows = self
+                .modes
+                .iter()
+                .map(|mode| {
+                    let mut row = vec![mode.clone()];
+                    for w in &machine_workloads {
+                        row.push(self.figure(mode, w, |c| c.machine_cost, fmt_stat));
+                    }
+                    row
+                })
+                .collect();
+            out.push_str(&md_table(&header, rows));
+        }
+
         // CPU use.
         out.push_str("\n## CPU use (cores: load generator / appliance)\n\n");
         let mut header = vec!["mode".to_string()];
@@ -941,8 +999,9 @@ impl BenchReport {
         if !loupe.is_empty() {
             out.push_str("\n## loupe against the baseline and the best peer\n\n");
             out.push_str(
-                "loupe's figure ÷ the other's. The figure is the one of the first table (memory per session for idle). \
-                 For throughput above 1 is better; for cost, memory and latency below 1 is better. The best peer is the better of sslsplit and squid for each figure.\n\n",
+                "loupe's figure ÷ the other's. The figure is the one of the first table (memory per session for idle); cost is the \
+                 appliance's, machine the whole machine's. For throughput above 1 is better; for cost, memory and latency below 1 is \
+                 better. The best peer is the better of sslsplit and squid for each figure.\n\n",
             );
             let header: Vec<String> = [
                 "mode",
@@ -951,6 +1010,8 @@ impl BenchReport {
                 "figure vs best peer",
                 "cost vs direct",
                 "cost vs best peer",
+                "machine vs direct",
+                "machine vs best peer",
                 "p99 vs direct",
                 "p99 vs best peer",
             ]
@@ -973,6 +1034,8 @@ impl BenchReport {
                         r(&c.vs_best_peer.headline, true),
                         r(&c.vs_direct.cost, false),
                         r(&c.vs_best_peer.cost, true),
+                        r(&c.vs_direct.machine_cost, false),
+                        r(&c.vs_best_peer.machine_cost, true),
                         r(&c.vs_direct.p99, false),
                         r(&c.vs_best_peer.p99, true),
                     ]
@@ -1598,6 +1661,8 @@ mod tests {
         let mut load = LoadResult {
             elapsed_s: elapsed,
             client_cpu_s: 4.0,
+            // The whole machine: 1.5 cores busy whatever the mode.
+            machine_cpu_s: Some(15.0),
             ..Default::default()
         };
         let mut rss = None;
@@ -1680,6 +1745,36 @@ mod tests {
         assert_eq!(Stat::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
         assert_eq!(Stat::of(&[f64::NAN, 5.0]).unwrap().n, 1);
         assert_eq!(Stat::of(&[]), None);
+    }
+
+    #[test]
+    fn whole_machine_costs_for_every_mode_and_their_ratios() {
+        let r = BenchReport::new(machine(), Some(floor()), full_run());
+        // 15 busy CPU-s over the median rep's 10 s × rate.
+        let direct = r.cell("direct", "requests").unwrap();
+        assert!(close(direct.machine_cost.unwrap().median, 15e6 / 440_000.0));
+        assert_eq!(direct.cost, None, "direct has no appliance process");
+        let decrypt = r.cell("loupe-decrypt", "requests").unwrap();
+        assert!(close(decrypt.machine_cost.unwrap().median, 15e6 / 220_000.0));
+        // Half the requests for the same busy time: twice direct's cost per request.
+        let vs_direct = decrypt.vs_direct.machine_cost.as_ref().unwrap();
+        assert!(
+            close(vs_direct.value, 2.0) && vs_direct.against == "direct",
+            "{vs_direct:?}"
+        );
+        // The best peer per request is squid (12,000 req/s against sslsplit's 10,000).
+        let vs_peer = decrypt.vs_best_peer.machine_cost.as_ref().unwrap();
+        assert!(
+            close(vs_peer.value, 12.0 / 20.0) && vs_peer.against == "squid",
+            "{vs_peer:?}"
+        );
+        // Bulk per GB; nothing for idle.
+        let bulk = r.cell("direct", "bulk-1").unwrap();
+        assert!(close(bulk.machine_cost.unwrap().median, 15.0 / 11.0));
+        assert_eq!(r.cell("direct", "idle").unwrap().machine_cost, None);
+        let md = r.to_markdown();
+        assert!(md.contains("## Costs of the whole machine"), "{md}");
+        assert!(md.contains("machine vs direct"), "{md}");
     }
 
     #[test]
@@ -1847,20 +1942,20 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| loupe-decrypt | handshakes | 0.50× | 2.00× (sslsplit) | — | 0.44× (sslsplit) | 2.00× |"),
+            md.contains("| loupe-decrypt | handshakes | 0.50× | 2.00× (sslsplit) | — | 0.44× (sslsplit) | 2.00× | 0.50× (sslsplit) | 2.00× |"),
             "{md}"
         );
         for mode in ["direct", "loupe-decrypt", "sslsplit", "squid", "loupe-bridge"] {
-            // Throughput, latency, costs and CPU tables each have a row per mode; the
-            // ratios table one per loupe mode and workload.
+            // Throughput, latency, both costs and CPU tables each have a row per mode;
+            // the ratios table one per loupe mode and workload.
             let rows = md.lines().filter(|l| l.starts_with(&format!("| {mode} |"))).count();
-            assert_eq!(rows, if is_loupe(mode) { 4 + 5 } else { 4 }, "{mode}:\n{md}");
+            assert_eq!(rows, if is_loupe(mode) { 5 + 5 } else { 5 }, "{mode}:\n{md}");
         }
         assert!(
             md.contains("sslsplit and squid ran in the routed variant of the lab"),
             "{md}"
         );
-        assert!(md.contains("`direct` is a kernel bridge: no appliance process, so no costs."));
+        assert!(md.contains("`direct` is a kernel bridge: no appliance process, so no appliance costs (the whole machine's are measured)."));
         assert!(md.contains("× floor)"));
         assert!(md.contains("Split handshake"));
         assert!(md.contains("openssl speed` 3.0.19"));

@@ -556,6 +556,12 @@ fn measure(
         ]),
     }
     let pids = running.pids();
+    if !pids.is_empty() {
+        // The generator reads their CPU at the ends of its measured interval: the
+        // runner's samples below also span the warm-up and the generator's start and end.
+        argv.push("--watch-pids".into());
+        argv.push(pids.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+    }
     let before = sample(&pids);
     let (load, held_rss) = if workload.is_idle() {
         let mut p = lab.spawn(Ns::Client, "load-idle", &argv)?;
@@ -592,11 +598,9 @@ fn measure(
         }
         (parse_result(&out.stdout)?, None)
     };
-    let after = sample(&pids);
-    let appliance_cpu_s = match (&before, &after) {
-        (Some(b), Some(a)) => Some((a.cpu_s - b.cpu_s).max(0.0)),
-        _ => None,
-    };
+    // None when a process of the appliance could not be read at an end of the interval
+    // (gone): the report then has no cost for the repetition rather than a part of it.
+    let appliance_cpu_s = load.watched_cpu_s;
     let appliance_rss_bytes = match (&before, held_rss) {
         (Some(b), Some(h)) => Some(h.rss_bytes.saturating_sub(b.rss_bytes)),
         _ => None,

@@ -91,6 +91,16 @@ fn tiny_bench_measures_every_mode_and_writes_the_report() {
             if cell.failed() || !positive {
                 problems.push(format!("{mode} {workload}: {:?} {:?}", cell.headline, cell.failures));
             }
+            // CPU over the generator's measured interval: the whole machine's for every
+            // mode, loupe's own read from its /proc entry by the generator.
+            if !workload.starts_with("idle") {
+                if !cell.machine_cost.is_some_and(|c| c.median > 0.0) {
+                    problems.push(format!("{mode} {workload}: no whole-machine cost"));
+                }
+                if mode.starts_with("loupe") && cell.cost.is_none() {
+                    problems.push(format!("{mode} {workload}: no appliance cost"));
+                }
+            }
         }
     }
     // Every bulk run moved bytes and every stream's body hashed as the origin's object.

@@ -128,6 +128,7 @@ impl Origin {
             warmup: Duration::from_millis(500),
             duration: Duration::from_millis(1500),
             expect_sha256: None,
+            watch_pids: Vec::new(),
         }
     }
 }
@@ -198,6 +199,29 @@ fn requests_workload() {
     assert!(r.completed > 800, "{r:?}");
     check_latency(&r.latency_us.expect("request latency"));
     assert!(r.handshake_us.is_none() && r.mb_per_s.is_none());
+    assert_eq!(r.watched_cpu_s, None, "no process watched");
+}
+
+#[test]
+fn cpu_of_watched_processes_and_of_the_machine_over_the_measured_interval() {
+    let o = Origin::start();
+    let mut spec = o.spec(Workload::Requests, "/1k");
+    // The generator runs in this process: /proc's view of it must agree with getrusage's.
+    spec.watch_pids = vec![std::process::id()];
+    let r = run(&o, &spec);
+    let watched = r.watched_cpu_s.expect("this process's CPU from /proc");
+    // /proc counts in clock ticks (10 ms), read at slightly different instants.
+    assert!((watched - r.client_cpu_s).abs() < 0.1, "{r:?}");
+    let machine = r.machine_cpu_s.expect("the machine's busy time");
+    // The whole machine did at least the generator's work, and at most every core's.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(
+        machine + 0.05 >= r.client_cpu_s && machine <= cores * r.elapsed_s + 0.1,
+        "{r:?}"
+    );
+    // A process that is not there: no figure rather than a wrong one.
+    spec.watch_pids = vec![u32::MAX - 1];
+    assert_eq!(run(&o, &spec).watched_cpu_s, None);
 }
 
 #[test]
