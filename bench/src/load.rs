@@ -65,6 +65,11 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Bulk: the object's SHA-256 (hex), checked for every stream.
     pub expect_sha256: Option<String>,
+    /// Requests: the offered rate over all connections (requests per second), each
+    /// connection sending on a fixed schedule whether or not the last answer was quick
+    /// (open loop); None: each sends its next request when the last is answered.
+    #[serde(default)]
+    pub rate: Option<f64>,
     /// Processes (the appliance's) whose CPU is sampled at the ends of the measured
     /// interval, with the generator's own.
     #[serde(default)]
@@ -110,6 +115,9 @@ pub struct LoadResult {
     /// Busy CPU seconds of the whole machine (all cores, `/proc/stat`) in the interval.
     #[serde(default)]
     pub machine_cpu_s: Option<f64>,
+    /// Requests: the rate offered on a fixed schedule ([`LoadSpec::rate`]).
+    #[serde(default)]
+    pub offered_rate: Option<f64>,
     /// Bulk: every stream's body matched `expect_sha256`.
     pub integrity_ok: Option<bool>,
     /// Idle: sessions that were open at the same time.
@@ -251,6 +259,8 @@ struct Shared {
     uri: http::Uri,
     errors: AtomicU64,
     first_errors: Mutex<Vec<String>>,
+    /// Tasks that took their place in the rate's schedule so far.
+    paced_tasks: AtomicU64,
 }
 
 impl Shared {
@@ -290,6 +300,7 @@ impl Shared {
                 .with_context(|| format!("bad URI for {} {}", spec.sni, spec.path))?,
             errors: AtomicU64::new(0),
             first_errors: Mutex::new(Vec::new()),
+            paced_tasks: AtomicU64::new(0),
         })
     }
 
@@ -324,7 +335,59 @@ impl Window {
     }
 }
 
+/// When a request task sends: as soon as its last request was answered (closed loop), or
+/// every `concurrency / rate` seconds (open loop, [`LoadSpec::rate`]), the tasks' schedules
+/// spread evenly over one period.
+enum RequestClock {
+    AfterAnswer,
+    Paced { next: Instant, period: Duration },
+}
+
+impl RequestClock {
+    fn new(shared: &Shared) -> RequestClock {
+        let Some(rate) = shared.spec.rate.filter(|r| *r > 0.0) else {
+            return RequestClock::AfterAnswer;
+        };
+        let tasks = shared.spec.concurrency as f64;
+        let period = Duration::from_secs_f64(tasks / rate);
+        let place = shared.paced_tasks.fetch_add(1, Ordering::Relaxed) as f64;
+        RequestClock::Paced {
+            next: Instant::now() + period.mul_f64(place / tasks),
+            period,
+        }
+    }
+
+    /// Waits for the next request's turn; returns when its latency counts from: the
+    /// scheduled instant when paced, so that a late answer also delays the requests
+    /// queued behind it in the count (no coordinated omission).
+    async fn turn(&mut self) -> Instant {
+        match self {
+            RequestClock::AfterAnswer => Instant::now(),
+            RequestClock::Paced { next, period } => {
+                let due = *next;
+                tokio::time::sleep_until(due.into()).await;
+                *next += *period;
+                due
+            }
+        }
+    }
+
+    /// The latencies as reported: closed-loop ones corrected for coordinated omission
+    /// with their mean as the expected interval; paced ones already count from the
+    /// schedule.
+    fn finish(&self, raw: Histogram<u64>) -> Option<Histogram<u64>> {
+        if raw.is_empty() {
+            return None;
+        }
+        Some(match self {
+            RequestClock::AfterAnswer => raw.clone_correct((raw.mean() as u64).max(1)),
+            RequestClock::Paced { .. } => raw,
+        })
+    }
+}
+
 /// What one task of a timed workload measured.
+#[derive(Default)]
 struct TaskStats {
     completed: u64,
     bytes: u64,
@@ -388,6 +451,9 @@ where
 
     let mut r = shared.result();
     r.elapsed_s = (w.end - w.start).as_secs_f64();
+    if matches!(shared.spec.workload, Workload::Requests | Workload::RequestsH2) {
+        r.offered_rate = shared.spec.rate;
+    }
     cpu1.record_since(&cpu0, &mut r);
     let (mut lat, mut hs) = (None, None);
     for s in stats {
@@ -485,12 +551,8 @@ async fn handshakes_task(shared: Arc<Shared>, w: Window) -> TaskStats {
 /// the window is not; connection setup time is not part of any request's latency.
 async fn requests_task(shared: Arc<Shared>, w: Window) -> TaskStats {
     let mut raw = new_hist();
-    let mut s = TaskStats {
-        completed: 0,
-        bytes: 0,
-        latency: None,
-        handshake: None,
-    };
+    let mut s = TaskStats::default();
+    let mut clock = RequestClock::new(&shared);
     let mut conn: Option<Conn> = None;
     while Instant::now() < w.end {
         let c = match conn.as_mut() {
@@ -505,7 +567,10 @@ async fn requests_task(shared: Arc<Shared>, w: Window) -> TaskStats {
                 }
             },
         };
-        let t0 = Instant::now();
+        let t0 = clock.turn().await;
+        if t0 >= w.end {
+            break;
+        }
         match c.request(&shared.request, None, w.end).await {
             Ok(r) => {
                 let done = Instant::now();
@@ -526,10 +591,7 @@ async fn requests_task(shared: Arc<Shared>, w: Window) -> TaskStats {
             }
         }
     }
-    if !raw.is_empty() {
-        let interval = (raw.mean() as u64).max(1);
-        s.latency = Some(raw.clone_correct(interval));
-    }
+    s.latency = clock.finish(raw);
     s
 }
 
@@ -985,12 +1047,8 @@ fn is_graceful_goaway(e: &anyhow::Error) -> bool {
 /// compares with HTTP/1.1's.
 async fn requests_h2_task(shared: Arc<Shared>, w: Window) -> TaskStats {
     let mut raw = new_hist();
-    let mut s = TaskStats {
-        completed: 0,
-        bytes: 0,
-        latency: None,
-        handshake: None,
-    };
+    let mut s = TaskStats::default();
+    let mut clock = RequestClock::new(&shared);
     let mut conn: Option<H2Conn> = None;
     while Instant::now() < w.end {
         if conn.as_ref().is_some_and(|c| !c.usable()) {
@@ -1008,7 +1066,10 @@ async fn requests_h2_task(shared: Arc<Shared>, w: Window) -> TaskStats {
                 }
             },
         };
-        let t0 = Instant::now();
+        let t0 = clock.turn().await;
+        if t0 >= w.end {
+            break;
+        }
         match c.request(&shared.uri, w.end).await {
             Ok(body) => {
                 let done = Instant::now();
@@ -1027,10 +1088,7 @@ async fn requests_h2_task(shared: Arc<Shared>, w: Window) -> TaskStats {
             }
         }
     }
-    if !raw.is_empty() {
-        let interval = (raw.mean() as u64).max(1);
-        s.latency = Some(raw.clone_correct(interval));
-    }
+    s.latency = clock.finish(raw);
     s
 }
 

@@ -45,6 +45,11 @@ enum Cmd {
         /// Where the report goes.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+        /// requests and requests-h2: offer this many requests per second in all, on a fixed
+        /// schedule (open loop), so that the modes compared carry the same load; it must be
+        /// below what the slowest mode sustains (default: closed loop, as fast as answered).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Accept wire-client connections: send each its random reply while receiving its
     /// payload, hash both directions, write one JSON line per connection.
@@ -185,6 +190,10 @@ enum Cmd {
         /// interval.
         #[arg(long, value_delimiter = ',')]
         watch_pids: Vec<u32>,
+        /// Requests: offer this many requests per second in all, each connection on a
+        /// fixed schedule (default: each sends when its last request is answered).
+        #[arg(long)]
+        rate: Option<f64>,
     },
 }
 
@@ -220,6 +229,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             reps,
             workloads,
             out,
+            rate,
         } => {
             use loupe_bench::runner::{BenchPlan, Mode};
             let mut plan = if tiny {
@@ -237,6 +247,13 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             }
             if !workloads.is_empty() {
                 plan.only_workloads(&workloads)?;
+            }
+            if let Some(rate) = rate {
+                anyhow::ensure!(
+                    rate > 0.0 && rate.is_finite(),
+                    "--rate must be a positive number of requests per second, not {rate}"
+                );
+                plan.request_rate = Some(rate);
             }
             let report = loupe_bench::runner::run(&plan)?;
             println!("{}", report.to_markdown());
@@ -379,6 +396,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             duration,
             sha256,
             watch_pids,
+            rate,
         } => {
             let spec = LoadSpec {
                 target: connect,
@@ -398,6 +416,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 duration,
                 expect_sha256: sha256,
                 watch_pids,
+                rate,
             };
             let result = run_load(&spec)?;
             println!("{}", serde_json::to_string(&result)?);

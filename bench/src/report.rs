@@ -756,6 +756,28 @@ impl BenchReport {
                 busy.join(", ")
             ));
         }
+        let offered: Vec<f64> = self.measurements.iter().filter_map(|m| m.load.offered_rate).collect();
+        if let Some(&rate) = offered.first() {
+            // Requests and responses both count: the offered rate is what a mode keeping up
+            // completes; 5% short of it is past scheduling noise.
+            let behind: Vec<String> = self
+                .cells
+                .iter()
+                .filter(|c| kind(&c.workload) == Kind::Requests)
+                .filter(|c| c.headline.is_some_and(|h| h.median < 0.95 * rate))
+                .map(|c| format!("{}/{}", c.mode, c.workload))
+                .collect();
+            notes.push(format!(
+                "The request workloads were offered {} requests/s in all on a fixed schedule (open loop): the modes \
+                 compared carried the same load, and latency counts from each request's scheduled time.{}",
+                fmt_num(rate),
+                if behind.is_empty() {
+                    " Every mode kept up.".to_string()
+                } else {
+                    format!(" Fell behind (under 95% of it): {}.", behind.join(", "))
+                }
+            ));
+        }
         let failed: usize = self.cells.iter().map(|c| c.failures.len()).sum();
         if failed > 0 {
             notes.push(format!(

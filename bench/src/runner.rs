@@ -126,6 +126,9 @@ pub struct BenchPlan {
     pub warmup: Duration,
     pub duration: Duration,
     pub concurrency: usize,
+    /// requests and requests-h2: the offered rate (requests per second, open loop); None:
+    /// closed loop.
+    pub request_rate: Option<f64>,
     /// Bulk: object size in bytes (generated) and the stream counts.
     pub bulk_bytes: u64,
     pub bulk_streams: Vec<usize>,
@@ -149,6 +152,7 @@ impl BenchPlan {
             warmup: Duration::from_secs(5),
             duration: Duration::from_secs(15),
             concurrency: 64,
+            request_rate: None,
             bulk_bytes: 1 << 30,
             bulk_streams: vec![1, 8],
             // This VM's hard open-file limit is 20,000 (no CAP_SYS_RESOURCE), and a proxy
@@ -538,8 +542,12 @@ fn measure(
     ];
     match workload {
         Workload::Handshakes => argv.extend(["--workload".into(), "handshakes".into()]),
-        Workload::Requests => argv.extend(["--workload".into(), "requests".into()]),
-        Workload::RequestsH2 => argv.extend(["--workload".into(), "requests-h2".into()]),
+        Workload::Requests | Workload::RequestsH2 => {
+            argv.extend(["--workload".into(), workload.name().into()]);
+            if let Some(rate) = plan.request_rate {
+                argv.extend(["--rate".into(), rate.to_string()]);
+            }
+        }
         Workload::Bulk { streams } => argv.extend([
             "--workload".into(),
             "bulk".into(),

@@ -129,6 +129,7 @@ impl Origin {
             duration: Duration::from_millis(1500),
             expect_sha256: None,
             watch_pids: Vec::new(),
+            rate: None,
         }
     }
 }
@@ -200,6 +201,22 @@ fn requests_workload() {
     check_latency(&r.latency_us.expect("request latency"));
     assert!(r.handshake_us.is_none() && r.mb_per_s.is_none());
     assert_eq!(r.watched_cpu_s, None, "no process watched");
+}
+
+#[test]
+fn requests_at_a_fixed_rate_complete_the_rate_and_no_more() {
+    // This origin speaks HTTP/1.1 only; requests-h2 takes its turns from the same clock.
+    let o = Origin::start();
+    let mut spec = o.spec(Workload::Requests, "/1k");
+    spec.rate = Some(400.0);
+    let r = run(&o, &spec);
+    assert_eq!(r.errors, 0, "{:?}", r.first_errors);
+    assert_eq!(r.offered_rate, Some(400.0));
+    // 400/s for 1.5 s: 600 requests, give or take the window's edges (a closed loop on
+    // loopback does thousands a second).
+    let expected = 400.0 * r.elapsed_s;
+    assert!((r.completed as f64 - expected).abs() <= 0.05 * expected, "{r:?}");
+    check_latency(&r.latency_us.expect("request latency"));
 }
 
 #[test]
