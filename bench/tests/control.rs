@@ -676,7 +676,33 @@ fn the_control_socket_refuses_strangers_and_survives_misbehaving_clients() {
             ),
         );
     }
-    ctl(&t, &["status"]);
+    // veth has no zero-copy AF_XDP: loupe asked for it, fell back to copy mode, said so in
+    // its log and says so in status.
+    let status = ctl(&t, &["status"]);
+    for worker in status["workers"].as_array().into_iter().flatten() {
+        if worker["af_xdp"]["inside"] != "copy" || worker["af_xdp"]["outside"] != "copy" {
+            t.fail(None, &format!("veth ports must run AF_XDP in copy mode: {status}"));
+        }
+    }
+    if status["workers"].as_array().is_none_or(Vec::is_empty)
+        || !["native", "generic"].contains(&status["xdp_mode"].as_str().unwrap_or(""))
+    {
+        t.fail(
+            None,
+            &format!("status must list the workers and the XDP mode in effect: {status}"),
+        );
+    }
+    let logs = t.mid.logs();
+    if !logs.contains("zero-copy AF_XDP refused: copy mode") {
+        t.fail(None, &format!("the fallback to copy mode must be logged:\n{logs}"));
+    }
+    let text = ctl_text(&t, &["status"]);
+    if !text.contains("copy/copy") {
+        t.fail(
+            None,
+            &format!("loupectl status must show each port's AF_XDP mode:\n{text}"),
+        );
+    }
 
     let connect = || {
         UnixStream::connect(&socket).unwrap_or_else(|e| t.fail(None, &format!("connect to {}: {e}", socket.display())))

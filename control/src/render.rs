@@ -251,16 +251,22 @@ pub fn status(value: &Value) -> String {
                 Some(load) => format!("{:.0}%", load * 100.0),
                 None => field(w, "load"),
             };
+            // How each port's AF_XDP socket moves frames: "zero-copy" or "copy".
+            let af_xdp = w.get("af_xdp").unwrap_or(&Value::Null);
             vec![
                 field(w, "queue"),
                 field(w, "core"),
+                format!("{}/{}", field(af_xdp, "inside"), field(af_xdp, "outside")),
                 field(w, "flows"),
                 load,
                 field(w, "config_version"),
             ]
         })
         .collect();
-    out.push_str(&table(&["QUEUE", "CORE", "FLOWS", "LOAD", "CONFIG"], &rows));
+    out.push_str(&table(
+        &["QUEUE", "CORE", "AF_XDP IN/OUT", "FLOWS", "LOAD", "CONFIG"],
+        &rows,
+    ));
     out
 }
 
@@ -698,6 +704,25 @@ pub fn capture_stop(value: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn status_shows_each_workers_af_xdp_modes() {
+        let value = json!({
+            "xdp_mode": "native",
+            "workers": [
+                {"queue": 0, "core": 1, "af_xdp": {"inside": "zero-copy", "outside": "copy"}, "flows": 3, "load": 0.25, "config_version": 2},
+                {"queue": 1, "core": 2, "flows": 0, "load": 0.0, "config_version": 2},
+            ],
+        });
+        let text = status(&value);
+        assert!(text.contains("AF_XDP IN/OUT"), "{text}");
+        let row = text.lines().find(|l| l.starts_with('0')).expect("queue 0's row");
+        assert!(row.contains("zero-copy/copy"), "{text}");
+        // A daemon that does not say: dashes, not a guess.
+        let row = text.lines().find(|l| l.starts_with('1')).expect("queue 1's row");
+        assert!(row.contains("-/-"), "{text}");
+        assert!(text.contains("native"), "{text}");
+    }
 
     #[test]
     fn missing_fields_print_a_dash_and_odd_shapes_do_not_panic() {

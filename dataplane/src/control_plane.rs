@@ -32,6 +32,7 @@ use crate::tls::session::cert_fact;
 use crate::tls::trust::{ImportedEntry, ImportedTrust};
 use crate::wire::{Wire, XdpAttachMode};
 use crate::worker::{ExclusionRequest, PresentedChain, WorkerStats};
+use crate::xsk::XskBindMode;
 
 /// How long a query waits for the workers' answers.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,6 +61,8 @@ fn not_found(message: impl Into<String>) -> ControlError {
 pub struct WorkerHandle {
     pub queue: u32,
     pub core: Option<usize>,
+    /// How the inside and the outside port's AF_XDP sockets were bound.
+    pub af_xdp: [XskBindMode; 2],
     pub stats: Arc<WorkerStats>,
     /// Newer policy snapshots; the worker takes the newest between batches.
     pub policy: Sender<Arc<Policy>>,
@@ -632,6 +635,7 @@ impl ControlPlane {
                 json!({
                     "queue": w.queue,
                     "core": w.core,
+                    "af_xdp": { "inside": w.af_xdp[0].as_str(), "outside": w.af_xdp[1].as_str() },
                     "flows": w.stats.flows_active.load(Ordering::Relaxed),
                     "load": w.stats.load_permille.load(Ordering::Relaxed) as f64 / 1000.0,
                     "config_version": w.stats.config_version.load(Ordering::Relaxed),

@@ -384,6 +384,15 @@ pub fn run(options: RunOptions) -> Result<()> {
     for queue in 0..d.queues {
         let inside = XskPort::open(&d.inside, queue, XskSizes::default())?;
         let outside = XskPort::open(&d.outside, queue, XskSizes::default())?;
+        for port in [&inside, &outside] {
+            match port.zero_copy_refused() {
+                Some(reason) => {
+                    tracing::info!(port = %port.name, queue, %reason, "zero-copy AF_XDP refused: copy mode")
+                }
+                None => tracing::info!(port = %port.name, queue, "zero-copy AF_XDP"),
+            }
+        }
+        let af_xdp = [inside.mode(), outside.mode()];
         wire.register_socket(PortSide::Inside, queue, inside.raw_fd())?;
         wire.register_socket(PortSide::Outside, queue, outside.raw_fd())?;
         let tls = WorkerTls {
@@ -422,6 +431,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         worker_handles.push(WorkerHandle {
             queue,
             core: core.map(|c| c.id),
+            af_xdp,
             stats: stats.clone(),
             policy: policy_tx,
             policy_queue,

@@ -53,6 +53,32 @@ pub struct XskDrops {
     pub fill_ring_empty: u64,
 }
 
+/// How the kernel moves a port's frames between the driver and the UMEM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XskBindMode {
+    /// The driver DMAs straight into the UMEM (`XDP_ZEROCOPY`): needs driver support.
+    ZeroCopy,
+    /// The kernel copies each frame (`XDP_COPY`): works on any interface (veth, generic XDP).
+    Copy,
+}
+
+impl XskBindMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XskBindMode::ZeroCopy => "zero-copy",
+            XskBindMode::Copy => "copy",
+        }
+    }
+
+    fn bind_flags(self) -> u16 {
+        SocketConfig::XDP_BIND_NEED_WAKEUP
+            | match self {
+                XskBindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
+                XskBindMode::Copy => SocketConfig::XDP_BIND_COPY,
+            }
+    }
+}
+
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -111,6 +137,9 @@ pub struct XskPort {
     /// Frames kept aside for transmission so that receiving cannot starve it.
     tx_reserve: usize,
     pub stats: XskStats,
+    mode: XskBindMode,
+    /// Why zero-copy was refused, when the port fell back to copy mode.
+    zero_copy_refused: Option<String>,
 }
 
 // SAFETY: the raw pointers refer to this port's own mapping and rings; the port is moved to
@@ -128,7 +157,30 @@ impl XskPort {
         })
     }
 
+    /// Opens the port in zero-copy mode where the driver offers it, else in copy mode
+    /// ([`XskPort::zero_copy_refused`] then says why).
     pub fn open(ifname: &str, queue: u32, sizes: XskSizes) -> Result<XskPort> {
+        match XskPort::open_in(ifname, queue, sizes, XskBindMode::ZeroCopy) {
+            Ok(port) => Ok(port),
+            Err(refused) => {
+                let mut port = XskPort::open_in(ifname, queue, sizes, XskBindMode::Copy)
+                    .with_context(|| format!("{ifname} queue {queue}: zero-copy failed first: {refused:#}"))?;
+                port.zero_copy_refused = Some(format!("{refused:#}"));
+                Ok(port)
+            }
+        }
+    }
+
+    pub fn mode(&self) -> XskBindMode {
+        self.mode
+    }
+
+    pub fn zero_copy_refused(&self) -> Option<&str> {
+        self.zero_copy_refused.as_deref()
+    }
+
+    /// Opens the port bound in `mode`; a refused bind releases everything it set up.
+    fn open_in(ifname: &str, queue: u32, sizes: XskSizes, mode: XskBindMode) -> Result<XskPort> {
         let len = sizes.frames as usize * FRAME_SIZE as usize;
         let area = Mapping::new(len)?;
         let config = UmemConfig {
@@ -159,12 +211,15 @@ impl XskPort {
                 &SocketConfig {
                     rx_size: Some(ring),
                     tx_size: Some(ring),
-                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
+                    bind_flags: mode.bind_flags(),
                 },
             )
             .map_err(|e| anyhow::anyhow!("{ifname} queue {queue}: RX/TX rings: {e}"))?;
         umem.bind(&user).map_err(|e| {
-            anyhow::anyhow!("{ifname} queue {queue}: binding the AF_XDP socket failed: {e} (is the queue index valid for this device?)")
+            anyhow::anyhow!(
+                "{ifname} queue {queue}: binding the AF_XDP socket in {} mode failed: {e} (is the queue index valid for this device?)",
+                mode.as_str()
+            )
         })?;
         let rx = user
             .map_rx()
@@ -190,6 +245,8 @@ impl XskPort {
             tx_in_flight: 0,
             tx_reserve: (sizes.frames / 2) as usize,
             stats: XskStats::default(),
+            mode,
+            zero_copy_refused: None,
         };
         port.refill();
         Ok(port)
