@@ -5,6 +5,8 @@
 //! generic so the table is tested without sockets.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -13,6 +15,16 @@ use std::net::SocketAddr;
 pub struct FlowKey {
     pub client: SocketAddr,
     pub server: SocketAddr,
+}
+
+impl FlowKey {
+    /// The same connection seen from the other end.
+    fn reversed(self) -> FlowKey {
+        FlowKey {
+            client: self.server,
+            server: self.client,
+        }
+    }
 }
 
 impl fmt::Display for FlowKey {
@@ -52,7 +64,9 @@ struct Slot<T> {
 }
 
 pub struct FlowTable<T> {
-    index: HashMap<FlowKey, u32>,
+    /// Each flow under both of its keys (as sent by the client, and by the server), so a
+    /// segment either way is found with one hash and one probe.
+    index: HashMap<FlowKey, (u32, Direction), RandomState>,
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
     capacity: usize,
@@ -61,7 +75,7 @@ pub struct FlowTable<T> {
 impl<T> FlowTable<T> {
     pub fn with_capacity(capacity: usize) -> Self {
         FlowTable {
-            index: HashMap::with_capacity(capacity),
+            index: HashMap::with_capacity_and_hasher(2 * capacity, RandomState::default()),
             slots: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
             capacity,
@@ -73,7 +87,7 @@ impl<T> FlowTable<T> {
     }
 
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.index.len() / 2
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,20 +96,11 @@ impl<T> FlowTable<T> {
 
     /// Finds the flow a segment from `src` to `dst` belongs to, and its direction.
     pub fn lookup(&self, src: SocketAddr, dst: SocketAddr) -> Option<(FlowId, Direction)> {
-        let forward = FlowKey {
+        let seen = FlowKey {
             client: src,
             server: dst,
         };
-        if let Some(&i) = self.index.get(&forward) {
-            return Some((self.id_of(i), Direction::ClientToServer));
-        }
-        let reverse = FlowKey {
-            client: dst,
-            server: src,
-        };
-        self.index
-            .get(&reverse)
-            .map(|&i| (self.id_of(i), Direction::ServerToClient))
+        self.index.get(&seen).map(|&(i, direction)| (self.id_of(i), direction))
     }
 
     fn id_of(&self, index: u32) -> FlowId {
@@ -108,7 +113,11 @@ impl<T> FlowTable<T> {
     /// Adds a flow. A reused slot hands back its previous value for the caller to reset;
     /// `create` builds a value only when a new slot is needed.
     pub fn insert(&mut self, key: FlowKey, create: impl FnOnce() -> T) -> Result<(FlowId, &mut T), TableFull> {
-        debug_assert!(!self.index.contains_key(&key), "flow {key} inserted twice");
+        // Callers look a segment up before inserting its flow, so neither key is taken.
+        debug_assert!(
+            !self.index.contains_key(&key) && !self.index.contains_key(&key.reversed()),
+            "flow {key} inserted twice"
+        );
         let index = if let Some(i) = self.free.pop() {
             i
         } else if self.slots.len() < self.capacity {
@@ -125,7 +134,8 @@ impl<T> FlowTable<T> {
         };
         let slot = &mut self.slots[index as usize];
         slot.key = Some(key);
-        self.index.insert(key, index);
+        self.index.insert(key, (index, Direction::ClientToServer));
+        self.index.insert(key.reversed(), (index, Direction::ServerToClient));
         Ok((
             FlowId {
                 index,
@@ -162,6 +172,7 @@ impl<T> FlowTable<T> {
         };
         slot.generation = slot.generation.wrapping_add(1);
         self.index.remove(&key);
+        self.index.remove(&key.reversed());
         self.free.push(id.index);
         true
     }
@@ -257,5 +268,8 @@ mod tests {
         t.remove(id);
         assert_eq!(t.key(id), None);
         assert!(t.is_empty());
+        // Both of its keys are gone.
+        assert_eq!(t.lookup(k.client, k.server), None);
+        assert_eq!(t.lookup(k.server, k.client), None);
     }
 }
