@@ -788,6 +788,14 @@ impl BenchReport {
         notes
     }
 
+    /// The workloads, in order, of which some cell has what `has` looks for.
+    fn workloads_with(&self, has: impl Fn(&Cell) -> bool) -> Vec<&String> {
+        self.workloads
+            .iter()
+            .filter(|w| self.cells.iter().any(|c| &c.workload == *w && has(c)))
+            .collect()
+    }
+
     /// The cell of (mode, workload), if measured.
     pub fn cell(&self, mode: &str, workload: &str) -> Option<&Cell> {
         self.cells.iter().find(|c| c.mode == mode && c.workload == workload)
@@ -879,11 +887,7 @@ impl BenchReport {
         out.push_str(&md_table(&header, rows));
 
         // Latency.
-        let lat_workloads: Vec<&String> = self
-            .workloads
-            .iter()
-            .filter(|w| self.cells.iter().any(|c| &c.workload == *w && c.latency.is_some()))
-            .collect();
+        let lat_workloads = self.workloads_with(|c| c.latency.is_some());
         if !lat_workloads.is_empty() {
             out.push_str("\n## Latency\n\n");
             out.push_str(
@@ -961,11 +965,7 @@ impl BenchReport {
         out.push_str(&md_table(&header, rows));
 
         // The whole machine.
-        let machine_workloads: Vec<&String> = self
-            .workloads
-            .iter()
-            .filter(|w| self.cells.iter().any(|c| &c.workload == *w && c.machine_cost.is_some()))
-            .collect();
+        let machine_workloads = self.workloads_with(|c| c.machine_cost.is_some());
         if !machine_workloads.is_empty() {
             out.push_str("\n## Costs of the whole machine (per unit of work, lower is better)\n\n");
             out.push_str(
