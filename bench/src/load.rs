@@ -1189,9 +1189,10 @@ struct CpuReading {
 
 impl CpuReading {
     fn now(watch: &[u32]) -> CpuReading {
-        let watched = (!watch.is_empty())
-            .then(|| ProcessSample::read_many(watch).ok().map(|s| s.cpu_s))
-            .flatten();
+        let watched = match watch {
+            [] => None,
+            pids => ProcessSample::read_many(pids).ok().map(|s| s.cpu_s),
+        };
         CpuReading {
             client: cpu_seconds(),
             watched,

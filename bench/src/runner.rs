@@ -565,8 +565,8 @@ fn measure(
     }
     let pids = running.pids();
     if !pids.is_empty() {
-        // The generator reads their CPU at the ends of its measured interval: the
-        // runner's samples below also span the warm-up and the generator's start and end.
+        // The generator reads their CPU at the ends of its measured interval; the runner
+        // only samples memory (idle), whose growth is read against the sample below.
         argv.push("--watch-pids".into());
         argv.push(pids.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
     }

@@ -137,8 +137,7 @@ pub struct XskPort {
     /// Frames kept aside for transmission so that receiving cannot starve it.
     tx_reserve: usize,
     pub stats: XskStats,
-    mode: XskBindMode,
-    /// Why zero-copy was refused, when the port fell back to copy mode.
+    /// Why zero-copy was refused, when the port fell back to copy mode (None: zero-copy).
     zero_copy_refused: Option<String>,
 }
 
@@ -172,7 +171,10 @@ impl XskPort {
     }
 
     pub fn mode(&self) -> XskBindMode {
-        self.mode
+        match self.zero_copy_refused {
+            None => XskBindMode::ZeroCopy,
+            Some(_) => XskBindMode::Copy,
+        }
     }
 
     pub fn zero_copy_refused(&self) -> Option<&str> {
@@ -245,7 +247,6 @@ impl XskPort {
             tx_in_flight: 0,
             tx_reserve: (sizes.frames / 2) as usize,
             stats: XskStats::default(),
-            mode,
             zero_copy_refused: None,
         };
         port.refill();
