@@ -1079,3 +1079,52 @@ fn the_window_decoder_decodes_as_the_bitwise_one() {
         }
     }
 }
+
+/// The table's one-buffer storage against a plain list of owned entries, over insertions
+/// of every size into a small table (so the buffer compacts often) and capacity changes.
+#[test]
+fn dynamic_table_matches_a_list_of_owned_entries() {
+    let mut table = DynamicTable::new(256);
+    let mut model: VecDeque<(Vec<u8>, Vec<u8>)> = VecDeque::new();
+    let mut capacity = 256usize;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % bound) as usize
+    };
+    for round in 0..5_000u32 {
+        if next(50) == 0 {
+            capacity = next(400);
+            table.set_capacity(capacity);
+        } else {
+            let name = vec![b'a' + (round % 26) as u8; next(40)];
+            let value = vec![b'0' + (round % 10) as u8; next(200)];
+            table.insert(&name, &value);
+            model.push_front((name, value));
+        }
+        let mut size: usize = model
+            .iter()
+            .map(|(name, value)| field_size(name.len(), value.len()))
+            .sum();
+        while size > capacity {
+            let (name, value) = model.pop_back().unwrap();
+            size -= field_size(name.len(), value.len());
+        }
+        assert_eq!(table.size, size, "round {round}");
+        assert_eq!(table.entries.len(), model.len(), "round {round}");
+        for (index, (name, value)) in model.iter().enumerate() {
+            assert_eq!(
+                table.get(index),
+                Some((name.as_slice(), value.as_slice())),
+                "round {round}"
+            );
+        }
+        assert!(
+            table.bytes.len() <= 2 * capacity.max(1),
+            "round {round}: {} bytes",
+            table.bytes.len()
+        );
+    }
+}
