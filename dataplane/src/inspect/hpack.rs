@@ -338,8 +338,8 @@ fn field_size(name_len: usize, value_len: usize) -> usize {
 /// Every entry's name and value live in one byte buffer, oldest first, and an entry is
 /// appended at its end. Evicting only drops the entry's record; the dead bytes at the
 /// buffer's start are reclaimed by moving the live ones down once the buffer would pass
-/// twice the table's capacity. So a server that adds `date` and `etag` with every
-/// response costs no allocation or free per field, and lookups touch one buffer instead
+/// twice the table's capacity. So a peer that adds `date` or `etag` with every
+/// message costs no allocation or free per field, and lookups touch one buffer instead
 /// of one heap block per entry (the profile showed those blocks' cache misses).
 #[derive(Debug)]
 struct DynamicTable {
