@@ -389,7 +389,7 @@ impl DynamicTable {
     fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity;
         self.evict_down_to(capacity);
-        if self.bytes.len() > capacity.saturating_mul(2) {
+        if self.bytes.len() > self.buffer_limit() {
             self.compact();
         }
     }
@@ -403,11 +403,17 @@ impl DynamicTable {
             return;
         }
         self.evict_down_to(self.capacity - entry_size);
-        if self.bytes.len() + name.len() + value.len() > self.capacity.saturating_mul(2) {
+        if self.bytes.len() + name.len() + value.len() > self.buffer_limit() {
             self.compact();
         }
         self.append_newest(name, value);
         self.insertions += 1;
+    }
+
+    /// The most `bytes` may hold: twice the capacity, so compaction (which moves at most
+    /// a capacity of live bytes) runs at most once per capacity of bytes inserted.
+    fn buffer_limit(&self) -> usize {
+        self.capacity.saturating_mul(2)
     }
 
     /// Adds an entry as the newest without evicting anything.
