@@ -11,6 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use compact_str::CompactString;
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 
@@ -414,18 +415,18 @@ pub struct HttpDetail {
 /// One HTTP transaction as `session ID` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpLine {
-    pub method: String,
+    pub method: CompactString,
     /// The `Host` header or `:authority`.
-    pub host: Option<String>,
+    pub host: Option<CompactString>,
     /// The request target as sent (`/admin?x=1`).
-    pub url: String,
+    pub url: CompactString,
     /// The response status; null while none came (or the request was blocked).
     pub status: Option<u16>,
     /// The HTTP/2 stream; null for HTTP/1.1.
     pub stream_id: Option<u32>,
     /// The URL rule that matched, and its action (`block`, `alert`, `allow`…).
-    pub url_rule: Option<String>,
-    pub url_action: Option<String>,
+    pub url_rule: Option<CompactString>,
+    pub url_action: Option<CompactString>,
     /// loupe answered or reset instead of forwarding the request.
     pub blocked: bool,
 }

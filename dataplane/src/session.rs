@@ -41,7 +41,7 @@ fn http_line(done: InspectedTransaction) -> HttpLine {
     let mut tx = done.transaction;
     let url = tx.take_url();
     let (url_rule, url_action) = match done.url_rule {
-        Some(hit) => (Some(hit.rule), Some(hit.action.as_str().to_string())),
+        Some(hit) => (Some(hit.rule), Some(hit.action.as_str().into())),
         None => (None, None),
     };
     HttpLine {
@@ -313,10 +313,10 @@ impl Session {
 
     /// Counts transactions once logged and keeps the last few for `loupectl`, as lines
     /// made of their own text (nothing copied).
-    pub fn keep_logged(&mut self, logged: Vec<InspectedTransaction>) {
+    pub fn keep_logged(&mut self, mut logged: Vec<InspectedTransaction>) {
         self.transactions += logged.len() as u64;
         let skipped = logged.len().saturating_sub(RECENT_TRANSACTIONS);
-        for transaction in logged.into_iter().skip(skipped) {
+        for transaction in logged.drain(..).skip(skipped) {
             if self.recent.len() == RECENT_TRANSACTIONS {
                 self.recent.pop_front();
             } else if self.recent.capacity() == 0 {
@@ -325,6 +325,7 @@ impl Session {
             }
             self.recent.push_back(http_line(transaction));
         }
+        crate::inspect::engine::recycle_finished(logged);
     }
 
     /// Synthetic plaintext packets waiting to be written (rules with `export = ["pcap"]`).

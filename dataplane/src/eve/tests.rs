@@ -75,15 +75,15 @@ fn http11_get() -> Transaction {
     Transaction {
         version: Some(HttpVersion::Http11),
         stream_id: None,
-        method: "GET".to_string(),
+        method: "GET".into(),
         scheme: None,
-        host: Some("WWW.Example.com:8443".to_string()),
-        path: "/search".to_string(),
-        query: Some("q=loupe&lang=en".to_string()),
-        user_agent: Some("curl/8.14.1".to_string()),
-        referer: Some("https://www.example.com/".to_string()),
-        request_content_type: Some("application/json".to_string()),
-        response_content_type: Some("text/html; charset=utf-8".to_string()),
+        host: Some("WWW.Example.com:8443".into()),
+        path: "/search".into(),
+        query: Some("q=loupe&lang=en".into()),
+        user_agent: Some("curl/8.14.1".into()),
+        referer: Some("https://www.example.com/".into()),
+        request_content_type: Some("application/json".into()),
+        response_content_type: Some("text/html; charset=utf-8".into()),
         status: Some(200),
         request_body_len: 12,
         response_body_len: 310,
@@ -95,15 +95,15 @@ fn http2_post() -> Transaction {
     Transaction {
         version: Some(HttpVersion::Http2),
         stream_id: Some(5),
-        method: "POST".to_string(),
-        scheme: Some("https".to_string()),
-        host: Some("api.example.test".to_string()),
-        path: "/v1/items".to_string(),
+        method: "POST".into(),
+        scheme: Some("https".into()),
+        host: Some("api.example.test".into()),
+        path: "/v1/items".into(),
         query: None,
-        user_agent: Some("nghttp2/1.64.0".to_string()),
+        user_agent: Some("nghttp2/1.64.0".into()),
         referer: None,
-        request_content_type: Some("application/json".to_string()),
-        response_content_type: Some("application/json".to_string()),
+        request_content_type: Some("application/json".into()),
+        response_content_type: Some("application/json".into()),
         status: Some(201),
         request_body_len: 17,
         response_body_len: 2,
@@ -223,8 +223,8 @@ fn an_http2_transaction_is_an_http_event_with_app_proto_http2() {
 fn absent_fields_are_left_out_not_null() {
     let tx = Transaction {
         version: Some(HttpVersion::Http11),
-        method: "GET".to_string(),
-        path: "/".to_string(),
+        method: "GET".into(),
+        path: "/".into(),
         ..Transaction::default()
     };
     let facts = bare_facts();
@@ -270,7 +270,7 @@ fn absent_fields_are_left_out_not_null() {
 fn a_blocked_request_says_so_under_loupe() {
     let mut tx = http11_get();
     tx.status = Some(403);
-    tx.response_content_type = Some("text/html".to_string());
+    tx.response_content_type = Some("text/html".into());
     tx.response_body_len = 0;
     let facts = HttpLoupeFacts {
         url_rule: Some(UrlRuleVerdict {
@@ -785,13 +785,13 @@ fn the_written_http_line_escapes_as_serde_json_does() {
     cases.extend((0..300).map(|_| random()));
     for text in cases {
         let tx = Transaction {
-            method: text.clone(),
-            host: Some(format!("Host{text}:80")),
-            path: text.clone(),
-            query: Some(text.clone()),
-            user_agent: Some(text.clone()),
-            referer: Some(text.clone()),
-            response_content_type: Some(format!("{text};x")),
+            method: text.as_str().into(),
+            host: Some(format!("Host{text}:80").into()),
+            path: text.as_str().into(),
+            query: Some(text.as_str().into()),
+            user_agent: Some(text.as_str().into()),
+            referer: Some(text.as_str().into()),
+            response_content_type: Some(format!("{text};x").into()),
             ..http11_get()
         };
         let facts = HttpLoupeFacts {

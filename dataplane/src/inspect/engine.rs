@@ -20,9 +20,12 @@
 //! answers in order), then both legs close, because the server never saw that request
 //! and the connection cannot carry on in step.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use compact_str::CompactString;
 
 use super::http1::{Http1Connection, Http1Error, Http1Event, Http1Limits};
 use super::http2::{Answer, Http2Connection, Http2Event, Http2Limits, Http2Output, StreamVerdict};
@@ -74,7 +77,8 @@ impl AppProtocol {
 /// The URL rule that matched a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlHit {
-    pub rule: String,
+    /// The rule's name: inline for names of up to 24 bytes, so a hit costs no allocation.
+    pub rule: CompactString,
     pub action: UrlAction,
 }
 
@@ -272,7 +276,7 @@ impl HttpInspector {
         let hit = self.url_rules.judge(&request)?;
         self.counts.url_rule_hits += 1;
         Some(UrlHit {
-            rule: hit.name.to_string(),
+            rule: CompactString::from(&*hit.name),
             action: hit.action,
         })
     }
@@ -280,8 +284,11 @@ impl HttpInspector {
     fn finish(&mut self, transaction: Transaction, meta: ExchangeMeta, blocked: bool) {
         self.counts.transactions += 1;
         if self.finished.capacity() == 0 {
-            // Taken every round: most rounds finish one transaction, not four.
-            self.finished.reserve_exact(1);
+            self.finished = SPARE_FINISHED.take();
+            if self.finished.capacity() == 0 {
+                // Taken every round: most rounds finish one transaction, not four.
+                self.finished.reserve_exact(1);
+            }
         }
         self.finished.push(InspectedTransaction {
             index: meta.index,
@@ -343,6 +350,9 @@ impl HttpInspector {
             return Pass::Forward;
         }
         // From here the call's bytes are held like the rest and leave through `release`.
+        if flow.held.capacity() == 0 {
+            flow.held = SPARE_HELD.take();
+        }
         flow.held.extend_from_slice(bytes);
         for event in events {
             self.http1_event(event, relay);
@@ -352,7 +362,7 @@ impl HttpInspector {
             return Pass::Taken;
         };
         match &flow.answer {
-            Some(_) => flow.held = Vec::new(),
+            Some(_) => give_back_held(std::mem::take(&mut flow.held)),
             None => {
                 let framed = flow.parser.client_bytes_framed();
                 release(flow, framed, relay.to_server);
@@ -564,7 +574,7 @@ impl HttpInspector {
                     Some(hit) => {
                         let stream = transaction.stream_id.unwrap_or(0);
                         let url_hit = UrlHit {
-                            rule: hit.name.to_string(),
+                            rule: CompactString::from(&*hit.name),
                             action: hit.action,
                         };
                         hits.push((stream, url_hit));
@@ -752,7 +762,36 @@ fn release(flow: &mut Http1Flow, limit: u64, to_server: &mut Vec<u8>) {
     flow.released += count as u64;
     if flow.held.is_empty() {
         // Heads are held only until judged: an idle connection keeps no buffer.
-        flow.held = Vec::new();
+        give_back_held(std::mem::take(&mut flow.held));
+    }
+}
+
+thread_local! {
+    /// One hold buffer per worker thread, lent to whichever HTTP/1.1 session is judging
+    /// a head and taken back once released: a session keeps a buffer only while a head of
+    /// it is incomplete, and a request costs no allocation for it.
+    static SPARE_HELD: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// The same for the list of finished transactions, which the worker drains every round.
+    static SPARE_FINISHED: Cell<Vec<InspectedTransaction>> = const { Cell::new(Vec::new()) };
+}
+
+/// A spare buffer grown past this goes back to the allocator (a huge head was held).
+const SPARE_HELD_KEEP: usize = 16 * 1024;
+
+fn give_back_held(mut held: Vec<u8>) {
+    // An empty one would replace a spare that has room.
+    if held.capacity() > 0 && held.capacity() <= SPARE_HELD_KEEP {
+        held.clear();
+        SPARE_HELD.set(held);
+    }
+}
+
+/// Returns a drained list from [`HttpInspector::take_finished`] for the next session to
+/// fill, so that finishing a transaction costs no allocation for the list.
+pub fn recycle_finished(mut list: Vec<InspectedTransaction>) {
+    list.clear();
+    if list.capacity() > 0 && list.capacity() <= 64 {
+        SPARE_FINISHED.set(list);
     }
 }
 

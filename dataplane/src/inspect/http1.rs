@@ -41,6 +41,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::mem::MaybeUninit;
 
+use compact_str::CompactString;
 use smallvec::SmallVec;
 
 use super::transaction::{HttpVersion, Transaction, TransactionMarks};
@@ -309,7 +310,7 @@ enum ChunkedPhase {
 pub struct ExchangeOutcome {
     /// The final status; `None` when the exchange ended without a final response.
     pub status: Option<u16>,
-    pub response_content_type: Option<String>,
+    pub response_content_type: Option<CompactString>,
     pub request_body_len: u64,
     pub response_body_len: u64,
     /// The response was HTTP/1.0: the transaction ran over HTTP/1.0.
@@ -927,7 +928,7 @@ struct ParsedRequest {
 struct ParsedResponse {
     status: u16,
     version: HttpVersion,
-    content_type: Option<String>,
+    content_type: Option<CompactString>,
     framing: FramingHeaders,
 }
 
@@ -1024,7 +1025,7 @@ fn parse_request_head(head: &[u8]) -> HeadResult<ParsedRequest> {
     // Equal to an absolute-form authority when both are present (checked above).
     let host = host
         .map(|(host, _)| lossy(host))
-        .or_else(|| target.authority.map(str::to_owned));
+        .or_else(|| target.authority.map(CompactString::from));
 
     let expect_continue = expect.is_some_and(|value| trim_ows(value).eq_ignore_ascii_case(b"100-continue"));
     let asks_upgrade = upgrade.is_some_and(|value| !trim_ows(value).is_empty());
@@ -1039,10 +1040,10 @@ fn parse_request_head(head: &[u8]) -> HeadResult<ParsedRequest> {
     };
     let transaction = Transaction {
         version: Some(version),
-        method: method.to_owned(),
+        method: method.into(),
         host,
         path: target.path,
-        query: target.query.map(str::to_owned),
+        query: target.query.map(CompactString::from),
         user_agent: user_agent.map(lossy),
         referer: referer.map(lossy),
         request_content_type: content_type.map(lossy),
@@ -1207,7 +1208,7 @@ struct RequestTarget<'a> {
     /// From an absolute-form or authority-form (CONNECT) target.
     authority: Option<&'a str>,
     is_authority_form: bool,
-    path: String,
+    path: CompactString,
     query: Option<&'a str>,
 }
 
@@ -1217,7 +1218,7 @@ fn split_target(target: &str, is_connect: bool) -> RequestTarget<'_> {
         return RequestTarget {
             authority: Some(target),
             is_authority_form: true,
-            path: target.to_owned(),
+            path: target.into(),
             query: None,
         };
     }
@@ -1243,7 +1244,7 @@ fn split_target(target: &str, is_connect: bool) -> RequestTarget<'_> {
     RequestTarget {
         authority,
         is_authority_form: false,
-        path: path.to_owned(),
+        path: path.into(),
         query,
     }
 }
@@ -1381,8 +1382,8 @@ fn header_value<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&
         .map(|h| h.value)
 }
 
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn lossy(bytes: &[u8]) -> CompactString {
+    CompactString::from_utf8_lossy(bytes)
 }
 
 /// Strips optional whitespace (SP, HTAB) at both ends.

@@ -108,6 +108,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
+use compact_str::CompactString;
+
 use super::hpack::{HeaderField, HpackDecoder, HpackEncoder, HpackError, HpackLimits};
 use super::http1::Direction;
 use super::transaction::{HttpVersion, Transaction};
@@ -1092,7 +1094,7 @@ impl Http2Connection {
                 continue;
             }
             if name == "content-type" {
-                transaction.response_content_type = Some(value.clone());
+                transaction.response_content_type = Some(value.as_str().into());
             }
             fields.push(plain_field(name.as_bytes(), value.as_bytes()));
         }
@@ -1311,7 +1313,7 @@ impl Http2Connection {
                 transaction.response_content_type = fields
                     .iter()
                     .find(|field| field.name == b"content-type")
-                    .map(|field| String::from_utf8_lossy(&field.value).into_owned());
+                    .map(|field| CompactString::from_utf8_lossy(&field.value));
                 if transaction.method == "CONNECT" && (200..300).contains(&status) {
                     transaction.marks.connect = true;
                 }
@@ -1848,7 +1850,7 @@ fn request_transaction(stream_id: u32, fields: &[HeaderField]) -> Transaction {
     let mut host = None;
     let mut path = None;
     for field in fields {
-        let text = || String::from_utf8_lossy(&field.value).into_owned();
+        let text = || CompactString::from_utf8_lossy(&field.value);
         match field.name.as_slice() {
             b":method" => _ = method.get_or_insert_with(text),
             b":scheme" => _ = transaction.scheme.get_or_insert_with(text),
@@ -1869,8 +1871,8 @@ fn request_transaction(stream_id: u32, fields: &[HeaderField]) -> Transaction {
     if let Some(path) = path {
         match path.split_once('?') {
             Some((path, query)) => {
-                transaction.path = path.to_string();
-                transaction.query = Some(query.to_string());
+                transaction.path = path.into();
+                transaction.query = Some(query.into());
             }
             None => transaction.path = path,
         }
@@ -1888,12 +1890,21 @@ fn transaction_bytes(transaction: &Transaction) -> usize {
         &transaction.request_content_type,
         &transaction.response_content_type,
     ];
-    transaction.method.capacity()
-        + transaction.path.capacity()
+    heap_bytes(&transaction.method)
+        + heap_bytes(&transaction.path)
         + optional
             .iter()
-            .map(|text| text.as_ref().map_or(0, String::capacity))
+            .map(|text| text.as_ref().map_or(0, heap_bytes))
             .sum::<usize>()
+}
+
+/// What a field holds beyond its own size: nothing when its text fits inline.
+fn heap_bytes(text: &CompactString) -> usize {
+    if text.is_heap_allocated() {
+        text.capacity()
+    } else {
+        0
+    }
 }
 
 fn plain_field(name: &[u8], value: &[u8]) -> HeaderField {

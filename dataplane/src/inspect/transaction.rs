@@ -1,5 +1,11 @@
 //! One HTTP transaction: a request and its response, as the EVE `http` event and the
 //! decryption log need them. Filled in by the HTTP/1.1 and HTTP/2 parsers.
+//!
+//! The text fields are `CompactString`s: a value of up to 24 bytes (a method, most hosts
+//! and content types, short paths) lives inside the field, so most requests' fields cost
+//! no allocation; longer ones go to the heap as a `String` would.
+
+use compact_str::CompactString;
 
 /// The HTTP version a transaction ran over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,20 +43,20 @@ pub struct Transaction {
     pub version: Option<HttpVersion>,
     /// HTTP/2 stream id; `None` on HTTP/1.x.
     pub stream_id: Option<u32>,
-    pub method: String,
+    pub method: CompactString,
     /// `:scheme` on HTTP/2; `None` on HTTP/1.x (the connection's TLS makes it https).
-    pub scheme: Option<String>,
+    pub scheme: Option<CompactString>,
     /// `Host` (HTTP/1.x) or `:authority` (HTTP/2).
-    pub host: Option<String>,
+    pub host: Option<CompactString>,
     /// The request target's path, without the query.
-    pub path: String,
+    pub path: CompactString,
     /// The query, without the `?`.
-    pub query: Option<String>,
-    pub user_agent: Option<String>,
-    pub referer: Option<String>,
+    pub query: Option<CompactString>,
+    pub user_agent: Option<CompactString>,
+    pub referer: Option<CompactString>,
     /// Content-Type of the request and of the response.
-    pub request_content_type: Option<String>,
-    pub response_content_type: Option<String>,
+    pub request_content_type: Option<CompactString>,
+    pub response_content_type: Option<CompactString>,
     /// Final status (1xx interim responses are not it); `None` until the response head.
     pub status: Option<u16>,
     /// Body bytes (after de-chunking, before any content decoding) each way.
@@ -64,12 +70,12 @@ impl Transaction {
     pub fn url(&self) -> String {
         match &self.query {
             Some(query) => format!("{}?{query}", self.path),
-            None => self.path.clone(),
+            None => self.path.to_string(),
         }
     }
 
     /// [`Transaction::url`], made of the path's own buffer: path and query are left empty.
-    pub fn take_url(&mut self) -> String {
+    pub fn take_url(&mut self) -> CompactString {
         let mut url = std::mem::take(&mut self.path);
         if let Some(query) = self.query.take() {
             url.push('?');
