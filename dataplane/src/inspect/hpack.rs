@@ -176,13 +176,30 @@ impl HpackDecoder {
     /// the count kept for later blocks: a connection decoding into the same vector block
     /// after block allocates only when a block has more or longer fields than before.
     pub fn decode_into(&mut self, block: &[u8], fields: &mut Vec<HeaderField>) -> Result<usize, HpackError> {
+        self.decode_into_keeping(block, fields, |_| true)
+    }
+
+    /// As [`HpackDecoder::decode_into`], but the value of a literal field that does not
+    /// enter the dynamic table is decoded only when `keep_value(name)` says so; otherwise
+    /// it is left empty, unchecked (a Huffman fault in it goes unnoticed), and counts
+    /// toward the header list limit with its encoded length. For a block whose reader
+    /// needs a few fields (a response head: `:status`, `content-type`) and relays the
+    /// block verbatim: a server that indexes nothing (nginx) sends `date`, `etag`,
+    /// `last-modified`… as such literals in every response, and decoding them was most
+    /// of HPACK's cost per request in a profile.
+    pub fn decode_into_keeping(
+        &mut self,
+        block: &[u8],
+        fields: &mut Vec<HeaderField>,
+        keep_value: impl Fn(&[u8]) -> bool,
+    ) -> Result<usize, HpackError> {
         if self.failed {
             return Err(HpackError {
                 offset: 0,
                 problem: HpackProblem::EarlierFailure,
             });
         }
-        let result = self.decode_block(block, fields);
+        let result = self.decode_block(block, fields, keep_value);
         self.failed = result.is_err();
         result
     }
@@ -204,7 +221,12 @@ impl HpackDecoder {
         self.table.insertions
     }
 
-    fn decode_block(&mut self, block: &[u8], fields: &mut Vec<HeaderField>) -> Result<usize, HpackError> {
+    fn decode_block(
+        &mut self,
+        block: &[u8],
+        fields: &mut Vec<HeaderField>,
+        keep_value: impl Fn(&[u8]) -> bool,
+    ) -> Result<usize, HpackError> {
         let mut reader = BlockReader { block, pos: 0 };
         // Fields decoded so far; `fields[count..]` are spare entries to reuse.
         let mut count = 0;
@@ -234,7 +256,8 @@ impl HpackDecoder {
             let field = &mut fields[count];
             field.name.clear();
             field.value.clear();
-            if first & 0b1000_0000 != 0 {
+            // The field's value length, decoded or (skipped) encoded.
+            let value_len = if first & 0b1000_0000 != 0 {
                 // §6.1: indexed header field.
                 let index = reader.integer(7)?;
                 let (name, value) = self.lookup(index).map_err(fail)?;
@@ -244,6 +267,7 @@ impl HpackDecoder {
                 field.name.extend_from_slice(name);
                 field.value.extend_from_slice(value);
                 field.sensitive = false;
+                value.len()
             } else {
                 // §6.2: literal header field; the first byte says whether it enters the
                 // table (01xxxxxx, 6-bit index), is never indexed (0001xxxx) or neither
@@ -265,16 +289,22 @@ impl HpackDecoder {
                     field.name.extend_from_slice(self.lookup(name_index).map_err(fail)?.0);
                 }
                 let value_budget = string_budget.saturating_sub(field.name.len());
-                reader.string_into(value_budget, too_large, &mut field.value)?;
-                if field_size(field.name.len(), field.value.len()) > budget {
+                let value_len = if add_to_table || keep_value(&field.name) {
+                    reader.string_into(value_budget, too_large, &mut field.value)?;
+                    field.value.len()
+                } else {
+                    reader.skip_string()?
+                };
+                if field_size(field.name.len(), value_len) > budget {
                     return Err(fail(too_large));
                 }
                 if add_to_table {
                     self.table.insert(&field.name, &field.value);
                 }
                 field.sensitive = sensitive;
-            }
-            list_size += field_size(field.name.len(), field.value.len());
+                value_len
+            };
+            list_size += field_size(field.name.len(), value_len);
             count += 1;
         }
         if self.size_update_required {
@@ -512,6 +542,21 @@ impl BlockReader<'_> {
     /// A string literal (RFC 7541 §5.2), refused with `too_large` once it decodes to more
     /// than `budget` bytes.
     /// Appends the string's octets (Huffman-decoded when so marked) to `out`.
+    /// Steps over a string without decoding it; returns its encoded length.
+    fn skip_string(&mut self) -> Result<usize, HpackError> {
+        let start = self.pos;
+        let declared = self.integer(7)?;
+        let available = self.block.len() - self.pos;
+        if declared > available {
+            return Err(HpackError {
+                offset: start,
+                problem: HpackProblem::TruncatedString { declared, available },
+            });
+        }
+        self.pos += declared;
+        Ok(declared)
+    }
+
     fn string_into(&mut self, budget: usize, too_large: HpackProblem, out: &mut Vec<u8>) -> Result<(), HpackError> {
         let start = self.pos;
         let fail = |problem| HpackError { offset: start, problem };

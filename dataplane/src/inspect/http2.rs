@@ -1250,7 +1250,15 @@ impl Http2Connection {
     fn server_block(&mut self, sequence: HeaderSequence, out: &mut Http2Output) {
         let block = std::mem::take(&mut self.server.block);
         let mut fields = std::mem::take(&mut self.fields);
-        let decoded = self.server_decoder.decode_into(&block, &mut fields);
+        // A response head or trailers: only `:status` and `content-type` are read (see
+        // `server_fields`), and the block goes to the client as sent. A promised request
+        // is read whole.
+        let decoded = if sequence.kind == kind::PUSH_PROMISE {
+            self.server_decoder.decode_into(&block, &mut fields)
+        } else {
+            let read = |name: &[u8]| name == b":status" || name == b"content-type";
+            self.server_decoder.decode_into_keeping(&block, &mut fields, read)
+        };
         self.server.recycle_block(block);
         match decoded {
             Ok(count) => self.server_fields(sequence, &fields[..count], out),

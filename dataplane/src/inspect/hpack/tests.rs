@@ -1128,3 +1128,81 @@ fn dynamic_table_matches_a_list_of_owned_entries() {
         );
     }
 }
+
+/// A response head the way nginx sends it: `:status` indexed, the rest literals without
+/// indexing. Only the kept values are decoded; a field entering the table is decoded
+/// whatever its name, so the table stays the server's.
+#[test]
+fn keeping_decodes_only_the_wanted_values_and_every_table_insertion() {
+    let mut response = vec![0x88]; // :status 200 (static 8)
+                                   // date (static 33), literal without indexing, Huffman value.
+    response.extend(integer(0, 4, 33));
+    let date = huffman_encode(b"Fri, 04 Dec 2026 17:00:00 GMT");
+    response.extend(integer(0x80, 7, date.len()));
+    response.extend(&date);
+    // content-type (static 31), literal without indexing, raw value.
+    response.extend(integer(0, 4, 31));
+    response.extend(raw_string(b"text/html"));
+    // etag (static 34), literal with incremental indexing: decoded though not kept.
+    response.extend(integer(0b0100_0000, 6, 34));
+    response.extend(raw_string(b"\"abc\""));
+    // server (static 54), never indexed, a Huffman value with bad padding: unchecked.
+    response.extend([0x10 | 0x0f, 54 - 15, 0x81, 0x18]);
+
+    let keep = |name: &[u8]| name == b":status" || name == b"content-type";
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let mut fields = Vec::new();
+    let count = decoder.decode_into_keeping(&response, &mut fields, keep).unwrap();
+    assert_eq!(
+        pairs(&fields[..count]),
+        [
+            (":status", "200"),
+            ("date", ""),
+            ("content-type", "text/html"),
+            ("etag", "\"abc\""),
+            ("server", "")
+        ]
+    );
+    assert_eq!(table(&decoder), owned(&[("etag", "\"abc\"")]));
+
+    // Decoding everything finds the bad padding in `server`.
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let offset_of_server_value = response.len() - 2;
+    assert_eq!(
+        problem(decoder.decode(&response)),
+        (offset_of_server_value, HpackProblem::HuffmanPaddingNotOnes)
+    );
+}
+
+#[test]
+fn skipped_values_count_toward_the_header_list_limit_and_must_be_whole() {
+    let limits = HpackLimits {
+        max_header_list_size: 100,
+        ..HpackLimits::default()
+    };
+    // `date` (static 33) with a raw 80-byte value: 4 + 80 + 32 > 100 though never decoded.
+    let mut block = integer(0, 4, 33);
+    block.extend(raw_string(&[b'x'; 80]));
+    let mut decoder = HpackDecoder::new(limits);
+    let error = decoder
+        .decode_into_keeping(&block, &mut Vec::new(), |_| false)
+        .unwrap_err();
+    assert_eq!(error.problem, HpackProblem::HeaderListTooLarge { limit: 100 });
+
+    // A value longer than the block is refused, skipped or not.
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let truncated = [0x0f, 33 - 15, 0x05, b'a'];
+    let error = decoder
+        .decode_into_keeping(&truncated, &mut Vec::new(), |_| false)
+        .unwrap_err();
+    assert_eq!(
+        (error.offset, error.problem),
+        (
+            2,
+            HpackProblem::TruncatedString {
+                declared: 5,
+                available: 1
+            }
+        )
+    );
+}
