@@ -772,17 +772,19 @@ fn the_written_http_line_escapes_as_serde_json_does() {
     awkward.push_str("\"\\\u{7f}é✓𝄞 plain\\\"end");
     let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15u64);
     let mut next = move || rng.next();
+    // Plain runs of several lengths put escapes at every offset of the writer's blocks.
     let pieces: Vec<&str> = vec![
-        "a", "/", "?", "\"", "\\", "\n", "\u{1}", "\u{1f}", "é", "𝄞", "\u{7f}", " ", ":", ";",
+        "a", "/", "?", "\"", "\\", "\n", "\u{1}", "\u{1f}", "é", "𝄞", "\u{7f}", " ", ":", ";", "0123456789abcde",
+        "0123456789abcdefghi", "plain-run",
     ];
     let mut random = || -> String {
-        let len = next() % 12;
+        let len = next() % 24;
         (0..len)
             .map(|_| pieces[(next() % pieces.len() as u64) as usize])
             .collect()
     };
     let mut cases = vec![awkward.clone()];
-    cases.extend((0..300).map(|_| random()));
+    cases.extend((0..600).map(|_| random()));
     for text in cases {
         let tx = Transaction {
             method: text.as_str().into(),
