@@ -774,8 +774,23 @@ fn the_written_http_line_escapes_as_serde_json_does() {
     let mut next = move || rng.next();
     // Plain runs of several lengths put escapes at every offset of the writer's blocks.
     let pieces: Vec<&str> = vec![
-        "a", "/", "?", "\"", "\\", "\n", "\u{1}", "\u{1f}", "é", "𝄞", "\u{7f}", " ", ":", ";", "0123456789abcde",
-        "0123456789abcdefghi", "plain-run",
+        "a",
+        "/",
+        "?",
+        "\"",
+        "\\",
+        "\n",
+        "\u{1}",
+        "\u{1f}",
+        "é",
+        "𝄞",
+        "\u{7f}",
+        " ",
+        ":",
+        ";",
+        "0123456789abcde",
+        "0123456789abcdefghi",
+        "plain-run",
     ];
     let mut random = || -> String {
         let len = next() % 24;
