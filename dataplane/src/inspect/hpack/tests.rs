@@ -1129,9 +1129,9 @@ fn dynamic_table_matches_a_list_of_owned_entries() {
     }
 }
 
-/// A response head the way nginx sends it: `:status` indexed, the rest literals without
-/// indexing. Only the kept values are decoded; a field entering the table is decoded
-/// whatever its name, so the table stays the server's.
+/// A response head with `:status` indexed and literals of every kind. Only the kept
+/// values are decoded; a field entering the table is decoded whatever its name, so the
+/// table stays the server's.
 #[test]
 fn keeping_decodes_only_the_wanted_values_and_every_table_insertion() {
     let mut response = vec![0x88]; // :status 200 (static 8)
