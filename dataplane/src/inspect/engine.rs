@@ -23,6 +23,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::thread::LocalKey;
 use std::time::SystemTime;
 
 use compact_str::CompactString;
@@ -775,24 +776,28 @@ thread_local! {
     static SPARE_FINISHED: Cell<Vec<InspectedTransaction>> = const { Cell::new(Vec::new()) };
 }
 
-/// A spare buffer grown past this goes back to the allocator (a huge head was held).
+/// A spare grown past this many elements goes back to the allocator (a huge head was
+/// held, many transactions finished in one round).
 const SPARE_HELD_KEEP: usize = 16 * 1024;
+const SPARE_FINISHED_KEEP: usize = 64;
 
-fn give_back_held(mut held: Vec<u8>) {
-    // An empty one would replace a spare that has room.
-    if held.capacity() > 0 && held.capacity() <= SPARE_HELD_KEEP {
-        held.clear();
-        SPARE_HELD.set(held);
+/// Makes `list` the thread's spare in `slot`, emptied, unless it has no room (it would
+/// replace a spare that has) or more than `keep`.
+fn give_back<T: 'static>(slot: &'static LocalKey<Cell<Vec<T>>>, mut list: Vec<T>, keep: usize) {
+    if list.capacity() > 0 && list.capacity() <= keep {
+        list.clear();
+        slot.set(list);
     }
+}
+
+fn give_back_held(held: Vec<u8>) {
+    give_back(&SPARE_HELD, held, SPARE_HELD_KEEP);
 }
 
 /// Returns a drained list from [`HttpInspector::take_finished`] for the next session to
 /// fill, so that finishing a transaction costs no allocation for the list.
-pub fn recycle_finished(mut list: Vec<InspectedTransaction>) {
-    list.clear();
-    if list.capacity() > 0 && list.capacity() <= 64 {
-        SPARE_FINISHED.set(list);
-    }
+pub fn recycle_finished(list: Vec<InspectedTransaction>) {
+    give_back(&SPARE_FINISHED, list, SPARE_FINISHED_KEEP);
 }
 
 /// Whether a stream starts like an HTTP/1.x request line: a method token and a space.

@@ -741,7 +741,7 @@ impl Http2Connection {
         let streams: usize = self
             .streams
             .values()
-            .map(|stream| std::mem::size_of::<Stream>() + 32 + transaction_bytes(&stream.transaction))
+            .map(|stream| std::mem::size_of::<Stream>() + 32 + stream.transaction.heap_bytes())
             .sum();
         std::mem::size_of::<Self>()
             + self.client.memory_bytes()
@@ -1886,33 +1886,6 @@ fn request_transaction(stream_id: u32, fields: &[HeaderField]) -> Transaction {
         }
     }
     transaction
-}
-
-fn transaction_bytes(transaction: &Transaction) -> usize {
-    let optional = [
-        &transaction.scheme,
-        &transaction.host,
-        &transaction.query,
-        &transaction.user_agent,
-        &transaction.referer,
-        &transaction.request_content_type,
-        &transaction.response_content_type,
-    ];
-    heap_bytes(&transaction.method)
-        + heap_bytes(&transaction.path)
-        + optional
-            .iter()
-            .map(|text| text.as_ref().map_or(0, heap_bytes))
-            .sum::<usize>()
-}
-
-/// What a field holds beyond its own size: nothing when its text fits inline.
-fn heap_bytes(text: &CompactString) -> usize {
-    if text.is_heap_allocated() {
-        text.capacity()
-    } else {
-        0
-    }
 }
 
 fn plain_field(name: &[u8], value: &[u8]) -> HeaderField {

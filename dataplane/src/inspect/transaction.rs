@@ -74,6 +74,26 @@ impl Transaction {
         }
     }
 
+    /// Bytes its text fields hold on the heap (none for text that fits inline), for
+    /// memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        let optional = [
+            &self.scheme,
+            &self.host,
+            &self.query,
+            &self.user_agent,
+            &self.referer,
+            &self.request_content_type,
+            &self.response_content_type,
+        ];
+        text_heap_bytes(&self.method)
+            + text_heap_bytes(&self.path)
+            + optional
+                .iter()
+                .map(|text| text.as_ref().map_or(0, text_heap_bytes))
+                .sum::<usize>()
+    }
+
     /// [`Transaction::url`], made of the path's own buffer: path and query are left empty.
     pub fn take_url(&mut self) -> CompactString {
         let mut url = std::mem::take(&mut self.path);
@@ -82,5 +102,13 @@ impl Transaction {
             url.push_str(&query);
         }
         url
+    }
+}
+
+fn text_heap_bytes(text: &CompactString) -> usize {
+    if text.is_heap_allocated() {
+        text.capacity()
+    } else {
+        0
     }
 }
