@@ -532,6 +532,14 @@ const WORKLOAD_ORDER: [&str; 7] = [
 ];
 
 /// The mode with HTTP inspection on, and its baseline: the same loupe with it off.
+/// The AF_XDP floor: loupe's wire copying frames port to port with no TCP stack.
+pub const FORWARD_MODE: &str = "xsk-forward";
+/// The modes measured against [`FORWARD_MODE`], each with its bulk target (issue 13):
+/// the relay with no TLS, and decryption.
+const OVER_FORWARD: [(&str, f64); 2] = [("loupe-splice", 1.5), ("loupe-decrypt", 2.0)];
+/// loupe-decrypt's whole-machine CPU per GB at most this multiple of `direct`'s.
+const DECRYPT_MACHINE_OVER_DIRECT: f64 = 1.15;
+
 pub const INSPECT_MODE: &str = "loupe-inspect";
 pub const INSPECT_BASELINE: &str = "loupe-decrypt";
 
@@ -1071,6 +1079,11 @@ impl BenchReport {
             out.push_str(&self.inspection_markdown());
         }
 
+        // loupe's relays against the AF_XDP floor and the kernel path.
+        if self.modes.iter().any(|m| m == FORWARD_MODE) {
+            out.push_str(&self.forward_floor_markdown());
+        }
+
         // Floor.
         out.push_str("\n## Crypto floor\n\n");
         match &self.floor {
@@ -1207,6 +1220,102 @@ impl BenchReport {
                 ]
             })
             .collect();
+        out.push_str(&md_table_left(&header, rows, 2));
+        out
+    }
+
+    /// The "against the AF_XDP floor" section: loupe-splice's and loupe-decrypt's costs
+    /// as multiples of xsk-forward's (the appliance's CPU) and of direct's (the whole
+    /// machine), per workload, with issue 13's bulk targets.
+    fn forward_floor_markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n## loupe against the AF_XDP floor and the kernel path\n\n\
+             {FORWARD_MODE} is loupe with `[dataplane] forward_only`: the same XDP program and AF_XDP rings, each frame \
+             copied to the other port as it came, no TCP stack, no TLS. What loupe-splice costs beyond it is loupe's TCP \
+             relay; what loupe-decrypt costs beyond that is TLS. The first table divides the appliance's CPU by \
+             {FORWARD_MODE}'s; the second divides the whole machine's by `direct`'s (the kernel bridge). Medians of this \
+             run; a ratio is left out (—) where either cell failed or was not measured.\n"
+        );
+        let ratio_text = |mine: Option<f64>, floor: Option<f64>| match (mine, floor) {
+            (Some(a), Some(b)) => ratio_value(a, b).map_or("—".to_string(), |r| format!("{r:.2}×")),
+            _ => "—".to_string(),
+        };
+        let clean = |mode: &str, workload: &str, pick: fn(&Cell) -> Option<f64>| {
+            self.cell(mode, workload).filter(|c| !c.failed()).and_then(pick)
+        };
+        let workloads = self.workloads_with(|c| c.mode == FORWARD_MODE && kind(&c.workload) != Kind::Idle);
+        let mut header = vec!["workload".to_string(), "unit".to_string(), FORWARD_MODE.to_string()];
+        for (mode, _) in OVER_FORWARD {
+            header.push(mode.to_string());
+            header.push(format!("{mode} ÷ {FORWARD_MODE}"));
+        }
+        header.push("target (bulk)".into());
+        let rows = workloads
+            .iter()
+            .map(|w| {
+                let floor = clean(FORWARD_MODE, w, cost_of);
+                let mut row = vec![
+                    w.to_string(),
+                    units(w).1.to_string(),
+                    self.figure(FORWARD_MODE, w, |c| c.cost, fmt_stat),
+                ];
+                let mut met = Vec::new();
+                for (mode, target) in OVER_FORWARD {
+                    let mine = clean(mode, w, cost_of);
+                    row.push(self.figure(mode, w, |c| c.cost, fmt_stat));
+                    row.push(ratio_text(mine, floor));
+                    if kind(w) == Kind::Bulk {
+                        if let (Some(a), Some(b)) = (mine, floor) {
+                            let r = a / b;
+                            met.push(format!(
+                                "{mode} ≤ {target}×: {}",
+                                if r <= target { "met" } else { "no" }
+                            ));
+                        }
+                    }
+                }
+                row.push(if met.is_empty() { "—".into() } else { met.join("; ") });
+                row
+            })
+            .collect();
+        out.push_str(&md_table_left(&header, rows, 2));
+
+        let mut header = vec!["workload".to_string(), "unit".to_string(), "direct".to_string()];
+        let machine_modes = [FORWARD_MODE, "loupe-splice", "loupe-decrypt"];
+        for mode in machine_modes {
+            header.push(format!("{mode} ÷ direct"));
+        }
+        header.push("target (bulk)".into());
+        let rows = workloads
+            .iter()
+            .map(|w| {
+                let direct = clean("direct", w, machine_cost_of);
+                let mut row = vec![
+                    w.to_string(),
+                    units(w).1.to_string(),
+                    self.figure("direct", w, |c| c.machine_cost, fmt_stat),
+                ];
+                for mode in machine_modes {
+                    row.push(ratio_text(clean(mode, w, machine_cost_of), direct));
+                }
+                let decrypt = clean("loupe-decrypt", w, machine_cost_of);
+                row.push(match (kind(w), decrypt, direct) {
+                    (Kind::Bulk, Some(a), Some(b)) if b > 0.0 => format!(
+                        "loupe-decrypt ≤ {DECRYPT_MACHINE_OVER_DIRECT}×: {}",
+                        if a / b <= DECRYPT_MACHINE_OVER_DIRECT {
+                            "met"
+                        } else {
+                            "no"
+                        }
+                    ),
+                    _ => "—".into(),
+                });
+                row
+            })
+            .collect();
+        out.push('\n');
         out.push_str(&md_table_left(&header, rows, 2));
         out
     }
@@ -1516,6 +1625,8 @@ fn plot_err<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKin
 fn mode_color(mode: &str) -> RGBColor {
     if is_baseline(mode) {
         RGBColor(120, 120, 120)
+    } else if mode == FORWARD_MODE {
+        RGBColor(158, 202, 225)
     } else if is_loupe(mode) {
         match mode {
             "loupe-bridge" => RGBColor(107, 174, 214),
@@ -2005,6 +2116,59 @@ mod tests {
             ms.push(meas(INSPECT_MODE, w, 1, i, Some(8.0)));
         }
         ms
+    }
+
+    #[test]
+    fn splice_and_decrypt_as_multiples_of_the_forward_floor_and_of_direct() {
+        // (mode, workload, rate, appliance CPU-s): the whole machine is 15 CPU-s in each.
+        let rows: [(&str, &str, f64, Option<f64>); 8] = [
+            ("direct", "bulk-1", 1000.0, None),
+            (FORWARD_MODE, "bulk-1", 1000.0, Some(2.0)),
+            ("loupe-splice", "bulk-1", 1000.0, Some(2.6)),
+            ("loupe-decrypt", "bulk-1", 800.0, Some(4.0)),
+            ("direct", "requests", 10_000.0, None),
+            (FORWARD_MODE, "requests", 10_000.0, Some(1.0)),
+            ("loupe-splice", "requests", 10_000.0, Some(2.0)),
+            ("loupe-decrypt", "requests", 10_000.0, Some(4.0)),
+        ];
+        let ms = rows.iter().map(|&(m, w, rate, cpu)| meas(m, w, 1, rate, cpu)).collect();
+        let md = BenchReport::new(machine(), Some(floor()), ms).to_markdown();
+        let section = md
+            .split("## loupe against the AF_XDP floor and the kernel path")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no floor section:\n{md}"));
+        let row = |workload: &str, nth: usize| {
+            section
+                .lines()
+                .filter(|l| l.starts_with(&format!("| {workload} |")))
+                .nth(nth)
+                .unwrap_or_else(|| panic!("no row {nth} for {workload}:\n{section}"))
+                .to_string()
+        };
+        // Bulk: 0.2 CPU-s/GB forwarding, 0.26 splicing (1.30×, within 1.5×), 0.5
+        // decrypting at 800 MB/s (2.50×, over 2×).
+        let bulk = row("bulk-1", 0);
+        assert!(bulk.contains("| 1.30× |") && bulk.contains("| 2.50× |"), "{bulk}");
+        assert!(
+            bulk.contains("loupe-splice ≤ 1.5×: met; loupe-decrypt ≤ 2×: no"),
+            "{bulk}"
+        );
+        // The whole machine per GB: 1.5 CPU-s for direct and 1000 MB/s modes; decrypt at
+        // 800 MB/s 1.875 (1.25×, over 1.15×).
+        let whole = row("bulk-1", 1);
+        assert!(whole.contains("| 1.00× | 1.00× | 1.25× |"), "{whole}");
+        assert!(whole.contains("loupe-decrypt ≤ 1.15×: no"), "{whole}");
+        // Requests: 10, 20 and 40 CPU-µs; no bulk target.
+        let requests = row("requests", 0);
+        assert!(
+            requests.contains("| 2.00× |") && requests.contains("| 4.00× |"),
+            "{requests}"
+        );
+        assert!(requests.ends_with("| — |"), "{requests}");
+
+        // Without the floor mode in the run there is no such section.
+        let without = BenchReport::new(machine(), Some(floor()), inspection_run()).to_markdown();
+        assert!(!without.contains("AF_XDP floor"), "{without}");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum Mode {
     Direct,
     /// loupe with a no-decrypt address rule for everything: XDP only.
     LoupeBridge,
+    /// loupe with `forward_only`: the same XDP program and AF_XDP rings, frames copied
+    /// port to port with no TCP stack: the floor of loupe-splice and loupe-decrypt.
+    XskForward,
     /// loupe with an SNI no-decrypt rule: userspace TCP relay, no TLS.
     LoupeSplice,
     /// loupe decrypting with the default profile, HTTP inspection off: the baseline of
@@ -38,9 +41,10 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 8] = [
         Mode::Direct,
         Mode::LoupeBridge,
+        Mode::XskForward,
         Mode::LoupeSplice,
         Mode::LoupeDecrypt,
         Mode::LoupeInspect,
@@ -52,6 +56,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::LoupeBridge => "loupe-bridge",
+            Mode::XskForward => "xsk-forward",
             Mode::LoupeSplice => "loupe-splice",
             Mode::LoupeDecrypt => "loupe-decrypt",
             Mode::LoupeInspect => "loupe-inspect",
@@ -81,6 +86,7 @@ impl Mode {
             Mode::LoupeSplice => {
                 Some("[[rule]]\nname = \"bench-splice\"\nsni = [\"*.lab\", \"server.lab\"]\naction = \"no-decrypt\"\n")
             }
+            Mode::XskForward => Some("[dataplane]\nforward_only = true\n"),
             Mode::LoupeDecrypt => Some("[inspection]\nhttp = false\n"),
             Mode::LoupeInspect => Some(INSPECT_CONFIG),
             _ => None,
@@ -452,7 +458,7 @@ fn start_mode<'lab>(
             Running::Middle(lab.start(&Middle::KernelBridge)?),
             origin_ca.cert_file.clone(),
         )),
-        Mode::LoupeBridge | Mode::LoupeSplice | Mode::LoupeDecrypt | Mode::LoupeInspect => {
+        Mode::LoupeBridge | Mode::XskForward | Mode::LoupeSplice | Mode::LoupeDecrypt | Mode::LoupeInspect => {
             let config = lab.dir().join(format!("{}.toml", mode.name()));
             std::fs::write(&config, mode.loupe_config().unwrap_or_default())?;
             let args = vec![

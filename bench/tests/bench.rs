@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use loupe_bench::lab::{binary, require_root};
 use loupe_bench::report::BenchReport;
 
-const MODES: [&str; 7] = [
+const MODES: [&str; 8] = [
     "direct",
     "loupe-bridge",
+    "xsk-forward",
     "loupe-splice",
     "loupe-decrypt",
     "loupe-inspect",
@@ -97,7 +98,7 @@ fn tiny_bench_measures_every_mode_and_writes_the_report() {
                 if !cell.machine_cost.is_some_and(|c| c.median > 0.0) {
                     problems.push(format!("{mode} {workload}: no whole-machine cost"));
                 }
-                if mode.starts_with("loupe") && cell.cost.is_none() {
+                if (mode.starts_with("loupe") || mode == "xsk-forward") && cell.cost.is_none() {
                     problems.push(format!("{mode} {workload}: no appliance cost"));
                 }
             }

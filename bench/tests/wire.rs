@@ -320,3 +320,66 @@ fn arp_icmp_and_tcp80_cross_the_wire() {
         assert!(c.bridged > (blob.len() / 1500) as u64, "too few frames bridged: {c:?}");
     }
 }
+
+/// `[dataplane] forward_only` (the bench's `xsk-forward` floor): the bytes cross intact,
+/// every steered frame went out of the other port through the worker, and no flow, TCP
+/// endpoint or session was made for them.
+#[test]
+fn forward_only_copies_steered_frames_port_to_port_without_flows() {
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let config = lab.dir().join("forward-only.toml");
+    std::fs::write(&config, "[dataplane]\nforward_only = true\n").expect("write config");
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let mut mid = ok(lab.start(&Middle::Loupe { args }), "start loupe forward-only");
+    let size = 16u64 << 20;
+    let servers: Vec<SocketAddr> = SERVER_ADDRS.iter().map(|a| addr(a, 443)).collect();
+    let out = wire(
+        &lab,
+        &mid,
+        WireSpec {
+            servers,
+            bytes: size,
+            reply_bytes: size,
+            connections: 8,
+            timeout: Duration::from_secs(120),
+            ..WireSpec::default()
+        },
+        "8 connections forwarded",
+    );
+    assert_eq!(out.comparison.connections, 8);
+    // Each connection's bytes arrived as sent, both ways (the reports come in no order).
+    fn sorted(mut hashes: Vec<&str>) -> Vec<&str> {
+        hashes.sort_unstable();
+        hashes
+    }
+    let sent_up = sorted(out.client.iter().map(|r| r.sent_sha256.as_str()).collect());
+    let got_up = sorted(out.server.iter().map(|r| r.received_sha256.as_str()).collect());
+    assert_eq!(sent_up, got_up);
+    let sent_down = sorted(out.server.iter().map(|r| r.sent_sha256.as_str()).collect());
+    let got_down = sorted(out.client.iter().map(|r| r.received_sha256.as_str()).collect());
+    assert_eq!(sent_down, got_down);
+    ok(mid.check_alive(), "loupe alive after the run");
+    let xdp = ok(mid.wire_counters(), "XDP counters");
+    assert!(xdp.steered >= 8 * 2 * size / 1500, "too few frames steered: {xdp:?}");
+    assert_eq!(xdp.unserved, 0, "{xdp:?}");
+
+    let status = ok(mid.loupectl_json(&["status"]), "loupectl status");
+    assert_eq!(status["forward_only"], serde_json::json!(true), "{status}");
+    let counters = ok(mid.loupectl_json(&["counters"]), "loupectl counters");
+    let worker = &counters["workers"][0];
+    let count = |name: &str| worker[name].as_u64().unwrap_or_else(|| panic!("no {name} in {worker}"));
+    // Every steered frame was received by the worker and sent out of the other port.
+    assert!(count("rx_frames") >= 8 * 2 * size / 1500, "{worker} {xdp:?}");
+    assert_eq!(
+        count("tx_frames"),
+        count("rx_frames"),
+        "a frame was not forwarded: {worker}"
+    );
+    assert_eq!(count("tx_no_frame"), 0, "{worker}");
+    for none in ["flows_opened", "orphan_segments", "resets"] {
+        assert_eq!(count(none), 0, "{none}: {worker}");
+    }
+    let text = ok(mid.loupectl(&["status"]), "loupectl status (text)").stdout;
+    assert!(text.contains("forward only"), "{text}");
+}

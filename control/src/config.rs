@@ -40,6 +40,11 @@ pub struct Dataplane {
     /// Drop UDP to the inspected ports (QUIC) in XDP, so browsers fall back to TCP where
     /// loupe can inspect them.
     pub drop_quic: bool,
+    /// A measurement mode, not for production: the workers copy every frame XDP steers
+    /// to them to the other port unchanged, with no TCP stack, no TLS and no policy, so
+    /// nothing is inspected or logged. It gives the AF_XDP floor of this host (the
+    /// bench's `xsk-forward` mode) against which loupe's own per-frame work is measured.
+    pub forward_only: bool,
 }
 
 impl Default for Dataplane {
@@ -55,6 +60,7 @@ impl Default for Dataplane {
             xdp_mode: "native".into(),
             first_core: None,
             drop_quic: true,
+            forward_only: false,
         }
     }
 }

@@ -231,7 +231,7 @@ pub fn status(value: &Value) -> String {
         .get("inspect_ports")
         .map(|v| text(Some(v)))
         .unwrap_or_else(|| "-".into());
-    let mut out = key_values(&[
+    let mut pairs = vec![
         pair("version", field(value, "version")),
         pair("uptime", age(value.get("uptime_secs"))),
         pair("config version", field(value, "config_version")),
@@ -241,7 +241,15 @@ pub fn status(value: &Value) -> String {
         pair("queues", field(value, "queues")),
         pair("xdp mode", field(value, "xdp_mode")),
         pair("fail mode", field(value, "fail_mode")),
-    ]);
+    ];
+    if value.get("forward_only").and_then(Value::as_bool) == Some(true) {
+        // A measurement mode: said where an operator looks first.
+        pairs.push(pair(
+            "forward only",
+            "yes: frames are copied port to port; nothing is decrypted or inspected".into(),
+        ));
+    }
+    let mut out = key_values(&pairs);
     let workers = items(value.get("workers"));
     out.push('\n');
     let rows: Vec<Vec<String>> = workers
@@ -722,6 +730,12 @@ mod tests {
         let row = text.lines().find(|l| l.starts_with('1')).expect("queue 1's row");
         assert!(row.contains("-/-"), "{text}");
         assert!(text.contains("native"), "{text}");
+        assert!(!text.contains("forward only"), "{text}");
+        let forwarding = status(&json!({"forward_only": true, "workers": []}));
+        assert!(
+            forwarding.contains("forward only     yes: frames are copied"),
+            "{forwarding}"
+        );
     }
 
     #[test]

@@ -653,6 +653,7 @@ impl ControlPlane {
             "queues": d.queues,
             "xdp_mode": match wire.mode() { XdpAttachMode::Native => "native", XdpAttachMode::Generic => "generic" },
             "fail_mode": match d.fail { FailMode::Open => "open", FailMode::Closed => "closed" },
+            "forward_only": d.forward_only,
             "workers": workers,
             "capture": self.capture.as_ref().map(|c| c.summary()),
         })

@@ -340,6 +340,11 @@ pub fn run(options: RunOptions) -> Result<()> {
         config = %options.config_file.as_ref().map_or("lab defaults".to_string(), |p| p.display().to_string()),
         "wire attached"
     );
+    if d.forward_only {
+        tracing::warn!(
+            "[dataplane] forward_only: the workers copy steered frames port to port; nothing is decrypted, inspected or logged"
+        );
+    }
 
     // TLS: the trust store, the decryption CA (generated on first run), the forger whose
     // clones share one certificate cache, and the decryption log.
@@ -423,6 +428,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             inspect_ports: d.inspect_ports.clone(),
             max_flows: d.max_flows,
             tcp_buffer: d.tcp_buffer,
+            forward_only: d.forward_only,
         };
         let core = match d.first_core {
             Some(first) => cores.iter().find(|c| c.id == first + queue as usize).copied(),

@@ -65,6 +65,9 @@ pub struct WorkerSettings {
     pub max_flows: usize,
     /// Bytes of TCP buffer per direction and side of a flow.
     pub tcp_buffer: usize,
+    /// `[dataplane] forward_only`: frames are copied to the other port unchanged, and
+    /// nothing else happens to them (the AF_XDP floor, for measurements).
+    pub forward_only: bool,
 }
 
 /// Counters a worker publishes; single writer, relaxed atomics, read by status queries.
@@ -348,6 +351,11 @@ impl Worker {
             for port in [INSIDE, OUTSIDE] {
                 let n = self.ports[port].receive(&mut batch);
                 received += n;
+                if self.settings.forward_only {
+                    self.forward(port, &batch[..n]);
+                    self.ports[port].refill();
+                    continue;
+                }
                 for desc in &batch[..n] {
                     self.handle_frame(port, desc, now);
                     self.ports[port].recycle(desc);
@@ -379,6 +387,31 @@ impl Worker {
         }
         self.flush_eve();
         tracing::info!(queue = self.settings.queue, flows = self.flows.len(), "worker stopping");
+    }
+
+    /// `forward_only`: each received frame is copied, as it came, into a TX frame of the
+    /// other port. A frame that finds no free TX frame even after reclaiming the
+    /// completed ones is dropped and counted (`tx_no_frame`), as a switch would.
+    fn forward(&mut self, from: usize, descs: &[XdpDesc]) {
+        let [inside, outside] = &mut self.ports;
+        let (source, sink) = if from == INSIDE {
+            (inside, outside)
+        } else {
+            (outside, inside)
+        };
+        for desc in descs {
+            match source.frame(desc) {
+                Some(frame) => {
+                    if !sink.can_transmit() {
+                        sink.flush();
+                    }
+                    // None: counted in the sink's `tx_no_frame`.
+                    let _ = sink.transmit(frame.len(), |buf| buf.copy_from_slice(frame));
+                }
+                None => WorkerStats::add(&self.stats.malformed_frames, 1),
+            }
+            source.recycle(desc);
+        }
     }
 
     fn handle_frame(&mut self, port: usize, desc: &XdpDesc, now: Instant) {
