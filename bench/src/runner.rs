@@ -301,6 +301,17 @@ enum Running<'lab> {
 }
 
 impl Running<'_> {
+    /// The last lines of the appliance's output (and squid's cache.log): why a
+    /// repetition had errors is usually there.
+    fn log_tail(&self, lines: usize) -> String {
+        let all = match self {
+            Running::Middle(guard) => guard.logs(),
+            Running::Interceptor(guard) => guard.logs(),
+        };
+        let kept: Vec<&str> = all.lines().collect();
+        kept[kept.len().saturating_sub(lines)..].join("\n")
+    }
+
     fn pids(&self) -> Vec<u32> {
         match self {
             Running::Middle(guard) => guard.pid().into_iter().collect(),
@@ -380,13 +391,19 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
                 let m = measure(&lab, plan, &objects, &client_ca, &running, mode, name, *workload, rep)
                     .with_context(|| format!("{} {name} rep {rep}", mode.name()))?;
                 if m.load.completed == 0 || m.load.errors > 0 {
-                    bar.println(format!(
-                        "{} {name}: {} completed, {} errors {:?}",
-                        mode.name(),
-                        m.load.completed,
-                        m.load.errors,
-                        m.load.first_errors
-                    ));
+                    // eprintln under suspend, not bar.println: indicatif drops println when
+                    // stderr is no terminal (CI, the suite), where this line matters most.
+                    bar.suspend(|| {
+                        eprintln!(
+                            "{} {name}: {} completed, {} errors {:?}\n--- {} output (last lines):\n{}",
+                            mode.name(),
+                            m.load.completed,
+                            m.load.errors,
+                            m.load.first_errors,
+                            mode.name(),
+                            running.log_tail(30)
+                        )
+                    });
                 }
                 measurements.push(m);
                 bar.inc(1);

@@ -28,8 +28,9 @@ const WORKLOADS: [&str; 7] = [
     "idle",
     "idle-h2",
 ];
-/// Peers that do not negotiate HTTP/2: the bench skips the `-h2` workloads for them.
-const NO_H2: [&str; 2] = ["sslsplit", "squid"];
+/// The comparison peers; they do not negotiate HTTP/2, so the bench skips the `-h2`
+/// workloads for them.
+const PEERS: [&str; 2] = ["sslsplit", "squid"];
 
 #[test]
 fn tiny_bench_measures_every_mode_and_writes_the_report() {
@@ -79,7 +80,7 @@ fn tiny_bench_measures_every_mode_and_writes_the_report() {
     for mode in MODES {
         assert!(markdown.contains(mode), "the markdown table lacks {mode}:\n{markdown}");
         for workload in WORKLOADS {
-            if workload.ends_with("-h2") && NO_H2.contains(&mode) {
+            if workload.ends_with("-h2") && PEERS.contains(&mode) {
                 continue;
             }
             let Some(cell) = report.cell(mode, workload) else {
@@ -89,6 +90,13 @@ fn tiny_bench_measures_every_mode_and_writes_the_report() {
             // Idle's figure is the appliance's memory per session: none for the kernel
             // bridge, zero for XDP; that the sessions were held is checked below.
             let positive = workload.starts_with("idle") || cell.headline.as_ref().is_some_and(|h| h.median > 0.0);
+            if PEERS.contains(&mode) && cell.failed() {
+                // A peer's sporadic error (squid once closed 1 of ~10,000 keep-alive
+                // connections in CI's one-second run) is the peer's, not the bench's: the
+                // bench must report it, and the peer must still have moved traffic.
+                peer_failure_reported(&report, &markdown, mode, workload, &mut problems);
+                continue;
+            }
             if cell.failed() || !positive {
                 problems.push(format!("{mode} {workload}: {:?} {:?}", cell.headline, cell.failures));
             }
@@ -121,4 +129,34 @@ fn tiny_bench_measures_every_mode_and_writes_the_report() {
     assert!(report.floor.is_some(), "the crypto floor is part of the report");
     assert!(problems.is_empty(), "{}\n{markdown}\n{stderr}", problems.join("\n"));
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A peer's failed cell must appear under "Failed runs" with its reason, show FAILED
+/// or a figure from a clean repetition, and its failed repetition must still have moved
+/// traffic (requests completed, or sessions held for idle): a peer that moved nothing
+/// means the bench's set-up for it broke.
+fn peer_failure_reported(report: &BenchReport, markdown: &str, mode: &str, workload: &str, problems: &mut Vec<String>) {
+    let Some(cell) = report.cell(mode, workload) else {
+        return;
+    };
+    for failure in &cell.failures {
+        let line = format!("- {mode} / {workload} rep {}: {}", failure.rep, failure.reason);
+        if !markdown.contains(&line) {
+            problems.push(format!("{mode} {workload}: failure not listed as {line:?}"));
+        }
+    }
+    let moved = report
+        .measurements
+        .iter()
+        .filter(|m| m.mode == mode && m.workload == workload)
+        .any(|m| {
+            if workload.starts_with("idle") {
+                m.load.sessions_held.unwrap_or(0) > 0
+            } else {
+                m.load.completed > 0
+            }
+        });
+    if !moved {
+        problems.push(format!("{mode} {workload}: moved no traffic: {:?}", cell.failures));
+    }
 }
