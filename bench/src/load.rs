@@ -5,6 +5,7 @@
 //! The types here are the contract between the generator, the bench runner and the
 //! report; the generator itself is `run_load`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -74,6 +75,34 @@ pub struct LoadSpec {
     /// interval, with the generator's own.
     #[serde(default)]
     pub watch_pids: Vec<u32>,
+    /// The key shares the ClientHello carries.
+    #[serde(default)]
+    pub hello: HelloShape,
+}
+
+/// What the generator's ClientHello offers for the key exchange. Middleboxes differ in
+/// which shape they handle well (an ML-KEM hybrid share makes the hello about 1.5 KB, two
+/// segments; OpenSSL 3.0 has no ML-KEM and takes the X25519 share), so the handshake and
+/// request workloads run with both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum HelloShape {
+    /// One X25519 key share (P-256 and P-384 also listed as groups).
+    #[default]
+    Classic,
+    /// As current browsers send: an X25519MLKEM768 share and an X25519 share.
+    Browser,
+}
+
+impl HelloShape {
+    /// The groups offered, in preference order. BoringSSL sends a key share for the first
+    /// and, when the first is post-quantum, one for the first classical group after it.
+    fn groups(self) -> &'static str {
+        match self {
+            HelloShape::Classic => "X25519:P-256:P-384",
+            HelloShape::Browser => "X25519MLKEM768:X25519:P-256:P-384",
+        }
+    }
 }
 
 /// Latency percentiles in microseconds.
@@ -122,6 +151,10 @@ pub struct LoadResult {
     pub integrity_ok: Option<bool>,
     /// Idle: sessions that were open at the same time.
     pub sessions_held: Option<u64>,
+    /// Handshakes completed (warm-up included) by the key-exchange group the server side
+    /// chose, as BoringSSL names it ("X25519", "X25519MLKEM768").
+    #[serde(default)]
+    pub key_exchange: BTreeMap<String, u64>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -259,6 +292,9 @@ struct Shared {
     uri: http::Uri,
     errors: AtomicU64,
     first_errors: Mutex<Vec<String>>,
+    /// Handshakes by negotiated group (one lock per handshake: thousands per second at
+    /// most, against a handshake's hundreds of microseconds).
+    key_exchange: Mutex<BTreeMap<String, u64>>,
     /// Tasks that took their place in the rate's schedule so far.
     paced_tasks: AtomicU64,
 }
@@ -279,10 +315,8 @@ impl Shared {
         } else {
             ctx.set_alpn_protos(b"\x08http/1.1")?;
         }
-        // One key share, X25519 (BoringSSL would add an ML-KEM hybrid share): the same
-        // group whatever the middlebox supports (sslsplit's and squid's OpenSSL 3.0 have
-        // no ML-KEM), and the client's cheapest full handshake.
-        ctx.set_curves_list("X25519:P-256:P-384")?;
+        ctx.set_curves_list(spec.hello.groups())
+            .with_context(|| format!("setting the groups {:?}", spec.hello.groups()))?;
         let req = |extra: &str| {
             format!(
                 "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: loupe-bench\r\nAccept: */*\r\n{extra}\r\n",
@@ -300,6 +334,7 @@ impl Shared {
                 .with_context(|| format!("bad URI for {} {}", spec.sni, spec.path))?,
             errors: AtomicU64::new(0),
             first_errors: Mutex::new(Vec::new()),
+            key_exchange: Mutex::new(BTreeMap::new()),
             paced_tasks: AtomicU64::new(0),
         })
     }
@@ -317,6 +352,7 @@ impl Shared {
         LoadResult {
             errors: self.errors.load(Ordering::Relaxed),
             first_errors: self.first_errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            key_exchange: self.key_exchange.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             ..LoadResult::default()
         }
     }
@@ -857,10 +893,15 @@ async fn tls_connect(shared: &Shared, deadline: Instant, socket_buf: usize) -> R
         ssl.param_mut().set_host(&spec.sni)?;
         // BoringSSL reads a record's header and then its body: the buffer turns
         // those two reads into one system call (usually less, several records).
-        tokio_boring::SslStreamBuilder::new(ssl, BufReader::with_capacity(socket_buf, tcp))
+        let stream = tokio_boring::SslStreamBuilder::new(ssl, BufReader::with_capacity(socket_buf, tcp))
             .connect()
             .await
-            .map_err(|e| anyhow!("TLS handshake with {}: {e}", spec.target))
+            .map_err(|e| anyhow!("TLS handshake with {}: {e}", spec.target))?;
+        let group = stream.ssl().curve_name().unwrap_or("none");
+        let mut groups = shared.key_exchange.lock().unwrap_or_else(|p| p.into_inner());
+        *groups.entry(group.to_string()).or_default() += 1;
+        drop(groups);
+        Ok(stream)
     })
     .await
 }

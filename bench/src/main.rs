@@ -38,8 +38,8 @@ enum Cmd {
         /// Repetitions of each workload (default: 3, or 1 with --quick/--tiny).
         #[arg(long)]
         reps: Option<usize>,
-        /// Only these workloads: handshakes, requests, requests-h2, bulk-1, bulk-8 (bulk-N
-        /// for any stream count N), idle, idle-h2.
+        /// Only these workloads: handshakes, handshakes-browser, requests, requests-browser,
+        /// requests-h2, bulk-1, bulk-8 (bulk-N for any stream count N), idle, idle-h2.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
         /// Where the report goes.
@@ -194,6 +194,10 @@ enum Cmd {
         /// fixed schedule (default: each sends when its last request is answered).
         #[arg(long)]
         rate: Option<f64>,
+        /// The ClientHello's key shares: classic (X25519) or browser (X25519MLKEM768 and
+        /// X25519).
+        #[arg(long, value_enum, default_value = "classic")]
+        hello: loupe_bench::load::HelloShape,
     },
 }
 
@@ -397,6 +401,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             sha256,
             watch_pids,
             rate,
+            hello,
         } => {
             let spec = LoadSpec {
                 target: connect,
@@ -417,6 +422,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 expect_sha256: sha256,
                 watch_pids,
                 rate,
+                hello,
             };
             let result = run_load(&spec)?;
             println!("{}", serde_json::to_string(&result)?);

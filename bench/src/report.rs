@@ -9,6 +9,7 @@
 //! or nothing completed is not clean: it is listed under "Failed runs", its cell says how
 //! many failed, and a cell with no clean repetition shows FAILED instead of a figure.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,8 @@ use crate::load::{Latency, LoadResult};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
     pub mode: String,
-    /// "handshakes", "requests", "requests-h2", "bulk-1", "bulk-8", "idle", "idle-h2".
+    /// "handshakes", "handshakes-browser", "requests", "requests-browser", "requests-h2",
+    /// "bulk-1", "bulk-8", "idle", "idle-h2".
     pub workload: String,
     /// Repetition number (0-based or 1-based, only shown).
     pub rep: usize,
@@ -298,8 +300,8 @@ enum Kind {
 
 fn kind(workload: &str) -> Kind {
     match workload {
-        "handshakes" => Kind::Handshakes,
-        "requests" | "requests-h2" => Kind::Requests,
+        "handshakes" | "handshakes-browser" => Kind::Handshakes,
+        "requests" | "requests-browser" | "requests-h2" => Kind::Requests,
         "idle" | "idle-h2" => Kind::Idle,
         w if w.starts_with("bulk") => Kind::Bulk,
         _ => Kind::Other,
@@ -521,9 +523,11 @@ fn p99_of(c: &Cell) -> Option<f64> {
     c.latency.map(|l| l.p99_us)
 }
 
-const WORKLOAD_ORDER: [&str; 7] = [
+const WORKLOAD_ORDER: [&str; 9] = [
     "handshakes",
+    "handshakes-browser",
     "requests",
+    "requests-browser",
     "requests-h2",
     "bulk-1",
     "bulk-8",
@@ -786,6 +790,9 @@ impl BenchReport {
                 }
             ));
         }
+        if let Some(note) = self.hello_shapes_note() {
+            notes.push(note);
+        }
         let failed: usize = self.cells.iter().map(|c| c.failures.len()).sum();
         if failed > 0 {
             notes.push(format!(
@@ -794,6 +801,46 @@ impl BenchReport {
             ));
         }
         notes
+    }
+
+    /// What the `-browser` workloads offered, and the key exchange each mode settled on
+    /// with the generator in them and in the classic ones (None when no `-browser`
+    /// workload ran).
+    fn hello_shapes_note(&self) -> Option<String> {
+        if !self.workloads.iter().any(|w| w.ends_with("-browser")) {
+            return None;
+        }
+        let chosen = |mode: &str, browser: bool| {
+            let mut groups: BTreeMap<&str, u64> = BTreeMap::new();
+            for m in &self.measurements {
+                if m.mode == mode && m.workload.ends_with("-browser") == browser && kind(&m.workload) != Kind::Other {
+                    for (group, n) in &m.load.key_exchange {
+                        *groups.entry(group.as_str()).or_default() += n;
+                    }
+                }
+            }
+            match groups.len() {
+                0 => "—".to_string(),
+                1 => groups.keys().next().map(|g| g.to_string()).unwrap_or_default(),
+                _ => groups
+                    .iter()
+                    .map(|(g, n)| format!("{g} ×{n}"))
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+            }
+        };
+        let per_mode: Vec<String> = self
+            .modes
+            .iter()
+            .map(|mode| format!("{mode}: {} (classic: {})", chosen(mode, true), chosen(mode, false)))
+            .collect();
+        Some(format!(
+            "The `-browser` workloads send a ClientHello as current browsers do, with an X25519MLKEM768 and an X25519 \
+             key share (about 1.5 KB, two TCP segments); the others one X25519 share. The crypto floor counts X25519 \
+             only. Key exchange the generator's handshakes ended with, browser hello: {}. A group the hello carried no \
+             share for (sslsplit's P-256) costs a HelloRetryRequest: one more round trip per handshake.",
+            per_mode.join("; ")
+        ))
     }
 
     /// The workloads, in order, of which some cell has what `has` looks for.
@@ -946,8 +993,9 @@ impl BenchReport {
             let (_, unit) = units(w);
             header.push(match kind(w) {
                 Kind::Bulk | Kind::Other => format!("{unit} ({w})"),
-                // Two workloads of a kind (HTTP/1.1 and HTTP/2): name the second.
-                _ if w.ends_with("-h2") => format!("{unit} ({w})"),
+                // Several workloads of a kind (HTTP/1.1 and HTTP/2, the two hello
+                // shapes): name all but the first.
+                _ if w.ends_with("-h2") || w.ends_with("-browser") => format!("{unit} ({w})"),
                 _ => unit.to_string(),
             });
         }
@@ -2372,5 +2420,47 @@ mod tests {
         assert_eq!(fmt_num(-2500.0), "-2,500");
         assert_eq!(fmt_us(1500.0), "1.50 ms");
         assert_eq!(fmt_us(250.0), "250 µs");
+    }
+
+    #[test]
+    fn browser_hello_workloads_get_their_own_columns_and_a_note_of_the_key_exchange() {
+        let with_groups = |mode: &str, workload: &str, groups: &[(&str, u64)]| {
+            let mut m = meas(mode, workload, 1, 1_000.0, Some(5.0));
+            m.load.key_exchange = groups.iter().map(|(g, n)| (g.to_string(), *n)).collect();
+            m
+        };
+        let ms = vec![
+            with_groups("loupe-decrypt", "handshakes", &[("X25519", 900)]),
+            with_groups("loupe-decrypt", "handshakes-browser", &[("X25519MLKEM768", 800)]),
+            with_groups("sslsplit", "handshakes", &[("P-256", 300)]),
+            with_groups("sslsplit", "handshakes-browser", &[("P-256", 20), ("X25519", 5)]),
+        ];
+        let r = BenchReport::new(machine(), Some(floor()), ms);
+        assert_eq!(r.workloads, ["handshakes", "handshakes-browser"]);
+        assert_eq!(kind("handshakes-browser"), Kind::Handshakes);
+        let md = r.to_markdown();
+        assert!(
+            md.contains("| mode | CPU-µs/handshake | CPU-µs/handshake (handshakes-browser) |"),
+            "{md}"
+        );
+        let note = r
+            .notes
+            .iter()
+            .find(|n| n.contains("browser hello"))
+            .expect("a hello-shape note");
+        assert!(
+            note.contains("loupe-decrypt: X25519MLKEM768 (classic: X25519)"),
+            "{note}"
+        );
+        assert!(
+            note.contains("sslsplit: P-256 ×20 + X25519 ×5 (classic: P-256)"),
+            "{note}"
+        );
+        let classic_only = BenchReport::new(
+            machine(),
+            Some(floor()),
+            vec![meas("direct", "handshakes", 1, 1e3, None)],
+        );
+        assert!(classic_only.notes.iter().all(|n| !n.contains("browser hello")));
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::costs::{CryptoFloor, ProcessSample};
 use crate::lab::{binary, Lab, Middle, MiddleGuard, NginxTls, Ns};
-use crate::load::LoadResult;
+use crate::load::{HelloShape, LoadResult};
 use crate::peers::{start_interceptor, Interceptor, InterceptorGuard};
 use crate::pki::{Issued, LeafSpec, Pki};
 use crate::report::{BenchReport, Machine, Measurement};
@@ -139,10 +139,14 @@ pub struct BenchPlan {
     pub bulk_bytes: u64,
     pub bulk_streams: Vec<usize>,
     pub idle_sessions: usize,
-    /// Workloads in the fixed order: handshakes, requests, requests-h2, bulk-N, idle,
-    /// idle-h2 (the -h2 ones only for modes that speak HTTP/2).
+    /// Workloads in the fixed order: handshakes, handshakes-browser, requests,
+    /// requests-browser, requests-h2, bulk-N, idle, idle-h2 (the -h2 ones only for modes
+    /// that speak HTTP/2; -browser: the ClientHello carries an X25519MLKEM768 and an
+    /// X25519 key share, where the others carry X25519 alone).
     pub handshakes: bool,
+    pub handshakes_browser: bool,
     pub requests: bool,
+    pub requests_browser: bool,
     pub requests_h2: bool,
     pub idle: bool,
     pub idle_h2: bool,
@@ -165,7 +169,9 @@ impl BenchPlan {
             // holds two sockets per session: 9,000 keeps sslsplit and squid under it.
             idle_sessions: 9_000,
             handshakes: true,
+            handshakes_browser: true,
             requests: true,
+            requests_browser: true,
             requests_h2: true,
             idle: true,
             idle_h2: true,
@@ -173,35 +179,40 @@ impl BenchPlan {
         }
     }
 
-    /// Keeps only the named workloads (`handshakes`, `requests`, `requests-h2`, `bulk-N`,
-    /// `idle`, `idle-h2`).
+    /// Keeps only the named workloads (`handshakes`, `handshakes-browser`, `requests`,
+    /// `requests-browser`, `requests-h2`, `bulk-N`, `idle`, `idle-h2`).
     pub fn only_workloads(&mut self, names: &[String]) -> Result<()> {
-        let mut bulk_streams = Vec::new();
-        let (mut handshakes, mut requests, mut requests_h2, mut idle, mut idle_h2) =
-            (false, false, false, false, false);
+        let mut kept = BenchPlan {
+            handshakes: false,
+            handshakes_browser: false,
+            requests: false,
+            requests_browser: false,
+            requests_h2: false,
+            idle: false,
+            idle_h2: false,
+            bulk_streams: Vec::new(),
+            ..self.clone()
+        };
         for name in names {
             match name.as_str() {
-                "handshakes" => handshakes = true,
-                "requests" => requests = true,
-                "requests-h2" => requests_h2 = true,
-                "idle" => idle = true,
-                "idle-h2" => idle_h2 = true,
+                "handshakes" => kept.handshakes = true,
+                "handshakes-browser" => kept.handshakes_browser = true,
+                "requests" => kept.requests = true,
+                "requests-browser" => kept.requests_browser = true,
+                "requests-h2" => kept.requests_h2 = true,
+                "idle" => kept.idle = true,
+                "idle-h2" => kept.idle_h2 = true,
                 other => match other.strip_prefix("bulk-").map(str::parse::<usize>) {
-                    Some(Ok(streams)) if streams > 0 => bulk_streams.push(streams),
+                    Some(Ok(streams)) if streams > 0 => kept.bulk_streams.push(streams),
                     _ => bail!(
-                        "unknown workload {other:?}: expected handshakes, requests, requests-h2, bulk-N (N streams, N ≥ 1), idle or idle-h2"
+                        "unknown workload {other:?}: expected handshakes, handshakes-browser, requests, requests-browser, requests-h2, bulk-N (N streams, N ≥ 1), idle or idle-h2"
                     ),
                 },
             }
         }
-        bulk_streams.sort_unstable();
-        bulk_streams.dedup();
-        self.handshakes = handshakes;
-        self.requests = requests;
-        self.requests_h2 = requests_h2;
-        self.idle = idle;
-        self.idle_h2 = idle_h2;
-        self.bulk_streams = bulk_streams;
+        kept.bulk_streams.sort_unstable();
+        kept.bulk_streams.dedup();
+        *self = kept;
         Ok(())
     }
 
@@ -356,11 +367,11 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
 
     let mut measurements = Vec::new();
     let workloads = workloads(plan);
-    let runs = |mode: Mode, w: &crate::load::Workload| mode.speaks_h2() || !w.is_h2();
+    let runs = |mode: Mode, step: &Step| mode.speaks_h2() || !step.workload.is_h2();
     let steps = plan
         .modes
         .iter()
-        .map(|&m| workloads.iter().filter(|(_, w)| runs(m, w)).count() * plan.reps)
+        .map(|&m| workloads.iter().filter(|s| runs(m, s)).count() * plan.reps)
         .sum::<usize>() as u64;
     let bar = indicatif::ProgressBar::new(steps).with_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -376,7 +387,8 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
             bar.set_message(format!("{}: starting", mode.name()));
             let (mut running, mut client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
             let mut used = false;
-            for (name, workload) in workloads.iter().filter(|(_, w)| runs(mode, w)) {
+            for step in workloads.iter().filter(|s| runs(mode, s)) {
+                let (name, workload) = (&step.name, &step.workload);
                 check_interrupted()?;
                 // Memory per idle session is the growth of a fresh process: one that ran
                 // earlier workloads already holds the pages (flow slots, buffers, caches)
@@ -388,7 +400,7 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
                 }
                 used = true;
                 bar.set_message(format!("{} · {name} · rep {rep}/{}", mode.name(), plan.reps));
-                let m = measure(&lab, plan, &objects, &client_ca, &running, mode, name, *workload, rep)
+                let m = measure(&lab, plan, &objects, &client_ca, &running, mode, step, rep)
                     .with_context(|| format!("{} {name} rep {rep}", mode.name()))?;
                 if m.load.completed == 0 || m.load.errors > 0 {
                     // eprintln under suspend, not bar.println: indicatif drops println when
@@ -430,38 +442,48 @@ fn progress(line: &str) {
     eprintln!("[loupe-bench] {line}");
 }
 
-fn workloads(plan: &BenchPlan) -> Vec<(String, crate::load::Workload)> {
+/// One workload of the plan as the report names it, and how the generator runs it.
+#[derive(Debug, Clone)]
+struct Step {
+    name: String,
+    workload: crate::load::Workload,
+    hello: HelloShape,
+}
+
+fn workloads(plan: &BenchPlan) -> Vec<Step> {
     use crate::load::Workload;
-    let mut out = Vec::new();
-    if plan.handshakes {
-        out.push(("handshakes".to_string(), Workload::Handshakes));
-    }
-    if plan.requests {
-        out.push(("requests".to_string(), Workload::Requests));
-    }
-    if plan.requests_h2 {
-        out.push(("requests-h2".to_string(), Workload::RequestsH2));
-    }
-    for &streams in &plan.bulk_streams {
-        out.push((format!("bulk-{streams}"), Workload::Bulk { streams }));
-    }
-    if plan.idle {
-        out.push((
-            "idle".to_string(),
-            Workload::Idle {
-                sessions: plan.idle_sessions,
-            },
-        ));
-    }
-    if plan.idle_h2 {
-        out.push((
-            "idle-h2".to_string(),
-            Workload::IdleH2 {
-                sessions: plan.idle_sessions,
-            },
-        ));
-    }
-    out
+    let sessions = plan.idle_sessions;
+    let bulk = plan
+        .bulk_streams
+        .iter()
+        .map(|&streams| (true, Workload::Bulk { streams }));
+    let wanted = [
+        (plan.handshakes, Workload::Handshakes, HelloShape::Classic),
+        (plan.handshakes_browser, Workload::Handshakes, HelloShape::Browser),
+        (plan.requests, Workload::Requests, HelloShape::Classic),
+        (plan.requests_browser, Workload::Requests, HelloShape::Browser),
+        (plan.requests_h2, Workload::RequestsH2, HelloShape::Classic),
+    ]
+    .into_iter()
+    .chain(bulk.map(|(on, w)| (on, w, HelloShape::Classic)))
+    .chain([
+        (plan.idle, Workload::Idle { sessions }, HelloShape::Classic),
+        (plan.idle_h2, Workload::IdleH2 { sessions }, HelloShape::Classic),
+    ]);
+    wanted
+        .filter(|(on, _, _)| *on)
+        .map(|(_, workload, hello)| {
+            let base = match workload {
+                Workload::Bulk { streams } => format!("bulk-{streams}"),
+                w => w.name().to_string(),
+            };
+            let name = match hello {
+                HelloShape::Classic => base,
+                HelloShape::Browser => format!("{base}-browser"),
+            };
+            Step { name, workload, hello }
+        })
+        .collect()
 }
 
 fn start_mode<'lab>(
@@ -531,11 +553,11 @@ fn measure(
     client_ca: &Path,
     running: &Running<'_>,
     mode: Mode,
-    name: &str,
-    workload: crate::load::Workload,
+    step: &Step,
     rep: usize,
 ) -> Result<Measurement> {
     use crate::load::Workload;
+    let (name, workload) = (step.name.as_str(), step.workload);
     let bench = binary("loupe-bench")?;
     let (path, sha) = match workload {
         Workload::Bulk { .. } => (objects.bulk.as_str(), Some(objects.bulk_sha256.as_str())),
@@ -585,6 +607,9 @@ fn measure(
             "--sessions".into(),
             sessions.to_string(),
         ]),
+    }
+    if step.hello == HelloShape::Browser {
+        argv.extend(["--hello".into(), "browser".into()]);
     }
     let pids = running.pids();
     if !pids.is_empty() {
@@ -674,7 +699,7 @@ mod tests {
     }
 
     fn names(plan: &BenchPlan) -> Vec<String> {
-        workloads(plan).into_iter().map(|(name, _)| name).collect()
+        workloads(plan).into_iter().map(|step| step.name).collect()
     }
 
     #[test]
@@ -684,7 +709,9 @@ mod tests {
             names(&plan),
             [
                 "handshakes",
+                "handshakes-browser",
                 "requests",
+                "requests-browser",
                 "requests-h2",
                 "bulk-1",
                 "bulk-8",
@@ -698,12 +725,15 @@ mod tests {
         plan.only_workloads(&["idle-h2".into(), "requests-h2".into(), "requests".into()])
             .unwrap();
         assert_eq!(names(&plan), ["requests", "requests-h2", "idle-h2"]);
+        plan.only_workloads(&["requests-browser".into(), "handshakes-browser".into()])
+            .unwrap();
+        assert_eq!(names(&plan), ["handshakes-browser", "requests-browser"]);
     }
 
     #[test]
     fn an_unknown_workload_is_named_in_the_error() {
         let mut plan = BenchPlan::quick(PathBuf::from("out"));
-        for bad in ["bulk-0", "bulk-x", "handshake", "requests-h3"] {
+        for bad in ["bulk-0", "bulk-x", "handshake", "requests-h3", "idle-browser"] {
             let e = plan.only_workloads(&[bad.to_string()]).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }

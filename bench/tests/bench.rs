@@ -19,9 +19,11 @@ const MODES: [&str; 8] = [
     "sslsplit",
     "squid",
 ];
-const WORKLOADS: [&str; 7] = [
+const WORKLOADS: [&str; 9] = [
     "handshakes",
+    "handshakes-browser",
     "requests",
+    "requests-browser",
     "requests-h2",
     "bulk-1",
     "bulk-2",
@@ -126,6 +128,28 @@ fn tiny_bench_measures_every_mode_and_writes_the_report() {
             problems.push(format!("{} idle: no session held: {:?}", m.mode, m.load.first_errors));
         }
     }
+    // The two hello shapes reached loupe's client leg as sent: where loupe terminates the
+    // client's TLS it takes the ML-KEM hybrid share when offered, X25519 otherwise.
+    for m in report.measurements.iter().filter(|m| {
+        ["loupe-decrypt", "loupe-inspect"].contains(&m.mode.as_str())
+            && (m.workload.starts_with("handshakes") || m.workload.starts_with("requests"))
+    }) {
+        let want = if m.workload.ends_with("-browser") {
+            "X25519MLKEM768"
+        } else {
+            "X25519"
+        };
+        if m.load.key_exchange.keys().collect::<Vec<_>>() != [want] {
+            problems.push(format!(
+                "{} {}: key exchange {:?}, expected {want} only",
+                m.mode, m.workload, m.load.key_exchange
+            ));
+        }
+    }
+    assert!(
+        markdown.contains("browser hello: direct:"),
+        "the notes name each mode's key exchange:\n{markdown}"
+    );
     assert!(report.floor.is_some(), "the crypto floor is part of the report");
     assert!(problems.is_empty(), "{}\n{markdown}\n{stderr}", problems.join("\n"));
     let _ = std::fs::remove_dir_all(&out);

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use loupe_bench::load::{run_load, LoadResult, LoadSpec, Workload};
+use loupe_bench::load::{run_load, HelloShape, LoadResult, LoadSpec, Workload};
 use loupe_bench::pki::{LeafSpec, Pki};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -130,6 +130,7 @@ impl Origin {
             expect_sha256: None,
             watch_pids: Vec::new(),
             rate: None,
+            hello: HelloShape::Classic,
         }
     }
 }
