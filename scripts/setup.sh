@@ -127,4 +127,19 @@ else
     log "TLS peer venv: present"
 fi
 
+# The bench's third comparison peer, mitmproxy, from PyPI in a venv of its own (its
+# dependencies pin versions the TLS peer venv's do not). The version is the bench's
+# MITMPROXY_VERSION (bench/src/peers.rs), which makes the same venv when it is missing.
+mitmproxy_version=11.0.2
+mitmproxy_venv=$repo/target/mitmproxy-venv
+if ! "$mitmproxy_venv/bin/mitmdump" --version 2>/dev/null | grep -q "Mitmproxy: $mitmproxy_version"; then
+    log "making the mitmproxy $mitmproxy_version venv in $mitmproxy_venv"
+    rm -rf "$mitmproxy_venv"
+    /usr/bin/python3 -m venv "$mitmproxy_venv" </dev/null || die "python3 -m venv failed (package python3-venv)"
+    "$mitmproxy_venv/bin/pip" install --quiet "mitmproxy==$mitmproxy_version" </dev/null ||
+        die "pip could not install mitmproxy $mitmproxy_version into $mitmproxy_venv"
+else
+    log "mitmproxy venv: present"
+fi
+
 log "done"

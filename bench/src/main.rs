@@ -24,7 +24,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// The bench: every mode (direct, loupe-bridge, xsk-forward, loupe-splice, loupe-decrypt,
-    /// loupe-inspect, sslsplit, squid) × every workload in a lab of its own; writes the report to --out.
+    /// loupe-inspect, sslsplit, squid, mitmproxy) × every workload in a lab of its own; writes the
+    /// report to --out.
     Run {
         /// One repetition, short durations, a 256 MiB bulk object.
         #[arg(long)]

@@ -1,5 +1,6 @@
 //! The bench's comparison peers: Debian's `sslsplit` (0.5.5) and `squid-openssl` (5.7,
-//! ssl-bump) as transparent TLS interceptors in the lab's app namespace.
+//! ssl-bump), and mitmproxy (`mitmdump --mode transparent`, [`MITMPROXY_VERSION`] from
+//! PyPI in a venv of its own) as transparent TLS interceptors in the lab's app namespace.
 //!
 //! # Topology: a bridged-and-redirected variant of the lab
 //!
@@ -143,7 +144,7 @@ pub const NFT_TABLE: &str = "loupe_peers";
 pub const INTERCEPTED_PORT: u16 = 443;
 
 /// One line for a report: how the peers are wired.
-pub const TOPOLOGY: &str = "sslsplit and squid run as transparent proxies in the app namespace: \
+pub const TOPOLOGY: &str = "sslsplit, squid and mitmproxy run as transparent proxies in the app namespace: \
     a kernel bridge over in0/out0 with 198.18.0.254/24, br_netfilter and an nftables \
     REDIRECT of tcp/443 to the proxy, which connects to the original destination from \
     198.18.0.254 (a bridged-and-redirected variant of the lab; loupe keeps addresses and \
@@ -164,41 +165,109 @@ pub enum Interceptor {
     Sslsplit,
     /// Debian's `squid-openssl` 5.7 with ssl-bump.
     Squid,
+    /// mitmproxy's `mitmdump` ([`MITMPROXY_VERSION`] from PyPI, in [`mitmproxy_venv`]).
+    Mitmproxy,
+}
+
+/// The mitmproxy release the bench runs (the newest for Debian 12's Python 3.11);
+/// scripts/setup.sh installs the same one.
+pub const MITMPROXY_VERSION: &str = "11.0.2";
+
+/// Where mitmproxy's venv lives: `target/mitmproxy-venv` in the checkout.
+pub fn mitmproxy_venv() -> PathBuf {
+    crate::lab::repo_root().join("target/mitmproxy-venv")
+}
+
+/// `mitmdump` of [`mitmproxy_venv`], making the venv first (Debian's Python, pip from
+/// PyPI, [`MITMPROXY_VERSION`]) when it is missing or holds another version.
+pub fn ensure_mitmproxy() -> Result<PathBuf> {
+    let venv = mitmproxy_venv();
+    let mitmdump = venv.join("bin/mitmdump");
+    let installed = |bin: &Path| {
+        std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("Mitmproxy: {MITMPROXY_VERSION}")))
+    };
+    if installed(&mitmdump) {
+        return Ok(mitmdump);
+    }
+    let venv_str = path_str(&venv)?;
+    let _ = std::fs::remove_dir_all(&venv);
+    let run = |argv: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", argv.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "{} failed ({}):\n{}",
+                argv.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    run(&["/usr/bin/python3", "-m", "venv", venv_str]).context("making mitmproxy's venv (package python3-venv)")?;
+    let pip = venv.join("bin/pip");
+    run(&[
+        path_str(&pip)?,
+        "install",
+        "--quiet",
+        &format!("mitmproxy=={MITMPROXY_VERSION}"),
+    ])
+    .context("installing mitmproxy from PyPI")?;
+    if !installed(&mitmdump) {
+        bail!(
+            "{} does not report mitmproxy {MITMPROXY_VERSION} after installing it",
+            mitmdump.display()
+        );
+    }
+    Ok(mitmdump)
 }
 
 impl Interceptor {
-    /// Both, in the order the bench runs them.
-    pub const ALL: [Interceptor; 2] = [Interceptor::Sslsplit, Interceptor::Squid];
+    /// All, in the order the bench runs them.
+    pub const ALL: [Interceptor; 3] = [Interceptor::Sslsplit, Interceptor::Squid, Interceptor::Mitmproxy];
 
-    /// The mode name in reports: `sslsplit`, `squid`.
+    /// The mode name in reports: `sslsplit`, `squid`, `mitmproxy`.
     pub fn name(self) -> &'static str {
         match self {
             Interceptor::Sslsplit => "sslsplit",
             Interceptor::Squid => "squid",
+            Interceptor::Mitmproxy => "mitmproxy",
         }
     }
 
-    /// The executable, as found on PATH.
-    pub fn program(self) -> &'static str {
+    /// The executable: found on PATH, or mitmproxy's in its venv.
+    pub fn program(self) -> PathBuf {
         match self {
-            Interceptor::Sslsplit => "sslsplit",
-            Interceptor::Squid => "squid",
+            Interceptor::Sslsplit => "sslsplit".into(),
+            Interceptor::Squid => "squid".into(),
+            Interceptor::Mitmproxy => mitmproxy_venv().join("bin/mitmdump"),
         }
     }
 
-    /// The Debian package providing it.
-    pub fn package(self) -> &'static str {
+    /// Where it comes from.
+    pub fn package(self) -> String {
         match self {
-            Interceptor::Sslsplit => "sslsplit",
-            Interceptor::Squid => "squid-openssl",
+            Interceptor::Sslsplit => "the Debian package sslsplit".into(),
+            Interceptor::Squid => "the Debian package squid-openssl".into(),
+            Interceptor::Mitmproxy => format!("mitmproxy {MITMPROXY_VERSION} from PyPI"),
         }
     }
 
-    /// The installed version line (`SSLsplit 0.5.5 (built …)`, `Squid Cache: Version 5.7`).
+    /// The installed version line (`SSLsplit 0.5.5 (built …)`, `Squid Cache: Version 5.7`,
+    /// `Mitmproxy: 11.0.2`).
     pub fn version(self) -> Result<String> {
         let flag = match self {
             Interceptor::Sslsplit => "-V",
             Interceptor::Squid => "-v",
+            Interceptor::Mitmproxy => "--version",
         };
         let out = std::process::Command::new(self.program())
             .arg(flag)
@@ -206,7 +275,7 @@ impl Interceptor {
             .with_context(|| {
                 format!(
                     "running {} {flag} (install {}: scripts/setup.sh)",
-                    self.program(),
+                    self.program().display(),
                     self.package()
                 )
             })?;
@@ -220,7 +289,7 @@ impl Interceptor {
             .map(str::trim)
             .find(|l| !l.is_empty())
             .map(str::to_string)
-            .with_context(|| format!("{} {flag} printed nothing", self.program()))
+            .with_context(|| format!("{} {flag} printed nothing", self.program().display()))
     }
 }
 
@@ -236,7 +305,8 @@ impl FromStr for Interceptor {
         match s {
             "sslsplit" => Ok(Interceptor::Sslsplit),
             "squid" => Ok(Interceptor::Squid),
-            other => bail!("unknown interceptor {other:?}: expected sslsplit or squid"),
+            "mitmproxy" => Ok(Interceptor::Mitmproxy),
+            other => bail!("unknown interceptor {other:?}: expected sslsplit, squid or mitmproxy"),
         }
     }
 }
@@ -293,6 +363,7 @@ pub fn start_interceptor<'lab>(
     let (daemon, worker) = match which {
         Interceptor::Sslsplit => g.start_sslsplit(ca_cert, ca_key, upstream_ca)?,
         Interceptor::Squid => g.start_squid(ca_cert, ca_key, upstream_ca)?,
+        Interceptor::Mitmproxy => g.start_mitmproxy(ca_cert, ca_key, upstream_ca)?,
     };
     g.daemon = Some(daemon);
     g.worker = worker;
@@ -322,7 +393,7 @@ impl<'lab> InterceptorGuard<'lab> {
         pids
     }
 
-    /// `sslsplit` or `squid`.
+    /// `sslsplit`, `squid` or `mitmproxy`.
     pub fn name(&self) -> &'static str {
         self.which.name()
     }
@@ -566,6 +637,46 @@ impl<'lab> InterceptorGuard<'lab> {
         }
         let argv: Vec<OsString> = vec!["squid".into(), "-N".into(), "-f".into(), conf_path.into()];
         let p = self.spawn_daemon("squid", &argv)?;
+        let pid = p.pid();
+        Ok((p, pid))
+    }
+}
+
+impl<'lab> InterceptorGuard<'lab> {
+    fn start_mitmproxy(&self, ca_cert: &Path, ca_key: &Path, upstream_ca: &Path) -> Result<(NsProcess<'lab>, u32)> {
+        let mitmdump = ensure_mitmproxy()?;
+        let d = &self.dir;
+        // mitmproxy reads its CA's key and certificate from one file in its confdir.
+        let confdir = d.join("mitmproxy");
+        std::fs::create_dir_all(&confdir)?;
+        let mut ca = std::fs::read(ca_key).with_context(|| format!("reading {}", ca_key.display()))?;
+        ca.extend(std::fs::read(ca_cert).with_context(|| format!("reading {}", ca_cert.display()))?);
+        let ca_file = confdir.join("mitmproxy-ca.pem");
+        std::fs::write(&ca_file, ca)?;
+        set_mode(&ca_file, 0o600)?;
+        let argv: Vec<OsString> = vec![
+            mitmdump.into(),
+            "--mode".into(),
+            "transparent".into(),
+            "--listen-host".into(),
+            INTERCEPTOR_ADDR.into(),
+            "--listen-port".into(),
+            INTERCEPTOR_PORT.to_string().into(),
+            "--set".into(),
+            format!("confdir={}", path_str(&confdir)?).into(),
+            "--set".into(),
+            format!("ssl_verify_upstream_trusted_ca={}", path_str(upstream_ca)?).into(),
+            // Bodies above 1 MB stream through instead of being buffered whole (the
+            // default would hold each 1 GiB bulk object in memory before forwarding it).
+            "--set".into(),
+            "stream_large_bodies=1m".into(),
+            // No line per flow on the terminal; warnings and errors still printed.
+            "--set".into(),
+            "flow_detail=0".into(),
+            "--set".into(),
+            "termlog_verbosity=warn".into(),
+        ];
+        let p = self.spawn_daemon("mitmproxy", &argv)?;
         let pid = p.pid();
         Ok((p, pid))
     }

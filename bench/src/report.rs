@@ -2,8 +2,9 @@
 //! figures, costs, multiples of the crypto floor and ratios against the baseline and the
 //! peers; written as markdown, JSON and an SVG chart.
 //!
-//! Modes are free strings: `direct` is the baseline, `loupe-*` are ours, `sslsplit*` and
-//! `squid*` are the peers. Workloads are `handshakes`, `requests`, `bulk-N` and `idle`
+//! Modes are free strings: `direct` is the baseline, `loupe-*` and `xsk-forward` are
+//! ours, `sslsplit*`, `squid*` and `mitmproxy*` are the peers. Workloads are
+//! `handshakes[-browser]`, `requests[-browser]`, `requests-h2`, `bulk-N` and `idle[-h2]`
 //! (others are reported as plain rates). Each figure is the median over the clean
 //! repetitions, with their min–max. A repetition with errors, a failed integrity check
 //! or nothing completed is not clean: it is listed under "Failed runs", its cell says how
@@ -328,9 +329,9 @@ pub fn is_loupe(mode: &str) -> bool {
     mode.starts_with("loupe")
 }
 
-/// `sslsplit*`, `squid*`: the peers.
+/// `sslsplit*`, `squid*`, `mitmproxy*`: the peers.
 pub fn is_peer(mode: &str) -> bool {
-    mode.starts_with("sslsplit") || mode.starts_with("squid")
+    mode.starts_with("sslsplit") || mode.starts_with("squid") || mode.starts_with("mitmproxy")
 }
 
 /// Higher is better for the headline (throughput), except memory per session.
@@ -637,11 +638,13 @@ impl BenchReport {
             }
         }
         let rank = |w: &str| {
-            WORKLOAD_ORDER.iter().position(|o| *o == w).unwrap_or(match kind(w) {
-                // Other bulk-N before idle, others last.
-                Kind::Bulk => 4,
-                _ => WORKLOAD_ORDER.len(),
-            })
+            // Every bulk-N where bulk-1 stands (ordered by N below), others last.
+            let at = |name: &str| WORKLOAD_ORDER.iter().position(|o| *o == name);
+            match kind(w) {
+                Kind::Bulk => at("bulk-1"),
+                _ => at(w),
+            }
+            .unwrap_or(WORKLOAD_ORDER.len())
         };
         let mut workloads = seen_workloads.clone();
         workloads.sort_by_key(|w| {
@@ -740,7 +743,7 @@ impl BenchReport {
             notes.push("No `direct` run: no ratios against the baseline.".into());
         }
         if any_loupe && !self.modes.iter().any(|m| is_peer(m)) {
-            notes.push("Neither sslsplit nor squid was measured: no ratios against a peer.".into());
+            notes.push("No peer (sslsplit, squid, mitmproxy) was measured: no ratios against a peer.".into());
         }
         for mode in &self.modes {
             let mine: Vec<&Cell> = self.cells.iter().filter(|c| &c.mode == mode).collect();
@@ -1079,7 +1082,7 @@ impl BenchReport {
             out.push_str(
                 "loupe's figure ÷ the other's. The figure is the one of the first table (memory per session for idle); cost is the \
                  appliance's, machine the whole machine's. For throughput above 1 is better; for cost, memory and latency below 1 is \
-                 better. The best peer is the better of sslsplit and squid for each figure.\n\n",
+                 better. The best peer is the best of sslsplit, squid and mitmproxy for each figure.\n\n",
             );
             let header: Vec<String> = [
                 "mode",
@@ -1686,6 +1689,8 @@ fn mode_color(mode: &str) -> RGBColor {
         RGBColor(230, 85, 13)
     } else if mode.starts_with("squid") {
         RGBColor(166, 54, 3)
+    } else if mode.starts_with("mitmproxy") {
+        RGBColor(253, 174, 107)
     } else {
         RGBColor(117, 107, 177)
     }
@@ -2462,5 +2467,36 @@ mod tests {
             vec![meas("direct", "handshakes", 1, 1e3, None)],
         );
         assert!(classic_only.notes.iter().all(|n| !n.contains("browser hello")));
+    }
+
+    #[test]
+    fn workloads_are_ordered_by_kind_and_bulk_streams() {
+        let ms = [
+            "idle",
+            "bulk-16",
+            "requests-browser",
+            "bulk-2",
+            "bulk-8",
+            "handshakes",
+            "bulk-1",
+            "requests",
+        ]
+        .iter()
+        .map(|w| meas("direct", w, 1, 100.0, None))
+        .collect();
+        let r = BenchReport::new(machine(), Some(floor()), ms);
+        assert_eq!(
+            r.workloads,
+            [
+                "handshakes",
+                "requests",
+                "requests-browser",
+                "bulk-1",
+                "bulk-2",
+                "bulk-8",
+                "bulk-16",
+                "idle"
+            ]
+        );
     }
 }

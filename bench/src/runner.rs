@@ -38,10 +38,11 @@ pub enum Mode {
     LoupeInspect,
     Sslsplit,
     Squid,
+    Mitmproxy,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 8] = [
+    pub const ALL: [Mode; 9] = [
         Mode::Direct,
         Mode::LoupeBridge,
         Mode::XskForward,
@@ -50,6 +51,7 @@ impl Mode {
         Mode::LoupeInspect,
         Mode::Sslsplit,
         Mode::Squid,
+        Mode::Mitmproxy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,18 +64,19 @@ impl Mode {
             Mode::LoupeInspect => "loupe-inspect",
             Mode::Sslsplit => "sslsplit",
             Mode::Squid => "squid",
+            Mode::Mitmproxy => "mitmproxy",
         }
     }
 
     /// The interceptors run in the routed (bridge + redirect) variant of the lab.
     fn routed(self) -> bool {
-        matches!(self, Mode::Sslsplit | Mode::Squid)
+        matches!(self, Mode::Sslsplit | Mode::Squid | Mode::Mitmproxy)
     }
 
-    /// The mode speaks HTTP/2 to the client: the peers' transparent proxies (sslsplit
-    /// 0.5.5, squid's ssl-bump) do not negotiate h2, so the -h2 workloads skip them.
+    /// The mode speaks HTTP/2 to the client: sslsplit 0.5.5's and squid's (ssl-bump)
+    /// transparent proxies do not negotiate h2, so the -h2 workloads skip them.
     fn speaks_h2(self) -> bool {
-        !self.routed()
+        !matches!(self, Mode::Sslsplit | Mode::Squid)
     }
 
     /// loupe's configuration for the mode. loupe-decrypt and loupe-inspect differ only by
@@ -527,11 +530,11 @@ fn start_mode<'lab>(
             };
             Ok((Running::Middle(guard), client_ca))
         }
-        Mode::Sslsplit | Mode::Squid => {
-            let which = if mode == Mode::Sslsplit {
-                Interceptor::Sslsplit
-            } else {
-                Interceptor::Squid
+        Mode::Sslsplit | Mode::Squid | Mode::Mitmproxy => {
+            let which = match mode {
+                Mode::Sslsplit => Interceptor::Sslsplit,
+                Mode::Squid => Interceptor::Squid,
+                _ => Interceptor::Mitmproxy,
             };
             let guard = start_interceptor(
                 lab,
@@ -696,6 +699,7 @@ mod tests {
             "{inspect}"
         );
         assert!(Mode::LoupeInspect.speaks_h2() && !Mode::Sslsplit.speaks_h2());
+        assert!(Mode::Mitmproxy.speaks_h2() && Mode::Mitmproxy.routed());
     }
 
     fn names(plan: &BenchPlan) -> Vec<String> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use loupe_bench::lab::{binary, require_root};
 use loupe_bench::report::BenchReport;
 
-const MODES: [&str; 8] = [
+const MODES: [&str; 9] = [
     "direct",
     "loupe-bridge",
     "xsk-forward",
@@ -18,6 +18,7 @@ const MODES: [&str; 8] = [
     "loupe-inspect",
     "sslsplit",
     "squid",
+    "mitmproxy",
 ];
 const WORKLOADS: [&str; 9] = [
     "handshakes",
@@ -30,9 +31,10 @@ const WORKLOADS: [&str; 9] = [
     "idle",
     "idle-h2",
 ];
-/// The comparison peers; they do not negotiate HTTP/2, so the bench skips the `-h2`
-/// workloads for them.
-const PEERS: [&str; 2] = ["sslsplit", "squid"];
+/// The comparison peers.
+const PEERS: [&str; 3] = ["sslsplit", "squid", "mitmproxy"];
+/// The peers that do not negotiate HTTP/2: the bench skips the `-h2` workloads for them.
+const HTTP1_ONLY: [&str; 2] = ["sslsplit", "squid"];
 
 #[test]
 fn tiny_bench_measures_every_mode_and_writes_the_report() {
@@ -82,7 +84,7 @@ fn tiny_bench_measures_every_mode_and_writes_the_report() {
     for mode in MODES {
         assert!(markdown.contains(mode), "the markdown table lacks {mode}:\n{markdown}");
         for workload in WORKLOADS {
-            if workload.ends_with("-h2") && PEERS.contains(&mode) {
+            if workload.ends_with("-h2") && HTTP1_ONLY.contains(&mode) {
                 continue;
             }
             let Some(cell) = report.cell(mode, workload) else {

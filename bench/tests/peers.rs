@@ -1,4 +1,4 @@
-//! The bench's comparison peers (`loupe_bench::peers`): sslsplit and squid as
+//! The bench's comparison peers (`loupe_bench::peers`): sslsplit, squid and mitmproxy as
 //! transparent interceptors in the lab's app namespace. For each: curl in the client
 //! namespace, trusting only the interception CA, gets nginx's page from server.lab
 //! through a leaf the interception CA signed; an origin whose certificate the lab origin
@@ -172,6 +172,14 @@ fn intercepts_and_validates(which: Interceptor) {
                 "squid: no security_file_certgen helper among {pids:?}"
             );
         }
+        Interceptor::Mitmproxy => {
+            assert_eq!(comm(pid), "mitmdump");
+            let version = ok(which.version(), "mitmdump --version");
+            assert!(
+                version.contains(loupe_bench::peers::MITMPROXY_VERSION),
+                "mitmproxy: the pinned version, got {version:?}"
+            );
+        }
     }
 
     // Through the interceptor, trusting only the interception CA.
@@ -222,8 +230,8 @@ fn intercepts_and_validates(which: Interceptor) {
     );
 
     // Upstream validation: the self-signed origin is refused. sslsplit resets the client
-    // connection during the handshake; squid completes it with a forged leaf and answers
-    // with its error page.
+    // connection during the handshake; squid and mitmproxy complete it with a forged
+    // leaf and answer with their error page.
     let (out, code) = curl(&lab, &ica.cert_file, "https://s2.lab/");
     assert!(
         !out.stdout.contains(INDEX),
@@ -239,6 +247,11 @@ fn intercepts_and_validates(which: Interceptor) {
         Interceptor::Squid => assert!(
             code.starts_with("503 ERR_SECURE_CONNECT_FAIL"),
             "{which}: expected 503 ERR_SECURE_CONNECT_FAIL for s2.lab: {}",
+            show(&out, &guard)
+        ),
+        Interceptor::Mitmproxy => assert!(
+            code.starts_with("502"),
+            "{which}: expected its 502 Bad Gateway for s2.lab: {}",
             show(&out, &guard)
         ),
     }
@@ -291,6 +304,11 @@ fn intercepts_and_validates(which: Interceptor) {
         "{which}: the client still reaches the server after teardown: {}",
         out.stdout
     );
+}
+
+#[test]
+fn mitmproxy_intercepts_with_upstream_validation() {
+    intercepts_and_validates(Interceptor::Mitmproxy);
 }
 
 #[test]
