@@ -627,9 +627,16 @@ fn measure(
         // Memory is sampled while the sessions are held (the generator says "ready").
         let deadline = Instant::now() + plan.duration + Duration::from_secs(120);
         let mut held = None;
+        let mut ready_at = None;
         loop {
             check_interrupted()?;
-            if held.is_none() && p.stderr().lines().any(|l| l.starts_with("ready ")) {
+            if ready_at.is_none() && p.stderr().lines().any(|l| l.starts_with("ready ")) {
+                ready_at = Some(Instant::now());
+            }
+            // Sampled halfway through the hold: the sessions have then been idle for a
+            // while, as an appliance's idle sessions are (loupe gives an idle flow's
+            // buffer pages back after a second), not just opened.
+            if held.is_none() && ready_at.is_some_and(|at| at.elapsed() >= plan.duration / 2) {
                 held = sample(&pids);
             }
             if let Some(status) = p.try_status()? {

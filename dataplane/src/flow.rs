@@ -192,6 +192,11 @@ impl<T> FlowTable<T> {
             })
         })
     }
+
+    /// The values of live flows, to change in place (timers' sweeps).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slots.iter_mut().filter(|s| s.key.is_some()).map(|s| &mut s.value)
+    }
 }
 
 #[cfg(test)]

@@ -113,6 +113,25 @@ fn endpoint_socket(buffer: usize) -> tcp::Socket<'static> {
     socket
 }
 
+/// Returns the whole pages inside `buffer` to the kernel (`MADV_DONTNEED`): they read as
+/// zeros afterwards and take memory again only when written. The partial pages at either
+/// end stay: they share their page with the allocator's neighbouring memory.
+fn discard_pages(buffer: &mut [u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => 4096,
+    };
+    let begin = buffer.as_mut_ptr() as usize;
+    let start = begin.next_multiple_of(page);
+    let end = (begin + buffer.len()) / page * page;
+    if end > start {
+        // SAFETY: [start, end) lies inside `buffer`, which we borrow mutably: zeroing it
+        // is a write we are allowed to make, and no other object shares those pages.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
 impl TcpPair {
     /// Allocates both endpoints with `buffer` bytes per direction and side. Done once per
     /// flow slot; `open` resets a reused pair without allocating.
@@ -188,6 +207,27 @@ impl TcpPair {
             || f.server_fin_received
             || f.client_fin_forwarded
             || f.server_fin_forwarded
+    }
+
+    /// Gives the memory pages of both connections' buffers back to the kernel where they
+    /// hold nothing, keeping their capacity (and so the windows advertised): an idle
+    /// session then costs no buffer memory until data flows again, when the pages it
+    /// writes are faulted back in, zeroed. Returns whether both connections were empty
+    /// (a connection with data in its buffers keeps them).
+    pub fn discard_idle_buffers(&mut self) -> bool {
+        let mut both = true;
+        let client = self.client.get_mut::<tcp::Socket>(self.client_handle);
+        let server = self.server.get_mut::<tcp::Socket>(self.server_handle);
+        for socket in [client, server] {
+            match socket.empty_buffers_mut() {
+                Some((rx, tx)) => {
+                    discard_pages(rx);
+                    discard_pages(tx);
+                }
+                None => both = false,
+            }
+        }
+        both
     }
 
     /// Ends the flow now for `reason` (a timeout): both sockets are aborted, so each

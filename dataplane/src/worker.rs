@@ -57,6 +57,11 @@ pub const CHAIN_QUEUE: usize = 64;
 const LOAD_WINDOW_US: i64 = 1_000_000;
 /// How often the flow table is walked for `[timeouts]`: a timeout fires up to this late.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(1000);
+/// A flow with no frame either way for this long gives its empty TCP buffers' pages back
+/// to the kernel at the next sweep: idle sessions (keep-alive connections between a
+/// user's clicks, most of an appliance's sessions) then hold no buffer memory, and a
+/// busy one never pays the page faults of getting them back.
+const IDLE_BUFFERS_AFTER: Duration = Duration::from_millis(1000);
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -201,6 +206,9 @@ struct FlowState {
     opened: Instant,
     /// The batch time of the last frame either way.
     last_frame: Instant,
+    /// The TCP buffers' pages went back to the kernel since the last frame (see
+    /// [`IDLE_BUFFERS_AFTER`]).
+    buffers_discarded: bool,
 }
 
 impl FlowState {
@@ -477,6 +485,7 @@ impl Worker {
         };
         let Some(flow) = self.flows.get_mut(id) else { return };
         flow.last_frame = now;
+        flow.buffers_discarded = false;
         match direction {
             Direction::ClientToServer => flow.session.packets.client_to_server += 1,
             Direction::ServerToClient => flow.session.packets.server_to_client += 1,
@@ -558,6 +567,7 @@ impl Worker {
             started,
             opened: now,
             last_frame: now,
+            buffers_discarded: false,
         }) {
             Ok(inserted) => inserted,
             Err(full) => {
@@ -575,6 +585,7 @@ impl Worker {
         flow.started = started;
         flow.opened = now;
         flow.last_frame = now;
+        flow.buffers_discarded = false;
         flow.session = Session::new(session_id, key, Arc::clone(policy));
         if let Err(err) = flow.pair.open(key, client_isn, self.server_iface.context()) {
             tracing::warn!(flow = %key, %err, "cannot open flow");
@@ -808,6 +819,15 @@ impl Worker {
                     .push((id, EndReason::HandshakeTimeout(timeouts.handshake)));
             } else if now - flow.last_frame >= idle {
                 self.expiring.push((id, EndReason::IdleTimeout(timeouts.idle)));
+            }
+        }
+        for flow in self.flows.values_mut() {
+            if !flow.buffers_discarded
+                && flow.release_at.is_none()
+                && flow.pair.phase != Phase::Finished
+                && now - flow.last_frame >= IDLE_BUFFERS_AFTER
+            {
+                flow.buffers_discarded = flow.pair.discard_idle_buffers();
             }
         }
         for i in 0..self.expiring.len() {

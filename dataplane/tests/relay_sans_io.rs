@@ -409,3 +409,78 @@ fn both_fins_while_bytes_are_buffered_deliver_every_byte() {
     net.run_until("flow finished", |n| n.loupe.pair.phase == Phase::Finished);
     assert_eq!(net.loupe.pair.end_reason, Some(EndReason::Closed));
 }
+
+/// Pages of `buffer` resident in memory (`mincore`), counting whole pages inside it.
+fn resident_pages(buffer: &mut [u8]) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let begin = buffer.as_mut_ptr() as usize;
+    let start = begin.next_multiple_of(page);
+    let end = (begin + buffer.len()) / page * page;
+    let mut flags = vec![0u8; (end - start) / page];
+    // SAFETY: [start, end) is mapped (inside `buffer`); `flags` has one byte per page.
+    let rc = unsafe { libc::mincore(start as *mut libc::c_void, end - start, flags.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    flags.iter().filter(|f| *f & 1 == 1).count()
+}
+
+/// Resident pages of loupe's four TCP buffers (both connections, both directions), or
+/// None while any holds data.
+fn buffer_pages(pair: &mut TcpPair) -> Option<usize> {
+    let mut pages = 0;
+    for client_side in [true, false] {
+        let socket = if client_side {
+            pair.client_socket()
+        } else {
+            pair.server_socket()
+        };
+        let (rx, tx) = socket.empty_buffers_mut()?;
+        pages += resident_pages(rx) + resident_pages(tx);
+    }
+    Some(pages)
+}
+
+#[test]
+fn idle_buffers_give_their_pages_back_and_the_flow_goes_on() {
+    let mut net = Net::new(true, 64 * 1024);
+    let transfer = |net: &mut Net, seed: u8, len: usize| {
+        let (up, down) = (pattern(seed, len), pattern(seed + 1, len));
+        let (mut up_sent, mut down_sent) = (0, 0);
+        let (mut up_got, mut down_got) = (Vec::new(), Vec::new());
+        net.run_until("both transfers", |n| {
+            pump(n.client.socket(), &up, &mut up_sent, &mut down_got);
+            pump(n.server.socket(), &down, &mut down_sent, &mut up_got);
+            up_got == up && down_got == down
+        });
+    };
+    transfer(&mut net, 10, 300_000);
+    // Data still queued or unacknowledged: nothing is discarded.
+    let held = pattern(30, 20_000);
+    let mut sent = 0;
+    pump(net.client.socket(), &held, &mut sent, &mut Vec::new());
+    net.step();
+    net.step();
+    assert!(!net.loupe.pair.discard_idle_buffers(), "discarded buffers holding data");
+    let mut got = Vec::new();
+    net.run_until("the held bytes delivered", |n| {
+        pump(n.client.socket(), &held, &mut sent, &mut Vec::new());
+        pump(n.server.socket(), &[], &mut 0, &mut got);
+        got == held
+    });
+    net.run_until("every buffer empty", |n| buffer_pages(&mut n.loupe.pair).is_some());
+    let before = buffer_pages(&mut net.loupe.pair).expect("empty");
+    // smoltcp starts an emptied ring at its beginning again, so a transfer keeps only
+    // the first pages of each buffer warm; some of them, at least.
+    assert!(before >= 4, "the transfers left {before} buffer pages resident");
+    assert!(net.loupe.pair.discard_idle_buffers(), "empty buffers not discarded");
+    assert_eq!(buffer_pages(&mut net.loupe.pair), Some(0), "pages still resident");
+    // The flow goes on as before, byte for byte, and faults back only what it writes.
+    transfer(&mut net, 50, 2_000);
+    net.run_until("every buffer empty again", |n| {
+        buffer_pages(&mut n.loupe.pair).is_some()
+    });
+    let after_small = buffer_pages(&mut net.loupe.pair).expect("empty again");
+    assert!(after_small <= 4 * 2, "2 kB each way brought back {after_small} pages");
+    transfer(&mut net, 70, 300_000);
+    assert_eq!(net.client.socket().state(), State::Established);
+}

@@ -1085,6 +1085,16 @@ impl<'a> Socket<'a> {
         }
     }
 
+    /// loupe: the storage of the receive and transmit buffers while they hold nothing (no
+    /// data queued, unacknowledged or received out of order), else `None`. What the caller
+    /// writes there is never read: the buffers are empty, so the next data overwrites it.
+    pub fn empty_buffers_mut(&mut self) -> Option<(&mut [u8], &mut [u8])> {
+        if !self.rx_buffer.is_empty() || !self.tx_buffer.is_empty() || !self.assembler.is_empty() {
+            return None;
+        }
+        Some((self.rx_buffer.raw_storage_mut(), self.tx_buffer.raw_storage_mut()))
+    }
+
     #[cfg(test)]
     fn random_seq_no(_cx: &mut Context) -> TcpSeqNumber {
         TcpSeqNumber(10000)

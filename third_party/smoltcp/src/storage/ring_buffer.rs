@@ -51,6 +51,12 @@ impl<'a, T: 'a> RingBuffer<'a, T> {
         self.length = 0;
     }
 
+    /// loupe: the whole storage, whatever it holds (for an owner that gives the pages
+    /// of an empty buffer back to the operating system).
+    pub fn raw_storage_mut(&mut self) -> &mut [T] {
+        &mut self.storage
+    }
+
     /// Return the maximum number of elements in the ring buffer.
     pub fn capacity(&self) -> usize {
         self.storage.len()
