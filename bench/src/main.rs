@@ -245,7 +245,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 BenchPlan::full(out)
             };
             if !modes.is_empty() {
-                plan.modes = Mode::ALL.into_iter().filter(|m| modes.contains(m)).collect();
+                plan.modes = Mode::ORDER.into_iter().filter(|m| modes.contains(m)).collect();
             }
             if let Some(reps) = reps {
                 plan.reps = reps.max(1);

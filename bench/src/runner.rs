@@ -33,6 +33,10 @@ pub enum Mode {
     /// loupe decrypting with the default profile, HTTP inspection off: the baseline of
     /// loupe-inspect.
     LoupeDecrypt,
+    /// loupe-decrypt with `[dataplane] busy_poll_us = 50`: the worker spins on its rings
+    /// for 50 µs after the last frame before it sleeps. Opt-in (`--modes`), not in a run's
+    /// default set: a measurement of the setting against `loupe-decrypt`.
+    LoupeBusyPoll,
     /// loupe decrypting with HTTP inspection on (HTTP/1.1 and HTTP/2, eve.json) and URL
     /// rules that match none of the bench's requests: every request judged and allowed.
     LoupeInspect,
@@ -54,6 +58,21 @@ impl Mode {
         Mode::Mitmproxy,
     ];
 
+    /// Every mode in the fixed order a run takes them in ([`Mode::ALL`] and the opt-in
+    /// ones).
+    pub const ORDER: [Mode; 10] = [
+        Mode::Direct,
+        Mode::LoupeBridge,
+        Mode::XskForward,
+        Mode::LoupeSplice,
+        Mode::LoupeDecrypt,
+        Mode::LoupeBusyPoll,
+        Mode::LoupeInspect,
+        Mode::Sslsplit,
+        Mode::Squid,
+        Mode::Mitmproxy,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
@@ -61,6 +80,7 @@ impl Mode {
             Mode::XskForward => "xsk-forward",
             Mode::LoupeSplice => "loupe-splice",
             Mode::LoupeDecrypt => "loupe-decrypt",
+            Mode::LoupeBusyPoll => "loupe-busy-poll",
             Mode::LoupeInspect => "loupe-inspect",
             Mode::Sslsplit => "sslsplit",
             Mode::Squid => "squid",
@@ -91,6 +111,7 @@ impl Mode {
             }
             Mode::XskForward => Some("[dataplane]\nforward_only = true\n"),
             Mode::LoupeDecrypt => Some("[inspection]\nhttp = false\n"),
+            Mode::LoupeBusyPoll => Some("[inspection]\nhttp = false\n\n[dataplane]\nbusy_poll_us = 50\n"),
             Mode::LoupeInspect => Some(INSPECT_CONFIG),
             _ => None,
         }
@@ -500,7 +521,12 @@ fn start_mode<'lab>(
             Running::Middle(lab.start(&Middle::KernelBridge)?),
             origin_ca.cert_file.clone(),
         )),
-        Mode::LoupeBridge | Mode::XskForward | Mode::LoupeSplice | Mode::LoupeDecrypt | Mode::LoupeInspect => {
+        Mode::LoupeBridge
+        | Mode::XskForward
+        | Mode::LoupeSplice
+        | Mode::LoupeDecrypt
+        | Mode::LoupeBusyPoll
+        | Mode::LoupeInspect => {
             let config = lab.dir().join(format!("{}.toml", mode.name()));
             std::fs::write(&config, mode.loupe_config().unwrap_or_default())?;
             let args = vec![
@@ -510,7 +536,7 @@ fn start_mode<'lab>(
                 origin_ca.cert_file.display().to_string(),
             ];
             let guard = lab.start(&Middle::Loupe { args })?;
-            let client_ca = if matches!(mode, Mode::LoupeDecrypt | Mode::LoupeInspect) {
+            let client_ca = if matches!(mode, Mode::LoupeDecrypt | Mode::LoupeBusyPoll | Mode::LoupeInspect) {
                 let state = guard.state_dir().context("loupe state dir")?;
                 let shown = lab.exec(
                     Ns::App,
@@ -707,6 +733,15 @@ mod tests {
         );
         assert!(Mode::LoupeInspect.speaks_h2() && !Mode::Sslsplit.speaks_h2());
         assert!(Mode::Mitmproxy.speaks_h2() && Mode::Mitmproxy.routed());
+        // ORDER holds ALL in its order, with the opt-in modes among them.
+        let in_order: Vec<Mode> = Mode::ORDER.into_iter().filter(|m| Mode::ALL.contains(m)).collect();
+        assert_eq!(in_order, Mode::ALL);
+        assert!(!Mode::ALL.contains(&Mode::LoupeBusyPoll));
+        let spin = Mode::LoupeBusyPoll.loupe_config().unwrap_or_default();
+        assert!(
+            spin.contains("busy_poll_us = 50") && spin.contains("http = false"),
+            "{spin}"
+        );
     }
 
     fn names(plan: &BenchPlan) -> Vec<String> {

@@ -16,10 +16,16 @@ use sha2::{Digest, Sha256};
 /// raw bytes (not TLS) on port 443, so loupe runs with `not_tls = "splice"`: they test the
 /// virtual wire and the TCP relay, not decryption.
 fn middle(lab: &Lab) -> Middle {
+    middle_with(lab, "")
+}
+
+/// [`middle`] with more of loupe's configuration (ignored by the kernel bridge).
+fn middle_with(lab: &Lab, more_config: &str) -> Middle {
     match Middle::for_tests() {
         Middle::Loupe { mut args } => {
             let config = lab.dir().join("splice-non-tls.toml");
-            std::fs::write(&config, "[decryption]\nnot_tls = \"splice\"\n").expect("write config");
+            let text = format!("{more_config}\n[decryption]\nnot_tls = \"splice\"\n");
+            std::fs::write(&config, text).expect("write config");
             args.extend(["--config".to_string(), config.display().to_string()]);
             Middle::Loupe { args }
         }
@@ -155,11 +161,16 @@ impl Drop for RemoveLossy {
     }
 }
 
+/// Also run with `[dataplane] busy_poll_us`: the worker spins on its rings before
+/// sleeping, and the bytes are the same for it.
 #[test]
 fn two_hundred_concurrent_connections_own_payloads() {
     require_root();
     let lab = ok(Lab::up(), "lab up");
-    let mut mid = ok(lab.start(&middle(&lab)), "start middle");
+    let mut mid = ok(
+        lab.start(&middle_with(&lab, "[dataplane]\nbusy_poll_us = 200\n")),
+        "start middle",
+    );
     // Spread over all eight server addresses so the middle sees many distinct flows.
     let servers: Vec<SocketAddr> = SERVER_ADDRS.iter().map(|a| addr(a, 443)).collect();
     let out = wire(
@@ -193,6 +204,18 @@ fn two_hundred_concurrent_connections_own_payloads() {
     assert_eq!(tuples.len(), 200, "expected 200 distinct connections");
     ok(mid.check_alive(), "middle alive after the run");
     assert_steered(&mid, 200 * ((512 + 768) << 10));
+    if through_loupe() {
+        let counters = ok(mid.loupectl_json(&["counters"]), "loupectl counters");
+        let worker = &counters["workers"][0];
+        let count = |name: &str| worker[name].as_u64().unwrap_or_else(|| panic!("no {name} in {worker}"));
+        // Frames often follow each other within 200 µs in a transfer: some spells end
+        // with one (the spin saved a sleep), and spells happened at all.
+        assert!(count("busy_polls") > 0, "no busy-poll spell: {worker}");
+        assert!(count("busy_poll_hits") > 0, "no spell ended with a frame: {worker}");
+        assert!(count("busy_poll_hits") <= count("busy_polls"), "{worker}");
+        let status = ok(mid.loupectl(&["status"]), "loupectl status").stdout;
+        assert!(status.contains("200 µs after the last frame"), "{status}");
+    }
 }
 
 #[test]

@@ -45,7 +45,14 @@ pub struct Dataplane {
     /// nothing is inspected or logged. It gives the AF_XDP floor of this host (the
     /// bench's `xsk-forward` mode) against which loupe's own per-frame work is measured.
     pub forward_only: bool,
+    /// Microseconds a worker keeps polling its rings after the last frame before it
+    /// sleeps in poll(2) (0: sleep at once). A request arriving within it costs no
+    /// wakeup; the CPU spent spinning is the price.
+    pub busy_poll_us: u64,
 }
+
+/// The longest `busy_poll_us` accepted: a worker spins at most this long per quiet spell.
+pub const MAX_BUSY_POLL_US: u64 = 1_000;
 
 impl Default for Dataplane {
     fn default() -> Self {
@@ -61,6 +68,7 @@ impl Default for Dataplane {
             first_core: None,
             drop_quic: true,
             forward_only: false,
+            busy_poll_us: 0,
         }
     }
 }
@@ -1116,6 +1124,12 @@ impl Config {
                 format!("expected 4096 to 16777216 bytes, got {}", d.tcp_buffer),
             ));
         }
+        if d.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(error(
+                "busy_poll_us",
+                format!("expected 0 to {MAX_BUSY_POLL_US} microseconds, got {}", d.busy_poll_us),
+            ));
+        }
         if d.xdp_mode != "native" && d.xdp_mode != "generic" {
             return Err(error(
                 "xdp_mode",
@@ -1563,6 +1577,19 @@ mod tests {
 
         let err = parse("[dataplane]\nqueues = 0\n").unwrap_err();
         assert_eq!(err, "loupe.toml:2: [dataplane] queues: expected 1 to 64 queues, got 0");
+
+        let err = parse("[dataplane]\nbusy_poll_us = 5000\n").unwrap_err();
+        assert_eq!(
+            err,
+            "loupe.toml:2: [dataplane] busy_poll_us: expected 0 to 1000 microseconds, got 5000"
+        );
+        assert_eq!(
+            parse("[dataplane]\nbusy_poll_us = 50\n")
+                .unwrap()
+                .dataplane
+                .busy_poll_us,
+            50
+        );
 
         let err = parse("[dataplane]\n\ninspect_port = [443]\n").unwrap_err();
         assert!(

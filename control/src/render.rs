@@ -242,6 +242,10 @@ pub fn status(value: &Value) -> String {
         pair("xdp mode", field(value, "xdp_mode")),
         pair("fail mode", field(value, "fail_mode")),
     ];
+    match value.get("busy_poll_us").and_then(Value::as_u64) {
+        Some(0) | None => {}
+        Some(us) => pairs.push(pair("busy poll", format!("{us} µs after the last frame"))),
+    }
     if value.get("forward_only").and_then(Value::as_bool) == Some(true) {
         // A measurement mode: said where an operator looks first.
         pairs.push(pair(
@@ -731,6 +735,9 @@ mod tests {
         assert!(row.contains("-/-"), "{text}");
         assert!(text.contains("native"), "{text}");
         assert!(!text.contains("forward only"), "{text}");
+        assert!(!text.contains("busy poll"), "{text}");
+        let spinning = status(&json!({"busy_poll_us": 50, "workers": []}));
+        assert!(spinning.contains("50 µs after the last frame"), "{spinning}");
         let forwarding = status(&json!({"forward_only": true, "workers": []}));
         assert!(
             forwarding.contains("forward only     yes: frames are copied"),

@@ -285,6 +285,7 @@ queues = 2
 fail = "closed"
 max_flows = 8192
 tcp_buffer = 131072
+busy_poll_us = 40
 xdp_mode = "generic"
 first_core = 4
 drop_quic = false
@@ -379,7 +380,7 @@ fn a_full_config_lands_in_the_right_fields() {
     assert_eq!((d.inside.as_str(), d.outside.as_str()), ("eth1", "eth2"));
     assert_eq!(d.inspect_ports, vec![443, 8443]);
     assert_eq!((d.queues, d.fail.clone()), (2, FailMode::Closed));
-    assert_eq!((d.max_flows, d.tcp_buffer), (8192, 131_072));
+    assert_eq!((d.max_flows, d.tcp_buffer, d.busy_poll_us), (8192, 131_072, 40));
     assert_eq!(
         (d.xdp_mode.as_str(), d.first_core, d.drop_quic),
         ("generic", Some(4), false)

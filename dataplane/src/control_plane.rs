@@ -654,6 +654,7 @@ impl ControlPlane {
             "xdp_mode": match wire.mode() { XdpAttachMode::Native => "native", XdpAttachMode::Generic => "generic" },
             "fail_mode": match d.fail { FailMode::Open => "open", FailMode::Closed => "closed" },
             "forward_only": d.forward_only,
+            "busy_poll_us": d.busy_poll_us,
             "workers": workers,
             "capture": self.capture.as_ref().map(|c| c.summary()),
         })
@@ -820,6 +821,8 @@ fn worker_counters(queue: u32, s: &WorkerStats) -> Value {
         "resets": get(&s.resets),
         "idle_timeouts": get(&s.idle_timeouts),
         "handshake_timeouts": get(&s.handshake_timeouts),
+        "busy_polls": get(&s.busy_polls),
+        "busy_poll_hits": get(&s.busy_poll_hits),
         "bytes_client_to_server": get(&s.bytes_client_to_server),
         "bytes_server_to_client": get(&s.bytes_server_to_client),
         "tx_no_frame": get(&s.tx_no_frame),

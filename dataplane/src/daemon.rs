@@ -429,6 +429,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             max_flows: d.max_flows,
             tcp_buffer: d.tcp_buffer,
             forward_only: d.forward_only,
+            busy_poll: std::time::Duration::from_micros(d.busy_poll_us),
         };
         let core = match d.first_core {
             Some(first) => cores.iter().find(|c| c.id == first + queue as usize).copied(),

@@ -73,6 +73,9 @@ pub struct WorkerSettings {
     /// `[dataplane] forward_only`: frames are copied to the other port unchanged, and
     /// nothing else happens to them (the AF_XDP floor, for measurements).
     pub forward_only: bool,
+    /// `[dataplane] busy_poll_us`: how long the worker keeps polling its RX rings after
+    /// the last frame before sleeping (zero: it sleeps at once).
+    pub busy_poll: std::time::Duration,
 }
 
 /// Counters a worker publishes; single writer, relaxed atomics, read by status queries.
@@ -95,6 +98,9 @@ pub struct WorkerStats {
     /// Flows loupe ended with resets because of `[timeouts] idle` and `handshake`.
     pub idle_timeouts: AtomicU64,
     pub handshake_timeouts: AtomicU64,
+    /// `[dataplane] busy_poll_us`: spells spun before sleeping, and those a frame ended.
+    pub busy_polls: AtomicU64,
+    pub busy_poll_hits: AtomicU64,
     pub bytes_client_to_server: AtomicU64,
     pub bytes_server_to_client: AtomicU64,
     pub tx_no_frame: AtomicU64,
@@ -257,6 +263,8 @@ pub struct Worker {
     /// When the flow table is next swept for timeouts, and the sweep's findings (kept
     /// to reuse its allocation).
     next_sweep: Instant,
+    /// When a batch last received frames (for `busy_poll`).
+    last_rx: std::time::Instant,
     expiring: Vec<(FlowId, EndReason)>,
     /// EVE lines of this round, written with one append after it.
     eve_batch: Vec<u8>,
@@ -316,6 +324,7 @@ impl Worker {
             capture: None,
             toward_servers: None,
             next_sweep: now + SWEEP_INTERVAL,
+            last_rx: std::time::Instant::now(),
             expiring: Vec::with_capacity(max_flows),
             eve_batch: Vec::new(),
             eve_batch_since: None,
@@ -389,7 +398,11 @@ impl Worker {
                 backlog |= port.flush();
             }
             self.publish_io_stats();
-            if received == 0 && self.ready.is_empty() && !backlog {
+            let wall = std::time::Instant::now();
+            if received > 0 {
+                self.last_rx = wall;
+            }
+            if received == 0 && self.ready.is_empty() && !backlog && !self.busy_poll(wall) {
                 self.wait(now);
             }
         }
@@ -1131,6 +1144,32 @@ impl Worker {
         self.stats.rx_frames.store(rx, Ordering::Relaxed);
         self.stats.tx_frames.store(tx, Ordering::Relaxed);
         self.stats.tx_no_frame.store(no_frame, Ordering::Relaxed);
+    }
+
+    /// `[dataplane] busy_poll_us`: while the last frame is more recent than that, spins
+    /// on both RX rings until a frame waits (true: go round again without sleeping) or the
+    /// spell is over (false). Adaptive in that a worker with no recent traffic sleeps at
+    /// once, and bounded by the setting: at most one spell per quiet period.
+    fn busy_poll(&mut self, wall: std::time::Instant) -> bool {
+        let until = self.last_rx + self.settings.busy_poll;
+        if wall >= until {
+            return false;
+        }
+        let found = loop {
+            if self.ports.iter().any(XskPort::rx_waiting) {
+                break true;
+            }
+            if std::time::Instant::now() >= until {
+                break false;
+            }
+            std::hint::spin_loop();
+        };
+        // Spinning is work: the load figure counts it, it is not sleep.
+        WorkerStats::add(&self.stats.busy_polls, 1);
+        if found {
+            WorkerStats::add(&self.stats.busy_poll_hits, 1);
+        }
+        found
     }
 
     /// Sleeps until a frame arrives or the next timer is due.

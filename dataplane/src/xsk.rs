@@ -280,6 +280,12 @@ impl XskPort {
         }
     }
 
+    /// Whether received frames wait in the RX ring (a relaxed look at the kernel's
+    /// producer index: for polling, [`receive`](Self::receive) reads them properly).
+    pub fn rx_waiting(&self) -> bool {
+        self.rx.available() > 0
+    }
+
     /// Takes up to `out.len()` received descriptors; returns how many.
     pub fn receive(&mut self, out: &mut [XdpDesc; BATCH]) -> usize {
         let mut reader = self.rx.receive(BATCH as u32);
