@@ -6,7 +6,7 @@
 # in0/out0 carry no addresses: loupe (or, for a baseline, a kernel bridge) joins them.
 # Without either, client and server cannot reach each other.
 #
-# Usage: lab.sh up     [--queues N] [--prefix P]
+# Usage: lab.sh up     [--queues N] [--mtu M] [--prefix P]
 #        lab.sh down   [--prefix P]
 #        lab.sh status [--prefix P]
 #        lab.sh bridge on|off [--prefix P]
@@ -14,6 +14,7 @@ set -euo pipefail
 
 PREFIX=lp-
 QUEUES=1
+MTU=1500
 CLIENT_ADDR=198.18.0.1
 SERVER_ADDRS=(198.18.0.2 198.18.0.3 198.18.0.4 198.18.0.5 198.18.0.6 198.18.0.7 198.18.0.8 198.18.0.9)
 
@@ -24,7 +25,7 @@ die() {
 log() { printf 'lab: %s\n' "$*"; }
 usage() {
     cat >&2 <<EOF
-usage: lab.sh up     [--queues N] [--prefix P]
+usage: lab.sh up     [--queues N] [--mtu M] [--prefix P]
        lab.sh down   [--prefix P]
        lab.sh status [--prefix P]
        lab.sh bridge on|off [--prefix P]
@@ -51,11 +52,16 @@ while (($#)); do
         QUEUES=${2:?--queues needs a value}
         shift 2
         ;;
+    --mtu)
+        MTU=${2:?--mtu needs a value}
+        shift 2
+        ;;
     -h | --help) usage ;;
     *) die "unknown argument: $1" ;;
     esac
 done
 [[ $QUEUES =~ ^[1-9][0-9]*$ ]] || die "--queues must be a positive integer, got '$QUEUES'"
+[[ $MTU =~ ^[0-9]+$ ]] && ((MTU >= 1280 && MTU <= 9000)) || die "--mtu must be 1280 to 9000, got '$MTU'"
 [[ $PREFIX =~ ^[A-Za-z0-9_.-]*$ ]] || die "--prefix may only contain letters, digits, '.', '_' and '-'"
 
 CLIENT=${PREFIX}client
@@ -119,6 +125,11 @@ lab_up() {
     done
     make_pair in0 "$CLIENT"
     make_pair out0 "$SERVER"
+    # Every end of the wire alike (a lab kept from an earlier `up` takes the new MTU).
+    ip -n "$APP" link set in0 mtu "$MTU"
+    ip -n "$APP" link set out0 mtu "$MTU"
+    ip -n "$CLIENT" link set eth0 mtu "$MTU"
+    ip -n "$SERVER" link set eth0 mtu "$MTU"
 
     ip -n "$APP" link set lo up
     # The wire ports carry no addresses, not even IPv6 link-local ones: otherwise the

@@ -172,6 +172,11 @@ impl Lab {
     }
 
     pub fn up_with_queues(queues: u32) -> Result<Lab> {
+        Lab::up_with(queues, 1500)
+    }
+
+    /// A lab with `queues` queues per veth and every wire end at `mtu`.
+    pub fn up_with(queues: u32, mtu: u32) -> Result<Lab> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             bail!("building a lab needs root (network namespaces, XDP)");
@@ -186,7 +191,7 @@ impl Lab {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // Constructed before `up` so a half-built lab is torn down too.
         let lab = Lab { prefix, dir };
-        lab.script(&["up", "--queues", &queues.to_string()])?;
+        lab.script(&["up", "--queues", &queues.to_string(), "--mtu", &mtu.to_string()])?;
         Ok(lab)
     }
 

@@ -51,6 +51,10 @@ enum Cmd {
         /// below what the slowest mode sustains (default: closed loop, as fast as answered).
         #[arg(long)]
         rate: Option<f64>,
+        /// The MTU of every end of the lab's wire (1280 to 9000; veth takes native XDP up
+        /// to about 3,500).
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
     },
     /// Accept wire-client connections: send each its random reply while receiving its
     /// payload, hash both directions, write one JSON line per connection.
@@ -235,6 +239,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             workloads,
             out,
             rate,
+            mtu,
         } => {
             use loupe_bench::runner::{BenchPlan, Mode};
             let mut plan = if tiny {
@@ -253,6 +258,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             if !workloads.is_empty() {
                 plan.only_workloads(&workloads)?;
             }
+            anyhow::ensure!((1280..=9000).contains(&mtu), "--mtu must be 1280 to 9000, not {mtu}");
+            plan.mtu = mtu;
             if let Some(rate) = rate {
                 anyhow::ensure!(
                     rate > 0.0 && rate.is_finite(),

@@ -163,6 +163,8 @@ pub struct BenchPlan {
     pub bulk_bytes: u64,
     pub bulk_streams: Vec<usize>,
     pub idle_sessions: usize,
+    /// The MTU of every end of the lab's wire.
+    pub mtu: u32,
     /// Workloads in the fixed order: handshakes, handshakes-browser, requests,
     /// requests-browser, requests-h2, bulk-N, idle, idle-h2 (the -h2 ones only for modes
     /// that speak HTTP/2; -browser: the ClientHello carries an X25519MLKEM768 and an
@@ -192,6 +194,7 @@ impl BenchPlan {
             // This VM's hard open-file limit is 20,000 (no CAP_SYS_RESOURCE), and a proxy
             // holds two sockets per session: 9,000 keeps sslsplit and squid under it.
             idle_sessions: 9_000,
+            mtu: 1500,
             handshakes: true,
             handshakes_browser: true,
             requests: true,
@@ -366,7 +369,7 @@ fn sample(pids: &[u32]) -> Option<ProcessSample> {
 pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
-    let lab = Lab::up().context("bringing the lab up")?;
+    let lab = Lab::up_with(1, plan.mtu).context("bringing the lab up")?;
     let pki = Pki::new(lab.dir().join("pki"))?;
     let origin_ca = pki.root_ca("origin-ca", "loupe bench origin CA")?;
     let origin = pki.leaf(
@@ -449,7 +452,13 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     }
     bar.finish_with_message("done");
     let machine = Machine::detect(&xdp_mode(&lab));
-    let report = BenchReport::new(machine, Some(floor), measurements);
+    let mut report = BenchReport::new(machine, Some(floor), measurements);
+    if plan.mtu != 1500 {
+        report.add_note(format!(
+            "The lab's wire ran at MTU {} (every veth end; loupe's TCP follows the ports' MTU).",
+            plan.mtu
+        ));
+    }
     let written = report.write_all(&plan.out_dir)?;
     for path in [&written.markdown, &written.json, &written.svg] {
         progress(&format!("wrote {}", path.display()));

@@ -218,6 +218,50 @@ fn two_hundred_concurrent_connections_own_payloads() {
     }
 }
 
+/// With every wire end at MTU 3000, loupe's TCP follows the ports' MTU: it sends segments
+/// of up to 2,960 bytes both ways, so it needs fewer frames than the data alone would at
+/// the 1,460-byte MSS of a 1500 MTU, and the bytes arrive intact.
+#[test]
+fn mtu_3000_lab_carries_larger_segments_intact() {
+    require_root();
+    let lab = ok(Lab::up_with(1, 3000), "lab up at MTU 3000");
+    let mut mid = ok(lab.start(&middle(&lab)), "start middle");
+    let size = 16u64 << 20;
+    let out = wire(
+        &lab,
+        &mid,
+        WireSpec {
+            bytes: size,
+            reply_bytes: size,
+            connections: 2,
+            timeout: Duration::from_secs(120),
+            ..WireSpec::default()
+        },
+        "16 MiB each way at MTU 3000",
+    );
+    assert_eq!(out.comparison.connections, 2);
+    assert_eq!(out.comparison.client_to_server_bytes, 2 * size);
+    assert_eq!(out.comparison.server_to_client_bytes, 2 * size);
+    ok(mid.check_alive(), "middle alive after the run");
+    if through_loupe() {
+        let counters = ok(mid.loupectl_json(&["counters"]), "loupectl counters");
+        let worker = &counters["workers"][0];
+        let sent = worker["tx_frames"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no tx_frames in {worker}"));
+        let at_1460 = 4 * size / 1460;
+        assert!(
+            sent < at_1460,
+            "loupe sent {sent} frames for 4 × 16 MiB: segments no larger than at MTU 1500 ({at_1460} data frames): {worker}"
+        );
+        assert!(
+            mid.logs().contains("mtu=3000"),
+            "the start-up log names the MTU:\n{}",
+            mid.logs()
+        );
+    }
+}
+
 #[test]
 fn half_close_server_replies_after_client_fin() {
     require_root();

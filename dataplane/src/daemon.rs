@@ -396,6 +396,17 @@ pub fn run(options: RunOptions) -> Result<()> {
                 }
                 None => tracing::info!(port = %port.name, queue, "zero-copy AF_XDP"),
             }
+            if port.ip_mtu() < port.interface_mtu() {
+                tracing::warn!(
+                    port = %port.name,
+                    mtu = port.interface_mtu(),
+                    used = port.ip_mtu(),
+                    "the interface's MTU exceeds what a UMEM frame holds: loupe's TCP segments stay within {} bytes",
+                    port.ip_mtu()
+                );
+            } else {
+                tracing::info!(port = %port.name, queue, mtu = port.ip_mtu(), "TCP on this port follows its MTU");
+            }
         }
         let af_xdp = [inside.mode(), outside.mode()];
         wire.register_socket(PortSide::Inside, queue, inside.raw_fd())?;

@@ -11,11 +11,8 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address
 use crate::capture::{CaptureTap, SniKnowledge};
 use crate::flow::FlowKey;
 use crate::frame::{write_ethernet_header, MacAddr, ETHERNET_HEADER_LEN};
-use crate::xsk::XskPort;
+use crate::xsk::{XskPort, MAX_IP_MTU};
 use loupe_control::protocol::CaptureLeg;
-
-/// IP MTU of the ports (Ethernet payload).
-pub const IP_MTU: usize = 1500;
 
 /// The Ethernet addresses for frames sent on one side of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,8 +72,8 @@ impl phy::TxToken for FrameTx<'_> {
             // Only reachable for a reply token handed out with a received packet while every
             // frame is in flight: the segment is dropped (counted) and TCP retransmits it.
             None => {
-                let mut scratch = [0u8; IP_MTU];
-                (f.take().expect("not called yet"))(&mut scratch[..len.min(IP_MTU)])
+                let mut scratch = [0u8; MAX_IP_MTU];
+                (f.take().expect("not called yet"))(&mut scratch[..len.min(MAX_IP_MTU)])
             }
         }
     }
@@ -118,7 +115,7 @@ impl Device for FrameDevice<'_> {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = IP_MTU;
+        caps.max_transmission_unit = self.port.ip_mtu();
         caps
     }
 }

@@ -139,6 +139,45 @@ pub struct XskPort {
     pub stats: XskStats,
     /// Why zero-copy was refused, when the port fell back to copy mode (None: zero-copy).
     zero_copy_refused: Option<String>,
+    /// The interface's MTU when the port opened, and the IP MTU loupe's TCP uses on it:
+    /// the same, or [`MAX_IP_MTU`] where a UMEM frame cannot hold the interface's.
+    interface_mtu: usize,
+    ip_mtu: usize,
+}
+
+/// The largest IP packet a UMEM frame holds with its Ethernet header (one frame per
+/// packet: no multi-buffer AF_XDP).
+pub const MAX_IP_MTU: usize = FRAME_SIZE as usize - crate::frame::ETHERNET_HEADER_LEN;
+
+/// The MTU of interface `name` in this network namespace (SIOCGIFMTU).
+pub fn interface_mtu(name: &str) -> Result<usize> {
+    // SAFETY: ifreq is plain data (a name and a union of integers); all zeros is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.is_empty() || name.len() >= request.ifr_name.len() {
+        anyhow::bail!(
+            "interface name {name:?}: expected 1 to {} bytes",
+            request.ifr_name.len() - 1
+        );
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("a socket to ask an interface's MTU");
+    }
+    // SAFETY: `request` is a valid ifreq with a NUL-terminated name; SIOCGIFMTU fills ifru_mtu.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut request) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(error).with_context(|| format!("reading the MTU of {name}"));
+    }
+    // SAFETY: SIOCGIFMTU wrote the union's mtu member.
+    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
+    usize::try_from(mtu).with_context(|| format!("{name} reports MTU {mtu}"))
 }
 
 // SAFETY: the raw pointers refer to this port's own mapping and rings; the port is moved to
@@ -181,8 +220,19 @@ impl XskPort {
         self.zero_copy_refused.as_deref()
     }
 
+    /// The interface's MTU as it was when the port opened.
+    pub fn interface_mtu(&self) -> usize {
+        self.interface_mtu
+    }
+
+    /// The IP MTU loupe's TCP works with on this port (its MSS follows from it).
+    pub fn ip_mtu(&self) -> usize {
+        self.ip_mtu
+    }
+
     /// Opens the port bound in `mode`; a refused bind releases everything it set up.
     fn open_in(ifname: &str, queue: u32, sizes: XskSizes, mode: XskBindMode) -> Result<XskPort> {
+        let interface_mtu = interface_mtu(ifname)?;
         let len = sizes.frames as usize * FRAME_SIZE as usize;
         let area = Mapping::new(len)?;
         let config = UmemConfig {
@@ -248,6 +298,8 @@ impl XskPort {
             tx_reserve: (sizes.frames / 2) as usize,
             stats: XskStats::default(),
             zero_copy_refused: None,
+            interface_mtu,
+            ip_mtu: interface_mtu.min(MAX_IP_MTU),
         };
         port.refill();
         Ok(port)
