@@ -398,11 +398,10 @@ impl Worker {
                 backlog |= port.flush();
             }
             self.publish_io_stats();
-            let wall = std::time::Instant::now();
-            if received > 0 {
-                self.last_rx = wall;
+            if received > 0 && !self.settings.busy_poll.is_zero() {
+                self.last_rx = std::time::Instant::now();
             }
-            if received == 0 && self.ready.is_empty() && !backlog && !self.busy_poll(wall) {
+            if received == 0 && self.ready.is_empty() && !backlog && !self.busy_poll() {
                 self.wait(now);
             }
         }
@@ -1150,9 +1149,12 @@ impl Worker {
     /// on both RX rings until a frame waits (true: go round again without sleeping) or the
     /// spell is over (false). Adaptive in that a worker with no recent traffic sleeps at
     /// once, and bounded by the setting: at most one spell per quiet period.
-    fn busy_poll(&mut self, wall: std::time::Instant) -> bool {
+    fn busy_poll(&mut self) -> bool {
+        if self.settings.busy_poll.is_zero() {
+            return false;
+        }
         let until = self.last_rx + self.settings.busy_poll;
-        if wall >= until {
+        if std::time::Instant::now() >= until {
             return false;
         }
         let found = loop {
