@@ -47,6 +47,30 @@ fn wire(lab: &Lab, mid: &MiddleGuard, spec: WireSpec, what: &str) -> WireOutcome
         .unwrap_or_else(|e| panic!("{what} through {}: {e:#}\n{}", Middle::for_tests().name(), mid.logs()))
 }
 
+/// `connections` connections each sending `size` bytes each way, checked to have carried
+/// all of them.
+fn transfer_each_way(
+    lab: &Lab,
+    mid: &MiddleGuard,
+    size: u64,
+    connections: usize,
+    timeout: Duration,
+    what: &str,
+) -> WireOutcome {
+    let spec = WireSpec {
+        bytes: size,
+        reply_bytes: size,
+        connections,
+        timeout,
+        ..WireSpec::default()
+    };
+    let out = wire(lab, mid, spec, what);
+    assert_eq!(out.comparison.connections, connections);
+    assert_eq!(out.comparison.client_to_server_bytes, connections as u64 * size);
+    assert_eq!(out.comparison.server_to_client_bytes, connections as u64 * size);
+    out
+}
+
 fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("ip"), port)
 }
@@ -57,21 +81,7 @@ fn one_connection_256mib_each_way() {
     let lab = ok(Lab::up(), "lab up");
     let mut mid = ok(lab.start(&middle(&lab)), "start middle");
     let size = 256u64 << 20;
-    let out = wire(
-        &lab,
-        &mid,
-        WireSpec {
-            bytes: size,
-            reply_bytes: size,
-            connections: 1,
-            timeout: Duration::from_secs(300),
-            ..WireSpec::default()
-        },
-        "256 MiB each way",
-    );
-    assert_eq!(out.comparison.connections, 1);
-    assert_eq!(out.comparison.client_to_server_bytes, size);
-    assert_eq!(out.comparison.server_to_client_bytes, size);
+    let out = transfer_each_way(&lab, &mid, size, 1, Duration::from_secs(300), "256 MiB each way");
     let c = &out.client[0];
     assert_eq!(c.sent_sha256, out.server[0].received_sha256);
     assert_eq!(c.received_sha256, out.server[0].sent_sha256);
@@ -227,21 +237,14 @@ fn mtu_3000_lab_carries_larger_segments_intact() {
     let lab = ok(Lab::up_with(1, 3000), "lab up at MTU 3000");
     let mut mid = ok(lab.start(&middle(&lab)), "start middle");
     let size = 16u64 << 20;
-    let out = wire(
+    transfer_each_way(
         &lab,
         &mid,
-        WireSpec {
-            bytes: size,
-            reply_bytes: size,
-            connections: 2,
-            timeout: Duration::from_secs(120),
-            ..WireSpec::default()
-        },
+        size,
+        2,
+        Duration::from_secs(120),
         "16 MiB each way at MTU 3000",
     );
-    assert_eq!(out.comparison.connections, 2);
-    assert_eq!(out.comparison.client_to_server_bytes, 2 * size);
-    assert_eq!(out.comparison.server_to_client_bytes, 2 * size);
     ok(mid.check_alive(), "middle alive after the run");
     if through_loupe() {
         let counters = ok(mid.loupectl_json(&["counters"]), "loupectl counters");
