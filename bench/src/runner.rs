@@ -46,20 +46,8 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 9] = [
-        Mode::Direct,
-        Mode::LoupeBridge,
-        Mode::XskForward,
-        Mode::LoupeSplice,
-        Mode::LoupeDecrypt,
-        Mode::LoupeInspect,
-        Mode::Sslsplit,
-        Mode::Squid,
-        Mode::Mitmproxy,
-    ];
-
-    /// Every mode in the fixed order a run takes them in ([`Mode::ALL`] and the opt-in
-    /// ones).
+    /// Every mode in the fixed order a run takes them in (the default set of
+    /// [`Mode::all`] and the opt-in ones).
     pub const ORDER: [Mode; 10] = [
         Mode::Direct,
         Mode::LoupeBridge,
@@ -72,6 +60,16 @@ impl Mode {
         Mode::Squid,
         Mode::Mitmproxy,
     ];
+
+    /// The modes a run takes without `--modes`: all but the opt-in ones, in order.
+    pub fn all() -> Vec<Mode> {
+        Mode::ORDER.into_iter().filter(|m| !m.opt_in()).collect()
+    }
+
+    /// Measurements of a setting rather than of a product mode: run only when asked.
+    fn opt_in(self) -> bool {
+        matches!(self, Mode::LoupeBusyPoll)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -183,7 +181,7 @@ impl BenchPlan {
     /// The full run: 3 repetitions, 5 s warm-up, 15 s measured, the 1 GiB object.
     pub fn full(out_dir: PathBuf) -> BenchPlan {
         BenchPlan {
-            modes: Mode::ALL.to_vec(),
+            modes: Mode::all(),
             reps: 3,
             warmup: Duration::from_secs(5),
             duration: Duration::from_secs(15),
@@ -489,7 +487,7 @@ fn workloads(plan: &BenchPlan) -> Vec<Step> {
     let bulk = plan
         .bulk_streams
         .iter()
-        .map(|&streams| (true, Workload::Bulk { streams }));
+        .map(|&streams| (true, Workload::Bulk { streams }, HelloShape::Classic));
     let wanted = [
         (plan.handshakes, Workload::Handshakes, HelloShape::Classic),
         (plan.handshakes_browser, Workload::Handshakes, HelloShape::Browser),
@@ -498,7 +496,7 @@ fn workloads(plan: &BenchPlan) -> Vec<Step> {
         (plan.requests_h2, Workload::RequestsH2, HelloShape::Classic),
     ]
     .into_iter()
-    .chain(bulk.map(|(on, w)| (on, w, HelloShape::Classic)))
+    .chain(bulk)
     .chain([
         (plan.idle, Workload::Idle { sessions }, HelloShape::Classic),
         (plan.idle_h2, Workload::IdleH2 { sessions }, HelloShape::Classic),
@@ -742,10 +740,14 @@ mod tests {
         );
         assert!(Mode::LoupeInspect.speaks_h2() && !Mode::Sslsplit.speaks_h2());
         assert!(Mode::Mitmproxy.speaks_h2() && Mode::Mitmproxy.routed());
-        // ORDER holds ALL in its order, with the opt-in modes among them.
-        let in_order: Vec<Mode> = Mode::ORDER.into_iter().filter(|m| Mode::ALL.contains(m)).collect();
-        assert_eq!(in_order, Mode::ALL);
-        assert!(!Mode::ALL.contains(&Mode::LoupeBusyPoll));
+        // The default set is ORDER without the opt-in modes, in its order.
+        let all = Mode::all();
+        assert_eq!(all.len(), Mode::ORDER.len() - 1);
+        assert!(!all.contains(&Mode::LoupeBusyPoll));
+        assert!(all.windows(2).all(|w| {
+            let at = |m| Mode::ORDER.iter().position(|o| *o == m);
+            at(w[0]) < at(w[1])
+        }));
         let spin = Mode::LoupeBusyPoll.loupe_config().unwrap_or_default();
         assert!(
             spin.contains("busy_poll_us = 50") && spin.contains("http = false"),

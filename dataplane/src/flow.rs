@@ -193,9 +193,21 @@ impl<T> FlowTable<T> {
         })
     }
 
-    /// The values of live flows, to change in place (timers' sweeps).
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.slots.iter_mut().filter(|s| s.key.is_some()).map(|s| &mut s.value)
+    /// Live flows, to change in place (timers' sweeps).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (FlowId, &mut T)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.key.is_some())
+            .map(|(i, s)| {
+                (
+                    FlowId {
+                        index: i as u32,
+                        generation: s.generation,
+                    },
+                    &mut s.value,
+                )
+            })
     }
 }
 

@@ -113,22 +113,28 @@ fn endpoint_socket(buffer: usize) -> tcp::Socket<'static> {
     socket
 }
 
-/// Returns the whole pages inside `buffer` to the kernel (`MADV_DONTNEED`): they read as
-/// zeros afterwards and take memory again only when written. The partial pages at either
-/// end stay: they share their page with the allocator's neighbouring memory.
-fn discard_pages(buffer: &mut [u8]) {
+/// The addresses of the whole memory pages inside `buffer` (empty if there is none): the
+/// partial pages at either end share their page with the allocator's neighbouring memory.
+pub fn whole_pages(buffer: &[u8]) -> std::ops::Range<usize> {
     // SAFETY: sysconf has no preconditions.
     let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         p if p > 0 => p as usize,
         _ => 4096,
     };
-    let begin = buffer.as_mut_ptr() as usize;
+    let begin = buffer.as_ptr() as usize;
     let start = begin.next_multiple_of(page);
     let end = (begin + buffer.len()) / page * page;
-    if end > start {
-        // SAFETY: [start, end) lies inside `buffer`, which we borrow mutably: zeroing it
-        // is a write we are allowed to make, and no other object shares those pages.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    start..end.max(start)
+}
+
+/// Returns the whole pages inside `buffer` to the kernel (`MADV_DONTNEED`): they read as
+/// zeros afterwards and take memory again only when written.
+fn discard_pages(buffer: &mut [u8]) {
+    let pages = whole_pages(buffer);
+    if !pages.is_empty() {
+        // SAFETY: the range lies inside `buffer`, which we borrow mutably: zeroing it is
+        // a write we are allowed to make, and no other object shares those pages.
+        unsafe { libc::madvise(pages.start as *mut libc::c_void, pages.len(), libc::MADV_DONTNEED) };
     }
 }
 

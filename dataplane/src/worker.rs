@@ -212,9 +212,9 @@ struct FlowState {
     opened: Instant,
     /// The batch time of the last frame either way.
     last_frame: Instant,
-    /// The TCP buffers' pages went back to the kernel since the last frame (see
-    /// [`IDLE_BUFFERS_AFTER`]).
-    buffers_discarded: bool,
+    /// `last_frame` as it was when the TCP buffers' pages went back to the kernel (see
+    /// [`IDLE_BUFFERS_AFTER`]): equal to it while no frame came since.
+    buffers_discarded_at: Option<Instant>,
 }
 
 impl FlowState {
@@ -497,7 +497,6 @@ impl Worker {
         };
         let Some(flow) = self.flows.get_mut(id) else { return };
         flow.last_frame = now;
-        flow.buffers_discarded = false;
         match direction {
             Direction::ClientToServer => flow.session.packets.client_to_server += 1,
             Direction::ServerToClient => flow.session.packets.server_to_client += 1,
@@ -579,7 +578,7 @@ impl Worker {
             started,
             opened: now,
             last_frame: now,
-            buffers_discarded: false,
+            buffers_discarded_at: None,
         }) {
             Ok(inserted) => inserted,
             Err(full) => {
@@ -597,7 +596,7 @@ impl Worker {
         flow.started = started;
         flow.opened = now;
         flow.last_frame = now;
-        flow.buffers_discarded = false;
+        flow.buffers_discarded_at = None;
         flow.session = Session::new(session_id, key, Arc::clone(policy));
         if let Err(err) = flow.pair.open(key, client_isn, self.server_iface.context()) {
             tracing::warn!(flow = %key, %err, "cannot open flow");
@@ -822,7 +821,7 @@ impl Worker {
         let idle = Duration::from_micros(timeouts.idle.as_micros() as u64);
         let handshake = Duration::from_micros(timeouts.handshake.as_micros() as u64);
         self.expiring.clear();
-        for (id, _, flow) in self.flows.iter() {
+        for (id, flow) in self.flows.iter_mut() {
             if flow.release_at.is_some() || flow.pair.phase == Phase::Finished {
                 continue;
             }
@@ -831,15 +830,11 @@ impl Worker {
                     .push((id, EndReason::HandshakeTimeout(timeouts.handshake)));
             } else if now - flow.last_frame >= idle {
                 self.expiring.push((id, EndReason::IdleTimeout(timeouts.idle)));
-            }
-        }
-        for flow in self.flows.values_mut() {
-            if !flow.buffers_discarded
-                && flow.release_at.is_none()
-                && flow.pair.phase != Phase::Finished
-                && now - flow.last_frame >= IDLE_BUFFERS_AFTER
+            } else if now - flow.last_frame >= IDLE_BUFFERS_AFTER
+                && flow.buffers_discarded_at != Some(flow.last_frame)
+                && flow.pair.discard_idle_buffers()
             {
-                flow.buffers_discarded = flow.pair.discard_idle_buffers();
+                flow.buffers_discarded_at = Some(flow.last_frame);
             }
         }
         for i in 0..self.expiring.len() {

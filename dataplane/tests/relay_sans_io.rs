@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use loupe_dataplane::flow::FlowKey;
-use loupe_dataplane::relay::{EndReason, Phase, Splice, TcpPair};
+use loupe_dataplane::relay::{whole_pages, EndReason, Phase, Splice, TcpPair};
 use loupe_dataplane::tcp_device::transparent_interface;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -411,15 +411,13 @@ fn both_fins_while_bytes_are_buffered_deliver_every_byte() {
 }
 
 /// Pages of `buffer` resident in memory (`mincore`), counting whole pages inside it.
-fn resident_pages(buffer: &mut [u8]) -> usize {
+fn resident_pages(buffer: &[u8]) -> usize {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let begin = buffer.as_mut_ptr() as usize;
-    let start = begin.next_multiple_of(page);
-    let end = (begin + buffer.len()) / page * page;
-    let mut flags = vec![0u8; (end - start) / page];
-    // SAFETY: [start, end) is mapped (inside `buffer`); `flags` has one byte per page.
-    let rc = unsafe { libc::mincore(start as *mut libc::c_void, end - start, flags.as_mut_ptr()) };
+    let pages = whole_pages(buffer);
+    let mut flags = vec![0u8; pages.len() / page];
+    // SAFETY: the range is mapped (inside `buffer`); `flags` has one byte per page.
+    let rc = unsafe { libc::mincore(pages.start as *mut libc::c_void, pages.len(), flags.as_mut_ptr()) };
     assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
     flags.iter().filter(|f| *f & 1 == 1).count()
 }
