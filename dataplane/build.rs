@@ -1,7 +1,7 @@
 //! Builds the eBPF objects (`ebpf/`, crate `loupe-ebpf`) with aya-build: nightly
 //! `cargo build -p loupe-ebpf --target bpfel-unknown-none -Z build-std=core`,
-//! linked by bpf-linker. The objects land in OUT_DIR as `loupe-wire` and
-//! `loupe-lossy`, included by `src/wire.rs`.
+//! linked by bpf-linker. The objects land in OUT_DIR as `loupe-wire`,
+//! `loupe-lossy` and `loupe-lab-steer`, included by `src/wire.rs`.
 //!
 //! Needs: the nightly toolchain with rust-src, and bpf-linker on PATH.
 //! `AYA_BUILD_SKIP=1` skips the build (the include then fails: only for tooling

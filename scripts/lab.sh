@@ -6,6 +6,12 @@
 # in0/out0 carry no addresses: loupe (or, for a baseline, a kernel bridge) joins them.
 # Without either, client and server cannot reach each other.
 #
+# With --queues N > 1 every veth has N queues, and the client's and server's eth0 send
+# each connection on the queue a NIC's symmetric RSS would give it (`loupe-bench
+# lab-steer`, a tc egress program pinned under /sys/fs/bpf/<prefix>lab-steer/): both
+# legs of a session reach in0 and out0 on the same queue, hence one loupe worker. It
+# needs a built loupe-bench: $LOUPE_BENCH, else target/release or target/debug.
+#
 # Usage: lab.sh up     [--queues N] [--mtu M] [--prefix P]
 #        lab.sh down   [--prefix P]
 #        lab.sh status [--prefix P]
@@ -67,6 +73,7 @@ done
 CLIENT=${PREFIX}client
 APP=${PREFIX}app
 SERVER=${PREFIX}server
+STEER_PINS=/sys/fs/bpf/${PREFIX}lab-steer
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (creates network namespaces)"
 command -v ip >/dev/null || die "ip (iproute2) not found: run scripts/setup.sh"
@@ -117,6 +124,38 @@ tune_end() { # tune_end NS
     fi
 }
 
+# The loupe-bench binary that attaches the lab's flow steering.
+bench_binary() {
+    local root candidate
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    for candidate in "${LOUPE_BENCH:-}" "$root/target/release/loupe-bench" "$root/target/debug/loupe-bench"; do
+        if [[ -n $candidate && -x $candidate ]]; then
+            echo "$candidate"
+            return
+        fi
+    done
+    die "--queues $QUEUES needs loupe-bench to steer flows (build it: cargo build --release -p loupe-bench, or set LOUPE_BENCH)"
+}
+
+# Symmetric steering on the client's and server's ends (see the header), or none.
+steer_ends() {
+    rm -rf "$STEER_PINS"
+    ((QUEUES > 1)) || return 0
+    local bench ns
+    bench=$(bench_binary)
+    mkdir -p "$STEER_PINS"
+    for ns in "$CLIENT" "$SERVER"; do
+        # XPS would pick the TX queue from the sending CPU, over the steering.
+        if ip netns exec "$ns" sh -c 'cat /sys/class/net/eth0/queues/tx-*/xps_cpus /sys/class/net/eth0/queues/tx-*/xps_rxqs 2>/dev/null' |
+            grep -q '[1-9a-fA-F]'; then
+            die "$ns/eth0 has an XPS map (queues/tx-*/xps_cpus or xps_rxqs); it would override the flow steering"
+        fi
+        # Not under `ip netns exec`: its private mount namespace would take the pins along.
+        "$bench" lab-steer --netns "$ns" --iface eth0 --queues "$QUEUES" --pin-dir "$STEER_PINS/${ns#"$PREFIX"}" ||
+            die "attaching the flow steering to $ns/eth0 failed: $bench lab-steer --netns $ns --iface eth0 --queues $QUEUES"
+    done
+}
+
 lab_up() {
     command -v ethtool >/dev/null || die "ethtool not found: run scripts/setup.sh"
     local ns
@@ -141,6 +180,7 @@ lab_up() {
 
     tune_end "$CLIENT"
     tune_end "$SERVER"
+    steer_ends
     ip -n "$CLIENT" addr replace "$CLIENT_ADDR/24" dev eth0
     local a
     for a in "${SERVER_ADDRS[@]}"; do
@@ -161,7 +201,9 @@ lab_up() {
     } >"/etc/netns/$CLIENT/hosts.tmp"
     mv "/etc/netns/$CLIENT/hosts.tmp" "/etc/netns/$CLIENT/hosts"
 
-    log "up: $CLIENT ($CLIENT_ADDR) -- in0 [$APP] out0 -- $SERVER (${SERVER_ADDRS[0]}-${SERVER_ADDRS[-1]}), $QUEUES queue(s)"
+    local steering=
+    ((QUEUES > 1)) && steering=", connections steered by a symmetric hash"
+    log "up: $CLIENT ($CLIENT_ADDR) -- in0 [$APP] out0 -- $SERVER (${SERVER_ADDRS[0]}-${SERVER_ADDRS[-1]}), $QUEUES queue(s)$steering"
 }
 
 lab_down() {
@@ -173,6 +215,7 @@ lab_down() {
         fi
         rm -rf "/etc/netns/$ns"
     done
+    rm -rf "$STEER_PINS"
     log "down: $PREFIX lab removed"
 }
 
@@ -208,6 +251,7 @@ lab_status() {
         fi
     done
     [[ -f /etc/netns/$CLIENT/hosts ]] && echo "== /etc/netns/$CLIENT/hosts present"
+    [[ -d $STEER_PINS ]] && echo "== flow steering pinned under $STEER_PINS"
     return $rc
 }
 

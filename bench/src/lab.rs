@@ -213,6 +213,10 @@ impl Lab {
     fn script(&self, args: &[&str]) -> Result<String> {
         let mut c = Command::new("bash");
         c.arg(lab_script()).args(args).args(["--prefix", &self.prefix]);
+        // The build this process belongs to attaches the steering of a multi-queue lab.
+        if let Ok(bench) = binary("loupe-bench") {
+            c.env("LOUPE_BENCH", bench);
+        }
         run_bounded(c, &self.dir, COMMAND_TIMEOUT)
             .and_then(|o| o.success())
             .with_context(|| format!("lab.sh {} --prefix {}", args.join(" "), self.prefix))
@@ -295,6 +299,12 @@ impl Lab {
     /// unique per lab, because the daemon's default (/sys/fs/bpf/loupe) is global.
     pub fn loupe_pin_dir(&self) -> PathBuf {
         PathBuf::from(format!("/sys/fs/bpf/{}loupe", self.prefix))
+    }
+
+    /// Where `lab.sh up --queues N` (N > 1) pinned the flow steering of `ns`'s end
+    /// (client or server).
+    pub fn steer_pin_dir(&self, ns: Ns) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/{}lab-steer/{}", self.prefix, ns.suffix()))
     }
 
     /// Waits until something listens on `addr` (or the wildcard on its port) in `ns`.

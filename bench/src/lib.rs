@@ -11,4 +11,5 @@ pub mod pki;
 pub mod report;
 pub mod runner;
 pub mod size;
+pub mod steer;
 pub mod traffic;

@@ -12,6 +12,7 @@ use loupe_bench::handshakes::{run_handshakes, HandshakeSpec};
 use loupe_bench::load::{parse_duration, run_load, LoadSpec, Workload};
 use loupe_bench::lossy;
 use loupe_bench::size::ByteSize;
+use loupe_bench::steer;
 use loupe_bench::traffic::{compare_reports, read_report, run_client, run_server, ClientConfig, Mode, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -55,6 +56,10 @@ enum Cmd {
         /// to about 3,500).
         #[arg(long, default_value_t = 1500)]
         mtu: u32,
+        /// Queues per lab port and loupe workers (1 to 64); with more than one the lab
+        /// steers each connection to a queue by a symmetric hash (both legs on one).
+        #[arg(long, default_value_t = 1)]
+        queues: u32,
     },
     /// Accept wire-client connections: send each its random reply while receiving its
     /// payload, hash both directions, write one JSON line per connection.
@@ -130,6 +135,30 @@ enum Cmd {
     },
     /// Print the frames a pinned loss injector passed and dropped.
     LossyCounters {
+        #[arg(long)]
+        pin_dir: PathBuf,
+    },
+    /// Steer an endpoint veth's frames over --queues TX queues by a symmetric hash of
+    /// each connection's addresses and ports (a NIC's symmetric RSS, for the lab); pins
+    /// the tc program under --pin-dir and returns. `lab.sh up --queues N` runs this.
+    LabSteer {
+        /// The network namespace (under /run/netns) holding --iface; default: this one.
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        queues: u32,
+        #[arg(long)]
+        pin_dir: PathBuf,
+    },
+    /// Remove steering pinned with `lab-steer --pin-dir`.
+    LabSteerRemove {
+        #[arg(long)]
+        pin_dir: PathBuf,
+    },
+    /// Print the frames pinned steering sent on each queue.
+    LabSteerCounters {
         #[arg(long)]
         pin_dir: PathBuf,
     },
@@ -240,6 +269,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             out,
             rate,
             mtu,
+            queues,
         } => {
             use loupe_bench::runner::{BenchPlan, Mode};
             let mut plan = if tiny {
@@ -260,6 +290,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             }
             anyhow::ensure!((1280..=9000).contains(&mtu), "--mtu must be 1280 to 9000, not {mtu}");
             plan.mtu = mtu;
+            anyhow::ensure!((1..=64).contains(&queues), "--queues must be 1 to 64, not {queues}");
+            plan.queues = queues;
             if let Some(rate) = rate {
                 anyhow::ensure!(
                     rate > 0.0 && rate.is_finite(),
@@ -363,6 +395,30 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 "ingress passed {} dropped {}, egress passed {} dropped {}",
                 c.ingress_passed, c.ingress_dropped, c.egress_passed, c.egress_dropped
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::LabSteer {
+            netns,
+            iface,
+            queues,
+            pin_dir,
+        } => {
+            steer::run_lab_steer(netns.as_deref(), &iface, queues, &pin_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::LabSteerRemove { pin_dir } => {
+            steer::remove_lab_steer(&pin_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::LabSteerCounters { pin_dir } => {
+            let c = steer::lab_steer_counters(&pin_dir)?;
+            let queues: Vec<String> = c
+                .per_queue
+                .iter()
+                .enumerate()
+                .map(|(q, n)| format!("queue {q} {n}"))
+                .collect();
+            println!("{}, unsteered {}", queues.join(", "), c.unsteered);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::TlsHandshakes {

@@ -116,6 +116,20 @@ impl Mode {
     }
 }
 
+/// A mode's loupe configuration with `queues` workers (`[dataplane] queues`), put into
+/// its `[dataplane]` table when it has one.
+fn with_queues(config: &str, queues: u32) -> String {
+    if queues <= 1 {
+        return config.to_string();
+    }
+    let line = format!("[dataplane]\nqueues = {queues}\n");
+    if config.contains("[dataplane]\n") {
+        config.replacen("[dataplane]\n", &line, 1)
+    } else {
+        format!("{line}\n{config}")
+    }
+}
+
 /// loupe-inspect: inspection on (the default, said anyway) and a handful of URL rules of
 /// each kind of condition, none matching the bench's `GET https://server.lab/<object>`:
 /// every request is judged against all of them and allowed.
@@ -163,6 +177,9 @@ pub struct BenchPlan {
     pub idle_sessions: usize,
     /// The MTU of every end of the lab's wire.
     pub mtu: u32,
+    /// Queues per lab port, and loupe workers (`[dataplane] queues`); with more than
+    /// one, the lab steers connections like a symmetric RSS.
+    pub queues: u32,
     /// Workloads in the fixed order: handshakes, handshakes-browser, requests,
     /// requests-browser, requests-h2, bulk-N, idle, idle-h2 (the -h2 ones only for modes
     /// that speak HTTP/2; -browser: the ClientHello carries an X25519MLKEM768 and an
@@ -193,6 +210,7 @@ impl BenchPlan {
             // holds two sockets per session: 9,000 keeps sslsplit and squid under it.
             idle_sessions: 9_000,
             mtu: 1500,
+            queues: 1,
             handshakes: true,
             handshakes_browser: true,
             requests: true,
@@ -367,7 +385,7 @@ fn sample(pids: &[u32]) -> Option<ProcessSample> {
 pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
-    let lab = Lab::up_with(1, plan.mtu).context("bringing the lab up")?;
+    let lab = Lab::up_with(plan.queues, plan.mtu).context("bringing the lab up")?;
     let pki = Pki::new(lab.dir().join("pki"))?;
     let origin_ca = pki.root_ca("origin-ca", "loupe bench origin CA")?;
     let origin = pki.leaf(
@@ -410,7 +428,7 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
         for &mode in &plan.modes {
             check_interrupted()?;
             bar.set_message(format!("{}: starting", mode.name()));
-            let (mut running, mut client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
+            let (mut running, mut client_ca) = start_mode(&lab, plan, mode, &origin_ca, &interceptor_ca)?;
             let mut used = false;
             for step in workloads.iter().filter(|s| runs(mode, s)) {
                 let (name, workload) = (&step.name, &step.workload);
@@ -421,7 +439,7 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
                 if workload.is_idle() && used {
                     bar.set_message(format!("{}: restarting for idle", mode.name()));
                     drop(running);
-                    (running, client_ca) = start_mode(&lab, mode, &origin_ca, &interceptor_ca)?;
+                    (running, client_ca) = start_mode(&lab, plan, mode, &origin_ca, &interceptor_ca)?;
                 }
                 used = true;
                 bar.set_message(format!("{} · {name} · rep {rep}/{}", mode.name(), plan.reps));
@@ -451,6 +469,14 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     bar.finish_with_message("done");
     let machine = Machine::detect(&xdp_mode(&lab));
     let mut report = BenchReport::new(machine, Some(floor), measurements);
+    if plan.queues > 1 {
+        report.add_note(format!(
+            "The lab's ports ran {0} queues each, connections steered to them by a symmetric hash \
+             (both legs of a session on one queue, as with a NIC's symmetric RSS); loupe ran {0} \
+             workers, one per queue.",
+            plan.queues
+        ));
+    }
     if plan.mtu != 1500 {
         report.add_note(format!(
             "The lab's wire ran at MTU {} (every veth end; loupe's TCP follows the ports' MTU).",
@@ -519,6 +545,7 @@ fn workloads(plan: &BenchPlan) -> Vec<Step> {
 
 fn start_mode<'lab>(
     lab: &'lab Lab,
+    plan: &BenchPlan,
     mode: Mode,
     origin_ca: &Issued,
     interceptor_ca: &Issued,
@@ -535,7 +562,10 @@ fn start_mode<'lab>(
         | Mode::LoupeBusyPoll
         | Mode::LoupeInspect => {
             let config = lab.dir().join(format!("{}.toml", mode.name()));
-            std::fs::write(&config, mode.loupe_config().unwrap_or_default())?;
+            std::fs::write(
+                &config,
+                with_queues(mode.loupe_config().unwrap_or_default(), plan.queues),
+            )?;
             let args = vec![
                 "--config".to_string(),
                 config.display().to_string(),
@@ -753,6 +783,26 @@ mod tests {
             spin.contains("busy_poll_us = 50") && spin.contains("http = false"),
             "{spin}"
         );
+    }
+
+    #[test]
+    fn queues_go_into_each_modes_dataplane_table() {
+        for mode in Mode::ORDER {
+            let Some(config) = mode.loupe_config() else { continue };
+            assert_eq!(with_queues(config, 1), config);
+            let two = with_queues(config, 2);
+            // One [dataplane] table (TOML refuses a second), holding the queue count.
+            assert_eq!(two.matches("[dataplane]").count(), 1, "{}: {two}", mode.name());
+            assert!(two.contains("[dataplane]\nqueues = 2\n"), "{}: {two}", mode.name());
+            // Nothing else the mode set is lost.
+            let without = two.replacen("queues = 2\n", "", 1);
+            let expected = if config.contains("[dataplane]") {
+                config.to_string()
+            } else {
+                format!("[dataplane]\n\n{config}")
+            };
+            assert_eq!(without, expected, "{}", mode.name());
+        }
     }
 
     fn names(plan: &BenchPlan) -> Vec<String> {

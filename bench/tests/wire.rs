@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use loupe_bench::lab::{require_root, Lab, Middle, MiddleGuard, Ns, WireOutcome, WireSpec, SERVER_ADDRS};
 use loupe_bench::lossy;
+use loupe_bench::steer;
 use loupe_bench::traffic::Mode;
 use sha2::{Digest, Sha256};
 
@@ -225,6 +226,64 @@ fn two_hundred_concurrent_connections_own_payloads() {
         assert!(count("busy_poll_hits") <= count("busy_polls"), "{worker}");
         let status = ok(mid.loupectl(&["status"]), "loupectl status").stdout;
         assert!(status.contains("200 µs after the last frame"), "{status}");
+    }
+}
+
+/// With two queues per port, the lab's ends send each connection on the queue a
+/// symmetric RSS gives it, and loupe runs one worker per queue: both legs of every
+/// session reach the same worker (no segment of an unknown flow anywhere), both workers
+/// carry sessions, and every byte arrives.
+#[test]
+fn two_queues_two_workers_each_serve_whole_sessions() {
+    require_root();
+    let lab = ok(Lab::up_with_queues(2), "lab up --queues 2");
+    let mut mid = ok(
+        lab.start(&middle_with(&lab, "[dataplane]\nqueues = 2\n")),
+        "start middle",
+    );
+    let connections = 64;
+    let size = 1u64 << 20;
+    let servers: Vec<SocketAddr> = SERVER_ADDRS.iter().map(|a| addr(a, 443)).collect();
+    let out = wire(
+        &lab,
+        &mid,
+        WireSpec {
+            servers,
+            bytes: size,
+            reply_bytes: size,
+            connections,
+            timeout: Duration::from_secs(120),
+            ..WireSpec::default()
+        },
+        "64 connections over two queues",
+    );
+    assert_eq!(out.comparison.connections, connections);
+    assert_eq!(out.comparison.client_to_server_bytes, connections as u64 * size);
+    assert_eq!(out.comparison.server_to_client_bytes, connections as u64 * size);
+    ok(mid.check_alive(), "middle alive after the run");
+
+    // The lab's steering sent on both queues from both ends.
+    for ns in [Ns::Client, Ns::Server] {
+        let c = ok(steer::lab_steer_counters(&lab.steer_pin_dir(ns)), "steering counters");
+        assert_eq!(c.per_queue.len(), 2, "{ns:?}: {c:?}");
+        assert!(c.per_queue.iter().all(|&n| n > 0), "{ns:?} used one queue only: {c:?}");
+    }
+    if through_loupe() {
+        assert_steered(&mid, 2 * connections as u64 * size);
+        let counters = ok(mid.loupectl_json(&["counters"]), "loupectl counters");
+        let workers = counters["workers"].as_array().expect("workers array");
+        assert_eq!(workers.len(), 2, "{counters}");
+        let count = |w: &serde_json::Value, name: &str| w[name].as_u64().unwrap_or_else(|| panic!("no {name} in {w}"));
+        let mut opened = 0;
+        for w in workers {
+            // A leg that reached the other worker would show up there as segments of no
+            // known flow (the server's SYN-ACK first).
+            assert_eq!(count(w, "orphan_segments"), 0, "a leg reached the wrong worker: {w}");
+            // 64 connections hashed over two queues: fewer than 8 on one is a ~1e-9 event.
+            assert!(count(w, "flows_opened") >= 8, "worker barely used: {w}");
+            opened += count(w, "flows_opened");
+        }
+        assert_eq!(opened, connections as u64, "{counters}");
     }
 }
 

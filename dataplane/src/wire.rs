@@ -53,6 +53,9 @@ use loupe_common::{
 pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe-wire"));
 /// The lab loss injector's eBPF object (`lossy_ingress` XDP, `lossy_egress` tc).
 pub const LOSSY_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe-lossy"));
+/// The lab flow steering's eBPF object (`steer_egress` tc): symmetric queue choice on
+/// the lab's endpoints, standing in for a NIC's symmetric RSS.
+pub const LAB_STEER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe-lab-steer"));
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/loupe";
@@ -1083,7 +1086,7 @@ mod tests {
 
     #[test]
     fn embedded_objects_are_bpf_elf() {
-        for obj in [EBPF_OBJECT, LOSSY_OBJECT] {
+        for obj in [EBPF_OBJECT, LOSSY_OBJECT, LAB_STEER_OBJECT] {
             assert_eq!(&obj[..4], b"\x7fELF");
             // e_machine EM_BPF = 247, little endian.
             assert_eq!(u16::from_le_bytes([obj[18], obj[19]]), 247);

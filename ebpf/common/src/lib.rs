@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod frame;
+pub mod steer;
 
 /// Map names, as declared in the eBPF object (aya looks maps up by these). At most
 /// 15 characters so the kernel-visible name (`bpftool map`) is not truncated.
@@ -36,6 +37,11 @@ pub mod maps {
     pub const LOSSY_CONFIG: &str = "LOSSY_CONFIG";
     /// Loss injector: `PerCpuArray<u64>` indexed by [`super::lossy`] constants.
     pub const LOSSY_COUNTERS: &str = "LOSSY_COUNTERS";
+    /// Lab steering: `Array<u32>`, index 0 = the number of queues to steer over.
+    pub const STEER_CONFIG: &str = "STEER_CONFIG";
+    /// Lab steering: `PerCpuArray<u64>`, frames sent on each queue (index = queue) and
+    /// frames left to the kernel's choice (index [`crate::steer::MAX_QUEUES`]).
+    pub const STEER_COUNTERS: &str = "STEER_COUNTERS";
 }
 
 /// Program names in the eBPF objects.
@@ -46,6 +52,8 @@ pub mod programs {
     pub const LOSSY_INGRESS: &str = "lossy_ingress";
     /// Loss injector, tc classifier (egress).
     pub const LOSSY_EGRESS: &str = "lossy_egress";
+    /// Lab steering, tc classifier (egress of the client's and server's ends).
+    pub const STEER_EGRESS: &str = "steer_egress";
 }
 
 /// Names of the objects pinned under the wire's pin directory.
@@ -62,6 +70,10 @@ pub mod pins {
     pub const LOSSY_EGRESS_LINK: &str = "lossy_egress_link";
     pub const LOSSY_CONFIG: &str = "lossy_config";
     pub const LOSSY_COUNTERS: &str = "lossy_counters";
+    /// Lab steering pins.
+    pub const STEER_EGRESS_LINK: &str = "steer_egress_link";
+    pub const STEER_CONFIG: &str = "steer_config";
+    pub const STEER_COUNTERS: &str = "steer_counters";
 }
 
 /// Port index of the inside (client-facing) port.
