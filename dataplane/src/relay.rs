@@ -101,26 +101,82 @@ pub struct TcpPair {
     fins: Fins,
     pub end_reason: Option<EndReason>,
     pub bytes: ByteCounts,
+    /// The memory the sockets' buffers borrow. Declared last: fields drop in order, so
+    /// the sockets are gone before it is unmapped.
+    _buffers: BufferPages,
 }
 
-fn endpoint_socket(buffer: usize) -> tcp::Socket<'static> {
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; buffer]),
-        tcp::SocketBuffer::new(vec![0u8; buffer]),
-    );
+fn endpoint_socket(rx: &'static mut [u8], tx: &'static mut [u8]) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
     // Relayed bytes go out as they come; the sender's own segmentation already happened.
     socket.set_nagle_enabled(false);
     socket
 }
 
-/// The addresses of the whole memory pages inside `buffer` (empty if there is none): the
-/// partial pages at either end share their page with the allocator's neighbouring memory.
-pub fn whole_pages(buffer: &[u8]) -> std::ops::Range<usize> {
+fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         p if p > 0 => p as usize,
         _ => 4096,
-    };
+    }
+}
+
+/// A flow slot's four TCP buffers in one anonymous mapping, each starting on a page of
+/// its own. From the heap they would share their first and last pages with the
+/// allocator's neighbours, pages an idle flow could never give back (about one per
+/// buffer: 16 KiB of every idle session). Fresh mapped pages also cost nothing until
+/// written.
+struct BufferPages {
+    start: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: BufferPages owns its mapping exclusively (like a Vec owns its allocation).
+unsafe impl Send for BufferPages {}
+
+impl BufferPages {
+    /// Maps four buffers of `buffer` bytes. The slices borrow the mapping: they must not
+    /// outlive the returned `BufferPages` (TcpPair drops its sockets first).
+    fn map(buffer: usize) -> (BufferPages, [&'static mut [u8]; 4]) {
+        let stride = buffer.max(1).next_multiple_of(page_size());
+        let len = stride * 4;
+        // SAFETY: an anonymous private mapping of `len` bytes; no existing memory is touched.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let Some(start) = std::ptr::NonNull::new(addr.cast::<u8>()).filter(|_| addr != libc::MAP_FAILED) else {
+            // As a Vec's allocation failure would: the process cannot go on without memory.
+            panic!(
+                "mapping {len} bytes of TCP buffers failed: {}",
+                std::io::Error::last_os_error()
+            );
+        };
+        // SAFETY: four disjoint ranges of `buffer` bytes inside the fresh mapping (zeroed
+        // by the kernel), each used by one socket only.
+        let slices =
+            std::array::from_fn(|i| unsafe { std::slice::from_raw_parts_mut(start.as_ptr().add(i * stride), buffer) });
+        (BufferPages { start, len }, slices)
+    }
+}
+
+impl Drop for BufferPages {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, no longer borrowed (see TcpPair::_buffers).
+        unsafe { libc::munmap(self.start.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The addresses of the whole memory pages inside `buffer` (empty if there is none): a
+/// partial page at either end may hold someone else's memory.
+pub fn whole_pages(buffer: &[u8]) -> std::ops::Range<usize> {
+    let page = page_size();
     let begin = buffer.as_ptr() as usize;
     let start = begin.next_multiple_of(page);
     let end = (begin + buffer.len()) / page * page;
@@ -142,10 +198,11 @@ impl TcpPair {
     /// Allocates both endpoints with `buffer` bytes per direction and side. Done once per
     /// flow slot; `open` resets a reused pair without allocating.
     pub fn new(buffer: usize) -> TcpPair {
+        let (buffers, [client_rx, client_tx, server_rx, server_tx]) = BufferPages::map(buffer);
         let mut client = SocketSet::new(vec![SocketStorage::EMPTY]);
         let mut server = SocketSet::new(vec![SocketStorage::EMPTY]);
-        let client_handle = client.add(endpoint_socket(buffer));
-        let server_handle = server.add(endpoint_socket(buffer));
+        let client_handle = client.add(endpoint_socket(client_rx, client_tx));
+        let server_handle = server.add(endpoint_socket(server_rx, server_tx));
         TcpPair {
             client,
             server,
@@ -155,6 +212,7 @@ impl TcpPair {
             fins: Fins::default(),
             end_reason: None,
             bytes: ByteCounts::default(),
+            _buffers: buffers,
         }
     }
 

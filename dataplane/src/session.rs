@@ -266,6 +266,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// Frees the session's empty byte queues (split TLS keeps the capacity a handshake
+    /// or a burst grew them to); called for flows idle for a while, so a busy flow does
+    /// not pay an allocation per burst.
+    pub fn release_idle_buffers(&mut self) {
+        if let Stream::Decrypting(split) = &mut self.stream {
+            split.release_idle_buffers();
+        }
+    }
+
     pub fn new(id: u64, key: FlowKey, policy: Arc<Policy>) -> Session {
         // A no-decrypt rule on addresses alone: spliced from the first byte.
         let early = policy.at_connect(key.client, key.server);
@@ -833,6 +842,9 @@ impl StreamPump for SessionPump<'_, '_> {
                         server_to_client: 0,
                     };
                 }
+                // All sent: the hello's bytes need not stay with the session for its life.
+                *head = Vec::new();
+                *sent = 0;
                 let mut moved = Splice.pump(client, server, fins);
                 moved.client_to_server += n as u64;
                 return moved;

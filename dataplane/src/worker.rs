@@ -58,7 +58,8 @@ const LOAD_WINDOW_US: i64 = 1_000_000;
 /// How often the flow table is walked for `[timeouts]`: a timeout fires up to this late.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(1000);
 /// A flow with no frame either way for this long gives its empty TCP buffers' pages back
-/// to the kernel at the next sweep: idle sessions (keep-alive connections between a
+/// to the kernel, and its session's empty byte queues to the allocator, at the next
+/// sweep: idle sessions (keep-alive connections between a
 /// user's clicks, most of an appliance's sessions) then hold no buffer memory, and a
 /// busy one never pays the page faults of getting them back.
 const IDLE_BUFFERS_AFTER: Duration = Duration::from_millis(1000);
@@ -834,6 +835,7 @@ impl Worker {
                 && flow.buffers_discarded_at != Some(flow.last_frame)
                 && flow.pair.discard_idle_buffers()
             {
+                flow.session.release_idle_buffers();
                 flow.buffers_discarded_at = Some(flow.last_frame);
             }
         }

@@ -616,6 +616,7 @@ impl SplitTlsContext {
         let index = ex_index(&UPSTREAM_EXTRA).map_err(|e| format!("allocating TLS state: {e}"))?;
         let mut ssl = Ssl::new(&self.upstream).map_err(|e| format!("creating the upstream TLS client: {e}"))?;
         ssl.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+        shed_config_after_handshake(&mut ssl);
         self.offer
             .for_client(hello)
             .map_err(|shortfall| shortfall.to_string())?
@@ -674,6 +675,15 @@ unsafe extern "C" fn suspend_on_certificate_request(
     -1
 }
 
+/// Lets BoringSSL free what was set on `ssl` for its handshake (certificate chain, key,
+/// cipher and group lists, ALPN, verification parameters) once the handshake is done:
+/// an idle session keeps only what it derived. Nothing reads that configuration back
+/// afterwards, and renegotiation, which would need it, is never enabled.
+fn shed_config_after_handshake(ssl: &mut Ssl) {
+    // SAFETY: a valid SSL owned by `ssl`; the call only sets a flag.
+    unsafe { boring_sys::SSL_set_shed_handshake_config(foreign_types::ForeignTypeRef::as_ptr(&**ssl), 1) };
+}
+
 /// `ssl`, writing its secrets to `keylog` when there is one.
 fn with_keylog(mut ssl: Ssl, keylog: Option<Arc<KeyLog>>) -> Result<Ssl, String> {
     if let Some(log) = keylog {
@@ -687,6 +697,7 @@ fn client_ssl(ctx: &SslContext, forged: &ForgedCert, upstream_alpn: Option<Vec<u
     let index = ex_index(&CLIENT_EXTRA).map_err(|e| format!("allocating TLS state: {e}"))?;
     let mut ssl = Ssl::new(ctx).map_err(|e| format!("creating the client-side TLS server: {e}"))?;
     ssl.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+    shed_config_after_handshake(&mut ssl);
     let (leaf, chain) = forged
         .chain
         .split_first()
@@ -955,6 +966,14 @@ impl ByteQueue {
         }
     }
 
+    /// Gives the allocation back when nothing is queued.
+    fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            self.buf = Vec::new();
+            self.head = 0;
+        }
+    }
+
     fn take_into(&mut self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.len());
         out[..n].copy_from_slice(&self.buf[self.head..self.head + n]);
@@ -1053,6 +1072,11 @@ fn record_body_len(header: &[u8; RECORD_HEADER_LEN]) -> Option<usize> {
 const ALERT_RECORD_LEN: usize = 7;
 
 impl Wire {
+    fn release_idle_buffers(&mut self) {
+        self.incoming.release_if_empty();
+        self.outgoing.release_if_empty();
+    }
+
     /// Takes what fits of what the peer sent; returns how much.
     pub(crate) fn accept_incoming(&mut self, bytes: &[u8]) -> usize {
         push(self, bytes, false)
@@ -1248,6 +1272,8 @@ pub struct SplitTls {
     inspector_told: InspectorTold,
     facts: SessionFacts,
     failure: Option<SessionFailure>,
+    /// The handshakes' queues were freed (see `release_handshake_queues`).
+    handshake_queues_released: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -1323,6 +1349,7 @@ impl SplitTls {
                 bytes: TlsBytes::default(),
             },
             failure: None,
+            handshake_queues_released: false,
         };
         if client_bytes.len() > BUFFER_CAP {
             session.fail_before_client_leg(
@@ -1445,6 +1472,18 @@ impl SplitTls {
         &self.facts
     }
 
+    /// Frees every empty queue of the session: the wires' bytes in and out of both legs
+    /// and the plaintext waiting for either sink. They grow again on the next bytes.
+    pub fn release_idle_buffers(&mut self) {
+        self.upstream.wire_mut().release_idle_buffers();
+        self.client.wire_mut().release_idle_buffers();
+        for direction in [&mut self.to_server, &mut self.to_client] {
+            if direction.pending.is_empty() {
+                direction.pending = Vec::new();
+            }
+        }
+    }
+
     /// Runs both TLS engines as far as the buffered input and the free output allow. Call
     /// after any `push_*`, `consume_*` or `*_closed`; it returns when nothing more can
     /// move without the caller (more input, or room made by sending output).
@@ -1465,6 +1504,26 @@ impl SplitTls {
             if !progressed {
                 break;
             }
+        }
+        if self.phase == Phase::Established && !self.handshake_queues_released {
+            self.release_handshake_queues();
+        }
+    }
+
+    /// Once both handshakes are done and their flights have drained, frees the queues
+    /// they grew (about 6 KB over both legs), once per session: the next session's
+    /// allocations reuse the memory, where an idle session would otherwise hold it for
+    /// its whole life.
+    fn release_handshake_queues(&mut self) {
+        let legs = [self.upstream.wire_mut(), self.client.wire_mut()];
+        if legs
+            .iter()
+            .all(|wire| wire.incoming.is_empty() && wire.outgoing.is_empty())
+        {
+            for wire in legs {
+                wire.release_idle_buffers();
+            }
+            self.handshake_queues_released = true;
         }
     }
 

@@ -1293,3 +1293,47 @@ fn the_record_cursor_lets_a_read_see_the_end_of_stream() {
     wire.peer_closed();
     assert!(wire.record_ready());
 }
+
+/// Bytes of queue capacity the session holds on both legs' wires.
+fn wire_capacity(split: &SplitTls) -> usize {
+    [split.upstream.wire(), split.client.wire()]
+        .iter()
+        .map(|wire| wire.incoming.buf.capacity() + wire.outgoing.buf.capacity())
+        .sum()
+}
+
+/// The same, and the plaintext queues.
+fn queue_capacity(split: &SplitTls) -> usize {
+    wire_capacity(split) + split.to_server.pending.capacity() + split.to_client.pending.capacity()
+}
+
+#[test]
+fn an_idle_session_holds_no_queue_memory_and_goes_on() {
+    let world = World::new(&Profile::default());
+    let mut h = harness_trusting_loupe(&world, &world.good_server());
+    h.settle();
+    assert_eq!(h.split.stage(), Stage::Established);
+    // The handshakes' flights (several KB over both legs) were freed once drained.
+    assert_eq!(wire_capacity(&h.split), 0, "handshake queues kept after the handshake");
+
+    // A burst grows the queues again; released when idle, the session carries on intact.
+    let request = pattern(200_000, 3);
+    let response = pattern(300_000, 4);
+    h.client.outbox = request.clone();
+    h.server.outbox = response.clone();
+    h.settle();
+    assert!(h.server.inbox == request && h.client.inbox == response);
+    assert!(queue_capacity(&h.split) > 0, "the burst left no queue to release");
+    h.split.release_idle_buffers();
+    assert_eq!(queue_capacity(&h.split), 0);
+    for peer in [&mut h.client, &mut h.server] {
+        peer.inbox.clear();
+        peer.outbox.clear();
+        peer.sent = 0;
+    }
+    exchange(
+        &mut h,
+        b"GET /again HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    );
+}
