@@ -1421,6 +1421,7 @@ impl SplitTls {
         let n = n.min(wire.outgoing.len());
         wire.outgoing.consume(n);
         self.facts.bytes.to_client += n as u64;
+        self.release_handshake_queues_once();
     }
 
     /// Ciphertext to send to the server.
@@ -1434,6 +1435,7 @@ impl SplitTls {
         let n = n.min(wire.outgoing.len());
         wire.outgoing.consume(n);
         self.facts.bytes.to_server += n as u64;
+        self.release_handshake_queues_once();
     }
 
     /// Nothing more will be sent to the client and nothing is pending: close (FIN) the
@@ -1505,16 +1507,18 @@ impl SplitTls {
                 break;
             }
         }
-        if self.phase == Phase::Established && !self.handshake_queues_released {
-            self.release_handshake_queues();
-        }
+        self.release_handshake_queues_once();
     }
 
-    /// Once both handshakes are done and their flights have drained, frees the queues
-    /// they grew (about 6 KB over both legs), once per session: the next session's
-    /// allocations reuse the memory, where an idle session would otherwise hold it for
-    /// its whole life.
-    fn release_handshake_queues(&mut self) {
+    /// Once both handshakes are done and their flights have drained (the last flight
+    /// drains when the caller sends it: checked after `advance` and each `consume_*`),
+    /// frees the queues they grew, about 6 KB over both legs, once per session. An idle
+    /// session would otherwise hold them until the worker's idle sweep, and sessions
+    /// opened meanwhile could not reuse the memory.
+    fn release_handshake_queues_once(&mut self) {
+        if self.phase != Phase::Established || self.handshake_queues_released {
+            return;
+        }
         let legs = [self.upstream.wire_mut(), self.client.wire_mut()];
         if legs
             .iter()
