@@ -309,6 +309,18 @@ impl TcpPair {
         let client = self.client.get_mut::<tcp::Socket>(self.client_handle);
         let server = self.server.get_mut::<tcp::Socket>(self.server_handle);
 
+        // smoltcp returns a SYN-RECEIVED socket to LISTEN on a reset: the client gave up
+        // on its handshake (a client that closed its connecting socket answers the
+        // SYN-ACK with RST). The upstream leg goes too; left open, the server would hold
+        // the 4-tuple and answer the port's next SYN with a challenge ACK (a 1 s retry).
+        if self.phase != Phase::Finished && client.state() == State::Listen {
+            client.abort();
+            server.abort();
+            self.end_reason = Some(EndReason::ClientReset);
+            self.phase = Phase::Finished;
+            return;
+        }
+
         if self.phase == Phase::Connecting {
             match server.state() {
                 State::Established => {

@@ -301,6 +301,29 @@ fn client_sees_no_syn_ack_before_the_server_accepts() {
 }
 
 #[test]
+fn a_client_that_gives_up_during_the_connect_resets_the_upstream_leg() {
+    let mut net = Net::new(true, 16 * 1024);
+    // The server side is slow: loupe holds the client's SYN-ACK while it connects.
+    for _ in 0..50 {
+        net.now += smoltcp::time::Duration::from_millis(1);
+        net.client.poll(net.now, &mut net.client_link);
+        net.loupe.poll(net.now, &mut net.client_link, &mut net.server_link);
+        net.server_link.toward_host.clear();
+    }
+    assert_eq!(net.loupe.pair.phase, Phase::Connecting);
+    // The client closes its connecting socket (as Linux does, silently: any reset smoltcp
+    // sends is dropped here), so the SYN-ACK loupe sends once connected gets a reset.
+    net.client.socket().abort();
+    net.client.poll(net.now, &mut net.client_link);
+    net.client_link.toward_loupe.clear();
+    net.run_until("the server's connection reset", |n| {
+        n.loupe.pair.phase == Phase::Finished && n.server.socket().state() == State::Closed
+    });
+    assert_eq!(net.loupe.pair.end_reason, Some(EndReason::ClientReset));
+    assert_eq!(net.loupe.pair.server_state(), State::Closed);
+}
+
+#[test]
 fn refused_upstream_refuses_the_client() {
     let mut net = Net::new(false, 16 * 1024);
     net.run_until("client refused", |n| n.client.socket().state() == State::Closed);
