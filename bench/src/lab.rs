@@ -999,6 +999,14 @@ impl<'lab> MiddleGuard<'lab> {
         }
     }
 
+    /// SIGTERMs the daemon and waits for it (SIGKILL after 5 s), as `systemctl stop` does.
+    pub fn stop_daemon(&mut self) -> Result<ExitStatus> {
+        match self {
+            MiddleGuard::Bridge { .. } => bail!("a kernel bridge is no daemon"),
+            MiddleGuard::Loupe { proc, .. } => proc.stop().context("loupe's exit status was lost"),
+        }
+    }
+
     /// loupe's output so far (empty for the bridge).
     pub fn logs(&self) -> String {
         match self {

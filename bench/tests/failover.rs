@@ -1,6 +1,7 @@
 //! What the wire does when the daemon dies: with fail-open (the default) new port-443
 //! connections work again within a second, bridged by XDP; with fail-closed they do not,
-//! and the counter says why. Real peers: nginx and curl. Needs root; fails without it.
+//! and the counter says why. A SIGTERM resets the sessions loupe held on both legs.
+//! Real peers: nginx, curl and a Python socket client. Needs root; fails without it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -96,5 +97,95 @@ fn sigkill_with_fail_closed_drops_port_443_and_counts_it() {
     ok(
         lab.exec(Ns::Client, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "server.lab"]),
         "ping after the kill",
+    );
+}
+
+/// A keep-alive client that made one request and then waits for what comes next: prints
+/// `answered`, then `reset`, `closed` or `nothing` (10 s without a word).
+const WAITING_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection(("198.18.0.2", 443), timeout=10)
+s.sendall(b"GET / HTTP/1.1\r\nHost: server.lab\r\n\r\n")
+got = b""
+while b"through the wire" not in got:
+    chunk = s.recv(4096)
+    if not chunk:
+        sys.exit("closed before the answer: %r" % got)
+    got += chunk
+print("answered", flush=True)
+try:
+    print("closed" if s.recv(4096) == b"" else "more data", flush=True)
+except ConnectionResetError:
+    print("reset", flush=True)
+except socket.timeout:
+    print("nothing", flush=True)
+"#;
+
+#[test]
+fn sigterm_resets_the_sessions_it_held_on_both_legs() {
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let (_nginx, _url) = web_on_443(&lab);
+    let mut loupe = start_loupe(&lab, "open");
+    let mut client = ok(
+        lab.spawn(Ns::Client, "waiting-client", &["python3", "-c", WAITING_CLIENT]),
+        "start the keep-alive client",
+    );
+    let answered = Instant::now() + Duration::from_secs(10);
+    while !client.stdout().contains("answered") {
+        assert!(
+            Instant::now() < answered,
+            "no answer through loupe\n{}\n{}",
+            client.logs(),
+            loupe.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server_sessions = || {
+        ok(
+            lab.exec(Ns::Server, &["ss", "-Htn", "state", "established", "( sport = :443 )"]),
+            "ss in the server namespace",
+        )
+    };
+    assert_eq!(
+        server_sessions().lines().count(),
+        1,
+        "nginx should hold the kept-alive connection"
+    );
+
+    let status = ok(loupe.stop_daemon(), "SIGTERM loupe");
+    assert!(
+        status.success(),
+        "loupe exited with {status} on SIGTERM\n{}",
+        loupe.logs()
+    );
+    let status = ok(client.wait_timeout(Duration::from_secs(15)), "wait for the client");
+    assert!(status.success(), "{}", client.logs());
+    // Both legs were reset: the client learns at once instead of waiting on a dead
+    // connection, and nginx (keepalive_timeout 75 s) lets go of the 4-tuple.
+    assert!(
+        client.stdout().contains("reset"),
+        "the client was not reset when loupe stopped\n{}\n{}",
+        client.logs(),
+        loupe.logs()
+    );
+    let released = Instant::now() + Duration::from_secs(5);
+    loop {
+        let held = server_sessions();
+        if held.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < released,
+            "nginx still holds the connection loupe left:\n{held}\n{}",
+            loupe.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log_dir = loupe.log_dir().expect("loupe's log dir");
+    let records = std::fs::read_to_string(log_dir.join("decryption.jsonl")).expect("decryption.jsonl");
+    assert!(
+        records.contains("loupe stopping: both sides reset"),
+        "the session's end was not logged with its reason:\n{records}"
     );
 }

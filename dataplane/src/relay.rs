@@ -49,6 +49,9 @@ pub enum EndReason {
     /// Not decided, or its TLS handshakes not done, this long after the SYN
     /// (`[timeouts] handshake`): loupe reset both sides.
     HandshakeTimeout(std::time::Duration),
+    /// loupe was stopping (SIGTERM): it reset both sides rather than leave the client
+    /// waiting and the server holding a connection no one will close.
+    Stopping,
 }
 
 impl fmt::Display for EndReason {
@@ -63,6 +66,7 @@ impl fmt::Display for EndReason {
                 "idle timeout: no frame either way for {} ([timeouts] idle); both sides reset",
                 humanize(*after)
             ),
+            EndReason::Stopping => f.write_str("loupe stopping: both sides reset"),
             EndReason::HandshakeTimeout(after) => write!(
                 f,
                 "handshake timeout: not done {} after the SYN ([timeouts] handshake); both sides reset",

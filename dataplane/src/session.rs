@@ -512,7 +512,7 @@ impl Session {
                 let end = tcp_end.map_or_else(|| "closed".to_string(), |e| e.to_string());
                 match reason {
                     SpliceReason::NotTls(err) => {
-                        record.end_reason = format!("spliced uninspected: {err}");
+                        record.end_reason = format!("spliced uninspected ({err}); {end}");
                         record.error = Some(err.to_string());
                         not_tls = Some(err.to_string());
                     }

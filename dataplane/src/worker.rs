@@ -406,8 +406,42 @@ impl Worker {
                 self.wait(now);
             }
         }
+        let open = self.flows.len();
+        self.reset_open_flows();
         self.flush_eve();
-        tracing::info!(queue = self.settings.queue, flows = self.flows.len(), "worker stopping");
+        tracing::info!(queue = self.settings.queue, flows = open, "worker stopping");
+    }
+
+    /// On stop, every open flow is reset both ways and logged: its TCP state dies with
+    /// the process, so the client would otherwise wait on a dead connection and the
+    /// server hold one no one closes (until its own timeout; meanwhile a client reusing
+    /// the port gets a challenge ACK instead of a SYN-ACK).
+    fn reset_open_flows(&mut self) {
+        let now = self.now();
+        self.expiring.clear();
+        for (id, flow) in self.flows.iter_mut() {
+            if flow.release_at.is_none() && flow.pair.phase != Phase::Finished {
+                self.expiring.push((id, EndReason::Stopping));
+            }
+        }
+        for i in 0..self.expiring.len() {
+            let (id, reason) = self.expiring[i];
+            let Some(flow) = self.flows.get_mut(id) else { continue };
+            flow.pair.expire(reason);
+            flow.release_at = Some(now);
+            self.service(id, now);
+        }
+        // The resets are queued on the TX rings: hand them to the kernel before exiting.
+        for _ in 0..100 {
+            let mut backlog = false;
+            for port in &mut self.ports {
+                backlog |= port.flush();
+            }
+            if !backlog {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// `forward_only`: each received frame is copied, as it came, into a TX frame of the
@@ -887,7 +921,7 @@ impl Worker {
             EndReason::ClientReset | EndReason::ServerReset => WorkerStats::add(&self.stats.resets, 1),
             EndReason::IdleTimeout(_) => WorkerStats::add(&self.stats.idle_timeouts, 1),
             EndReason::HandshakeTimeout(_) => WorkerStats::add(&self.stats.handshake_timeouts, 1),
-            EndReason::Closed => {}
+            EndReason::Closed | EndReason::Stopping => {}
         }
         self.flows.remove(id);
         WorkerStats::add(&self.stats.flows_closed, 1);
