@@ -3,6 +3,7 @@
 //! Parse errors get their table and key from the spans of the document; checks after
 //! parsing (`Config::validate`) find the line of the offending key the same way.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -377,7 +378,6 @@ impl OnProtocolError {
 /// What the inspection engine does with the plaintext of decrypted sessions, and its
 /// bounds. Applied by the inspection engine; every session keeps the settings of the
 /// snapshot it started with.
-// Issue #14 adds `rules`, `vars` and `body_depth` (signatures) to this table.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Inspection {
@@ -396,6 +396,14 @@ pub struct Inspection {
     pub max_header_block: usize,
     /// Answer a blocked request with loupe's 403 HTML page; off: refuse it without a page.
     pub block_page: bool,
+    /// Suricata rule files, paths or globs (`/etc/loupe/rules/*.rules`), loaded in order;
+    /// relative ones are relative to the configuration file. Empty: no signatures.
+    pub rules: Vec<PathBuf>,
+    /// Rule variables (`HOME_NET = "[198.18.0.0/15]"`), named without the `$`; they add
+    /// to and override the defaults Suricata ships.
+    pub vars: BTreeMap<String, String>,
+    /// Body bytes each way, after content decoding, that signatures inspect.
+    pub body_depth: usize,
 }
 
 impl Default for Inspection {
@@ -408,6 +416,9 @@ impl Default for Inspection {
             hpack_table_size: 64 * 1024,
             max_header_block: 100 * 1024,
             block_page: true,
+            rules: Vec::new(),
+            vars: BTreeMap::new(),
+            body_depth: 1 << 20,
         }
     }
 }
@@ -826,6 +837,21 @@ fn line_of_key(text: &str, table: &str, key: &str) -> Option<usize> {
     Some(line_of(text, offset))
 }
 
+/// The line of `key` in `[table.subtable]`; the subtable's line when the key is not found.
+fn line_of_subtable_key(text: &str, table: &str, subtable: &str, key: &str) -> Option<usize> {
+    let doc = spans(text)?;
+    let (_, value) = entry(&doc, table)?;
+    let DeValue::Table(fields) = value.get_ref() else {
+        return None;
+    };
+    let (name, value) = entry(fields, subtable)?;
+    let offset = match value.get_ref() {
+        DeValue::Table(fields) => entry(fields, key).map_or(name.span().start, |(k, _)| k.span().start),
+        _ => name.span().start,
+    };
+    Some(line_of(text, offset))
+}
+
 /// What a parse error at `offset` lies in: the table (`[dataplane] `, `rule "banks": `, or
 /// nothing at the top level) and the key whose value holds it (`None` when the error is
 /// about a key itself or a whole table, e.g. an unknown or a missing key).
@@ -1033,6 +1059,7 @@ impl Config {
         }
         self.export.dir.iter_mut().for_each(resolve);
         self.export.keylog_file.iter_mut().for_each(resolve);
+        self.inspection.rules.iter_mut().for_each(resolve);
     }
 
     /// Whether some rule exports `kind` (what the daemon opens files for).
@@ -1387,6 +1414,22 @@ impl Config {
         bytes("max_header_bytes", i.max_header_bytes, 1024)?;
         bytes("hpack_table_size", i.hpack_table_size, 4096)?;
         bytes("max_header_block", i.max_header_block, 1024)?;
+        bytes("body_depth", i.body_depth, 0)?;
+        for (name, value) in &i.vars {
+            let var_error = |message: &str| ConfigError {
+                file: errors.file.to_path_buf(),
+                line: line_of_subtable_key(errors.text, "inspection", "vars", name),
+                message: format!("[inspection.vars] {name}: {message}"),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(var_error(
+                    "a variable name is letters, digits and '_' (written without the '$')",
+                ));
+            }
+            if value.trim().is_empty() {
+                return Err(var_error("the value is empty"));
+            }
+        }
         if !(1..=MAX_STREAMS).contains(&i.max_streams) {
             return Err(error(
                 "max_streams",
@@ -2018,10 +2061,15 @@ mod tests {
                 hpack_table_size: 65_536,
                 max_header_block: 102_400,
                 block_page: true,
+                rules: vec![],
+                vars: BTreeMap::new(),
+                body_depth: 1 << 20,
             }
         );
         let text = "[inspection]\nhttp = false\non_protocol_error = \"block\"\nmax_header_bytes = 8192\n\
-                    max_streams = 100\nhpack_table_size = 4096\nmax_header_block = 16384\nblock_page = false\n";
+                    max_streams = 100\nhpack_table_size = 4096\nmax_header_block = 16384\nblock_page = false\n\
+                    rules = [\"/etc/loupe/rules/*.rules\", \"local.rules\"]\nbody_depth = 0\n\
+                    [inspection.vars]\nHOME_NET = \"[198.18.0.0/15]\"\n";
         let i = parse(text).unwrap().inspection;
         assert_eq!(
             i,
@@ -2033,6 +2081,9 @@ mod tests {
                 hpack_table_size: 4096,
                 max_header_block: 16384,
                 block_page: false,
+                rules: vec![PathBuf::from("/etc/loupe/rules/*.rules"), PathBuf::from("local.rules")],
+                vars: BTreeMap::from([("HOME_NET".to_string(), "[198.18.0.0/15]".to_string())]),
+                body_depth: 0,
             }
         );
         assert_eq!(i.on_protocol_error.as_str(), "block");
@@ -2049,9 +2100,23 @@ mod tests {
             "loupe.toml:2: [inspection] http: invalid type: string \"yes\", expected a boolean"
         );
         assert_eq!(
-            parse("[inspection]\nrules = [\"local.rules\"]\n").unwrap_err(),
-            "loupe.toml:2: [inspection] unknown field `rules`, expected one of `http`, `on_protocol_error`, \
-             `max_header_bytes`, `max_streams`, `hpack_table_size`, `max_header_block`, `block_page`"
+            parse("[inspection]\nsignatures = [\"local.rules\"]\n").unwrap_err(),
+            "loupe.toml:2: [inspection] unknown field `signatures`, expected one of `http`, `on_protocol_error`, \
+             `max_header_bytes`, `max_streams`, `hpack_table_size`, `max_header_block`, `block_page`, `rules`, \
+             `vars`, `body_depth`"
+        );
+        assert_eq!(
+            parse("[inspection]\nhttp = true\n[inspection.vars]\nHOME-NET = \"[198.18.0.0/15]\"\n").unwrap_err(),
+            "loupe.toml:4: [inspection.vars] HOME-NET: a variable name is letters, digits and '_' \
+             (written without the '$')"
+        );
+        assert_eq!(
+            parse("[inspection.vars]\nHOME_NET = \" \"\n").unwrap_err(),
+            "loupe.toml:2: [inspection.vars] HOME_NET: the value is empty"
+        );
+        assert_eq!(
+            parse("[inspection]\nbody_depth = 99999999\n").unwrap_err(),
+            "loupe.toml:2: [inspection] body_depth: expected 0 to 16777216 bytes, got 99999999"
         );
         assert_eq!(
             parse("[inspection]\nhttp = true\n\nmax_header_bytes = 100\n").unwrap_err(),

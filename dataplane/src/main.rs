@@ -187,6 +187,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.profiles.len().max(1),
                 bypassed.len()
             );
+            if !config.inspection.rules.is_empty() {
+                report_signatures(&config.inspection)?;
+            }
             for profile in config.profiles.iter().filter(|p| p.legacy_servers) {
                 println!(
                     "note: profile {:?} has legacy_servers = true: its upstream hello may be weaker than the \
@@ -375,4 +378,42 @@ fn print_details(entry: &ImportedEntry) {
     println!("  sha256     {}", entry.sha256);
     println!("  issuer     {}", entry.issuer);
     println!("  not after  {}", entry.not_after);
+}
+
+/// `loupe check`'s account of the signature files: how many rules each gave, and every
+/// rule or file that was skipped, with file, line, sid and reason. Skipped rules do not
+/// fail the check (the daemon loads the rest the same way); a file that cannot be read
+/// does, as the configuration names something that is not there.
+fn report_signatures(inspection: &loupe_control::config::Inspection) -> anyhow::Result<()> {
+    use loupe_dataplane::inspect::signatures;
+    let vars = signatures::rule_vars(&inspection.vars);
+    let loaded = signatures::load_rule_files(&inspection.rules, &vars);
+    let report = &loaded.report;
+    let unsupported = report.skipped.iter().filter(|s| s.error.unsupported).count();
+    println!(
+        "signatures: {} loaded from {} files, {} skipped ({} unsupported, {} invalid){}",
+        report.loaded(),
+        report.files.len(),
+        report.skipped.len(),
+        unsupported,
+        report.skipped.len() - unsupported,
+        if report.unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(", {} unreadable", report.unreadable.len())
+        }
+    );
+    for (file, count) in &report.files {
+        println!("  {}: {count} rules", file.display());
+    }
+    for (what, why) in &report.unreadable {
+        println!("error: {what}: {why}");
+    }
+    for skipped in &report.skipped {
+        println!("skipped: {skipped}");
+    }
+    if !report.unreadable.is_empty() {
+        anyhow::bail!("[inspection] rules: {} entries cannot be read", report.unreadable.len());
+    }
+    Ok(())
 }

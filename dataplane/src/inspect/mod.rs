@@ -7,6 +7,7 @@
 //! - [`hpack`]: HTTP/2 header compression (RFC 7541): the decoder, and the encoder loupe
 //!   uses toward a server once it blocked a stream.
 //! - [`http2`]: HTTP/2 framing (RFC 9113) relayed between the two peers, with blocking.
+//! - [`signatures`]: Suricata rules (a documented subset): parsing, loading, matching.
 //! - [`url_rules`]: `[[url_rule]]` matching on a request's host, path and method.
 //! - [`engine`]: one decrypted session's inspection: picks the protocol, holds request
 //!   heads until judged, answers blocked requests, collects finished transactions.
@@ -16,6 +17,7 @@ pub mod export;
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+pub mod signatures;
 pub mod transaction;
 pub mod url_rules;
 
