@@ -41,6 +41,11 @@ pub const OUTSIDE: usize = 1;
 const EGRESS_BURST: usize = 64;
 /// Longest sleep when idle: bounds how late a stop request is noticed.
 const MAX_IDLE_WAIT_MS: i32 = 100;
+/// Free TX frames per port kept while resetting flows at stop: a flow's service sends a
+/// few frames on each leg at most.
+const STOP_TX_ROOM: usize = 8;
+/// How many times the stop waits 1 ms for the kernel to take frames before giving up.
+const STOP_FLUSH_ROUNDS: usize = 200;
 /// Probes have no timers of their own: poll them this often while any runs.
 const PROBE_POLL_MS: i32 = 5;
 /// Ended sessions whose details `session ID` still finds, per worker.
@@ -415,32 +420,56 @@ impl Worker {
     /// On stop, every open flow is reset both ways and logged: its TCP state dies with
     /// the process, so the client would otherwise wait on a dead connection and the
     /// server hold one no one closes (until its own timeout; meanwhile a client reusing
-    /// the port gets a challenge ACK instead of a SYN-ACK).
+    /// the port gets a challenge ACK instead of a SYN-ACK). Flows that already ended and
+    /// linger are released too, so their records are written.
     fn reset_open_flows(&mut self) {
         let now = self.now();
-        self.expiring.clear();
-        for (id, flow) in self.flows.iter_mut() {
-            if flow.release_at.is_none() && flow.pair.phase != Phase::Finished {
-                self.expiring.push((id, EndReason::Stopping));
-            }
-        }
-        for i in 0..self.expiring.len() {
-            let (id, reason) = self.expiring[i];
+        // (flow, still open): the process is ending, an allocation is fine here.
+        let flows: Vec<(FlowId, bool)> = self
+            .flows
+            .iter_mut()
+            .map(|(id, flow)| (id, flow.release_at.is_none() && flow.pair.phase != Phase::Finished))
+            .collect();
+        for (id, open) in flows {
+            // A stop with thousands of open flows queues a reset per leg each: keep
+            // room on the TX rings, or the resets past the free frames would be lost.
+            self.wait_for_tx_room(STOP_TX_ROOM);
             let Some(flow) = self.flows.get_mut(id) else { continue };
-            flow.pair.expire(reason);
+            if open {
+                flow.pair.expire(EndReason::Stopping);
+            }
             flow.release_at = Some(now);
             self.service(id, now);
         }
-        // The resets are queued on the TX rings: hand them to the kernel before exiting.
-        for _ in 0..100 {
-            let mut backlog = false;
+        // The resets are queued on the TX rings: see them sent before the process (and
+        // its sockets, rings and all) goes.
+        self.flush_until(|port| port.tx_unconfirmed() == 0);
+    }
+
+    /// Hands queued frames to the kernel and takes back the sent ones until every port has
+    /// `frames` free.
+    fn wait_for_tx_room(&mut self, frames: usize) {
+        self.flush_until(|port| port.free_frames() >= frames);
+    }
+
+    /// Flushes every port until `done` holds for all of them. In copy mode the kernel
+    /// sends a few dozen frames per wakeup, so it goes on at once while that frees frames
+    /// and waits a millisecond when it does not, [`STOP_FLUSH_ROUNDS`] times at most.
+    fn flush_until(&mut self, done: impl Fn(&XskPort) -> bool) {
+        let mut stalled = 0;
+        while stalled < STOP_FLUSH_ROUNDS {
+            if self.ports.iter().all(&done) {
+                return;
+            }
+            let before: usize = self.ports.iter().map(XskPort::tx_unconfirmed).sum();
             for port in &mut self.ports {
-                backlog |= port.flush();
+                port.flush();
             }
-            if !backlog {
-                break;
+            let after: usize = self.ports.iter().map(XskPort::tx_unconfirmed).sum();
+            if after >= before {
+                stalled += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 

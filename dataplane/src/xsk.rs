@@ -388,6 +388,16 @@ impl XskPort {
         !self.free_frames.is_empty()
     }
 
+    /// Frames free for transmission now.
+    pub fn free_frames(&self) -> usize {
+        self.free_frames.len()
+    }
+
+    /// Frames queued or handed to the kernel whose transmission is not yet confirmed.
+    pub fn tx_unconfirmed(&self) -> usize {
+        self.tx_pending.len() + self.tx_in_flight
+    }
+
     /// Writes one frame of `len` bytes with `write` and queues it for transmission.
     /// Returns None (and writes nothing) when every frame is in flight.
     pub fn transmit<R>(&mut self, len: usize, write: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
