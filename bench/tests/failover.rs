@@ -255,14 +255,15 @@ fn sigterm_resets_every_one_of_thousands_of_held_sessions() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let established = |ns: Ns, filter: &str| {
-        ok(
-            lab.exec(ns, &["ss", "-Htn", "state", "established", filter]),
-            "ss",
-        )
-        .lines()
-        .count()
+        ok(lab.exec(ns, &["ss", "-Htn", "state", "established", filter]), "ss")
+            .lines()
+            .count()
     };
-    assert_eq!(established(Ns::Server, "( sport = :443 )"), HELD, "sessions at the server");
+    assert_eq!(
+        established(Ns::Server, "( sport = :443 )"),
+        HELD,
+        "sessions at the server"
+    );
 
     let status = ok(loupe.stop_daemon(), "SIGTERM loupe");
     assert!(status.success(), "loupe exited with {status}\n{}", loupe.logs());
@@ -285,7 +286,10 @@ fn sigterm_resets_every_one_of_thousands_of_held_sessions() {
     }
     let log_dir = loupe.log_dir().expect("loupe's log dir");
     let records = std::fs::read_to_string(log_dir.join("decryption.jsonl")).expect("decryption.jsonl");
-    let stopped = records.lines().filter(|r| r.contains("loupe stopping: both sides reset")).count();
+    let stopped = records
+        .lines()
+        .filter(|r| r.contains("loupe stopping: both sides reset"))
+        .count();
     assert_eq!(stopped, HELD, "every held session gets its record with the reason");
     drop(clients);
     drop(server);
