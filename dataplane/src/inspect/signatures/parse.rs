@@ -250,15 +250,20 @@ fn push_option<'a>(text: &'a str, options: &mut Vec<RuleOption<'a>>) -> Result<(
     Ok(())
 }
 
+/// The text between a value's double quotes.
+fn quoted<'a>(keyword: &str, value: &'a str) -> Result<&'a str, RuleError> {
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .filter(|_| value.len() >= 2)
+        .ok_or_else(|| RuleError::syntax(Some(keyword), format!("the value must be quoted, got {value}")))
+}
+
 /// A quoted text value (`msg`) without its quotes, `\"`, `\;`, `\\`, `\:` and `\|`
 /// unescaped; any other backslash is kept with the character after it, as people write
 /// `(\xa4)` in a message.
 fn unquote(keyword: &str, value: &str) -> Result<String, RuleError> {
-    let inner = value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .filter(|_| value.len() >= 2)
-        .ok_or_else(|| RuleError::syntax(Some(keyword), format!("the value must be quoted, got {value}")))?;
+    let inner = quoted(keyword, value)?;
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
@@ -285,11 +290,7 @@ fn unquote(keyword: &str, value: &str) -> Result<String, RuleError> {
 
 /// A content's value: `"text|48 49|text"`, escapes allowed in the text parts.
 fn content_bytes(keyword: &str, value: &str) -> Result<Vec<u8>, RuleError> {
-    let inner = value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .filter(|_| value.len() >= 2)
-        .ok_or_else(|| RuleError::syntax(Some(keyword), format!("the value must be quoted, got {value}")))?;
+    let inner = quoted(keyword, value)?;
     let mut out = Vec::with_capacity(inner.len());
     let bytes = inner.as_bytes();
     let mut i = 0;
@@ -354,6 +355,17 @@ fn content_bytes(keyword: &str, value: &str) -> Result<Vec<u8>, RuleError> {
         ));
     }
     Ok(out)
+}
+
+/// A `depth` or `within` must leave room for the whole content.
+fn window_holds_content(keyword: &str, window: u32, content: &Content) -> Result<(), RuleError> {
+    if (window as usize) < content.pattern.len() {
+        return Err(RuleError::syntax(
+            Some(keyword),
+            format!("{window} is shorter than the content ({} bytes)", content.pattern.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_number<T: std::str::FromStr>(keyword: &str, value: &str) -> Result<T, RuleError> {
@@ -691,12 +703,7 @@ impl Builder {
                 if keyword == "offset" {
                     content.offset = Some(n);
                 } else {
-                    if (n as usize) < content.pattern.len() {
-                        return Err(RuleError::syntax(
-                            Some(keyword),
-                            format!("{n} is shorter than the content ({} bytes)", content.pattern.len()),
-                        ));
-                    }
+                    window_holds_content(keyword, n, content)?;
                     content.depth = Some(n);
                 }
             }
@@ -714,12 +721,7 @@ impl Builder {
                     content.distance = Some(parse_number(keyword, value)?);
                 } else {
                     let n: u32 = parse_number(keyword, value)?;
-                    if (n as usize) < content.pattern.len() {
-                        return Err(RuleError::syntax(
-                            Some(keyword),
-                            format!("{n} is shorter than the content ({} bytes)", content.pattern.len()),
-                        ));
-                    }
+                    window_holds_content(keyword, n, content)?;
                     content.within = Some(n);
                 }
             }
@@ -977,11 +979,7 @@ fn parse_pcre(value: &str, sticky: Buffer) -> Result<(Buffer, Pcre), RuleError> 
         Some(rest) => (true, rest.trim_start()),
         None => (false, value),
     };
-    let inner = value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .filter(|_| value.len() >= 2)
-        .ok_or_else(|| RuleError::syntax(Some(keyword), format!("the value must be quoted, got {value}")))?;
+    let inner = quoted(keyword, value)?;
     let body = inner
         .strip_prefix('/')
         .ok_or_else(|| RuleError::syntax(Some(keyword), "the pattern must start with '/'"))?;
