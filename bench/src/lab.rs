@@ -236,6 +236,29 @@ impl Lab {
 
     /// Runs a command in a namespace and returns its stdout; fails with its stderr if
     /// it exits non-zero. Bounded by 60 s.
+    /// Waits until `ns` has no TCP connection to or from `port` that is open or closing
+    /// (TIME-WAIT aside), for at most `within`; returns how many were left.
+    pub fn wait_for_closed(&self, ns: Ns, port: u16, within: Duration) -> Result<usize> {
+        let filter = format!("( sport = :{port} or dport = :{port} )");
+        let argv = [
+            "ss",
+            "-Htn",
+            "state",
+            "connected",
+            "exclude",
+            "time-wait",
+            filter.as_str(),
+        ];
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.exec(ns, &argv)?.lines().count();
+            if left == 0 || Instant::now() >= deadline {
+                return Ok(left);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn exec<S: AsRef<OsStr>>(&self, ns: Ns, argv: &[S]) -> Result<String> {
         self.exec_output(ns, argv)?
             .success()

@@ -612,6 +612,9 @@ fn start_mode<'lab>(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// How long a measurement waits for the load's connections to finish closing.
+const CLOSE_WAIT_BOUND: Duration = Duration::from_secs(10);
+
 fn measure(
     lab: &Lab,
     plan: &BenchPlan,
@@ -727,6 +730,19 @@ fn measure(
         }
         (parse_result(&out.stdout)?, None)
     };
+    // The generator has closed its sockets, but their FIN exchanges may still be under
+    // way, and the middle may be torn down next (a mode's last workload). Cut mid-close,
+    // a connection stays open at the server, and a later connection from the same port
+    // meets it: a challenge ACK instead of a SYN-ACK, a 1 s SYN retry in its handshake.
+    for ns in [Ns::Client, Ns::Server] {
+        let left = lab.wait_for_closed(ns, 443, CLOSE_WAIT_BOUND)?;
+        if left > 0 {
+            eprintln!(
+                "[loupe-bench] {} {name} rep {rep}: {left} connections in {ns:?} still open or closing {CLOSE_WAIT_BOUND:?} after the load",
+                mode.name()
+            );
+        }
+    }
     // None when a process of the appliance could not be read at an end of the interval
     // (gone): the report then has no cost for the repetition rather than a part of it.
     let appliance_cpu_s = load.watched_cpu_s;
