@@ -611,10 +611,10 @@ fn start_mode<'lab>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// How long a measurement waits for the load's connections to finish closing.
 const CLOSE_WAIT_BOUND: Duration = Duration::from_secs(10);
 
+#[allow(clippy::too_many_arguments)]
 fn measure(
     lab: &Lab,
     plan: &BenchPlan,
