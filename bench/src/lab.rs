@@ -234,11 +234,9 @@ impl Lab {
         c
     }
 
-    /// Runs a command in a namespace and returns its stdout; fails with its stderr if
-    /// it exits non-zero. Bounded by 60 s.
-    /// Waits until `ns` has no TCP connection to or from `port` that is open or closing
-    /// (TIME-WAIT aside), for at most `within`; returns how many were left.
-    pub fn wait_for_closed(&self, ns: Ns, port: u16, within: Duration) -> Result<usize> {
+    /// The TCP connections to or from `port` in `ns` that are open or closing (TIME-WAIT
+    /// aside), one `ss` line each.
+    pub fn open_connections(&self, ns: Ns, port: u16) -> Result<Vec<String>> {
         let filter = format!("( sport = :{port} or dport = :{port} )");
         let argv = [
             "ss",
@@ -249,9 +247,20 @@ impl Lab {
             "time-wait",
             filter.as_str(),
         ];
+        Ok(self
+            .exec(ns, &argv)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Waits until [`Lab::open_connections`] is empty, for at most `within`; returns how
+    /// many were left.
+    pub fn wait_for_closed(&self, ns: Ns, port: u16, within: Duration) -> Result<usize> {
         let deadline = Instant::now() + within;
         loop {
-            let left = self.exec(ns, &argv)?.lines().count();
+            let left = self.open_connections(ns, port)?.len();
             if left == 0 || Instant::now() >= deadline {
                 return Ok(left);
             }
@@ -259,6 +268,8 @@ impl Lab {
         }
     }
 
+    /// Runs a command in a namespace and returns its stdout; fails with its stderr if
+    /// it exits non-zero. Bounded by 60 s.
     pub fn exec<S: AsRef<OsStr>>(&self, ns: Ns, argv: &[S]) -> Result<String> {
         self.exec_output(ns, argv)?
             .success()

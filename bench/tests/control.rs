@@ -852,27 +852,7 @@ fn timeouts_config(t: &Tls, idle: &str, handshake: &str) -> String {
 
 /// Connections to the origin's 443 the server namespace still holds (TIME-WAIT aside).
 fn origin_connections(t: &Tls) -> Vec<String> {
-    let out = ok(
-        t.lab.exec(
-            Ns::Server,
-            &[
-                "ss",
-                "-Htn",
-                "state",
-                "connected",
-                "exclude",
-                "time-wait",
-                "sport",
-                "=",
-                ":443",
-            ],
-        ),
-        "ss in the server namespace",
-    );
-    out.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect()
+    ok(t.lab.open_connections(Ns::Server, 443), "ss in the server namespace")
 }
 
 /// The newest record whose end reason starts with `prefix` (waits for it).
