@@ -513,8 +513,7 @@ struct Builder {
     /// given after it.
     sticky: Buffer,
     transforms: Transforms,
-    /// Whether a `sid` option was seen (a rule without one is an error).
-    has_sid: bool,
+    /// Whether a `msg` was given (an empty one counts, so this is not `msg.is_empty()`).
     has_msg: bool,
 }
 
@@ -533,7 +532,6 @@ impl Builder {
             detection_filter: None,
             sticky: Buffer::Payload,
             transforms: Transforms::new(),
-            has_sid: false,
             has_msg: false,
         }
     }
@@ -638,7 +636,6 @@ impl Builder {
                 if self.meta.sid == 0 {
                     return Err(RuleError::syntax(Some(keyword), "must be 1 or more"));
                 }
-                self.has_sid = true;
             }
             "rev" => self.meta.rev = parse_number(keyword, Self::value(keyword, option)?)?,
             "gid" => self.meta.gid = parse_number(keyword, Self::value(keyword, option)?)?,
@@ -861,7 +858,8 @@ impl Builder {
     }
 
     fn finish(self) -> Result<Rule, RuleError> {
-        if !self.has_sid {
+        // sid 0 is refused where it is parsed, so 0 here means no sid was given.
+        if self.meta.sid == 0 {
             return Err(RuleError::syntax(Some("sid"), "every rule needs a sid"));
         }
         if !self.has_msg {
