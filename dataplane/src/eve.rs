@@ -289,9 +289,21 @@ pub fn http_event<'a>(
     tx: &'a Transaction,
     facts: &'a HttpLoupeFacts<'a>,
 ) -> HttpEvent<'a> {
-    let http2 = tx.version == Some(HttpVersion::Http2);
-    let mut header = EveHeader::new(at, flow, "http", if http2 { "http2" } else { "http" });
+    let mut header = EveHeader::new(at, flow, "http", http_app_proto(tx));
     header.tx_id = Some(facts.transaction);
+    HttpEvent {
+        header,
+        http: eve_http(tx),
+        loupe: HttpLoupe {
+            session_id: flow.session_id,
+            facts,
+        },
+    }
+}
+
+/// Suricata's `http` object of a transaction.
+fn eve_http(tx: &Transaction) -> EveHttp<'_> {
+    let http2 = tx.version == Some(HttpVersion::Http2);
     let (hostname, http_port) = match tx.host.as_deref() {
         Some(host) => split_host(host),
         None => (None, None),
@@ -300,7 +312,7 @@ pub fn http_event<'a>(
         path: &tx.path,
         query: tx.query.as_deref(),
     });
-    let http = EveHttp {
+    EveHttp {
         hostname,
         http_port,
         url,
@@ -316,14 +328,6 @@ pub fn http_event<'a>(
             tx.stream_id.map(|stream_id| EveHttp2 { stream_id })
         } else {
             None
-        },
-    };
-    HttpEvent {
-        header,
-        http,
-        loupe: HttpLoupe {
-            session_id: flow.session_id,
-            facts,
         },
     }
 }
@@ -361,6 +365,183 @@ fn split_host(host: &str) -> (Option<Cow<'_, str>>, Option<u16>) {
 /// A Content-Type value up to any `;` (Suricata leaves out the parameters).
 fn media_type(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or(content_type)
+}
+
+// ---------------------------------------------------------------------------------------
+// alert
+// ---------------------------------------------------------------------------------------
+
+/// An EVE `alert` event: a signature that fired on a transaction, with the transaction's
+/// `http` object, as Suricata writes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertEvent<'a> {
+    #[serde(flatten)]
+    pub header: EveHeader<'a>,
+    pub alert: EveAlert<'a>,
+    pub http: EveHttp<'a>,
+    pub loupe: AlertLoupe,
+}
+
+/// Suricata's `alert` object.
+#[derive(Debug, Clone, Serialize)]
+pub struct EveAlert<'a> {
+    /// `allowed`, or `blocked` when the rule's action was `drop`.
+    pub action: &'static str,
+    pub gid: u32,
+    pub signature_id: u32,
+    pub rev: u32,
+    pub signature: &'a str,
+    /// The classtype's description (Suricata's classification.config), empty without one.
+    pub category: &'a str,
+    pub severity: u8,
+    /// The rule's `metadata`, each key with its values.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<&'a str, Vec<&'a str>>,
+}
+
+/// The `loupe` object of an alert event.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AlertLoupe {
+    pub session_id: u64,
+    /// The transaction's number within the session.
+    pub transaction: u64,
+    /// The rule file's name and line are in `loupectl rules show`; the rule's action:
+    pub rule_action: &'static str,
+}
+
+/// The `alert` event of `rule` firing on transaction `tx` (number `index`), stamped `at`.
+pub fn alert_event<'a>(
+    at: SystemTime,
+    flow: &EveFlow,
+    tx: &'a Transaction,
+    index: u64,
+    rule: &'a crate::inspect::signatures::Rule,
+) -> AlertEvent<'a> {
+    use crate::inspect::signatures::Action as RuleAction;
+    let http = eve_http(tx);
+    let mut header = EveHeader::new(at, flow, "alert", http_app_proto(tx));
+    header.tx_id = Some(index);
+    let (category, class_priority) = match rule.meta.classtype.as_deref() {
+        Some(classtype) => classification(classtype).unwrap_or((classtype, 3)),
+        None => ("", 3),
+    };
+    let mut metadata: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for entry in &rule.meta.metadata {
+        let entry = entry.trim();
+        let (key, value) = entry.split_once(' ').unwrap_or((entry, ""));
+        metadata.entry(key).or_default().push(value.trim());
+    }
+    AlertEvent {
+        header,
+        alert: EveAlert {
+            action: if rule.action == RuleAction::Drop {
+                "blocked"
+            } else {
+                "allowed"
+            },
+            gid: rule.meta.gid,
+            signature_id: rule.meta.sid,
+            rev: rule.meta.rev,
+            signature: &rule.meta.msg,
+            category,
+            severity: rule.meta.priority.unwrap_or(class_priority),
+            metadata,
+        },
+        http,
+        loupe: AlertLoupe {
+            session_id: flow.session_id,
+            transaction: index,
+            rule_action: rule.action.as_str(),
+        },
+    }
+}
+
+fn http_app_proto(tx: &Transaction) -> &'static str {
+    if tx.version == Some(HttpVersion::Http2) {
+        "http2"
+    } else {
+        "http"
+    }
+}
+
+/// Suricata's default classification.config: classtype, its description (the alert's
+/// `category`) and priority (the alert's `severity` when the rule sets none).
+const CLASSIFICATIONS: &[(&str, &str, u8)] = &[
+    ("not-suspicious", "Not Suspicious Traffic", 3),
+    ("unknown", "Unknown Traffic", 3),
+    ("bad-unknown", "Potentially Bad Traffic", 2),
+    ("attempted-recon", "Attempted Information Leak", 2),
+    ("successful-recon-limited", "Information Leak", 2),
+    ("successful-recon-largescale", "Large Scale Information Source Leak", 2),
+    ("attempted-dos", "Attempted Denial of Service", 2),
+    ("successful-dos", "Denial of Service", 2),
+    ("attempted-user", "Attempted User Privilege Gain", 1),
+    ("unsuccessful-user", "Unsuccessful User Privilege Gain", 1),
+    ("successful-user", "Successful User Privilege Gain", 1),
+    ("attempted-admin", "Attempted Administrator Privilege Gain", 1),
+    ("successful-admin", "Successful Administrator Privilege Gain", 1),
+    ("rpc-portmap-decode", "Decode of an RPC Query", 2),
+    ("shellcode-detect", "Executable code was detected", 1),
+    ("string-detect", "A suspicious string was detected", 3),
+    ("suspicious-filename-detect", "A suspicious filename was detected", 2),
+    (
+        "suspicious-login",
+        "An attempted login using a suspicious username was detected",
+        2,
+    ),
+    ("system-call-detect", "A system call was detected", 2),
+    ("tcp-connection", "A TCP connection was detected", 4),
+    ("trojan-activity", "A Network Trojan was detected", 1),
+    (
+        "unusual-client-port-connection",
+        "A client was using an unusual port",
+        2,
+    ),
+    ("network-scan", "Detection of a Network Scan", 3),
+    ("denial-of-service", "Detection of a Denial of Service Attack", 2),
+    (
+        "non-standard-protocol",
+        "Detection of a non-standard protocol or event",
+        2,
+    ),
+    ("protocol-command-decode", "Generic Protocol Command Decode", 3),
+    (
+        "web-application-activity",
+        "access to a potentially vulnerable web application",
+        2,
+    ),
+    ("web-application-attack", "Web Application Attack", 1),
+    ("misc-activity", "Misc activity", 3),
+    ("misc-attack", "Misc Attack", 2),
+    ("icmp-event", "Generic ICMP event", 3),
+    ("inappropriate-content", "Inappropriate Content was Detected", 1),
+    ("policy-violation", "Potential Corporate Privacy Violation", 1),
+    (
+        "default-login-attempt",
+        "Attempt to login by a default username and password",
+        2,
+    ),
+    ("targeted-activity", "Targeted Malicious Activity was Detected", 1),
+    ("exploit-kit", "Exploit Kit Activity Detected", 1),
+    ("external-ip-check", "Device Retrieving External IP Address Detected", 2),
+    ("domain-c2", "Domain Observed Used for C2 Detected", 1),
+    ("pup-activity", "Possibly Unwanted Program Detected", 2),
+    ("credential-theft", "Successful Credential Theft Detected", 1),
+    ("social-engineering", "Possible Social Engineering Attempted", 2),
+    ("coin-mining", "Crypto Currency Mining Activity Detected", 2),
+    (
+        "command-and-control",
+        "Malware Command and Control Activity Detected",
+        1,
+    ),
+];
+
+/// A classtype's description and priority.
+pub fn classification(classtype: &str) -> Option<(&'static str, u8)> {
+    CLASSIFICATIONS
+        .iter()
+        .find(|(name, _, _)| *name == classtype)
+        .map(|(_, description, priority)| (*description, *priority))
 }
 
 // ---------------------------------------------------------------------------------------

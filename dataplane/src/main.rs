@@ -176,6 +176,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trust { action } => trust(action),
         Command::Check { file } => {
             let config = Config::load(&file)?;
+            // The signature report first: it names every rule file that cannot be read,
+            // which also fails the policy build below.
+            if !config.inspection.rules.is_empty() {
+                report_signatures(&config.inspection)?;
+            }
             let policy = daemon::build_policy(&config, &[], None, 1, ExclusionCache::default())
                 .with_context(|| format!("{}", file.display()))?;
             let bypassed = policy.xdp_bypasses(&config.dataplane.inspect_ports);
@@ -187,9 +192,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.profiles.len().max(1),
                 bypassed.len()
             );
-            if !config.inspection.rules.is_empty() {
-                report_signatures(&config.inspection)?;
-            }
             for profile in config.profiles.iter().filter(|p| p.legacy_servers) {
                 println!(
                     "note: profile {:?} has legacy_servers = true: its upstream hello may be weaker than the \

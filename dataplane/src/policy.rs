@@ -23,6 +23,7 @@ use crate::inspect::export::Exports;
 use crate::inspect::hpack::HpackLimits;
 use crate::inspect::http1::Http1Limits;
 use crate::inspect::http2::Http2Limits;
+use crate::inspect::signatures::{self, SignatureSet};
 pub use crate::inspect::url_rules::{Categories, MAX_CATEGORIES};
 use crate::inspect::url_rules::{HostPattern, UrlRules};
 use crate::tls::forge::ForgedCert;
@@ -283,6 +284,9 @@ pub struct Policy {
     pub inspection: Inspection,
     /// The same settings as the engine takes them.
     pub inspect_settings: Arc<InspectSettings>,
+    /// `[inspection] rules`, loaded: content signatures every inspected session runs
+    /// (`None` without rules). A reload loads the files again.
+    pub signatures: Option<Arc<SignatureSet>>,
     /// The NSS key log that rules with `export = ["keylog"]` write to; set by the daemon
     /// (it knows the log directory), None while no rule exports keys.
     pub keylog: Option<Arc<crate::tls::keylog::KeyLog>>,
@@ -363,6 +367,7 @@ impl Policy {
         };
         let hits: Arc<[AtomicU64]> = (0..rules.len()).map(|_| AtomicU64::new(0)).collect();
         let url_rules = UrlRules::with_categories(&config.url_rules, Arc::clone(&categories))?;
+        let signatures = load_signatures(&config.inspection)?;
         Ok(Policy {
             version,
             rules: rules.into(),
@@ -376,6 +381,7 @@ impl Policy {
             url_rules: Arc::new(url_rules),
             inspection: config.inspection.clone(),
             inspect_settings: Arc::new(inspect_settings(&config.inspection)),
+            signatures,
             keylog: None,
             hits,
             default_hits: Arc::new(AtomicU64::new(0)),
@@ -398,6 +404,7 @@ impl Policy {
             url_rules: Arc::clone(&self.url_rules),
             inspection: self.inspection.clone(),
             inspect_settings: Arc::clone(&self.inspect_settings),
+            signatures: self.signatures.clone(),
             keylog: self.keylog.clone(),
             hits: Arc::clone(&self.hits),
             default_hits: Arc::clone(&self.default_hits),
@@ -555,6 +562,29 @@ impl Policy {
 
 /// `[inspection]` as the engine takes it; the bounds the file does not set keep the
 /// parsers' defaults.
+/// Loads `[inspection] rules`: rules that do not parse are skipped (the report says
+/// which and why); a file or glob that cannot be read fails the build.
+fn load_signatures(inspection: &Inspection) -> Result<Option<Arc<SignatureSet>>, String> {
+    if inspection.rules.is_empty() {
+        return Ok(None);
+    }
+    let vars = signatures::rule_vars(&inspection.vars);
+    let loaded = signatures::load_rule_files(&inspection.rules, &vars);
+    if !loaded.report.unreadable.is_empty() {
+        let each: Vec<String> = loaded
+            .report
+            .unreadable
+            .iter()
+            .map(|(what, why)| format!("{what}: {why}"))
+            .collect();
+        return Err(format!("[inspection] rules cannot be read: {}", each.join("; ")));
+    }
+    for skipped in &loaded.report.skipped {
+        tracing::warn!(rule = %skipped, "signature skipped");
+    }
+    Ok(Some(Arc::new(SignatureSet::new(loaded)?)))
+}
+
 fn inspect_settings(inspection: &Inspection) -> InspectSettings {
     let http2 = Http2Limits::default();
     InspectSettings {

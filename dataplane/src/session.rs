@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::capture::SniKnowledge;
-use crate::inspect::engine::{HttpInspector, InspectedTransaction};
+use crate::inspect::engine::{HttpInspector, InspectedTransaction, SignatureAlert};
 use crate::inspect::export::{SessionExport, Side as ExportSide, SyntheticPacket};
+use crate::inspect::signatures::{Endpoints, SignatureSet};
 use crate::inspect::{Inspector, Pass, Relay};
 use crate::tls::keylog::KeyLog;
 use loupe_control::protocol::{HttpDetail, HttpLine};
@@ -67,9 +68,16 @@ enum SessionInspector {
 }
 
 impl SessionInspector {
-    fn for_policy(policy: &Policy) -> SessionInspector {
+    fn for_policy(policy: &Policy, key: &FlowKey) -> SessionInspector {
         if policy.inspection.http {
-            let engine = HttpInspector::new(policy.inspect_settings.clone(), policy.url_rules.clone());
+            let mut engine = HttpInspector::new(policy.inspect_settings.clone(), policy.url_rules.clone());
+            if let Some(set) = &policy.signatures {
+                let endpoints = Endpoints {
+                    client: key.client,
+                    server: key.server,
+                };
+                engine = engine.with_signatures(Arc::clone(set), endpoints, policy.inspection.body_depth);
+            }
             SessionInspector::Http(Box::new(engine))
         } else {
             SessionInspector::Counting(PlaintextCounter::default())
@@ -289,7 +297,7 @@ impl Session {
             }
             None => Stream::AwaitingHello(ClientHelloReader::new()),
         };
-        let inspector = SessionInspector::for_policy(&policy);
+        let inspector = SessionInspector::for_policy(&policy, &key);
         Session {
             id,
             policy,
@@ -354,6 +362,22 @@ impl Session {
                 false => export.close(now),
             }
         }
+    }
+
+    /// Signatures fired since the last call, and the rule set they come from.
+    pub fn take_alerts(&mut self) -> Option<(Vec<SignatureAlert>, Arc<SignatureSet>)> {
+        match &mut self.inspector {
+            SessionInspector::Http(engine) if engine.has_alerts() => {
+                let set = Arc::clone(engine.signature_set()?);
+                Some((engine.take_alerts(), set))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether signatures fired that [`Session::take_alerts`] has not taken.
+    pub fn has_alerts(&self) -> bool {
+        self.inspector.http().is_some_and(HttpInspector::has_alerts)
     }
 
     /// Whether transactions finished that [`Session::take_transactions`] has not taken.

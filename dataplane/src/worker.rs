@@ -728,9 +728,10 @@ impl Worker {
                 tap.send(packets);
             }
         }
-        if flow.session.has_transactions() {
+        if flow.session.has_transactions() || flow.session.has_alerts() {
             let key = self.flows.key(id);
             if let Some(flow) = self.flows.get_mut(id) {
+                queue_alert_events(&mut flow.session, key, &mut self.eve_batch, &self.stats);
                 queue_http_events(&mut flow.session, key, &mut self.eve_batch, &self.stats);
             }
         }
@@ -1338,6 +1339,26 @@ fn queue_eve<E: serde::Serialize>(batch: &mut Vec<u8>, event: &E, stats: &Worker
             WorkerStats::add(&stats.eve_write_errors, 1);
             tracing::error!(%err, "EVE event not serializable");
         }
+    }
+}
+
+/// Queues an EVE `alert` event for each signature that fired on the session.
+fn queue_alert_events(session: &mut Session, key: Option<FlowKey>, batch: &mut Vec<u8>, stats: &WorkerStats) {
+    let Some((alerts, set)) = session.take_alerts() else {
+        return;
+    };
+    let Some(key) = key else { return };
+    let flow = EveFlow {
+        flow_id: session.id(),
+        session_id: session.id(),
+        client: key.client,
+        server: key.server,
+    };
+    for alert in &alerts {
+        let rule = set.rule(alert.hit.rule);
+        let at = alert.at.unwrap_or_else(SystemTime::now);
+        let event = eve::alert_event(at, &flow, &alert.transaction, alert.index, rule);
+        queue_eve(batch, &event, stats);
     }
 }
 

@@ -96,15 +96,24 @@ pub fn setup(lab: &Lab) -> (Tls<'_>, NsProcess<'_>) {
 
 /// [`setup`], with loupe started from a configuration file holding `config`.
 pub fn setup_with<'lab>(lab: &'lab Lab, config: Option<&str>) -> (Tls<'lab>, NsProcess<'lab>) {
+    setup_with_origin(lab, config, "")
+}
+
+/// [`setup_with`], with more directives for nginx's server block (`ssl_buffer_size`,
+/// `gzip`…).
+pub fn setup_with_origin<'lab>(
+    lab: &'lab Lab,
+    config: Option<&str>,
+    server_directives: &str,
+) -> (Tls<'lab>, NsProcess<'lab>) {
     let pki = ok(TestPki::build(&lab.dir().join("pki")), "build the test PKI");
     let www = lab.dir().join("www");
     std::fs::create_dir_all(&www).expect("www dir");
     std::fs::write(www.join("index.html"), INDEX).expect("index.html");
+    let mut origin = NginxTls::new(addr("198.18.0.2"), &www, &pki.good.cert_file, &pki.good.key_file);
+    origin.server_directives = server_directives.to_string();
     let nginx = ok(
-        lab.spawn_nginx_tls(
-            Ns::Server,
-            &NginxTls::new(addr("198.18.0.2"), &www, &pki.good.cert_file, &pki.good.key_file),
-        ),
+        lab.spawn_nginx_tls(Ns::Server, &origin),
         "start nginx (TLS) on server.lab",
     );
     let mut args = vec!["--trust-ca".to_string(), pki.origin_ca.cert_file.display().to_string()];

@@ -855,3 +855,60 @@ fn the_writer_thread_writes_every_batch_in_order_before_it_finishes() {
         assert_eq!(batches, expected, "worker {worker}'s lines in order");
     }
 }
+
+fn parsed_rule(text: &str) -> crate::inspect::signatures::Rule {
+    let vars = crate::inspect::signatures::rule_vars(&Default::default());
+    crate::inspect::signatures::parse_rule(text, &vars).expect("the rule parses")
+}
+
+#[test]
+fn a_signature_is_suricatas_alert_event_with_the_transactions_http() {
+    let rule = parsed_rule(
+        r#"alert http any any -> any any (msg:"ET MALWARE test"; http.uri; content:"/a"; classtype:trojan-activity; metadata:affected_product Windows, created_at 2024_01_01; sid:2000001; rev:3;)"#,
+    );
+    let tx = http11_get();
+    let value = to_value(&alert_event(at(), &flow(), &tx, 7, &rule));
+    assert_valid(&value);
+    assert_no_nulls(&value);
+    assert_eq!(value["event_type"], "alert");
+    assert_eq!(value["tx_id"], 7);
+    assert_eq!(value["app_proto"], "http");
+    assert_eq!(
+        value["alert"],
+        json!({
+            "action": "allowed",
+            "gid": 1,
+            "signature_id": 2000001,
+            "rev": 3,
+            "signature": "ET MALWARE test",
+            "category": "A Network Trojan was detected",
+            "severity": 1,
+            "metadata": { "affected_product": ["Windows"], "created_at": ["2024_01_01"] },
+        })
+    );
+    assert_eq!(value["http"]["hostname"], "www.example.com");
+    assert_eq!(
+        value["loupe"],
+        json!({ "session_id": 42, "transaction": 7, "rule_action": "alert" })
+    );
+}
+
+#[test]
+fn a_drop_alert_is_blocked_and_a_rule_priority_is_the_severity() {
+    let rule = parsed_rule(r#"drop http any any -> any any (msg:"x"; content:"y"; priority:2; sid:5;)"#);
+    let tx = http2_post();
+    let value = to_value(&alert_event(at(), &flow(), &tx, 0, &rule));
+    assert_valid(&value);
+    assert_eq!(value["alert"]["action"], "blocked");
+    assert_eq!(value["alert"]["severity"], 2);
+    assert_eq!(value["alert"]["category"], "");
+    assert_eq!(value["app_proto"], "http2");
+    assert!(value["alert"].get("metadata").is_none());
+}
+
+#[test]
+fn the_schema_refuses_an_alert_object_on_an_http_event() {
+    let mut value = to_value(&http_event(at(), &flow(), &http11_get(), &facts()));
+    value["alert"] = json!({ "action": "allowed", "gid": 1, "signature_id": 1, "rev": 0, "signature": "", "category": "", "severity": 3 });
+    assert!(!schema_errors(&value).is_empty());
+}

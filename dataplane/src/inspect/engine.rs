@@ -28,11 +28,17 @@ use std::time::SystemTime;
 
 use compact_str::CompactString;
 
-use super::http1::{Http1Connection, Http1Error, Http1Event, Http1Limits};
+use super::hpack::HeaderField;
+use super::http1::{Direction as StreamDirection, Http1Connection, Http1Error, Http1Event, Http1Limits};
 use super::http2::{Answer, Http2Connection, Http2Event, Http2Limits, Http2Output, StreamVerdict};
+use super::signatures::rule::Direction;
+use super::signatures::{Endpoints, HeadBuffers, SignatureHit, SignatureSet};
 use super::transaction::Transaction;
 use super::url_rules::{UrlAction, UrlRequest, UrlRules};
 use super::{Inspector, Pass, Relay};
+
+mod signature_flow;
+use signature_flow::{first_drop, SessionSignatures, TxContent};
 
 /// What the engine of one session may do and hold.
 #[derive(Debug, Clone)]
@@ -97,6 +103,17 @@ pub struct InspectedTransaction {
     pub end: Option<SystemTime>,
 }
 
+/// A signature that fired on a transaction: written as an EVE `alert` when it fires.
+#[derive(Debug, Clone)]
+pub struct SignatureAlert {
+    pub hit: SignatureHit,
+    /// The transaction's number within the session.
+    pub index: u64,
+    /// The transaction as far as it had come.
+    pub transaction: Transaction,
+    pub at: Option<SystemTime>,
+}
+
 /// Counts for the session's record and the worker's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct InspectCounts {
@@ -104,6 +121,8 @@ pub struct InspectCounts {
     pub url_rule_hits: u64,
     pub blocked: u64,
     pub protocol_errors: u64,
+    pub signature_alerts: u64,
+    pub signature_drops: u64,
 }
 
 /// Inspects one decrypted session; see the module documentation.
@@ -121,6 +140,10 @@ pub struct HttpInspector {
     counts: InspectCounts,
     /// The protocol was chosen (at `established`, or at the first byte without it).
     started: bool,
+    /// Content signatures, when the policy loaded rules.
+    signatures: Option<SessionSignatures>,
+    /// Signatures fired since the last [`HttpInspector::take_alerts`].
+    alerts: Vec<SignatureAlert>,
 }
 
 enum Mode {
@@ -139,6 +162,8 @@ struct ExchangeMeta {
     url_rule: Option<UrlHit>,
     request_start: Option<SystemTime>,
     response_first_byte: Option<SystemTime>,
+    /// What signatures read of the transaction (with signatures on).
+    content: Option<Box<TxContent>>,
 }
 
 /// A request loupe answers itself, waiting for the responses before it.
@@ -164,6 +189,10 @@ struct Http1Flow {
     answer: Option<PendingAnswer>,
     /// Client bytes at the start of the stream, kept until the protocol is known.
     first_bytes: Vec<u8>,
+    /// Server stream bytes received (body spans are stream offsets).
+    server_received: u64,
+    /// The last head the parser reported, until its head event.
+    head: Vec<u8>,
 }
 
 /// A request forwarded to the server: its side of the transaction, until the parser's
@@ -196,14 +225,42 @@ impl HttpInspector {
             finished: Vec::new(),
             counts: InspectCounts::default(),
             started: false,
+            signatures: None,
+            alerts: Vec::new(),
         }
+    }
+
+    /// Runs `set` on the session's transactions; `body_depth`: decoded body bytes the
+    /// rules read at most per message.
+    pub fn with_signatures(mut self, set: Arc<SignatureSet>, endpoints: Endpoints, body_depth: usize) -> Self {
+        self.signatures = Some(SessionSignatures::new(set, endpoints, body_depth));
+        self
+    }
+
+    /// The rule set the session runs, to name the rules of its alerts.
+    pub fn signature_set(&self) -> Option<&Arc<SignatureSet>> {
+        self.signatures.as_ref().map(|s| &s.set)
+    }
+
+    /// Signatures fired since the last call, in the order they fired.
+    pub fn take_alerts(&mut self) -> Vec<SignatureAlert> {
+        std::mem::take(&mut self.alerts)
+    }
+
+    /// Whether alerts are waiting in [`HttpInspector::take_alerts`].
+    pub fn has_alerts(&self) -> bool {
+        !self.alerts.is_empty()
     }
 
     fn start(&mut self, alpn: Option<&str>) {
         self.started = true;
         if alpn == Some("h2") {
+            let mut connection = Http2Connection::new(self.settings.http2);
+            if self.signatures.is_some() {
+                connection.report_content();
+            }
             let flow = Http2Flow {
-                connection: Http2Connection::new(self.settings.http2),
+                connection,
                 output: Http2Output::default(),
                 streams: VecDeque::new(),
                 next_index: 0,
@@ -211,8 +268,12 @@ impl HttpInspector {
             self.mode = Mode::Http2(Box::new(flow));
             self.protocol = AppProtocol::Http2;
         } else {
+            let mut parser = Http1Connection::new(self.settings.http1);
+            if self.signatures.is_some() {
+                parser.report_content();
+            }
             let flow = Http1Flow {
-                parser: Http1Connection::new(self.settings.http1),
+                parser,
                 held: Vec::new(),
                 released: 0,
                 received: 0,
@@ -220,6 +281,8 @@ impl HttpInspector {
                 open: VecDeque::new(),
                 answer: None,
                 first_bytes: Vec::new(),
+                server_received: 0,
+                head: Vec::new(),
             };
             self.mode = Mode::Http1(Box::new(flow));
             self.protocol = AppProtocol::Http1;
@@ -262,8 +325,17 @@ impl HttpInspector {
     /// Approximate bytes the engine holds for the session beyond its own size.
     pub fn memory_bytes(&self) -> usize {
         match &self.mode {
-            Mode::Http1(flow) => flow.held.capacity() + flow.first_bytes.capacity() + flow.open.capacity() * 64,
-            Mode::Http2(flow) => flow.connection.memory_bytes() + flow.streams.len() * 64,
+            Mode::Http1(flow) => {
+                flow.held.capacity()
+                    + flow.first_bytes.capacity()
+                    + flow.open.capacity() * 64
+                    + flow.open.iter().map(|open| content_bytes(&open.meta)).sum::<usize>()
+            }
+            Mode::Http2(flow) => {
+                flow.connection.memory_bytes()
+                    + flow.streams.len() * 64
+                    + flow.streams.iter().map(|(_, meta)| content_bytes(meta)).sum::<usize>()
+            }
             Mode::Passthrough | Mode::Ended => 0,
         }
     }
@@ -302,6 +374,68 @@ impl HttpInspector {
         });
     }
 
+    /// Records the signatures that fired on transaction `index` as alerts; a `drop` among
+    /// them ends the session (unless it already ended). `transaction`: the transaction
+    /// as far as it came, when the caller has it at hand; otherwise it is looked up.
+    fn signature_hits(
+        &mut self,
+        index: u64,
+        hits: Vec<SignatureHit>,
+        transaction: Option<&Transaction>,
+        relay: &mut Relay<'_>,
+    ) {
+        if hits.is_empty() {
+            return;
+        }
+        let transaction = match transaction {
+            Some(transaction) => transaction.clone(),
+            None => self.open_transaction(index).unwrap_or_default(),
+        };
+        let dropped = first_drop(&hits);
+        for hit in hits {
+            self.counts.signature_alerts += 1;
+            self.alerts.push(SignatureAlert {
+                hit,
+                index,
+                transaction: transaction.clone(),
+                at: self.now,
+            });
+        }
+        if let Some(dropped) = dropped {
+            if !matches!(self.mode, Mode::Ended) {
+                self.end_dropped(dropped, relay);
+            }
+        }
+    }
+
+    /// The request side of an open transaction.
+    fn open_transaction(&self, index: u64) -> Option<Transaction> {
+        match &self.mode {
+            Mode::Http1(flow) => flow
+                .open
+                .iter()
+                .find(|open| open.meta.index == index)
+                .map(|open| (*open.request).clone()),
+            Mode::Http2(flow) => flow
+                .streams
+                .iter()
+                .find(|(_, meta)| meta.index == index)
+                .and_then(|(_, meta)| meta.content.as_ref()?.summary.clone()),
+            _ => None,
+        }
+    }
+
+    /// A `drop` signature fired: the session ends, nothing more goes either way.
+    fn end_dropped(&mut self, dropped: SignatureHit, relay: &mut Relay<'_>) {
+        self.counts.signature_drops += 1;
+        let sid = self
+            .signatures
+            .as_ref()
+            .map_or(0, |signatures| signatures.set.rule(dropped.rule).meta.sid);
+        self.flush_open_http1();
+        self.end(format!("dropped by signature sid {sid}"), relay);
+    }
+
     /// Stops inspecting: `Some` when the settings say to end the session instead.
     fn protocol_error(&mut self, what: String) -> bool {
         self.counts.protocol_errors += 1;
@@ -337,7 +471,8 @@ impl HttpInspector {
         let events = flow.parser.client_bytes(bytes);
         let only_body = events
             .iter()
-            .all(|event| matches!(event, Http1Event::RequestComplete { .. }));
+            .all(|event| matches!(event, Http1Event::RequestComplete { .. } | Http1Event::BodyData { .. }));
+        let piece = Piece { bytes, start };
         if only_body
             && flow.held.is_empty()
             && flow.released == start
@@ -346,9 +481,13 @@ impl HttpInspector {
             // Body bytes: straight through, no copy.
             flow.released = flow.received;
             for event in events {
-                self.http1_event(event, relay);
+                self.http1_event(event, piece, relay);
             }
-            return Pass::Forward;
+            return match self.mode {
+                // A signature dropped the session on these bytes: they do not go.
+                Mode::Ended => Pass::Taken,
+                _ => Pass::Forward,
+            };
         }
         // From here the call's bytes are held like the rest and leave through `release`.
         if flow.held.capacity() == 0 {
@@ -356,7 +495,7 @@ impl HttpInspector {
         }
         flow.held.extend_from_slice(bytes);
         for event in events {
-            self.http1_event(event, relay);
+            self.http1_event(event, piece, relay);
         }
         let Mode::Http1(flow) = &mut self.mode else {
             // Passthrough or ended: the held bytes were released or dropped on the way.
@@ -380,11 +519,16 @@ impl HttpInspector {
         // must be queued before the answer is.
         let queue_first = flow.answer.is_some();
         let events = flow.parser.server_bytes(bytes);
+        let piece = Piece {
+            bytes,
+            start: flow.server_received,
+        };
+        flow.server_received += bytes.len() as u64;
         if queue_first {
             relay.to_client.extend_from_slice(bytes);
         }
         for event in events {
-            self.http1_event(event, relay);
+            self.http1_event(event, piece, relay);
         }
         match self.mode {
             _ if queue_first => Pass::Taken,
@@ -394,9 +538,27 @@ impl HttpInspector {
         }
     }
 
-    fn http1_event(&mut self, event: Http1Event, relay: &mut Relay<'_>) {
+    fn http1_event(&mut self, event: Http1Event, piece: Piece<'_>, relay: &mut Relay<'_>) {
         let Mode::Http1(flow) = &mut self.mode else { return };
         match event {
+            Http1Event::Head { head, .. } => flow.head = head,
+            Http1Event::BodyData {
+                index,
+                direction,
+                start,
+                end,
+            } => {
+                let (Some(signatures), Some(data)) = (&mut self.signatures, piece.span(start, end)) else {
+                    return;
+                };
+                let Some(open) = flow.open.iter_mut().find(|open| open.meta.index == index) else {
+                    return;
+                };
+                let Some(content) = &mut open.meta.content else { return };
+                let mut hits = Vec::new();
+                signatures.body_data(content, direction.into(), data, &mut hits);
+                self.signature_hits(index, hits, None, relay);
+            }
             Http1Event::RequestHead {
                 index,
                 head_start,
@@ -410,13 +572,37 @@ impl HttpInspector {
                 let request_start = flow.next_start.take().or(self.now);
                 // A request line was seen: the protocol is known, the sniffed bytes go.
                 flow.first_bytes = Vec::new();
+                let head = std::mem::take(&mut flow.head);
                 let url_rule = self.judge(&request);
+                let mut hits = Vec::new();
+                let content = self
+                    .signatures
+                    .as_mut()
+                    .map(|signatures| signatures.request_head(HeadBuffers::http1_request(&head), &mut hits));
+                if let Some(dropped) = first_drop(&hits) {
+                    // The request never reaches the server; the session ends.
+                    let Mode::Http1(flow) = &mut self.mode else { return };
+                    release(flow, head_start, relay.to_server);
+                    let meta = ExchangeMeta {
+                        index,
+                        url_rule,
+                        request_start,
+                        response_first_byte: None,
+                        content: None,
+                    };
+                    self.signature_hits(index, hits, Some(&request), relay);
+                    self.finish(*request, meta, true);
+                    self.end_dropped(dropped, relay);
+                    return;
+                }
+                self.signature_hits(index, hits, Some(&request), relay);
                 let Mode::Http1(flow) = &mut self.mode else { return };
                 let meta = ExchangeMeta {
                     index,
                     url_rule: url_rule.clone(),
                     request_start,
                     response_first_byte: None,
+                    content,
                 };
                 match url_rule {
                     Some(hit) if hit.action == UrlAction::Block => {
@@ -440,16 +626,33 @@ impl HttpInspector {
                     }
                 }
             }
-            Http1Event::RequestComplete { .. } => {
+            Http1Event::RequestComplete { index, .. } => {
                 if flow.answer.is_none() {
                     flow.next_start = None;
                 }
+                let open = flow.open.iter_mut().find(|open| open.meta.index == index);
+                if let (Some(signatures), Some(content)) =
+                    (&mut self.signatures, open.and_then(|o| o.meta.content.as_mut()))
+                {
+                    let mut hits = Vec::new();
+                    signatures.body_end(content, Direction::ToServer, &mut hits);
+                    self.signature_hits(index, hits, None, relay);
+                }
             }
-            Http1Event::ResponseHead { index, .. } => {
-                if let Some(open) = flow.open.iter_mut().find(|open| open.meta.index == index) {
-                    open.meta
-                        .response_first_byte
-                        .get_or_insert_with(|| self.now.unwrap_or(SystemTime::UNIX_EPOCH));
+            Http1Event::ResponseHead { index, interim, .. } => {
+                let head = std::mem::take(&mut flow.head);
+                let Some(open) = flow.open.iter_mut().find(|open| open.meta.index == index) else {
+                    return;
+                };
+                open.meta
+                    .response_first_byte
+                    .get_or_insert_with(|| self.now.unwrap_or(SystemTime::UNIX_EPOCH));
+                if let (Some(signatures), Some(content), false) =
+                    (&mut self.signatures, &mut open.meta.content, interim)
+                {
+                    let mut hits = Vec::new();
+                    signatures.response_head(content, HeadBuffers::http1_response(&head), &mut hits);
+                    self.signature_hits(index, hits, None, relay);
                 }
             }
             Http1Event::TransactionComplete { index, outcome } => {
@@ -462,17 +665,27 @@ impl HttpInspector {
                     flow.open = VecDeque::new();
                 }
                 // Every forwarded request is open; the fallback only keeps the count true.
-                let OpenRequest { meta, request } = open.unwrap_or_else(|| OpenRequest {
+                let OpenRequest { mut meta, request } = open.unwrap_or_else(|| OpenRequest {
                     meta: ExchangeMeta {
                         index,
                         url_rule: None,
                         request_start: None,
                         response_first_byte: None,
+                        content: None,
                     },
                     request: Box::default(),
                 });
                 let mut transaction = *request;
                 outcome.complete(&mut transaction);
+                if let (Some(signatures), Some(content)) = (&mut self.signatures, &mut meta.content) {
+                    let mut hits = Vec::new();
+                    signatures.body_end(content, Direction::ToServer, &mut hits);
+                    signatures.body_end(content, Direction::ToClient, &mut hits);
+                    self.signature_hits(index, hits, Some(&transaction), relay);
+                    if matches!(self.mode, Mode::Ended) {
+                        return;
+                    }
+                }
                 self.finish(transaction, meta, false);
                 self.answer_when_due(relay);
             }
@@ -563,13 +776,30 @@ impl HttpInspector {
         let url_rules = &self.url_rules;
         let block_page = self.settings.block_page;
         let mut hits: Vec<(u32, UrlHit)> = Vec::new();
+        let mut contents: Vec<(u32, Box<TxContent>, Vec<SignatureHit>)> = Vec::new();
+        let signatures = &mut self.signatures;
+        let (to_server_before, to_client_before) = (relay.to_server.len(), relay.to_client.len());
         if from_client {
-            let mut judge = |transaction: &Transaction| {
+            let mut judge = |transaction: &Transaction, fields: &[HeaderField]| {
                 let request = UrlRequest {
                     host: transaction.host.as_deref(),
                     path: &transaction.path,
                     method: &transaction.method,
                 };
+                if let Some(signatures) = signatures.as_mut() {
+                    let pairs: Vec<(&[u8], &[u8])> = fields.iter().map(|f| (&f.name[..], &f.value[..])).collect();
+                    let head = HeadBuffers::http2(&pairs, Direction::ToServer);
+                    let mut fired = Vec::new();
+                    let mut content = signatures.request_head(head, &mut fired);
+                    content.summary = Some(transaction.clone());
+                    let dropped = first_drop(&fired).is_some();
+                    content.dropped = dropped;
+                    contents.push((transaction.stream_id.unwrap_or(0), content, fired));
+                    if dropped {
+                        // The server never sees the stream; the client gets a 403.
+                        return StreamVerdict::Answer(http2_block_answer(transaction, "signature", block_page));
+                    }
+                }
                 match url_rules.judge(&request) {
                     None => StreamVerdict::Forward,
                     Some(hit) => {
@@ -594,7 +824,12 @@ impl HttpInspector {
         std::mem::swap(&mut flow.output.to_server, relay.to_server);
         std::mem::swap(&mut flow.output.to_client, relay.to_client);
         self.counts.url_rule_hits += hits.len() as u64;
-        self.http2_events(hits, relay);
+        self.http2_events(hits, contents, relay);
+        if matches!(self.mode, Mode::Ended) && self.ended.as_deref().is_some_and(|why| why.starts_with("dropped")) {
+            // What this call queued carried the match: none of it goes.
+            relay.to_server.truncate(to_server_before);
+            relay.to_client.truncate(to_client_before);
+        }
         Pass::Taken
     }
 
@@ -609,10 +844,15 @@ impl HttpInspector {
         }
         std::mem::swap(&mut flow.output.to_server, relay.to_server);
         std::mem::swap(&mut flow.output.to_client, relay.to_client);
-        self.http2_events(Vec::new(), relay);
+        self.http2_events(Vec::new(), Vec::new(), relay);
     }
 
-    fn http2_events(&mut self, mut hits: Vec<(u32, UrlHit)>, relay: &mut Relay<'_>) {
+    fn http2_events(
+        &mut self,
+        mut hits: Vec<(u32, UrlHit)>,
+        mut contents: Vec<(u32, Box<TxContent>, Vec<SignatureHit>)>,
+        relay: &mut Relay<'_>,
+    ) {
         let Mode::Http2(flow) = &mut self.mode else { return };
         let mut events = std::mem::take(&mut flow.output.events);
         let close = std::mem::take(&mut flow.output.close);
@@ -626,6 +866,14 @@ impl HttpInspector {
                         .map(|at| hits.swap_remove(at).1);
                     let index = flow.next_index;
                     flow.next_index += 1;
+                    let (content, fired) = match contents.iter().position(|(stream, _, _)| *stream == stream_id) {
+                        Some(at) => {
+                            let (_, content, fired) = contents.swap_remove(at);
+                            (Some(content), fired)
+                        }
+                        None => (None, Vec::new()),
+                    };
+                    let summary = content.as_ref().and_then(|c| c.summary.clone());
                     flow.streams.push_back((
                         stream_id,
                         ExchangeMeta {
@@ -633,8 +881,68 @@ impl HttpInspector {
                             url_rule,
                             request_start: self.now,
                             response_first_byte: None,
+                            content,
                         },
                     ));
+                    if !fired.is_empty() {
+                        // A dropped stream was answered: the session goes on.
+                        let dropped = first_drop(&fired).is_some();
+                        for hit in fired {
+                            self.counts.signature_alerts += 1;
+                            self.alerts.push(SignatureAlert {
+                                hit,
+                                index,
+                                transaction: summary.clone().unwrap_or_default(),
+                                at: self.now,
+                            });
+                        }
+                        if dropped {
+                            self.counts.signature_drops += 1;
+                        }
+                    }
+                }
+                Http2Event::ResponseFields { stream_id, fields } => {
+                    let Some(signatures) = &mut self.signatures else {
+                        continue;
+                    };
+                    let Some((_, meta)) = flow.streams.iter_mut().find(|(id, _)| *id == stream_id) else {
+                        continue;
+                    };
+                    let Some(content) = &mut meta.content else { continue };
+                    let interim = fields
+                        .iter()
+                        .any(|f| f.name == b":status" && f.value.first() == Some(&b'1'));
+                    if interim || content.response.is_some() {
+                        continue;
+                    }
+                    let pairs: Vec<(&[u8], &[u8])> = fields.iter().map(|f| (&f.name[..], &f.value[..])).collect();
+                    let mut fired = Vec::new();
+                    signatures.response_head(content, HeadBuffers::http2(&pairs, Direction::ToClient), &mut fired);
+                    let index = meta.index;
+                    self.signature_hits(index, fired, None, relay);
+                }
+                Http2Event::Data {
+                    stream_id,
+                    direction,
+                    start,
+                    end,
+                } => {
+                    let Some(signatures) = &mut self.signatures else {
+                        continue;
+                    };
+                    let Some((_, meta)) = flow.streams.iter_mut().find(|(id, _)| *id == stream_id) else {
+                        continue;
+                    };
+                    let Some(content) = &mut meta.content else { continue };
+                    let queue: &Vec<u8> = match direction {
+                        StreamDirection::ClientToServer => relay.to_server,
+                        StreamDirection::ServerToClient => relay.to_client,
+                    };
+                    let Some(data) = queue.get(start..end) else { continue };
+                    let mut fired = Vec::new();
+                    signatures.body_data(content, direction.into(), data, &mut fired);
+                    let index = meta.index;
+                    self.signature_hits(index, fired, None, relay);
                 }
                 Http2Event::ResponseHead { stream_id, .. } => {
                     if let Some((_, meta)) = flow.streams.iter_mut().find(|(id, _)| *id == stream_id) {
@@ -653,13 +961,24 @@ impl HttpInspector {
                         .and_then(|at| flow.streams.remove(at))
                         .map(|(_, meta)| meta);
                     let index = meta.as_ref().map_or(flow.next_index, |m| m.index);
-                    let meta = meta.unwrap_or(ExchangeMeta {
+                    let mut meta = meta.unwrap_or(ExchangeMeta {
                         index,
                         url_rule: None,
                         request_start: None,
                         response_first_byte: None,
+                        content: None,
                     });
-                    let blocked = meta.url_rule.as_ref().is_some_and(|hit| hit.action == UrlAction::Block);
+                    let mut blocked = meta.url_rule.as_ref().is_some_and(|hit| hit.action == UrlAction::Block);
+                    if let (Some(signatures), Some(content)) = (&mut self.signatures, &mut meta.content) {
+                        blocked |= content.dropped;
+                        let mut fired = Vec::new();
+                        signatures.body_end(content, Direction::ToServer, &mut fired);
+                        signatures.body_end(content, Direction::ToClient, &mut fired);
+                        self.signature_hits(index, fired, Some(&transaction), relay);
+                        if matches!(self.mode, Mode::Ended) {
+                            return;
+                        }
+                    }
                     self.finish(*transaction, meta, blocked);
                 }
                 Http2Event::StreamReset { .. } | Http2Event::GoAway { .. } => {}
@@ -723,7 +1042,7 @@ impl Inspector for HttpInspector {
             Mode::Http1(flow) => {
                 let events = flow.parser.client_closed();
                 for event in events {
-                    self.http1_event(event, relay);
+                    self.http1_event(event, Piece::NONE, relay);
                 }
                 // Whatever is still held goes: the client will send nothing more.
                 if let Mode::Http1(flow) = &mut self.mode {
@@ -743,11 +1062,43 @@ impl Inspector for HttpInspector {
             Mode::Http1(flow) => {
                 let events = flow.parser.server_closed();
                 for event in events {
-                    self.http1_event(event, relay);
+                    self.http1_event(event, Piece::NONE, relay);
                 }
             }
             Mode::Http2(_) => self.http2_closed(false, relay),
             Mode::Passthrough | Mode::Ended => {}
+        }
+    }
+}
+
+fn content_bytes(meta: &ExchangeMeta) -> usize {
+    meta.content.as_ref().map_or(0, |content| content.memory_bytes())
+}
+
+/// The bytes of one call and the stream offset of the first, so that body spans (stream
+/// offsets) can be read from them.
+#[derive(Clone, Copy)]
+struct Piece<'a> {
+    bytes: &'a [u8],
+    start: u64,
+}
+
+impl<'a> Piece<'a> {
+    const NONE: Piece<'static> = Piece { bytes: &[], start: 0 };
+
+    /// Stream bytes `start..end`, if all are in the piece.
+    fn span(&self, start: u64, end: u64) -> Option<&'a [u8]> {
+        let from = usize::try_from(start.checked_sub(self.start)?).ok()?;
+        let to = usize::try_from(end.checked_sub(self.start)?).ok()?;
+        self.bytes.get(from..to)
+    }
+}
+
+impl From<StreamDirection> for Direction {
+    fn from(direction: StreamDirection) -> Self {
+        match direction {
+            StreamDirection::ClientToServer => Direction::ToServer,
+            StreamDirection::ServerToClient => Direction::ToClient,
         }
     }
 }

@@ -219,6 +219,22 @@ pub enum Http1Event {
     ProtocolError(Http1Error),
     /// Framing another parser could read differently: the caller must block it.
     Refused(Http1Error),
+    /// A head as sent (start line to blank line), just before its `RequestHead` or
+    /// `ResponseHead` (interim ones too). Only after [`Http1Connection::report_content`].
+    Head {
+        index: u64,
+        direction: Direction,
+        head: Vec<u8>,
+    },
+    /// Body bytes of message `index` (after de-chunking) are the stream bytes
+    /// `start..end` of `direction`, all in the piece just fed. Only after
+    /// [`Http1Connection::report_content`].
+    BodyData {
+        index: u64,
+        direction: Direction,
+        start: u64,
+        end: u64,
+    },
 }
 
 /// The events of one call. A piece of a keep-alive exchange makes at most three (head,
@@ -239,6 +255,8 @@ pub struct Http1Connection {
     next_response_index: u64,
     client_closed: bool,
     server_closed: bool,
+    /// Heads and body spans are reported as events (signatures read them).
+    report_content: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,7 +379,14 @@ impl Http1Connection {
             next_response_index: 0,
             client_closed: false,
             server_closed: false,
+            report_content: false,
         }
+    }
+
+    /// From here, every head comes whole in an [`Http1Event::Head`] and every body's
+    /// bytes as [`Http1Event::BodyData`] spans: what content signatures read.
+    pub fn report_content(&mut self) {
+        self.report_content = true;
     }
 
     /// Client→server plaintext, in stream order.
@@ -464,14 +489,23 @@ impl Http1Connection {
                 }
                 Reading::Head => {
                     let head_start = self.client.head_start;
-                    match self.client.read_head(rest, max, parse_request_head) {
+                    let report = self.report_content;
+                    let parse = |head: &[u8]| (parse_request_head(head), report.then(|| head.to_vec()));
+                    match self.client.read_head(rest, max, parse) {
                         HeadRead::NeedMore => rest = &[],
                         HeadRead::TooLarge => {
                             let problem = Http1Problem::HeadTooLarge { limit: max };
                             self.fail(Direction::ClientToServer, head_start, problem, events);
                         }
-                        HeadRead::Complete { consumed, parsed } => {
+                        HeadRead::Complete {
+                            consumed,
+                            parsed: (parsed, head),
+                        } => {
                             rest = &rest[consumed..];
+                            if let Some(head) = head {
+                                let (index, direction) = (self.next_request_index, Direction::ClientToServer);
+                                events.push(Http1Event::Head { index, direction, head });
+                            }
                             self.on_request_head(head_start, parsed, events);
                         }
                     }
@@ -503,14 +537,23 @@ impl Http1Connection {
                         );
                         break;
                     }
-                    match self.server.read_head(rest, max, parse_response_head) {
+                    let report = self.report_content;
+                    let parse = |head: &[u8]| (parse_response_head(head), report.then(|| head.to_vec()));
+                    match self.server.read_head(rest, max, parse) {
                         HeadRead::NeedMore => rest = &[],
                         HeadRead::TooLarge => {
                             let problem = Http1Problem::HeadTooLarge { limit: max };
                             self.fail(Direction::ServerToClient, head_start, problem, events);
                         }
-                        HeadRead::Complete { consumed, parsed } => {
+                        HeadRead::Complete {
+                            consumed,
+                            parsed: (parsed, head),
+                        } => {
                             rest = &rest[consumed..];
+                            if let Some(head) = head {
+                                let direction = Direction::ServerToClient;
+                                events.push(Http1Event::Head { index, direction, head });
+                            }
                             self.on_response_head(index, head_start, parsed, events);
                         }
                     }
@@ -534,8 +577,10 @@ impl Http1Connection {
         events: &mut Http1Events,
     ) -> usize {
         let limit = self.limits.max_head_bytes;
+        let mut spans = DataSpans::new();
+        let report = self.report_content.then_some(&mut spans);
         let side = self.side_mut(direction);
-        match read_body_bytes(&mut body, &mut side.pending, bytes, side.offset, limit) {
+        match read_body_bytes(&mut body, &mut side.pending, bytes, side.offset, limit, report) {
             Err((at, problem)) => {
                 self.fail(direction, at, problem, events);
                 bytes.len()
@@ -543,6 +588,14 @@ impl Http1Connection {
             Ok(read) => {
                 side.offset += read.consumed as u64;
                 side.reading = Reading::Body { index, body };
+                for (start, end) in spans {
+                    events.push(Http1Event::BodyData {
+                        index,
+                        direction,
+                        start,
+                        end,
+                    });
+                }
                 if let Some(position) = self.position(index) {
                     let outcome = &mut self.exchanges[position].outcome;
                     match direction {
@@ -1416,32 +1469,41 @@ struct BodyRead {
     done: bool,
 }
 
+/// Stream offsets `start..end` of body data (de-chunked) within one piece.
+type DataSpans = SmallVec<[(u64, u64); 2]>;
+
 /// Reads one piece of body. `line` holds a chunk-size or trailer line spanning pieces;
-/// `base` is the stream offset of `bytes[0]`. Errors carry their stream offset.
+/// `base` is the stream offset of `bytes[0]`. Errors carry their stream offset. With
+/// `spans`, where the data bytes are is added to it.
 fn read_body_bytes(
     body: &mut BodyFraming,
     line: &mut Vec<u8>,
     bytes: &[u8],
     base: u64,
     limit: usize,
+    mut spans: Option<&mut DataSpans>,
 ) -> Result<BodyRead, (u64, Http1Problem)> {
-    match body {
-        BodyFraming::UntilClose => Ok(BodyRead {
+    let read = match body {
+        BodyFraming::UntilClose => BodyRead {
             consumed: bytes.len(),
             data: bytes.len() as u64,
             done: false,
-        }),
+        },
         BodyFraming::Length { remaining } => {
             let taken = usize::try_from(*remaining).unwrap_or(usize::MAX).min(bytes.len());
             *remaining -= taken as u64;
-            Ok(BodyRead {
+            BodyRead {
                 consumed: taken,
                 data: taken as u64,
                 done: *remaining == 0,
-            })
+            }
         }
-        BodyFraming::Chunked(phase) => read_chunked(phase, line, bytes, base, limit),
+        BodyFraming::Chunked(phase) => return read_chunked(phase, line, bytes, base, limit, spans),
+    };
+    if let Some(spans) = spans.as_mut().filter(|_| read.data > 0) {
+        spans.push((base, base + read.data));
     }
+    Ok(read)
 }
 
 fn read_chunked(
@@ -1450,6 +1512,7 @@ fn read_chunked(
     bytes: &[u8],
     base: u64,
     limit: usize,
+    mut spans: Option<&mut DataSpans>,
 ) -> Result<BodyRead, (u64, Http1Problem)> {
     let mut pos = 0;
     let mut data = 0u64;
@@ -1459,6 +1522,10 @@ fn read_chunked(
                 let taken = usize::try_from(*remaining).unwrap_or(usize::MAX).min(bytes.len() - pos);
                 *remaining -= taken as u64;
                 data += taken as u64;
+                if let Some(spans) = spans.as_mut().filter(|_| taken > 0) {
+                    let start = base + pos as u64;
+                    spans.push((start, start + taken as u64));
+                }
                 pos += taken;
                 if *remaining == 0 {
                     *phase = ChunkedPhase::DataCr;

@@ -204,6 +204,10 @@ impl Default for Http2Limits {
     }
 }
 
+/// Asked about each request header block (its transaction and decoded fields) before any
+/// byte of it reaches the server.
+pub type Judge<'a> = dyn FnMut(&Transaction, &[HeaderField]) -> StreamVerdict + 'a;
+
 /// What to do with a request, asked once per request header block, before any byte of it
 /// reaches the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,6 +442,18 @@ pub enum Http2Event {
     },
     /// Inspection stopped: see the module documentation for what is relayed from here.
     ProtocolError(Http2Error),
+    /// A response header block's fields (interim ones and trailers too), just before its
+    /// `ResponseHead`. Only after [`Http2Connection::report_content`].
+    ResponseFields { stream_id: u32, fields: Vec<HeaderField> },
+    /// DATA bytes of a stream, forwarded in this call: `start..end` of the output vector
+    /// of `direction` (`to_server` or `to_client`), padding left out. Only after
+    /// [`Http2Connection::report_content`].
+    Data {
+        stream_id: u32,
+        direction: Direction,
+        start: usize,
+        end: usize,
+    },
 }
 
 /// The HTTP/2 relay of one connection: both directions, fed separately.
@@ -491,6 +507,8 @@ pub struct Http2Connection {
     server_done: bool,
     /// The server closed inside a frame: nothing may be sent to the client after it.
     server_cut: bool,
+    /// Response fields and DATA are reported as events (signatures read them).
+    report_content: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -640,17 +658,19 @@ impl Http2Connection {
             client_done: false,
             server_done: false,
             server_cut: false,
+            report_content: false,
         }
+    }
+
+    /// From here, response header blocks come whole as [`Http2Event::ResponseFields`]
+    /// and DATA as [`Http2Event::Data`] spans: what content signatures read.
+    pub fn report_content(&mut self) {
+        self.report_content = true;
     }
 
     /// Client→server plaintext, in stream order. `judge` is asked about each request's
     /// header block before any of it goes to the server.
-    pub fn client_bytes(
-        &mut self,
-        bytes: &[u8],
-        judge: &mut dyn FnMut(&Transaction) -> StreamVerdict,
-        out: &mut Http2Output,
-    ) {
+    pub fn client_bytes(&mut self, bytes: &[u8], judge: &mut Judge<'_>, out: &mut Http2Output) {
         let mut rest = bytes;
         while !rest.is_empty() {
             match self.phase {
@@ -782,12 +802,7 @@ impl Http2Connection {
         matching
     }
 
-    fn client_step(
-        &mut self,
-        bytes: &[u8],
-        judge: &mut dyn FnMut(&Transaction) -> StreamVerdict,
-        out: &mut Http2Output,
-    ) -> usize {
+    fn client_step(&mut self, bytes: &[u8], judge: &mut Judge<'_>, out: &mut Http2Output) -> usize {
         if self.client.frame.is_none() {
             let used = self.client.fill_head(bytes);
             if self.client.head_len == FRAME_HEADER_LEN {
@@ -798,7 +813,11 @@ impl Http2Connection {
             }
             return used;
         }
+        let before = out.to_server.len();
         let used = self.client.take_payload(bytes, &mut out.to_server);
+        if self.report_content {
+            report_data(&self.client, Direction::ClientToServer, before, used, out);
+        }
         if self.client.frame.is_some_and(|frame| frame.remaining == 0) {
             self.client_frame_end(judge, out);
         }
@@ -842,7 +861,7 @@ impl Http2Connection {
         self.client.start_frame(header, offset, sink, keep);
     }
 
-    fn client_frame_end(&mut self, judge: &mut dyn FnMut(&Transaction) -> StreamVerdict, out: &mut Http2Output) {
+    fn client_frame_end(&mut self, judge: &mut Judge<'_>, out: &mut Http2Output) {
         let Some(frame) = self.client.frame.take() else {
             return;
         };
@@ -905,12 +924,7 @@ impl Http2Connection {
     }
 
     /// A whole client header block.
-    fn client_block(
-        &mut self,
-        sequence: HeaderSequence,
-        judge: &mut dyn FnMut(&Transaction) -> StreamVerdict,
-        out: &mut Http2Output,
-    ) {
+    fn client_block(&mut self, sequence: HeaderSequence, judge: &mut Judge<'_>, out: &mut Http2Output) {
         let block = std::mem::take(&mut self.client.block);
         let insertions_before = self.client_decoder.insertions();
         let mut fields = std::mem::take(&mut self.fields);
@@ -934,7 +948,7 @@ impl Http2Connection {
         sequence: HeaderSequence,
         fields: &[HeaderField],
         insertions_before: u64,
-        judge: &mut dyn FnMut(&Transaction) -> StreamVerdict,
+        judge: &mut Judge<'_>,
         out: &mut Http2Output,
     ) {
         let id = sequence.stream_id;
@@ -966,7 +980,7 @@ impl Http2Connection {
         self.last_client_stream = id;
         let transaction = request_transaction(id, fields);
         out.events.push(Http2Event::RequestHead { stream_id: id });
-        match judge(&transaction) {
+        match judge(&transaction, fields) {
             StreamVerdict::Forward => {
                 self.streams.insert(
                     id,
@@ -1163,7 +1177,11 @@ impl Http2Connection {
             }
             return used;
         }
+        let before = out.to_client.len();
         let used = self.server.take_payload(bytes, &mut out.to_client);
+        if self.report_content {
+            report_data(&self.server, Direction::ServerToClient, before, used, out);
+        }
         if self.server.frame.is_some_and(|frame| frame.remaining == 0) {
             self.server_frame_end(out);
         }
@@ -1253,7 +1271,7 @@ impl Http2Connection {
         // A response head or trailers: only `:status` and `content-type` are read (see
         // `server_fields`), and the block goes to the client as sent. A promised request
         // is read whole.
-        let decoded = if sequence.kind == kind::PUSH_PROMISE {
+        let decoded = if sequence.kind == kind::PUSH_PROMISE || self.report_content {
             self.server_decoder.decode_into(&block, &mut fields)
         } else {
             let read = |name: &[u8]| name == b":status" || name == b"content-type";
@@ -1303,6 +1321,12 @@ impl Http2Connection {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
+        if self.report_content {
+            out.events.push(Http2Event::ResponseFields {
+                stream_id: id,
+                fields: fields.to_vec(),
+            });
+        }
         let status = fields
             .iter()
             .find(|field| field.name == b":status")
@@ -1787,6 +1811,36 @@ fn payload_to_parse(kind: u8, length: usize) -> usize {
         kind::SETTINGS | kind::PUSH_PROMISE => length,
         kind::GOAWAY => 8,
         _ => 0,
+    }
+}
+
+/// Reports the DATA bytes among the `used` payload bytes a side just forwarded, which
+/// went to the output vector at `before..`.
+fn report_data(side: &Side, direction: Direction, before: usize, used: usize, out: &mut Http2Output) {
+    let Some(frame) = &side.frame else { return };
+    let header = &frame.header;
+    if header.kind != kind::DATA || frame.sink != Sink::Forward || used == 0 {
+        return;
+    }
+    // Payload positions of the chunk, and of the data within the payload.
+    let chunk_end = header.length - frame.remaining;
+    let chunk_start = chunk_end - used;
+    let padded = header.has(flag::PADDED);
+    let data_start = usize::from(padded);
+    let pad = if padded {
+        side.payload.first().map_or(0, |&p| p as usize)
+    } else {
+        0
+    };
+    let data_end = header.length.saturating_sub(pad).max(data_start);
+    let (start, end) = (chunk_start.max(data_start), chunk_end.min(data_end));
+    if start < end {
+        out.events.push(Http2Event::Data {
+            stream_id: header.stream_id,
+            direction,
+            start: before + (start - chunk_start),
+            end: before + (end - chunk_start),
+        });
     }
 }
 

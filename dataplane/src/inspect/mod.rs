@@ -7,11 +7,14 @@
 //! - [`hpack`]: HTTP/2 header compression (RFC 7541): the decoder, and the encoder loupe
 //!   uses toward a server once it blocked a stream.
 //! - [`http2`]: HTTP/2 framing (RFC 9113) relayed between the two peers, with blocking.
+//! - [`content_coding`]: `Content-Encoding` gzip, deflate and br bodies decoded as they
+//!   stream, bounded.
 //! - [`signatures`]: Suricata rules (a documented subset): parsing, loading, matching.
 //! - [`url_rules`]: `[[url_rule]]` matching on a request's host, path and method.
 //! - [`engine`]: one decrypted session's inspection: picks the protocol, holds request
 //!   heads until judged, answers blocked requests, collects finished transactions.
 
+pub mod content_coding;
 pub mod engine;
 pub mod export;
 pub mod hpack;

@@ -5,6 +5,8 @@
 //! - [`rule`]: what a rule says, as data (header, meta, detections, flow conditions).
 //! - [`parse`]: one rule's text to a [`Rule`], Suricata's syntax and escaping rules.
 //! - [`network`]: address and port sets of a rule's header, with variables resolved.
+//! - [`buffers`]: the sticky buffers of a transaction, built from its heads and bodies.
+//! - [`matcher`]: a loaded set run over transactions, stage by stage, with `flowbits`.
 //! - [`detect`]: a rule's detections evaluated over the buffers of a transaction
 //!   (content with its modifiers, pcre, bsize, urilen, isdataat), with Suricata's
 //!   backtracking over relative matches.
@@ -18,8 +20,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+pub mod buffers;
 pub mod detect;
 pub mod load;
+pub mod matcher;
 pub mod network;
 pub mod parse;
 pub mod prefilter;
@@ -28,7 +32,9 @@ pub mod rule;
 #[cfg(test)]
 mod tests;
 
+pub use buffers::{HeadBuffers, TransactionBuffers};
 pub use load::{load_rule_files, LoadReport, LoadedRules, SkippedRule};
+pub use matcher::{Endpoints, FlowSignatureState, SignatureHit, SignatureSet, Stage, TxSignatureState};
 pub use parse::{parse_rule, RuleError};
 pub use rule::{Action, Buffer, Detection, Rule};
 

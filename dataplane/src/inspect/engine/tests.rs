@@ -486,3 +486,126 @@ fn an_http2_answer_waits_for_the_servers_settings_to_go_first() {
     assert_eq!((to_client[0].0, to_client[0].2), (SETTINGS, 0), "{to_client:?}");
     assert!(to_client.iter().any(|f| f.0 == HEADERS && f.2 == 1), "{to_client:?}");
 }
+
+// ---- content signatures ----------------------------------------------------------------
+
+/// The EICAR test file's 68 bytes, which antivirus engines (and ET's rules) detect.
+const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+const SIGNATURES: &str = r#"
+alert http any any -> any any (msg:"EICAR in a response body"; flow:established,to_client; file.data; content:"EICAR-STANDARD-ANTIVIRUS-TEST-FILE"; classtype:trojan-activity; sid:9200001; rev:2;)
+drop http any any -> any any (msg:"blocked tool"; flow:to_server; http.user_agent; content:"evil-agent"; startswith; sid:9200002;)
+alert http any any -> any any (msg:"admin path"; http.uri; content:"/admin/"; startswith; pcre:"/\/admin\/[a-z]+\.php$/U"; flowbits:set,saw.admin; sid:9200003;)
+alert http any any -> any any (msg:"admin answered"; flow:to_client; flowbits:isset,saw.admin; http.stat_code; content:"200"; sid:9200004;)
+"#;
+
+fn signature_set(text: &str) -> Arc<SignatureSet> {
+    use crate::inspect::signatures::{load, rule_vars, LoadedRules};
+    let mut loaded = LoadedRules::default();
+    let vars = rule_vars(&Default::default());
+    load::load_reader(
+        text.as_bytes(),
+        Path::new("test.rules"),
+        &vars,
+        &mut Default::default(),
+        &mut loaded,
+    );
+    assert!(loaded.report.skipped.is_empty(), "{:?}", loaded.report.skipped);
+    Arc::new(SignatureSet::new(loaded).expect("rules compile"))
+}
+
+fn with_signatures(alpn: Option<&str>) -> Harness {
+    let mut harness = Harness::new("", None);
+    let endpoints = Endpoints {
+        client: "198.18.0.1:40000".parse().unwrap(),
+        server: "198.19.0.1:443".parse().unwrap(),
+    };
+    let engine = HttpInspector::new(Arc::new(InspectSettings::default()), Arc::new(rules("")));
+    harness.engine = engine.with_signatures(signature_set(SIGNATURES), endpoints, 1 << 20);
+    harness.engine.established(alpn);
+    harness
+}
+
+fn fired(harness: &mut Harness) -> Vec<u32> {
+    let set = Arc::clone(harness.engine.signature_set().unwrap());
+    harness
+        .engine
+        .take_alerts()
+        .iter()
+        .map(|alert| set.rule(alert.hit.rule).meta.sid)
+        .collect()
+}
+
+#[test]
+fn eicar_split_across_two_pieces_fires_once_in_the_piece_that_completes_it() {
+    let mut h = with_signatures(None);
+    h.client(b"GET /eicar.com HTTP/1.1\r\nHost: files.example\r\n\r\n");
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", EICAR.len());
+    h.server(head.as_bytes());
+    h.server(&EICAR[..30]);
+    assert_eq!(fired(&mut h), Vec::<u32>::new(), "half the pattern fires nothing");
+    h.server(&EICAR[30..]);
+    assert_eq!(fired(&mut h), vec![9200001]);
+    assert_eq!(h.finished().len(), 1);
+    // A second transaction on the connection is matched afresh, once.
+    h.client(b"GET /again HTTP/1.1\r\nHost: files.example\r\n\r\n");
+    let chunked = format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n{}\r\n",
+        std::str::from_utf8(&EICAR[..32]).unwrap()
+    );
+    h.server(chunked.as_bytes());
+    let rest = format!(
+        "{:x}\r\n{}\r\n0\r\n\r\n",
+        EICAR.len() - 32,
+        std::str::from_utf8(&EICAR[32..]).unwrap()
+    );
+    h.server(rest.as_bytes());
+    assert_eq!(fired(&mut h), vec![9200001], "across chunks, once");
+}
+
+#[test]
+fn eicar_in_a_gzip_body_fires() {
+    use std::io::Write as _;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(b"some text before ").unwrap();
+    gzip.write_all(EICAR).unwrap();
+    let body = gzip.finish().unwrap();
+    let mut h = with_signatures(None);
+    h.client(b"GET /eicar.gz HTTP/1.1\r\nHost: files.example\r\n\r\n");
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    h.server(head.as_bytes());
+    for byte in &body {
+        h.server(std::slice::from_ref(byte));
+    }
+    assert_eq!(fired(&mut h), vec![9200001]);
+}
+
+#[test]
+fn a_drop_rule_on_the_request_head_keeps_it_from_the_server_and_ends_the_session() {
+    let mut h = with_signatures(None);
+    h.client(b"GET / HTTP/1.1\r\nHost: a.example\r\nUser-Agent: evil-agent/1.0\r\n\r\n");
+    assert_eq!(fired(&mut h), vec![9200002]);
+    assert!(h.to_server.is_empty(), "nothing of the request went to the server");
+    assert!(h.end_session);
+    assert_eq!(h.engine.ended(), Some("dropped by signature sid 9200002"));
+    let done = h.finished();
+    assert!(done[0].blocked);
+}
+
+#[test]
+fn a_near_miss_fires_nothing_and_flowbits_carry_from_request_to_response() {
+    let mut h = with_signatures(None);
+    h.client(b"GET /admin/index.phpx HTTP/1.1\r\nHost: a.example\r\nUser-Agent: not-evil-agent\r\n\r\n");
+    h.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(fired(&mut h), Vec::<u32>::new());
+    h.client(b"GET /admin/%69ndex.php HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    h.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(
+        fired(&mut h),
+        vec![9200003, 9200004],
+        "normalised URI, then the flowbit"
+    );
+}

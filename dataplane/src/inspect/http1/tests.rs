@@ -89,6 +89,13 @@ fn summary(events: &[Http1Event]) -> Vec<String> {
             Http1Event::Tunnel { index, why } => format!("tunnel {index}: {why}"),
             Http1Event::ProtocolError(error) => format!("error: {error}"),
             Http1Event::Refused(error) => format!("refused: {error}"),
+            Http1Event::Head { index, direction, head } => format!("{direction:?} {index} head {} bytes", head.len()),
+            Http1Event::BodyData {
+                index,
+                direction,
+                start,
+                end,
+            } => format!("{direction:?} {index} body {start}..{end}"),
         })
         .collect()
 }

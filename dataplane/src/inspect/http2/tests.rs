@@ -307,7 +307,7 @@ impl Receiver {
 // ---- the relay -----------------------------------------------------------------------
 
 /// Blocks paths that start with /blocked with a 403 page.
-fn block_page(transaction: &Transaction) -> StreamVerdict {
+fn block_page(transaction: &Transaction, _: &[HeaderField]) -> StreamVerdict {
     if transaction.path.starts_with("/blocked") {
         StreamVerdict::Answer(Answer {
             status: 403,
@@ -340,7 +340,7 @@ fn run_with(
     limits: Http2Limits,
     steps: &[Step],
     chunk: usize,
-    judge: &mut dyn FnMut(&Transaction) -> StreamVerdict,
+    judge: &mut Judge<'_>,
 ) -> (Http2Output, Http2Connection) {
     let mut connection = Http2Connection::new(limits);
     let mut out = Http2Output::default();
@@ -458,7 +458,7 @@ fn get_and_response_make_one_transaction_with_every_field() {
         ])),
     ];
     let mut judged = Vec::new();
-    let (out, connection) = run_with(Http2Limits::default(), &steps, usize::MAX, &mut |transaction| {
+    let (out, connection) = run_with(Http2Limits::default(), &steps, usize::MAX, &mut |transaction, _| {
         judged.push(transaction.clone());
         StreamVerdict::Forward
     });
@@ -519,7 +519,7 @@ fn host_header_stands_in_for_a_missing_authority() {
         headers(1, END_HEADERS | END_STREAM, &client.encode(&request)),
     ]))];
     let mut judged = Vec::new();
-    let mut judge = |request: &Transaction| {
+    let mut judge = |request: &Transaction, _: &[HeaderField]| {
         judged.push(request.clone());
         StreamVerdict::Forward
     };
@@ -1920,12 +1920,13 @@ fn random_frames_never_panic_and_stay_bounded() {
         let mut next_promise = 0;
         let mut connection = Http2Connection::new(limits);
         let mut out = Http2Output::default();
-        let mut judge = |transaction: &Transaction| {
+        let mut judge = |transaction: &Transaction, fields: &[HeaderField]| {
             if transaction.path.len().is_multiple_of(3) {
-                block_page(&Transaction {
+                let blocked = Transaction {
                     path: "/blocked".into(),
                     ..transaction.clone()
-                })
+                };
+                block_page(&blocked, fields)
             } else {
                 StreamVerdict::Forward
             }
@@ -2010,7 +2011,7 @@ fn pure_noise_never_panics() {
     for round in 0..2_000 {
         let mut connection = Http2Connection::new(Http2Limits::default());
         let mut out = Http2Output::default();
-        let mut judge = |_: &Transaction| StreamVerdict::Forward;
+        let mut judge = |_: &Transaction, _: &[HeaderField]| StreamVerdict::Forward;
         if round % 2 == 0 {
             connection.client_bytes(CLIENT_PREFACE, &mut judge, &mut out);
         }

@@ -1,0 +1,220 @@
+//! What the engine keeps to run content signatures on a session: the rule set of the
+//! policy snapshot the session started with, per-session state (`flowbits`, `pass`), and
+//! for each transaction its heads as rule buffers and its bodies, decoded as they come,
+//! up to the inspection depth.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::inspect::content_coding::{parse_content_encoding, BodyDecoder, DecodeStatus};
+use crate::inspect::signatures::rule::Direction;
+use crate::inspect::signatures::{
+    Action, Endpoints, FlowSignatureState, HeadBuffers, SignatureHit, SignatureSet, Stage, TransactionBuffers,
+    TxSignatureState,
+};
+
+/// The session's signature matching.
+pub struct SessionSignatures {
+    pub set: Arc<SignatureSet>,
+    endpoints: Endpoints,
+    flow: FlowSignatureState,
+    /// Decoded body bytes kept per message at most (`[inspection] body_depth`).
+    body_depth: usize,
+    /// Scratch for one evaluation's hits.
+    hits: Vec<SignatureHit>,
+}
+
+/// One body as the rules read it.
+#[derive(Default)]
+pub struct BodyCapture {
+    pub bytes: Vec<u8>,
+    decoder: Option<BodyDecoder>,
+    /// Nothing more is added: the body ended, reached the depth, or could not be decoded.
+    pub whole: bool,
+    /// Why decoding stopped short, for the record.
+    pub problem: Option<String>,
+}
+
+/// A transaction's content for the rules, and the rules it fired.
+#[derive(Default)]
+pub struct TxContent {
+    pub request: Option<HeadBuffers>,
+    pub response: Option<HeadBuffers>,
+    pub request_body: BodyCapture,
+    pub response_body: BodyCapture,
+    state: TxSignatureState,
+    /// HTTP/2: the request side of the transaction, for alerts on it (HTTP/1.1 keeps it
+    /// beside).
+    pub summary: Option<crate::inspect::transaction::Transaction>,
+    /// A `drop` answered the request: the server never saw it.
+    pub dropped: bool,
+}
+
+impl fmt::Debug for TxContent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxContent")
+            .field("request_body", &self.request_body.bytes.len())
+            .field("response_body", &self.response_body.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TxContent {
+    pub fn memory_bytes(&self) -> usize {
+        self.request.as_ref().map_or(0, HeadBuffers::memory_bytes)
+            + self.response.as_ref().map_or(0, HeadBuffers::memory_bytes)
+            + self.request_body.bytes.capacity()
+            + self.response_body.bytes.capacity()
+    }
+}
+
+impl SessionSignatures {
+    pub fn new(set: Arc<SignatureSet>, endpoints: Endpoints, body_depth: usize) -> Self {
+        SessionSignatures {
+            set,
+            endpoints,
+            flow: FlowSignatureState::default(),
+            body_depth,
+            hits: Vec::new(),
+        }
+    }
+
+    /// Whether the parsers must report bodies.
+    pub fn reads_bodies(&self) -> bool {
+        self.body_depth > 0 && self.set.reads_bodies()
+    }
+
+    /// A request head arrived: its content, and the rules it decides.
+    pub fn request_head(&mut self, head: HeadBuffers, out: &mut Vec<SignatureHit>) -> Box<TxContent> {
+        let mut content = Box::<TxContent>::default();
+        content.request_body = self.capture_for(&head);
+        content.request = Some(head);
+        self.evaluate(&mut content, Stage::RequestHead, None, out);
+        content
+    }
+
+    /// The final response head arrived.
+    pub fn response_head(&mut self, content: &mut TxContent, head: HeadBuffers, out: &mut Vec<SignatureHit>) {
+        content.response_body = self.capture_for(&head);
+        content.response = Some(head);
+        self.evaluate(content, Stage::ResponseHead, None, out);
+    }
+
+    /// Body bytes of one direction (as sent: still content-encoded).
+    pub fn body_data(
+        &mut self,
+        content: &mut TxContent,
+        direction: Direction,
+        data: &[u8],
+        out: &mut Vec<SignatureHit>,
+    ) {
+        if !self.reads_bodies() {
+            return;
+        }
+        let capture = match direction {
+            Direction::ToServer => &mut content.request_body,
+            Direction::ToClient => &mut content.response_body,
+        };
+        if capture.whole {
+            return;
+        }
+        let before = capture.bytes.len();
+        let decoder = capture
+            .decoder
+            .get_or_insert_with(|| BodyDecoder::new(Vec::new(), self.body_depth));
+        if let Err(error) = decoder.feed(data, &mut capture.bytes) {
+            capture.problem.get_or_insert_with(|| error.to_string());
+            capture.whole = true;
+        }
+        if matches!(decoder.status(), DecodeStatus::LimitReached { .. }) {
+            capture.whole = true;
+        }
+        let added = capture.bytes.len() - before;
+        let stage = match direction {
+            Direction::ToServer => Stage::RequestBody,
+            Direction::ToClient => Stage::ResponseBody,
+        };
+        if capture.whole {
+            capture.decoder = None;
+            self.evaluate(content, stage, None, out);
+        } else if added > 0 {
+            self.evaluate(content, stage, Some(added), out);
+        }
+    }
+
+    /// A message's body ended (or the transaction did): the stage is decided whole.
+    pub fn body_end(&mut self, content: &mut TxContent, direction: Direction, out: &mut Vec<SignatureHit>) {
+        let (capture, stage, head_seen) = match direction {
+            Direction::ToServer => (&mut content.request_body, Stage::RequestBody, content.request.is_some()),
+            Direction::ToClient => (
+                &mut content.response_body,
+                Stage::ResponseBody,
+                content.response.is_some(),
+            ),
+        };
+        if capture.whole || !head_seen {
+            return;
+        }
+        capture.whole = true;
+        capture.decoder = None;
+        self.evaluate(content, stage, None, out);
+    }
+
+    fn capture_for(&self, head: &HeadBuffers) -> BodyCapture {
+        let mut capture = BodyCapture::default();
+        if !self.reads_bodies() {
+            capture.whole = true;
+            return capture;
+        }
+        match head.content_encoding().map(parse_content_encoding) {
+            None => {}
+            Some(Ok(codings)) => capture.decoder = Some(BodyDecoder::new(codings, self.body_depth)),
+            // Not a coding loupe decodes: the rules read the body as sent.
+            Some(Err(error)) => capture.problem = Some(error.to_string()),
+        }
+        capture
+    }
+
+    fn evaluate(
+        &mut self,
+        content: &mut TxContent,
+        stage: Stage,
+        new_body: Option<usize>,
+        out: &mut Vec<SignatureHit>,
+    ) {
+        if !self.set.has_stage(stage) {
+            return;
+        }
+        fn body(capture: &BodyCapture, stage: Stage, from: Stage) -> Option<&[u8]> {
+            (stage >= from && (capture.whole || !capture.bytes.is_empty())).then_some(&capture.bytes[..])
+        }
+        let buffers = TransactionBuffers {
+            request: content.request.as_ref(),
+            response: content.response.as_ref(),
+            request_body: body(&content.request_body, stage, Stage::RequestBody),
+            response_body: body(&content.response_body, stage, Stage::ResponseBody),
+            direction: match stage {
+                Stage::RequestHead | Stage::RequestBody => Direction::ToServer,
+                Stage::ResponseHead | Stage::ResponseBody => Direction::ToClient,
+            },
+            sni: None,
+        };
+        self.hits.clear();
+        let endpoints = self.endpoints;
+        self.set.evaluate(
+            stage,
+            new_body,
+            &buffers,
+            endpoints,
+            &mut self.flow,
+            &mut content.state,
+            &mut self.hits,
+        );
+        out.append(&mut self.hits);
+    }
+}
+
+/// The first `drop` among `hits`.
+pub fn first_drop(hits: &[SignatureHit]) -> Option<SignatureHit> {
+    hits.iter().copied().find(|hit| hit.action == Action::Drop)
+}
