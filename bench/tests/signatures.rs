@@ -284,12 +284,7 @@ fn suricata_rules_fire_on_decrypted_http11_and_http2() {
         "body drop",
     );
 
-    let served = std::fs::read_dir(lab.dir())
-        .expect("lab dir")
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("nginx-tls-"))
-        .map(|entry| std::fs::read_to_string(entry.path().join("access.log")).unwrap_or_default())
-        .collect::<String>();
+    let served = access_log(&lab);
     assert!(
         !served.contains("dropped-request"),
         "nginx never saw the dropped request:\n{served}"
@@ -298,4 +293,79 @@ fn suricata_rules_fire_on_decrypted_http11_and_http2() {
         served.contains("/eicar.com"),
         "nginx's access log is where the test looks:\n{served}"
     );
+
+    // A live reload under load: keep-alive requests run on one connection while a rule is
+    // added; the requests after the reload fire it, the session is never reset.
+    let shown = ok(t.mid.loupectl_json(&["rules", "show"]), "loupectl rules show");
+    assert_eq!(shown["loaded"], 7, "{shown}");
+    let requests = 24;
+    let mut argv: Vec<String> = ["--http1.1", "--rate", "8/s", "--cacert", &dca]
+        .map(String::from)
+        .to_vec();
+    for n in 0..requests {
+        argv.extend([
+            "-o".into(),
+            "/dev/null".into(),
+            format!("https://server.lab/index.html?live={n}"),
+        ]);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (load, reloaded_after) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| t.curl(&argv));
+        // Some requests are through before the reload, some after.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let served_live = || access_log(&lab).matches("live=").count();
+        while served_live() < 4 {
+            assert!(Instant::now() < deadline, "keep-alive requests did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let added = "alert http any any -> any any (msg:\"LOUPE-LAB added live\"; flow:to_server; http.uri; content:\"live=\"; sid:9300010; rev:1;)\n";
+        std::fs::write(&rules, format!("{RULES}{added}")).expect("rewrite the rules");
+        let before = served_live();
+        let loaded = ok(t.mid.loupectl_json(&["rules", "load"]), "loupectl rules load");
+        assert_eq!(loaded["loaded"], 8, "{loaded}");
+        (load.join().expect("curl thread"), before)
+    });
+    let ports: Vec<&str> = load
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("loupe-test "))
+        .collect();
+    assert!(
+        load.status.success() && ports.len() == requests,
+        "every request answered: {}",
+        load.stderr
+    );
+    assert!(
+        ports.iter().all(|p| *p == ports[0]),
+        "one connection, never reset: {ports:?}"
+    );
+    // Every match is counted at once; its EVE line is written by the log thread soon after.
+    let stats = ok(t.mid.loupectl_json(&["rules", "stats"]), "loupectl rules stats");
+    let live = stats["rules"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["sid"] == 9300010))
+        .cloned();
+    let hits = live.and_then(|r| r["hits"].as_u64()).unwrap_or(0) as usize;
+    let fired = new_alerts(
+        &t,
+        &validator,
+        &mut seen,
+        hits,
+        "the added rule's alerts, as many as its hits",
+    );
+    assert!(
+        hits > 0 && hits <= requests - reloaded_after + 1 && fired.iter().all(|a| a.sid == 9300010),
+        "the added rule fired on requests after the reload ({reloaded_after} before it): {fired:#?}"
+    );
+}
+
+/// Everything nginx logged as served.
+fn access_log(lab: &Lab) -> String {
+    std::fs::read_dir(lab.dir())
+        .expect("lab dir")
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("nginx-tls-"))
+        .map(|entry| std::fs::read_to_string(entry.path().join("access.log")).unwrap_or_default())
+        .collect()
 }

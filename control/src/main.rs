@@ -60,6 +60,19 @@ enum Verb {
     /// Packet capture of inspected flows.
     #[command(subcommand)]
     Capture(CaptureVerb),
+    /// Content signatures (`[inspection] rules`): reload, show, per-rule hits.
+    #[command(subcommand)]
+    Rules(RulesVerb),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesVerb {
+    /// Read the rule files again and load them; sessions go on.
+    Load,
+    /// What loaded, per file, and every rule skipped with its file, line and reason.
+    Show,
+    /// Matches per signature since the rules were loaded.
+    Stats,
 }
 
 #[derive(Debug, Args)]
@@ -343,6 +356,9 @@ fn request_for(verb: Verb) -> Result<(Request, Renderer), Failure> {
                 Box::new(render::trust_fetch),
             )
         }
+        Verb::Rules(RulesVerb::Load) => (Request::RulesLoad, Box::new(render::rules_load)),
+        Verb::Rules(RulesVerb::Show) => (Request::RulesShow, Box::new(render::rules_show)),
+        Verb::Rules(RulesVerb::Stats) => (Request::RulesStats, Box::new(render::rules_stats)),
         Verb::Exclusions(ExclusionsVerb::List) => (Request::ExclusionsList, generic),
         Verb::Exclusions(ExclusionsVerb::Clear { host }) => (Request::ExclusionsClear { host }, generic),
         Verb::Log(tail) => (

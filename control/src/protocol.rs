@@ -112,6 +112,12 @@ pub enum Request {
         max_bytes: u64,
     },
     CaptureStop,
+    /// Reads `[inspection] rules` again and loads them as a new policy snapshot.
+    RulesLoad,
+    /// The signatures in force: files, counts, and every rule skipped with its reason.
+    RulesShow,
+    /// Matches per signature since it was loaded.
+    RulesStats,
 }
 
 impl Request {
@@ -135,6 +141,9 @@ impl Request {
             Request::LogTail { .. } => "log-tail",
             Request::CaptureStart { .. } => "capture-start",
             Request::CaptureStop => "capture-stop",
+            Request::RulesLoad => "rules-load",
+            Request::RulesShow => "rules-show",
+            Request::RulesStats => "rules-stats",
         }
     }
 }

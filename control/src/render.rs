@@ -489,6 +489,57 @@ pub fn policy_load(value: &Value) -> String {
     )
 }
 
+pub fn rules_load(value: &Value) -> String {
+    format!(
+        "signatures loaded: {} rules, {} skipped; config version {} ({} workers)\n",
+        field(value, "loaded"),
+        field(value, "skipped"),
+        field(value, "config_version"),
+        field(value, "workers_acked")
+    )
+}
+
+pub fn rules_show(value: &Value) -> String {
+    let mut out = key_values(&[
+        pair("config version", field(value, "config_version")),
+        pair("loaded", field(value, "loaded")),
+        pair("skipped", field(value, "skipped_count")),
+    ]);
+    let files: Vec<Vec<String>> = items(value.get("files"))
+        .iter()
+        .map(|f| vec![field(f, "file"), field(f, "loaded")])
+        .collect();
+    out.push_str("\nfiles:\n");
+    out.push_str(&indent(&table(&["FILE", "LOADED"], &files), "  "));
+    let skipped = items(value.get("skipped"));
+    if !skipped.is_empty() {
+        out.push_str("\nskipped:\n");
+        for s in skipped {
+            out.push_str(&format!(
+                "  {}:{}: {}\n",
+                field(s, "file"),
+                field(s, "line"),
+                field(s, "reason")
+            ));
+        }
+    }
+    out
+}
+
+pub fn rules_stats(value: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(value.get("rules"))
+        .iter()
+        .map(|r| vec![field(r, "sid"), field(r, "action"), field(r, "hits"), field(r, "msg")])
+        .collect();
+    let mut out = format!(
+        "{} matches (config version {})\n",
+        field(value, "total"),
+        field(value, "config_version")
+    );
+    out.push_str(&table(&["SID", "ACTION", "HITS", "MSG"], &rows));
+    out
+}
+
 pub fn policy_show(value: &Value) -> String {
     let mut out = key_values(&[
         pair("config version", field(value, "config_version")),

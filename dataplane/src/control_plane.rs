@@ -153,6 +153,9 @@ impl ControlPlane {
             Request::ExclusionsClear { host } => self.exclusions_clear(host.as_deref(), wire),
             Request::CaptureStart { filter, out, max_bytes } => self.capture_start(filter, &out, max_bytes),
             Request::CaptureStop => self.capture_stop(),
+            Request::RulesLoad => self.rules_load(wire),
+            Request::RulesShow => Ok(self.rules_show()),
+            Request::RulesStats => Ok(self.rules_stats()),
             Request::LogTail { .. } => Err(ControlError::new(
                 ErrorKind::BadRequest,
                 "log-tail is served by the socket server, not the control thread",
@@ -273,6 +276,102 @@ impl ControlPlane {
         let acked = self.publish(Arc::new(next), wire, true)?;
         tracing::info!(file = %file.display(), config_version = self.current.version, "policy loaded");
         Ok(json!({ "config_version": self.current.version, "file": file, "workers_acked": acked }))
+    }
+
+    /// Loads the rule files of the running configuration again: a new snapshot, so
+    /// sessions go on and take the new rules from their next transaction stage.
+    fn rules_load(&mut self, wire: &mut Wire) -> Reply {
+        if self.config.inspection.rules.is_empty() {
+            return Err(invalid("[inspection] rules is empty: there are no rule files to load"));
+        }
+        let next = self.build(&self.config, &self.overrides, self.current.version + 1)?;
+        let acked = self.publish(Arc::new(next), wire, true)?;
+        let shown = self.rules_show();
+        tracing::info!(
+            config_version = self.current.version,
+            loaded = %shown["loaded"],
+            skipped = %shown["skipped_count"],
+            "signatures loaded"
+        );
+        Ok(json!({
+            "config_version": self.current.version,
+            "workers_acked": acked,
+            "loaded": shown["loaded"],
+            "skipped": shown["skipped_count"],
+        }))
+    }
+
+    fn rules_show(&self) -> Value {
+        let Some(set) = &self.current.signatures else {
+            return json!({ "config_version": self.current.version, "loaded": 0, "skipped_count": 0, "files": [], "skipped": [], "rules": [] });
+        };
+        let report = &set.report;
+        let files: Vec<Value> = report
+            .files
+            .iter()
+            .map(|(file, count)| json!({ "file": file, "loaded": count }))
+            .collect();
+        let skipped: Vec<Value> = report
+            .skipped
+            .iter()
+            .map(|s| {
+                json!({
+                    "file": s.file,
+                    "line": s.line,
+                    "sid": s.error.sid,
+                    "unsupported": s.error.unsupported,
+                    "reason": s.error.to_string(),
+                })
+            })
+            .collect();
+        let rules: Vec<Value> = set
+            .rules()
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                let (file, line) = set.origin(index as u32);
+                json!({
+                    "gid": rule.meta.gid,
+                    "sid": rule.meta.sid,
+                    "rev": rule.meta.rev,
+                    "action": rule.action.as_str(),
+                    "msg": rule.meta.msg,
+                    "file": file,
+                    "line": line,
+                })
+            })
+            .collect();
+        json!({
+            "config_version": self.current.version,
+            "loaded": set.rules().len(),
+            "skipped_count": report.skipped.len(),
+            "files": files,
+            "skipped": skipped,
+            "rules": rules,
+        })
+    }
+
+    fn rules_stats(&self) -> Value {
+        let Some(set) = &self.current.signatures else {
+            return json!({ "config_version": self.current.version, "total": 0, "rules": [] });
+        };
+        let mut hits: Vec<(u32, u64)> = set
+            .hit_counts()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, hits)| *hits > 0)
+            .map(|(index, hits)| (index as u32, hits))
+            .collect();
+        hits.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let total: u64 = hits.iter().map(|(_, h)| h).sum();
+        let rules: Vec<Value> = hits
+            .iter()
+            .map(|&(index, hits)| {
+                let rule = set.rule(index);
+                json!({ "gid": rule.meta.gid, "sid": rule.meta.sid, "msg": rule.meta.msg, "action": rule.action.as_str(), "hits": hits })
+            })
+            .collect();
+        json!({ "config_version": self.current.version, "total": total, "rules": rules })
     }
 
     fn effective_profiles(&self) -> Vec<Value> {

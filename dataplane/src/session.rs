@@ -364,6 +364,18 @@ impl Session {
         }
     }
 
+    /// A policy snapshot with other signatures arrived: the session runs them from its
+    /// next transaction stage (its own snapshot stays for everything else).
+    pub fn adopt_signatures(&mut self, policy: &Policy) {
+        if let SessionInspector::Http(engine) = &mut self.inspector {
+            let endpoints = Endpoints {
+                client: self.key.client,
+                server: self.key.server,
+            };
+            engine.replace_signatures(policy.signatures.clone(), endpoints, policy.inspection.body_depth);
+        }
+    }
+
     /// Signatures fired since the last call, and the rule set they come from.
     pub fn take_alerts(&mut self) -> Option<(Vec<SignatureAlert>, Arc<SignatureSet>)> {
         match &mut self.inspector {

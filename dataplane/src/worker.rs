@@ -351,12 +351,22 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             // Snapshots switch between batches; flows keep the one they started with.
             let mut switched = false;
+            let mut signatures_changed = false;
             while let Ok(tap) = self.control.capture.try_recv() {
                 self.capture = tap;
             }
             while let Ok(newer) = self.policy.updates.try_recv() {
+                signatures_changed |= !same_signatures(&self.policy.current, &newer);
                 self.policy.current = newer;
                 switched = true;
+            }
+            if signatures_changed {
+                // Rules apply to open sessions too: a reload must not wait for clients
+                // to reconnect (keep-alive and HTTP/2 connections live for hours).
+                let policy = Arc::clone(&self.policy.current);
+                for (_, flow) in self.flows.iter_mut() {
+                    flow.session.adopt_signatures(&policy);
+                }
             }
             if switched {
                 self.stats
@@ -1339,6 +1349,15 @@ fn queue_eve<E: serde::Serialize>(batch: &mut Vec<u8>, event: &E, stats: &Worker
             WorkerStats::add(&stats.eve_write_errors, 1);
             tracing::error!(%err, "EVE event not serializable");
         }
+    }
+}
+
+/// Whether two snapshots run the same signatures (the same loaded set, or none).
+fn same_signatures(a: &Policy, b: &Policy) -> bool {
+    match (&a.signatures, &b.signatures) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 

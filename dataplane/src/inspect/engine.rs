@@ -237,6 +237,26 @@ impl HttpInspector {
         self
     }
 
+    /// Runs `set` from here on (a rule reload; `None`: rules removed). Open transactions
+    /// keep their heads and bodies and are judged by the new rules from their next
+    /// stage (a rule that fired on one already, by gid and sid, does not fire again);
+    /// `flowbits` carry over, by name.
+    pub fn replace_signatures(&mut self, set: Option<Arc<SignatureSet>>, endpoints: Endpoints, body_depth: usize) {
+        let Some(set) = set else {
+            self.signatures = None;
+            return;
+        };
+        match &mut self.signatures {
+            Some(signatures) => signatures.replace_set(set, body_depth),
+            None => self.signatures = Some(SessionSignatures::new(set, endpoints, body_depth)),
+        }
+        match &mut self.mode {
+            Mode::Http1(flow) => flow.parser.report_content(),
+            Mode::Http2(flow) => flow.connection.report_content(),
+            Mode::Passthrough | Mode::Ended => {}
+        }
+    }
+
     /// The rule set the session runs, to name the rules of its alerts.
     pub fn signature_set(&self) -> Option<&Arc<SignatureSet>> {
         self.signatures.as_ref().map(|s| &s.set)

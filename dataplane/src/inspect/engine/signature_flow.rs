@@ -79,6 +79,12 @@ impl SessionSignatures {
         }
     }
 
+    /// Another rule set from here on; the session's flowbits stay.
+    pub fn replace_set(&mut self, set: Arc<SignatureSet>, body_depth: usize) {
+        self.set = set;
+        self.body_depth = body_depth;
+    }
+
     /// Whether the parsers must report bodies.
     pub fn reads_bodies(&self) -> bool {
         self.body_depth > 0 && self.set.reads_bodies()

@@ -82,8 +82,9 @@ pub struct FlowSignatureState {
 /// What a transaction keeps between its stages.
 #[derive(Debug, Default)]
 pub struct TxSignatureState {
-    /// Rules that fired on the transaction: each only once.
-    fired: SmallVec<[u32; 2]>,
+    /// Rules that fired on the transaction, by gid and sid: each only once, also when
+    /// the rule set is reloaded while the transaction is open.
+    fired: SmallVec<[(u32, u32); 2]>,
     /// Scratch for the prefilter, kept to avoid reallocating per call.
     candidates: Vec<u32>,
     seen: Vec<bool>,
@@ -195,10 +196,11 @@ impl SignatureSet {
             if flow.passed {
                 break;
             }
-            if tx.fired.contains(&index) {
+            let rule = &self.rules[index as usize];
+            let id = (rule.meta.gid, rule.meta.sid);
+            if tx.fired.contains(&id) {
                 continue;
             }
-            let rule = &self.rules[index as usize];
             if !addresses_match(rule, stage.direction(), endpoints)
                 || rule.flow.direction.is_some_and(|d| d != stage.direction())
                 || !flowbits_hold(rule, flow)
@@ -206,7 +208,7 @@ impl SignatureSet {
             {
                 continue;
             }
-            tx.fired.push(index);
+            tx.fired.push(id);
             apply_flowbits(rule, flow);
             self.hits[index as usize].fetch_add(1, Ordering::Relaxed);
             if rule.action == Action::Pass {
