@@ -372,14 +372,37 @@ fn media_type(content_type: &str) -> &str {
 // ---------------------------------------------------------------------------------------
 
 /// An EVE `alert` event: a signature that fired on a transaction, with the transaction's
-/// `http` object, as Suricata writes it.
+/// `http` object, or on a TLS handshake, with a `tls` object, as Suricata writes it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertEvent<'a> {
     #[serde(flatten)]
     pub header: EveHeader<'a>,
     pub alert: EveAlert<'a>,
-    pub http: EveHttp<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<EveHttp<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<AlertTls<'a>>,
     pub loupe: AlertLoupe,
+}
+
+/// The `tls` object of an alert on a handshake: what a `tls` rule can have read.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AlertTls<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<&'a str>,
+    pub version: &'static str,
+}
+
+/// What a signature fired on.
+#[derive(Debug, Clone, Copy)]
+pub enum AlertSubject<'a> {
+    /// Transaction `index` of the session, as far as it had come.
+    Transaction { index: u64, tx: &'a Transaction },
+    /// The TLS handshake: the ClientHello's server name and the client leg's version.
+    Handshake {
+        sni: Option<&'a str>,
+        version: Option<&'a str>,
+    },
 }
 
 /// Suricata's `alert` object.
@@ -403,24 +426,36 @@ pub struct EveAlert<'a> {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct AlertLoupe {
     pub session_id: u64,
-    /// The transaction's number within the session.
-    pub transaction: u64,
+    /// The transaction's number within the session; left out for a handshake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<u64>,
     /// The rule file's name and line are in `loupectl rules show`; the rule's action:
     pub rule_action: &'static str,
 }
 
-/// The `alert` event of `rule` firing on transaction `tx` (number `index`), stamped `at`.
+/// The `alert` event of `rule` firing on `subject`, stamped `at`.
 pub fn alert_event<'a>(
     at: SystemTime,
     flow: &EveFlow,
-    tx: &'a Transaction,
-    index: u64,
+    subject: AlertSubject<'a>,
     rule: &'a crate::inspect::signatures::Rule,
 ) -> AlertEvent<'a> {
     use crate::inspect::signatures::Action as RuleAction;
-    let http = eve_http(tx);
-    let mut header = EveHeader::new(at, flow, "alert", http_app_proto(tx));
-    header.tx_id = Some(index);
+    let (header, http, tls, transaction) = match subject {
+        AlertSubject::Transaction { index, tx } => {
+            let mut header = EveHeader::new(at, flow, "alert", http_app_proto(tx));
+            header.tx_id = Some(index);
+            (header, Some(eve_http(tx)), None, Some(index))
+        }
+        AlertSubject::Handshake { sni, version } => {
+            let header = EveHeader::new(at, flow, "alert", "tls");
+            let tls = AlertTls {
+                sni,
+                version: suricata_tls_version(version),
+            };
+            (header, None, Some(tls), None)
+        }
+    };
     let (category, class_priority) = match rule.meta.classtype.as_deref() {
         Some(classtype) => classification(classtype).unwrap_or((classtype, 3)),
         None => ("", 3),
@@ -448,9 +483,10 @@ pub fn alert_event<'a>(
             metadata,
         },
         http,
+        tls,
         loupe: AlertLoupe {
             session_id: flow.session_id,
-            transaction: index,
+            transaction,
             rule_action: rule.action.as_str(),
         },
     }

@@ -710,6 +710,14 @@ impl Session {
                 && tls.facts().alerts.iter().any(|a| a.sender == Peer::Server && a.fatal))
     }
 
+    /// The TLS version the client leg agreed, once it did.
+    pub fn client_tls_version(&self) -> Option<&str> {
+        match &self.stream {
+            Stream::Decrypting(tls) => tls.facts().client.version.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn sni(&self) -> Option<&str> {
         self.hello.as_ref().and_then(|h| h.sni.as_deref())
     }
@@ -835,6 +843,9 @@ impl StreamPump for SessionPump<'_, '_> {
                     if exports.pcap && matches!(session.stream, Stream::Decrypting(_)) {
                         let export = SessionExport::new(session.key.client, session.key.server);
                         session.export = Some(Box::new(export));
+                    }
+                    if let SessionInspector::Http(engine) = &mut session.inspector {
+                        engine.set_sni(hello.sni.as_deref());
                     }
                     session.hello = Some(hello);
                     session.decision = Some(decision);

@@ -21,7 +21,7 @@ use xdpilone::xdp::XdpDesc;
 
 use crate::capture::plaintext::PlaintextTap;
 use crate::capture::CaptureTap;
-use crate::eve::{self, EveFlow, EveSink, HttpLoupeFacts, UrlRuleVerdict};
+use crate::eve::{self, AlertSubject, EveFlow, EveSink, HttpLoupeFacts, UrlRuleVerdict};
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{parse_tcp_frame, MacAddr};
 use crate::policy::{ExclusionKey, Policy};
@@ -1376,7 +1376,14 @@ fn queue_alert_events(session: &mut Session, key: Option<FlowKey>, batch: &mut V
     for alert in &alerts {
         let rule = set.rule(alert.hit.rule);
         let at = alert.at.unwrap_or_else(SystemTime::now);
-        let event = eve::alert_event(at, &flow, &alert.transaction, alert.index, rule);
+        let subject = match &alert.transaction {
+            Some((index, tx)) => AlertSubject::Transaction { index: *index, tx },
+            None => AlertSubject::Handshake {
+                sni: session.sni(),
+                version: session.client_tls_version(),
+            },
+        };
+        let event = eve::alert_event(at, &flow, subject, rule);
         queue_eve(batch, &event, stats);
     }
 }

@@ -867,7 +867,12 @@ fn a_signature_is_suricatas_alert_event_with_the_transactions_http() {
         r#"alert http any any -> any any (msg:"ET MALWARE test"; http.uri; content:"/a"; classtype:trojan-activity; metadata:affected_product Windows, created_at 2024_01_01; sid:2000001; rev:3;)"#,
     );
     let tx = http11_get();
-    let value = to_value(&alert_event(at(), &flow(), &tx, 7, &rule));
+    let value = to_value(&alert_event(
+        at(),
+        &flow(),
+        AlertSubject::Transaction { index: 7, tx: &tx },
+        &rule,
+    ));
     assert_valid(&value);
     assert_no_nulls(&value);
     assert_eq!(value["event_type"], "alert");
@@ -897,13 +902,33 @@ fn a_signature_is_suricatas_alert_event_with_the_transactions_http() {
 fn a_drop_alert_is_blocked_and_a_rule_priority_is_the_severity() {
     let rule = parsed_rule(r#"drop http any any -> any any (msg:"x"; content:"y"; priority:2; sid:5;)"#);
     let tx = http2_post();
-    let value = to_value(&alert_event(at(), &flow(), &tx, 0, &rule));
+    let value = to_value(&alert_event(
+        at(),
+        &flow(),
+        AlertSubject::Transaction { index: 0, tx: &tx },
+        &rule,
+    ));
     assert_valid(&value);
     assert_eq!(value["alert"]["action"], "blocked");
     assert_eq!(value["alert"]["severity"], 2);
     assert_eq!(value["alert"]["category"], "");
     assert_eq!(value["app_proto"], "http2");
     assert!(value["alert"].get("metadata").is_none());
+}
+
+#[test]
+fn a_tls_rule_alerts_on_the_handshake_with_a_tls_object() {
+    let rule = parsed_rule(r#"alert tls any any -> any any (msg:"sni"; tls.sni; content:"bad.example"; sid:6;)"#);
+    let subject = AlertSubject::Handshake {
+        sni: Some("bad.example"),
+        version: Some("TLSv1.3"),
+    };
+    let value = to_value(&alert_event(at(), &flow(), subject, &rule));
+    assert_valid(&value);
+    assert_eq!(value["app_proto"], "tls");
+    assert_eq!(value["tls"], json!({ "sni": "bad.example", "version": "TLS 1.3" }));
+    assert!(value.get("http").is_none() && value.get("tx_id").is_none(), "{value}");
+    assert_eq!(value["loupe"], json!({ "session_id": 42, "rule_action": "alert" }));
 }
 
 #[test]

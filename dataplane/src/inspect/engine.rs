@@ -103,14 +103,14 @@ pub struct InspectedTransaction {
     pub end: Option<SystemTime>,
 }
 
-/// A signature that fired on a transaction: written as an EVE `alert` when it fires.
+/// A signature that fired on a transaction (or on the handshake, for `tls` rules):
+/// written as an EVE `alert` when it fires.
 #[derive(Debug, Clone)]
 pub struct SignatureAlert {
     pub hit: SignatureHit,
-    /// The transaction's number within the session.
-    pub index: u64,
-    /// The transaction as far as it had come.
-    pub transaction: Transaction,
+    /// The transaction's number within the session and the transaction as far as it had
+    /// come; `None` for a `tls` rule, which fires on the handshake.
+    pub transaction: Option<(u64, Transaction)>,
     pub at: Option<SystemTime>,
 }
 
@@ -144,6 +144,8 @@ pub struct HttpInspector {
     signatures: Option<SessionSignatures>,
     /// Signatures fired since the last [`HttpInspector::take_alerts`].
     alerts: Vec<SignatureAlert>,
+    /// The server name the client asked for, for `tls.sni`.
+    sni: Option<String>,
 }
 
 enum Mode {
@@ -227,13 +229,24 @@ impl HttpInspector {
             started: false,
             signatures: None,
             alerts: Vec::new(),
+            sni: None,
+        }
+    }
+
+    /// The server name of the ClientHello, for `tls.sni` rules.
+    pub fn set_sni(&mut self, sni: Option<&str>) {
+        self.sni = sni.map(str::to_string);
+        if let Some(signatures) = &mut self.signatures {
+            signatures.set_sni(sni);
         }
     }
 
     /// Runs `set` on the session's transactions; `body_depth`: decoded body bytes the
     /// rules read at most per message.
     pub fn with_signatures(mut self, set: Arc<SignatureSet>, endpoints: Endpoints, body_depth: usize) -> Self {
-        self.signatures = Some(SessionSignatures::new(set, endpoints, body_depth));
+        let mut signatures = SessionSignatures::new(set, endpoints, body_depth);
+        signatures.set_sni(self.sni.as_deref());
+        self.signatures = Some(signatures);
         self
     }
 
@@ -248,7 +261,11 @@ impl HttpInspector {
         };
         match &mut self.signatures {
             Some(signatures) => signatures.replace_set(set, body_depth),
-            None => self.signatures = Some(SessionSignatures::new(set, endpoints, body_depth)),
+            None => {
+                let mut signatures = SessionSignatures::new(set, endpoints, body_depth);
+                signatures.set_sni(self.sni.as_deref());
+                self.signatures = Some(signatures);
+            }
         }
         match &mut self.mode {
             Mode::Http1(flow) => flow.parser.report_content(),
@@ -416,8 +433,7 @@ impl HttpInspector {
             self.counts.signature_alerts += 1;
             self.alerts.push(SignatureAlert {
                 hit,
-                index,
-                transaction: transaction.clone(),
+                transaction: Some((index, transaction.clone())),
                 at: self.now,
             });
         }
@@ -911,8 +927,7 @@ impl HttpInspector {
                             self.counts.signature_alerts += 1;
                             self.alerts.push(SignatureAlert {
                                 hit,
-                                index,
-                                transaction: summary.clone().unwrap_or_default(),
+                                transaction: Some((index, summary.clone().unwrap_or_default())),
                                 at: self.now,
                             });
                         }
@@ -1031,6 +1046,25 @@ impl Inspector for HttpInspector {
         if !self.started {
             self.start(client_alpn);
         }
+        let Some(signatures) = &mut self.signatures else { return };
+        let mut hits = Vec::new();
+        signatures.handshake(&mut hits);
+        let dropped = first_drop(&hits);
+        for hit in hits {
+            self.counts.signature_alerts += 1;
+            self.alerts.push(SignatureAlert {
+                hit,
+                transaction: None,
+                at: self.now,
+            });
+        }
+        if let Some(dropped) = dropped {
+            self.counts.signature_drops += 1;
+            let sid = signatures.set.rule(dropped.rule).meta.sid;
+            // No plaintext has moved yet: nothing goes either way from here.
+            self.ended.get_or_insert(format!("dropped by signature sid {sid}"));
+            self.mode = Mode::Ended;
+        }
     }
 
     fn client_to_server(&mut self, plaintext: &[u8], relay: &mut Relay<'_>) -> Pass {
@@ -1041,7 +1075,11 @@ impl Inspector for HttpInspector {
             Mode::Http1(_) => self.http1_client(plaintext, relay),
             Mode::Http2(_) => self.http2_bytes(plaintext, true, relay),
             Mode::Passthrough => Pass::Forward,
-            Mode::Ended => Pass::Taken,
+            Mode::Ended => {
+                // Ended before this (a `tls` rule's drop at the handshake): say so now.
+                *relay.end_session = true;
+                Pass::Taken
+            }
         }
     }
 
@@ -1053,7 +1091,11 @@ impl Inspector for HttpInspector {
             Mode::Http1(_) => self.http1_server(plaintext, relay),
             Mode::Http2(_) => self.http2_bytes(plaintext, false, relay),
             Mode::Passthrough => Pass::Forward,
-            Mode::Ended => Pass::Taken,
+            Mode::Ended => {
+                // Ended before this (a `tls` rule's drop at the handshake): say so now.
+                *relay.end_session = true;
+                Pass::Taken
+            }
         }
     }
 

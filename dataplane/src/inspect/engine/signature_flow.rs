@@ -22,6 +22,8 @@ pub struct SessionSignatures {
     body_depth: usize,
     /// Scratch for one evaluation's hits.
     hits: Vec<SignatureHit>,
+    /// The server name the client asked for (`tls.sni`).
+    sni: Option<Vec<u8>>,
 }
 
 /// One body as the rules read it.
@@ -76,7 +78,18 @@ impl SessionSignatures {
             flow: FlowSignatureState::default(),
             body_depth,
             hits: Vec::new(),
+            sni: None,
         }
+    }
+
+    pub fn set_sni(&mut self, sni: Option<&str>) {
+        self.sni = sni.map(|name| name.as_bytes().to_vec());
+    }
+
+    /// Both handshakes are done: the session's `tls` rules.
+    pub fn handshake(&mut self, out: &mut Vec<SignatureHit>) {
+        let mut content = TxContent::default();
+        self.evaluate(&mut content, Stage::Handshake, None, out);
     }
 
     /// Another rule set from here on; the session's flowbits stay.
@@ -200,10 +213,10 @@ impl SessionSignatures {
             request_body: body(&content.request_body, stage, Stage::RequestBody),
             response_body: body(&content.response_body, stage, Stage::ResponseBody),
             direction: match stage {
-                Stage::RequestHead | Stage::RequestBody => Direction::ToServer,
+                Stage::Handshake | Stage::RequestHead | Stage::RequestBody => Direction::ToServer,
                 Stage::ResponseHead | Stage::ResponseBody => Direction::ToClient,
             },
-            sni: None,
+            sni: self.sni.as_deref(),
         };
         self.hits.clear();
         let endpoints = self.endpoints;

@@ -1,5 +1,6 @@
 //! A loaded rule set run over transactions: which rules become decidable at each stage of
-//! a transaction (request head, request body, response head, response body), the
+//! a session (its TLS handshake, for `tls` rules) and of each transaction (request head,
+//! request body, response head, response body), the
 //! prefilter to pick candidates, the rule header's addresses and ports, `flow`, and
 //! `flowbits` kept per session. A rule fires at most once per transaction.
 //!
@@ -25,6 +26,8 @@ use super::rule::{Action, Buffer, Direction, Flowbit, Protocol, Rule};
 /// How far a transaction has come: the buffers a rule needs exist from its stage on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
+    /// Both handshakes are done: `tls` rules (`tls.sni`), once per session.
+    Handshake,
     RequestHead,
     RequestBody,
     ResponseHead,
@@ -34,7 +37,7 @@ pub enum Stage {
 impl Stage {
     fn direction(self) -> Direction {
         match self {
-            Stage::RequestHead | Stage::RequestBody => Direction::ToServer,
+            Stage::Handshake | Stage::RequestHead | Stage::RequestBody => Direction::ToServer,
             Stage::ResponseHead | Stage::ResponseBody => Direction::ToClient,
         }
     }
@@ -54,7 +57,7 @@ pub struct SignatureSet {
     origins: Vec<(PathBuf, usize)>,
     stages: Vec<Stage>,
     /// Whether any rule is decided at each stage (indexed by `Stage as usize`).
-    stage_used: [bool; 4],
+    stage_used: [bool; 5],
     prefilter: Prefilter,
     /// Matches per rule since the set was loaded (`loupectl rules stats`).
     hits: Vec<AtomicU64>,
@@ -102,7 +105,7 @@ impl SignatureSet {
         let LoadedRules { rules, origins, report } = loaded;
         let prefilter = Prefilter::new(&rules)?;
         let stages: Vec<Stage> = rules.iter().map(rule_stage).collect();
-        let mut stage_used = [false; 4];
+        let mut stage_used = [false; 5];
         for stage in &stages {
             stage_used[*stage as usize] = true;
         }
@@ -255,8 +258,9 @@ fn rule_stage(rule: &Rule) -> Stage {
         };
         stage = stage.max(needs);
     }
-    if rule.protocol == Protocol::Tls && stage < Stage::RequestHead {
-        stage = Stage::RequestHead;
+    if rule.protocol == Protocol::Tls && rule.detections.iter().all(|d| d.buffer == Buffer::TlsSni) {
+        // A session's handshake is decided once, before any transaction.
+        return Stage::Handshake;
     }
     stage
 }
