@@ -246,6 +246,9 @@ impl HttpInspector {
     pub fn with_signatures(mut self, set: Arc<SignatureSet>, endpoints: Endpoints, body_depth: usize) -> Self {
         let mut signatures = SessionSignatures::new(set, endpoints, body_depth);
         signatures.set_sni(self.sni.as_deref());
+        if let Some(now) = self.now {
+            signatures.set_now(now);
+        }
         self.signatures = Some(signatures);
         self
     }
@@ -264,6 +267,9 @@ impl HttpInspector {
             None => {
                 let mut signatures = SessionSignatures::new(set, endpoints, body_depth);
                 signatures.set_sni(self.sni.as_deref());
+                if let Some(now) = self.now {
+                    signatures.set_now(now);
+                }
                 self.signatures = Some(signatures);
             }
         }
@@ -329,6 +335,9 @@ impl HttpInspector {
     /// The wall-clock time of the current service round, stamped on what happens in it.
     pub fn set_now(&mut self, now: SystemTime) {
         self.now = Some(now);
+        if let Some(signatures) = &mut self.signatures {
+            signatures.set_now(now);
+        }
     }
 
     pub fn protocol(&self) -> AppProtocol {

@@ -10,6 +10,7 @@
 //! - [`detect`]: a rule's detections evaluated over the buffers of a transaction
 //!   (content with its modifiers, pcre, bsize, urilen, isdataat), with Suricata's
 //!   backtracking over relative matches.
+//! - [`rate`]: `threshold` and `detection_filter` windows, per tracked address.
 //! - [`prefilter`]: every rule's fast pattern in one Aho-Corasick pass per buffer; only
 //!   the rules whose pattern occurs are evaluated.
 //! - [`load`]: rule files (comments, continuation lines, duplicate sids) to a loaded set
@@ -27,6 +28,7 @@ pub mod matcher;
 pub mod network;
 pub mod parse;
 pub mod prefilter;
+pub mod rate;
 pub mod rule;
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::inspect::content_coding::{parse_content_encoding, BodyDecoder, DecodeStatus};
 use crate::inspect::signatures::rule::Direction;
@@ -24,6 +25,8 @@ pub struct SessionSignatures {
     hits: Vec<SignatureHit>,
     /// The server name the client asked for (`tls.sni`).
     sni: Option<Vec<u8>>,
+    /// The current service round's time, for rate windows.
+    now: SystemTime,
 }
 
 /// One body as the rules read it.
@@ -79,7 +82,12 @@ impl SessionSignatures {
             body_depth,
             hits: Vec::new(),
             sni: None,
+            now: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    pub fn set_now(&mut self, now: SystemTime) {
+        self.now = now;
     }
 
     pub fn set_sni(&mut self, sni: Option<&str>) {
@@ -225,6 +233,7 @@ impl SessionSignatures {
             new_body,
             &buffers,
             endpoints,
+            self.now,
             &mut self.flow,
             &mut content.state,
             &mut self.hits,

@@ -14,6 +14,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use smallvec::SmallVec;
 
@@ -21,6 +22,7 @@ use super::buffers::TransactionBuffers;
 use super::detect::{rule_matches, Buffers};
 use super::load::{LoadReport, LoadedRules};
 use super::prefilter::Prefilter;
+use super::rate::RateTable;
 use super::rule::{Action, Buffer, Direction, Flowbit, Protocol, Rule};
 
 /// How far a transaction has come: the buffers a rule needs exist from its stage on.
@@ -63,6 +65,8 @@ pub struct SignatureSet {
     hits: Vec<AtomicU64>,
     /// Longest fast pattern: how far back a new body piece's search starts.
     longest_pattern: usize,
+    /// `threshold` and `detection_filter` windows.
+    rates: RateTable,
     pub report: LoadReport,
 }
 
@@ -123,6 +127,7 @@ impl SignatureSet {
             prefilter,
             hits,
             longest_pattern,
+            rates: RateTable::default(),
             report,
         })
     }
@@ -160,6 +165,7 @@ impl SignatureSet {
     /// Evaluates what `stage` decides. `new_body`: for a body stage, how many bytes at
     /// the end of the body are new since the last call; `None` when the body is whole
     /// (ended, or at the inspection depth): every rule of the stage is decided then.
+    /// `now` times `threshold` and `detection_filter` windows.
     #[allow(clippy::too_many_arguments)]
     pub fn evaluate(
         &self,
@@ -167,6 +173,7 @@ impl SignatureSet {
         new_body: Option<usize>,
         buffers: &TransactionBuffers<'_>,
         endpoints: Endpoints,
+        now: SystemTime,
         flow: &mut FlowSignatureState,
         tx: &mut TxSignatureState,
         hits: &mut Vec<SignatureHit>,
@@ -217,7 +224,18 @@ impl SignatureSet {
             if rule.action == Action::Pass {
                 flow.passed = true;
             }
-            if !rule.flowbits.contains(&Flowbit::NoAlert) {
+            // A match the rate keywords hold back sets its flowbits but logs nothing; a
+            // drop still drops.
+            let (source, destination) = match stage.direction() {
+                Direction::ToServer => (endpoints.client.ip(), endpoints.server.ip()),
+                Direction::ToClient => (endpoints.server.ip(), endpoints.client.ip()),
+            };
+            let passes = |rate: &Option<super::rule::Rate>, filter: bool| {
+                rate.as_ref()
+                    .is_none_or(|rate| self.rates.passes(index, rate, filter, now, source, destination))
+            };
+            let logged = passes(&rule.detection_filter, true) && passes(&rule.threshold, false);
+            if !rule.flowbits.contains(&Flowbit::NoAlert) && (logged || rule.action == Action::Drop) {
                 hits.push(SignatureHit {
                     rule: index,
                     action: rule.action,

@@ -601,3 +601,82 @@ fn a_message_keeps_backslashes_that_escape_nothing() {
     let r = rule(r#"alert http any any -> any any (msg:"UA (\xa4) \; done"; http.user_agent; content:"|a4|"; sid:1;)"#);
     assert_eq!(r.meta.msg, "UA (\\xa4) ; done");
 }
+
+// ---- threshold and detection_filter ----------------------------------------------------
+
+fn rate_of(text: &str) -> (rule::Rate, bool) {
+    let rule = rule(text);
+    match (rule.threshold, rule.detection_filter) {
+        (Some(rate), None) => (rate, false),
+        (None, Some(rate)) => (rate, true),
+        other => panic!("one rate keyword expected: {other:?}"),
+    }
+}
+
+/// Which of `times` (seconds from 0) pass, for matches from `source`.
+fn passing(text: &str, times: &[u64], source: &str) -> Vec<u64> {
+    let (rate, filter) = rate_of(text);
+    let table = rate::RateTable::default();
+    let source: IpAddr = source.parse().unwrap();
+    let destination: IpAddr = "198.19.0.1".parse().unwrap();
+    let epoch = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    times
+        .iter()
+        .copied()
+        .filter(|&t| {
+            table.passes(
+                0,
+                &rate,
+                filter,
+                epoch + std::time::Duration::from_secs(t),
+                source,
+                destination,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn threshold_limit_alerts_on_the_first_matches_of_each_period() {
+    let text = r#"alert http any any -> any any (msg:"m"; content:"x"; threshold:type limit, track by_src, count 2, seconds 60; sid:1;)"#;
+    assert_eq!(
+        passing(text, &[0, 1, 2, 3, 59, 60, 61, 62], "198.18.0.1"),
+        [0, 1, 60, 61]
+    );
+}
+
+#[test]
+fn threshold_type_threshold_alerts_on_every_nth_match() {
+    let text = r#"alert http any any -> any any (msg:"m"; content:"x"; threshold:type threshold, track by_src, count 3, seconds 60; sid:1;)"#;
+    assert_eq!(passing(text, &[0, 1, 2, 3, 4, 5, 6], "198.18.0.1"), [2, 5]);
+}
+
+#[test]
+fn threshold_both_alerts_once_per_period_after_count() {
+    let text = r#"alert http any any -> any any (msg:"m"; content:"x"; threshold:type both, track by_dst, count 2, seconds 10; sid:1;)"#;
+    assert_eq!(passing(text, &[0, 1, 2, 3, 10, 11, 12], "198.18.0.1"), [1, 11]);
+}
+
+#[test]
+fn detection_filter_alerts_after_the_first_count_matches() {
+    let text = r#"alert http any any -> any any (msg:"m"; content:"x"; detection_filter:track by_src, count 2, seconds 60; sid:1;)"#;
+    assert_eq!(passing(text, &[0, 1, 2, 3, 61, 62, 63], "198.18.0.1"), [2, 3, 63]);
+}
+
+#[test]
+fn each_tracked_source_has_its_own_window() {
+    let (rate, filter) = rate_of(
+        r#"alert http any any -> any any (msg:"m"; content:"x"; threshold:type limit, track by_src, count 1, seconds 60; sid:1;)"#,
+    );
+    let table = rate::RateTable::default();
+    let now = std::time::SystemTime::UNIX_EPOCH;
+    let dst: IpAddr = "198.19.0.1".parse().unwrap();
+    let (a, b): (IpAddr, IpAddr) = ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+    assert!(table.passes(0, &rate, filter, now, a, dst));
+    assert!(!table.passes(0, &rate, filter, now, a, dst));
+    assert!(
+        table.passes(0, &rate, filter, now, b, dst),
+        "another source is not held back"
+    );
+    assert!(table.passes(1, &rate, filter, now, a, dst), "nor is another rule");
+}
