@@ -282,6 +282,26 @@ fn suricata_rules_fire_on_decrypted_http11_and_http2() {
         "header drop",
     );
 
+    // The same drop over HTTP/2: the stream is reset (CANCEL), the server never sees it.
+    let got = t.curl(&[
+        "--http2",
+        "-H",
+        "X-Loupe-Drop: yes",
+        "--cacert",
+        &dca,
+        "https://server.lab/index.html?dropped-stream",
+    ]);
+    assert!(
+        !got.status.success() && got.stderr.contains("CANCEL"),
+        "a dropped stream is reset: {}",
+        got.stderr
+    );
+    let fired = new_alerts(&t, &validator, &mut seen, 1, "header drop over HTTP/2");
+    assert_eq!(
+        (fired[0].sid, fired[0].action.as_str(), fired[0].app_proto.as_str()),
+        (9300005, "blocked", "http2")
+    );
+
     // drop on a response body: the download fails part way.
     let got = t.curl(&[
         "--http1.1",
@@ -304,7 +324,7 @@ fn suricata_rules_fire_on_decrypted_http11_and_http2() {
 
     let served = access_log(&lab);
     assert!(
-        !served.contains("dropped-request"),
+        !served.contains("dropped-request") && !served.contains("dropped-stream"),
         "nginx never saw the dropped request:\n{served}"
     );
     assert!(

@@ -30,7 +30,7 @@ use compact_str::CompactString;
 
 use super::hpack::HeaderField;
 use super::http1::{Direction as StreamDirection, Http1Connection, Http1Error, Http1Event, Http1Limits};
-use super::http2::{Answer, Http2Connection, Http2Event, Http2Limits, Http2Output, StreamVerdict};
+use super::http2::{Answer, ErrorCode, Http2Connection, Http2Event, Http2Limits, Http2Output, StreamVerdict};
 use super::signatures::rule::Direction;
 use super::signatures::{Endpoints, HeadBuffers, SignatureHit, SignatureSet};
 use super::transaction::Transaction;
@@ -841,8 +841,8 @@ impl HttpInspector {
                     content.dropped = dropped;
                     contents.push((transaction.stream_id.unwrap_or(0), content, fired));
                     if dropped {
-                        // The server never sees the stream; the client gets a 403.
-                        return StreamVerdict::Answer(http2_block_answer(transaction, "signature", block_page));
+                        // The server never sees the stream; the client sees it reset.
+                        return StreamVerdict::Reset(ErrorCode::CANCEL);
                     }
                 }
                 match url_rules.judge(&request) {

@@ -215,6 +215,9 @@ pub enum StreamVerdict {
     Forward,
     /// loupe answers the request itself; the server never sees the stream.
     Answer(Answer),
+    /// loupe resets the stream toward the client with this code (a signature's drop);
+    /// the server never sees it, the connection's other streams go on.
+    Reset(ErrorCode),
 }
 
 /// A response loupe sends instead of the server's, e.g. 403 and a block page.
@@ -998,6 +1001,31 @@ impl Http2Connection {
                 }
                 self.client.held.clear();
                 self.answer(id, transaction, &answer, sequence.end_stream, out);
+                self.check_queue(&sequence, out);
+            }
+            StreamVerdict::Reset(error_code) => {
+                // As with an answer, the server must never see the block: loupe encodes
+                // the client's blocks toward it from here.
+                if self.reencoder.is_none() {
+                    self.start_reencoding(insertions_before);
+                }
+                self.client.held.clear();
+                write_frame(
+                    &mut self.to_client,
+                    kind::RST_STREAM,
+                    0,
+                    id,
+                    &error_code.0.to_be_bytes(),
+                );
+                self.remember_answered(id);
+                out.events.push(Http2Event::StreamReset {
+                    stream_id: id,
+                    by: Peer::Loupe,
+                    error_code,
+                });
+                out.events.push(Http2Event::TransactionComplete {
+                    transaction: Box::new(transaction),
+                });
                 self.check_queue(&sequence, out);
             }
         }

@@ -2027,3 +2027,66 @@ fn pure_noise_never_panics() {
         connection.server_closed(&mut out);
     }
 }
+
+#[test]
+fn a_reset_stream_never_reaches_the_server_and_the_others_go_on_in_step() {
+    let mut client = IndexingEncoder::new();
+    let mut server = IndexingEncoder::new();
+    let mut dropped = get("/3");
+    dropped.push(HeaderField {
+        name: b"x-drop".to_vec(),
+        value: b"yes".to_vec(),
+        sensitive: false,
+    });
+    // Stream 3 inserts x-drop into the client's table; stream 5 references it.
+    let mut after = get("/5");
+    after.push(HeaderField {
+        name: b"x-drop".to_vec(),
+        value: b"yes".to_vec(),
+        sensitive: false,
+    });
+    let sent: Vec<(u32, Vec<HeaderField>)> = vec![(1, get("/1")), (3, dropped), (5, after)];
+    let mut client_part = client_start();
+    for (id, request) in &sent {
+        client_part.extend(headers(*id, END_HEADERS | END_STREAM, &client.encode(request)));
+    }
+    let mut server_part = server_start();
+    for id in [1, 5] {
+        server_part.extend(headers(id, END_HEADERS, &server.encode(&response("200"))));
+        server_part.extend(data(id, END_STREAM, b"fine"));
+    }
+    let steps = [Client(client_part), Server(server_part)];
+    let mut judge = |transaction: &Transaction, _: &[HeaderField]| {
+        if transaction.path == "/3" {
+            StreamVerdict::Reset(ErrorCode::CANCEL)
+        } else {
+            StreamVerdict::Forward
+        }
+    };
+    let (out, _) = run_with(Http2Limits::default(), &steps, usize::MAX, &mut judge);
+    assert!(errors(&out).is_empty() && !out.close, "{:?}", errors(&out));
+    let to_server = parse_frames(&out.to_server);
+    assert!(to_server.iter().all(|frame| frame.stream_id != 3));
+    let blocks = Receiver::new().blocks(&to_server);
+    let got: Vec<(u32, Vec<HeaderField>)> = blocks.iter().map(|b| (b.stream_id, b.fields.clone())).collect();
+    let expected: Vec<(u32, Vec<HeaderField>)> = sent.iter().filter(|(id, _)| *id != 3).cloned().collect();
+    assert_eq!(got, expected, "the server's table stays in step with what it was sent");
+    let reset = parse_frames(&out.to_client)
+        .into_iter()
+        .find(|frame| frame.kind == kind::RST_STREAM)
+        .expect("a RST_STREAM to the client");
+    assert_eq!(
+        (reset.stream_id, reset.payload.as_slice()),
+        (3, &8u32.to_be_bytes()[..])
+    );
+    assert!(out.events.iter().any(|event| matches!(
+        event,
+        Http2Event::StreamReset {
+            stream_id: 3,
+            by: Peer::Loupe,
+            error_code: ErrorCode::CANCEL
+        }
+    )));
+    let paths: Vec<String> = completed(&out).iter().map(|t| t.path.to_string()).collect();
+    assert_eq!(paths.len(), 3, "every stream completes, the reset one too: {paths:?}");
+}
