@@ -32,29 +32,6 @@ fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-const SCHEMA: &str = include_str!("../../dataplane/tests/eve_schema.json");
-
-fn eve_path(t: &Tls<'_>) -> PathBuf {
-    t.mid.log_dir().expect("loupe has a log dir").join("eve.json")
-}
-
-/// Every line of eve.json, each checked against the schema.
-fn eve_events(t: &Tls<'_>, validator: &jsonschema::Validator) -> Vec<Value> {
-    std::fs::read_to_string(eve_path(t))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let event: Value =
-                serde_json::from_str(line).unwrap_or_else(|e| t.fail(None, &format!("bad EVE line ({e}): {line}")));
-            if let Err(error) = validator.validate(&event) {
-                t.fail(None, &format!("EVE line fails the schema: {error}\n{line}"));
-            }
-            event
-        })
-        .collect()
-}
-
 /// Waits up to 10 s until `enough` holds for the http events; returns them.
 fn wait_http_events(
     t: &Tls<'_>,
@@ -156,8 +133,7 @@ fn http_inside_tls_is_parsed_filtered_and_logged_as_eve() {
     require_root();
     let lab = ok(Lab::up(), "lab up");
     let (t, _nginx) = setup_with(&lab, Some(CONFIG));
-    let schema: Value = serde_json::from_str(SCHEMA).expect("the EVE schema is JSON");
-    let validator = jsonschema::draft202012::new(&schema).expect("the EVE schema compiles");
+    let validator = eve_validator();
     let dir = lab.dir().to_path_buf();
     let sink = Path::new("/dev/null");
 

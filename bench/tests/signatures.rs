@@ -45,23 +45,10 @@ struct Alert {
     tx_id: u64,
 }
 
-const SCHEMA: &str = include_str!("../../dataplane/tests/eve_schema.json");
-
 /// The alert events in eve.json, each checked against the schema.
 fn alerts(t: &Tls<'_>, validator: &jsonschema::Validator) -> Vec<Alert> {
-    let eve = t.mid.log_dir().expect("loupe has a log dir").join("eve.json");
-    std::fs::read_to_string(eve)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| {
-            let event: Value =
-                serde_json::from_str(line).unwrap_or_else(|e| t.fail(None, &format!("bad EVE line ({e}): {line}")));
-            if let Err(error) = validator.validate(&event) {
-                t.fail(None, &format!("EVE line fails the schema: {error}\n{line}"));
-            }
-            event
-        })
+    eve_events(t, validator)
+        .into_iter()
         .filter(|event| event["event_type"] == "alert")
         .map(|event| Alert {
             sid: event["alert"]["signature_id"].as_u64().unwrap_or(0),
@@ -118,8 +105,7 @@ fn suricata_rules_fire_on_decrypted_http11_and_http2() {
     );
     let origin = "ssl_buffer_size 64; gzip on; gzip_min_length 1; gzip_types application/octet-stream;";
     let (t, _nginx) = setup_with_origin(&lab, Some(&config), origin);
-    let schema: Value = serde_json::from_str(SCHEMA).expect("the EVE schema is JSON");
-    let validator = jsonschema::draft202012::new(&schema).expect("the EVE schema compiles");
+    let validator = eve_validator();
     let www = &t.www;
     std::fs::write(www.join("eicar.com"), EICAR).expect("eicar.com");
     std::fs::write(
@@ -274,13 +260,7 @@ fn suricata_rules_fire_on_decrypted_http11_and_http2() {
     );
     let fired = new_alerts(&t, &validator, &mut seen, 1, "header drop");
     assert_eq!((fired[0].sid, fired[0].action.as_str()), (9300005, "blocked"));
-    let record = t.record(got.port, "the session a header drop ended");
-    t.expect_contains(
-        &record,
-        "/http/ended",
-        &["dropped by signature sid 9300005"],
-        "header drop",
-    );
+    expect_dropped_by(&t, got.port, 9300005);
 
     // The same drop over HTTP/2: the stream is reset (CANCEL), the server never sees it.
     let got = t.curl(&[
@@ -314,13 +294,7 @@ fn suricata_rules_fire_on_decrypted_http11_and_http2() {
     assert!(!got.status.success(), "a dropped download fails: {}", got.stderr);
     let fired = new_alerts(&t, &validator, &mut seen, 1, "body drop");
     assert_eq!((fired[0].sid, fired[0].action.as_str()), (9300002, "blocked"));
-    let record = t.record(got.port, "the session a body drop ended");
-    t.expect_contains(
-        &record,
-        "/http/ended",
-        &["dropped by signature sid 9300002"],
-        "body drop",
-    );
+    expect_dropped_by(&t, got.port, 9300002);
 
     let served = access_log(&lab);
     assert!(
@@ -396,6 +370,14 @@ fn suricata_rules_fire_on_decrypted_http11_and_http2() {
         hits > 0 && hits <= requests - reloaded_after + 1 && fired.iter().all(|a| a.sid == 9300010),
         "the added rule fired on requests after the reload ({reloaded_after} before it): {fired:#?}"
     );
+}
+
+/// The decryption record of the session from client port `port` says rule `sid` ended it.
+fn expect_dropped_by(t: &Tls<'_>, port: u16, sid: u64) {
+    let record = t.record(port, &format!("the session sid {sid} dropped"));
+    let why = format!("dropped by signature sid {sid}");
+    t.expect_contains(&record, "/http/ended", &[why.as_str()], "a drop");
+    t.expect_eq(&record, "/http/signature_drops", Value::from(1), "a drop");
 }
 
 /// Everything nginx logged as served.

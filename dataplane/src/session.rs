@@ -445,6 +445,10 @@ impl Session {
             url_rule_hits: counts.url_rule_hits,
             blocked: counts.blocked,
             protocol_errors: counts.protocol_errors,
+            signature_alerts: counts.signature_alerts,
+            signature_drops: counts.signature_drops,
+            bodies_cut: counts.bodies_cut,
+            body_decode_errors: counts.body_decode_errors,
             stopped: engine.stopped().map(str::to_string),
             ended: engine.ended().map(str::to_string),
         })

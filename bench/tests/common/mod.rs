@@ -355,3 +355,28 @@ pub fn sha256_file(path: &Path) -> String {
     std::io::copy(&mut f, &mut hash).expect("hash file");
     hex(&hash.finalize())
 }
+
+/// The schema loupe's EVE lines are checked against (`dataplane/tests/eve_schema.json`).
+pub fn eve_validator() -> jsonschema::Validator {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../dataplane/tests/eve_schema.json")).expect("the EVE schema is JSON");
+    jsonschema::draft202012::new(&schema).expect("the EVE schema compiles")
+}
+
+/// Every line of loupe's eve.json so far, each checked against the schema.
+pub fn eve_events(t: &Tls<'_>, validator: &jsonschema::Validator) -> Vec<Value> {
+    let path = t.mid.log_dir().expect("loupe has a log dir").join("eve.json");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let event: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| t.fail(None, &format!("bad EVE line ({e}): {line}")));
+            if let Err(error) = validator.validate(&event) {
+                t.fail(None, &format!("EVE line fails the schema: {error}\n{line}"));
+            }
+            event
+        })
+        .collect()
+}

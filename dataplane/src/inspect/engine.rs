@@ -123,6 +123,10 @@ pub struct InspectCounts {
     pub protocol_errors: u64,
     pub signature_alerts: u64,
     pub signature_drops: u64,
+    /// Bodies signatures judged short of their end (`body_depth`, or the session's
+    /// budget across its open transactions), and bodies that could not be decoded.
+    pub bodies_cut: u64,
+    pub body_decode_errors: u64,
 }
 
 /// Inspects one decrypted session; see the module documentation.
@@ -355,7 +359,12 @@ impl HttpInspector {
     }
 
     pub fn counts(&self) -> InspectCounts {
-        self.counts
+        let mut counts = self.counts;
+        if let Some(signatures) = &self.signatures {
+            counts.bodies_cut = signatures.bodies_cut;
+            counts.body_decode_errors = signatures.decode_errors;
+        }
+        counts
     }
 
     /// Transactions finished since the last call, in the order they finished.
@@ -451,6 +460,25 @@ impl HttpInspector {
                 self.end_dropped(dropped, relay);
             }
         }
+    }
+
+    /// A transaction ended: the rules of its body stages not decided yet are decided over
+    /// the bodies as they came. True when a `drop` among them ended the session.
+    fn bodies_end(
+        &mut self,
+        index: u64,
+        meta: &mut ExchangeMeta,
+        transaction: &Transaction,
+        relay: &mut Relay<'_>,
+    ) -> bool {
+        let (Some(signatures), Some(content)) = (&mut self.signatures, &mut meta.content) else {
+            return false;
+        };
+        let mut hits = Vec::new();
+        signatures.body_end(content, Direction::ToServer, &mut hits);
+        signatures.body_end(content, Direction::ToClient, &mut hits);
+        self.signature_hits(index, hits, Some(transaction), relay);
+        matches!(self.mode, Mode::Ended)
     }
 
     /// The request side of an open transaction.
@@ -624,7 +652,7 @@ impl HttpInspector {
                     .signatures
                     .as_mut()
                     .map(|signatures| signatures.request_head(HeadBuffers::http1_request(&head), &mut hits));
-                if let Some(dropped) = first_drop(&hits) {
+                if first_drop(&hits).is_some() {
                     // The request never reaches the server; the session ends.
                     let Mode::Http1(flow) = &mut self.mode else { return };
                     release(flow, head_start, relay.to_server);
@@ -635,9 +663,9 @@ impl HttpInspector {
                         response_first_byte: None,
                         content: None,
                     };
+                    // Logs the alerts and ends the session.
                     self.signature_hits(index, hits, Some(&request), relay);
                     self.finish(*request, meta, true);
-                    self.end_dropped(dropped, relay);
                     return;
                 }
                 self.signature_hits(index, hits, Some(&request), relay);
@@ -722,14 +750,8 @@ impl HttpInspector {
                 });
                 let mut transaction = *request;
                 outcome.complete(&mut transaction);
-                if let (Some(signatures), Some(content)) = (&mut self.signatures, &mut meta.content) {
-                    let mut hits = Vec::new();
-                    signatures.body_end(content, Direction::ToServer, &mut hits);
-                    signatures.body_end(content, Direction::ToClient, &mut hits);
-                    self.signature_hits(index, hits, Some(&transaction), relay);
-                    if matches!(self.mode, Mode::Ended) {
-                        return;
-                    }
+                if self.bodies_end(index, &mut meta, &transaction, relay) {
+                    return;
                 }
                 self.finish(transaction, meta, false);
                 self.answer_when_due(relay);
@@ -1012,16 +1034,10 @@ impl HttpInspector {
                         response_first_byte: None,
                         content: None,
                     });
-                    let mut blocked = meta.url_rule.as_ref().is_some_and(|hit| hit.action == UrlAction::Block);
-                    if let (Some(signatures), Some(content)) = (&mut self.signatures, &mut meta.content) {
-                        blocked |= content.dropped;
-                        let mut fired = Vec::new();
-                        signatures.body_end(content, Direction::ToServer, &mut fired);
-                        signatures.body_end(content, Direction::ToClient, &mut fired);
-                        self.signature_hits(index, fired, Some(&transaction), relay);
-                        if matches!(self.mode, Mode::Ended) {
-                            return;
-                        }
+                    let dropped = meta.content.as_ref().is_some_and(|content| content.dropped);
+                    let blocked = dropped || meta.url_rule.as_ref().is_some_and(|hit| hit.action == UrlAction::Block);
+                    if self.bodies_end(index, &mut meta, &transaction, relay) {
+                        return;
                     }
                     self.finish(*transaction, meta, blocked);
                 }

@@ -110,6 +110,18 @@ pub struct HttpFact {
     pub stopped: Option<String>,
     /// Why inspection ended the session (a blocked request, a refused message).
     pub ended: Option<String>,
+    /// Content signatures that fired, and those that dropped (ended the session or,
+    /// on HTTP/2, reset a stream).
+    #[serde(default)]
+    pub signature_alerts: u64,
+    #[serde(default)]
+    pub signature_drops: u64,
+    /// Bodies signatures read only in part: cut at `[inspection] body_depth` (a
+    /// decompression bomb stops there) or by the session's budget, or not decodable.
+    #[serde(default)]
+    pub bodies_cut: u64,
+    #[serde(default)]
+    pub body_decode_errors: u64,
 }
 
 /// What loupe made of the OCSP response the server stapled (it always asks for one).

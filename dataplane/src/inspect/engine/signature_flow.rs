@@ -4,6 +4,7 @@
 //! up to the inspection depth.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,6 +14,11 @@ use crate::inspect::signatures::{
     Action, Endpoints, FlowSignatureState, HeadBuffers, SignatureHit, SignatureSet, Stage, TransactionBuffers,
     TxSignatureState,
 };
+
+/// Decoded body bytes a session holds at most across its open transactions, in
+/// multiples of `body_depth`: a few bodies at full depth at once; past it (thousands of
+/// HTTP/2 streams each sending a body) the bodies are judged as far as they came.
+const SESSION_BODY_DEPTHS: usize = 4;
 
 /// The session's signature matching.
 pub struct SessionSignatures {
@@ -27,6 +33,14 @@ pub struct SessionSignatures {
     sni: Option<Vec<u8>>,
     /// The current service round's time, for rate windows.
     now: SystemTime,
+    /// Body bytes held by the session's open transactions (each gives its own back when
+    /// it goes).
+    held: Arc<AtomicUsize>,
+    /// Bodies judged short of their end: cut at `body_depth` (a decompression bomb
+    /// among them) or by the session's budget.
+    pub bodies_cut: u64,
+    /// Bodies whose content coding could not be decoded (judged as far as decoded).
+    pub decode_errors: u64,
 }
 
 /// One body as the rules read it.
@@ -48,6 +62,8 @@ pub struct TxContent {
     pub request_body: BodyCapture,
     pub response_body: BodyCapture,
     state: TxSignatureState,
+    /// The session's count of body bytes held, to give this transaction's back.
+    held: Option<Arc<AtomicUsize>>,
     /// HTTP/2: the request side of the transaction, for alerts on it (HTTP/1.1 keeps it
     /// beside).
     pub summary: Option<crate::inspect::transaction::Transaction>,
@@ -61,6 +77,17 @@ impl fmt::Debug for TxContent {
             .field("request_body", &self.request_body.bytes.len())
             .field("response_body", &self.response_body.bytes.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TxContent {
+    fn drop(&mut self) {
+        if let Some(held) = &self.held {
+            held.fetch_sub(
+                self.request_body.bytes.len() + self.response_body.bytes.len(),
+                Ordering::Relaxed,
+            );
+        }
     }
 }
 
@@ -83,6 +110,9 @@ impl SessionSignatures {
             hits: Vec::new(),
             sni: None,
             now: SystemTime::UNIX_EPOCH,
+            held: Arc::new(AtomicUsize::new(0)),
+            bodies_cut: 0,
+            decode_errors: 0,
         }
     }
 
@@ -114,6 +144,7 @@ impl SessionSignatures {
     /// A request head arrived: its content, and the rules it decides.
     pub fn request_head(&mut self, head: HeadBuffers, out: &mut Vec<SignatureHit>) -> Box<TxContent> {
         let mut content = Box::<TxContent>::default();
+        content.held = Some(Arc::clone(&self.held));
         content.request_body = self.capture_for(&head);
         content.request = Some(head);
         self.evaluate(&mut content, Stage::RequestHead, None, out);
@@ -152,11 +183,23 @@ impl SessionSignatures {
         if let Err(error) = decoder.feed(data, &mut capture.bytes) {
             capture.problem.get_or_insert_with(|| error.to_string());
             capture.whole = true;
+            self.decode_errors += 1;
         }
         if matches!(decoder.status(), DecodeStatus::LimitReached { .. }) {
             capture.whole = true;
+            self.bodies_cut += 1;
+        }
+        let budget = SESSION_BODY_DEPTHS * self.body_depth;
+        let room = budget.saturating_sub(self.held.load(Ordering::Relaxed));
+        if capture.bytes.len() - before > room {
+            capture.bytes.truncate(before + room);
+            if !capture.whole {
+                capture.whole = true;
+                self.bodies_cut += 1;
+            }
         }
         let added = capture.bytes.len() - before;
+        self.held.fetch_add(added, Ordering::Relaxed);
         let stage = match direction {
             Direction::ToServer => Stage::RequestBody,
             Direction::ToClient => Stage::ResponseBody,

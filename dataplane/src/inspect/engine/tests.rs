@@ -591,6 +591,10 @@ fn a_drop_rule_on_the_request_head_keeps_it_from_the_server_and_ends_the_session
     assert!(h.to_server.is_empty(), "nothing of the request went to the server");
     assert!(h.end_session);
     assert_eq!(h.engine.ended(), Some("dropped by signature sid 9200002"));
+    assert_eq!(
+        (h.engine.counts().signature_alerts, h.engine.counts().signature_drops),
+        (1, 1)
+    );
     let done = h.finished();
     assert!(done[0].blocked);
 }
@@ -608,4 +612,35 @@ fn a_near_miss_fires_nothing_and_flowbits_carry_from_request_to_response() {
         vec![9200003, 9200004],
         "normalised URI, then the flowbit"
     );
+}
+
+#[test]
+fn open_transactions_share_a_session_budget_of_body_bytes() {
+    let set = signature_set(SIGNATURES);
+    let endpoints = Endpoints {
+        client: "198.18.0.1:40000".parse().unwrap(),
+        server: "198.19.0.1:443".parse().unwrap(),
+    };
+    let depth = 1000;
+    let mut signatures = SessionSignatures::new(set, endpoints, depth);
+    let mut hits = Vec::new();
+    let head = || HeadBuffers::http1_request(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    let response = || HeadBuffers::http1_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n");
+    let mut open: Vec<Box<TxContent>> = Vec::new();
+    for _ in 0..5 {
+        let mut content = signatures.request_head(head(), &mut hits);
+        signatures.response_head(&mut content, response(), &mut hits);
+        signatures.body_data(&mut content, Direction::ToClient, &[b'a'; 1000], &mut hits);
+        open.push(content);
+    }
+    let kept: Vec<usize> = open.iter().map(|c| c.response_body.bytes.len()).collect();
+    assert_eq!(kept, [1000, 1000, 1000, 1000, 0], "four depths per session");
+    assert_eq!(signatures.bodies_cut, 1);
+    // A transaction that ends gives its bytes back.
+    open.remove(0);
+    let mut content = signatures.request_head(head(), &mut hits);
+    signatures.response_head(&mut content, response(), &mut hits);
+    signatures.body_data(&mut content, Direction::ToClient, &[b'a'; 1500], &mut hits);
+    assert_eq!(content.response_body.bytes.len(), 1000, "room again, up to the depth");
+    assert!(hits.is_empty(), "{hits:?}");
 }
