@@ -10,6 +10,7 @@ pub mod peers;
 pub mod pki;
 pub mod report;
 pub mod runner;
+pub mod signature_bench;
 pub mod size;
 pub mod steer;
 pub mod traffic;

@@ -17,6 +17,7 @@ use crate::load::{HelloShape, LoadResult};
 use crate::peers::{start_interceptor, Interceptor, InterceptorGuard};
 use crate::pki::{Issued, LeafSpec, Pki};
 use crate::report::{BenchReport, Machine, Measurement};
+use crate::signature_bench::{generated_content_rules, DEFAULT_SEED};
 
 /// The modes, in the order they always run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,6 +41,10 @@ pub enum Mode {
     /// loupe decrypting with HTTP inspection on (HTTP/1.1 and HTTP/2, eve.json) and URL
     /// rules that match none of the bench's requests: every request judged and allowed.
     LoupeInspect,
+    /// loupe-inspect with 5,000 generated content signatures (ET style, none matching the
+    /// bench's traffic): every transaction's heads and bodies go through the prefilter.
+    /// Opt-in: a measurement of signatures against loupe-inspect.
+    LoupeSignatures,
     Sslsplit,
     Squid,
     Mitmproxy,
@@ -48,7 +53,7 @@ pub enum Mode {
 impl Mode {
     /// Every mode in the fixed order a run takes them in (the default set of
     /// [`Mode::all`] and the opt-in ones).
-    pub const ORDER: [Mode; 10] = [
+    pub const ORDER: [Mode; 11] = [
         Mode::Direct,
         Mode::LoupeBridge,
         Mode::XskForward,
@@ -56,6 +61,7 @@ impl Mode {
         Mode::LoupeDecrypt,
         Mode::LoupeBusyPoll,
         Mode::LoupeInspect,
+        Mode::LoupeSignatures,
         Mode::Sslsplit,
         Mode::Squid,
         Mode::Mitmproxy,
@@ -68,7 +74,7 @@ impl Mode {
 
     /// Measurements of a setting rather than of a product mode: run only when asked.
     fn opt_in(self) -> bool {
-        matches!(self, Mode::LoupeBusyPoll)
+        matches!(self, Mode::LoupeBusyPoll | Mode::LoupeSignatures)
     }
 
     pub fn name(self) -> &'static str {
@@ -80,6 +86,7 @@ impl Mode {
             Mode::LoupeDecrypt => "loupe-decrypt",
             Mode::LoupeBusyPoll => "loupe-busy-poll",
             Mode::LoupeInspect => "loupe-inspect",
+            Mode::LoupeSignatures => "loupe-signatures",
             Mode::Sslsplit => "sslsplit",
             Mode::Squid => "squid",
             Mode::Mitmproxy => "mitmproxy",
@@ -110,7 +117,7 @@ impl Mode {
             Mode::XskForward => Some("[dataplane]\nforward_only = true\n"),
             Mode::LoupeDecrypt => Some("[inspection]\nhttp = false\n"),
             Mode::LoupeBusyPoll => Some("[inspection]\nhttp = false\n\n[dataplane]\nbusy_poll_us = 50\n"),
-            Mode::LoupeInspect => Some(INSPECT_CONFIG),
+            Mode::LoupeInspect | Mode::LoupeSignatures => Some(INSPECT_CONFIG),
             _ => None,
         }
     }
@@ -129,6 +136,9 @@ fn with_queues(config: &str, queues: u32) -> String {
         format!("{line}\n{config}")
     }
 }
+
+/// Generated content signatures loupe-signatures loads (the figure of record).
+const SIGNATURE_RULES: usize = 5000;
 
 /// loupe-inspect: inspection on (the default, said anyway) and a handful of URL rules of
 /// each kind of condition, none matching the bench's `GET https://server.lab/<object>`:
@@ -560,12 +570,17 @@ fn start_mode<'lab>(
         | Mode::LoupeSplice
         | Mode::LoupeDecrypt
         | Mode::LoupeBusyPoll
-        | Mode::LoupeInspect => {
+        | Mode::LoupeInspect
+        | Mode::LoupeSignatures => {
             let config = lab.dir().join(format!("{}.toml", mode.name()));
-            std::fs::write(
-                &config,
-                with_queues(mode.loupe_config().unwrap_or_default(), plan.queues),
-            )?;
+            let mut text = mode.loupe_config().unwrap_or_default().to_string();
+            if mode == Mode::LoupeSignatures {
+                let rules = lab.dir().join("bench-signatures.rules");
+                std::fs::write(&rules, generated_content_rules(SIGNATURE_RULES, DEFAULT_SEED))?;
+                let line = format!("[inspection]\nrules = [\"{}\"]\n", rules.display());
+                text = text.replacen("[inspection]\n", &line, 1);
+            }
+            std::fs::write(&config, with_queues(&text, plan.queues))?;
             let args = vec![
                 "--config".to_string(),
                 config.display().to_string(),
@@ -573,7 +588,10 @@ fn start_mode<'lab>(
                 origin_ca.cert_file.display().to_string(),
             ];
             let guard = lab.start(&Middle::Loupe { args })?;
-            let client_ca = if matches!(mode, Mode::LoupeDecrypt | Mode::LoupeBusyPoll | Mode::LoupeInspect) {
+            let client_ca = if matches!(
+                mode,
+                Mode::LoupeDecrypt | Mode::LoupeBusyPoll | Mode::LoupeInspect | Mode::LoupeSignatures
+            ) {
                 let state = guard.state_dir().context("loupe state dir")?;
                 let shown = lab.exec(
                     Ns::App,
@@ -788,8 +806,10 @@ mod tests {
         assert!(Mode::Mitmproxy.speaks_h2() && Mode::Mitmproxy.routed());
         // The default set is ORDER without the opt-in modes, in its order.
         let all = Mode::all();
-        assert_eq!(all.len(), Mode::ORDER.len() - 1);
-        assert!(!all.contains(&Mode::LoupeBusyPoll));
+        assert_eq!(all.len(), Mode::ORDER.len() - 2);
+        assert!(!all.contains(&Mode::LoupeBusyPoll) && !all.contains(&Mode::LoupeSignatures));
+        // loupe-signatures is loupe-inspect's configuration, with rules added at start.
+        assert_eq!(Mode::LoupeSignatures.loupe_config(), Some(inspect));
         assert!(all.windows(2).all(|w| {
             let at = |m| Mode::ORDER.iter().position(|o| *o == m);
             at(w[0]) < at(w[1])
