@@ -570,9 +570,20 @@ pub fn evaluate_transaction(
 ) {
     let mut tx = TxSignatureState::default();
     for (stage, buffers) in stages {
-        if set.has_stage(*stage) {
-            set.evaluate(*stage, None, buffers, endpoints, now, flow, &mut tx, hits);
+        if !set.has_stage(*stage) {
+            continue;
         }
+        // A body comes as the engine sees it: once as new bytes (the one search of it),
+        // then whole at its end.
+        let body = match stage {
+            Stage::RequestBody => buffers.request_body,
+            Stage::ResponseBody => buffers.response_body,
+            _ => None,
+        };
+        if let Some(body) = body.filter(|b| !b.is_empty()) {
+            set.evaluate(*stage, Some(body.len()), buffers, endpoints, now, flow, &mut tx, hits);
+        }
+        set.evaluate(*stage, None, buffers, endpoints, now, flow, &mut tx, hits);
     }
 }
 

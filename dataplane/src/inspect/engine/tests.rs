@@ -644,3 +644,31 @@ fn open_transactions_share_a_session_budget_of_body_bytes() {
     assert_eq!(content.response_body.bytes.len(), 1000, "room again, up to the depth");
     assert!(hits.is_empty(), "{hits:?}");
 }
+
+#[test]
+fn a_candidate_found_in_one_stage_is_decided_in_its_own() {
+    // Response rules whose fast pattern is in the request (the URI) or in the response
+    // head, while their other conditions read the response head or body.
+    let rules = r#"
+alert http any any -> any any (msg:"404 on special"; flow:to_client; http.uri; content:"/special-path"; http.stat_code; content:"404"; sid:9200101;)
+alert http any any -> any any (msg:"secret in a 200"; flow:to_client; http.response_line; content:"HTTP/1.1 200 OK"; fast_pattern; file.data; content:"secret"; sid:9200102;)
+"#;
+    let mut h = Harness::new("", None);
+    let endpoints = Endpoints {
+        client: "198.18.0.1:40000".parse().unwrap(),
+        server: "198.19.0.1:443".parse().unwrap(),
+    };
+    let engine = HttpInspector::new(Arc::new(InspectSettings::default()), Arc::new(super::tests::rules("")));
+    h.engine = engine.with_signatures(signature_set(rules), endpoints, 1 << 20);
+    h.engine.established(None);
+    h.client(b"GET /special-path HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    h.server(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npublic");
+    assert_eq!(fired(&mut h), Vec::<u32>::new(), "a 200 with a public body");
+    h.client(b"GET /special-path HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    h.server(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(fired(&mut h), vec![9200101]);
+    h.client(b"GET /other HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    h.server(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nthe sec");
+    h.server(b"ret!!");
+    assert_eq!(fired(&mut h), vec![9200102], "across pieces, from the head's candidate");
+}

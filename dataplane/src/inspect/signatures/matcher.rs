@@ -4,12 +4,17 @@
 //! prefilter to pick candidates, the rule header's addresses and ports, `flow`, and
 //! `flowbits` kept per session. A rule fires at most once per transaction.
 //!
+//! Each byte is searched by the prefilter once: a stage searches only what is new at it
+//! (the request head's buffers, then the response head's; a body piece by piece), and a
+//! candidate found for a later stage (a response rule whose fast pattern is in the URI)
+//! waits in the transaction for its stage.
+//!
 //! Bodies are matched as they grow: on each new piece the prefilter searches only the new
 //! bytes (and the bytes before them that a pattern could straddle), and the rules whose
 //! fast pattern is there are evaluated over the whole body so far, so a match is seen in
 //! the piece that completes it, before that piece is relayed. When the body ends (or
-//! reaches the inspection depth) every rule of the stage is decided once more over the
-//! whole body.
+//! reaches the inspection depth) the candidates of its stage are decided once more, over
+//! the whole body.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,7 +63,8 @@ pub struct SignatureSet {
     rules: Vec<Rule>,
     origins: Vec<(PathBuf, usize)>,
     stages: Vec<Stage>,
-    /// Whether any rule is decided at each stage (indexed by `Stage as usize`).
+    /// Whether a stage has anything to do (indexed by `Stage as usize`): a rule decided
+    /// at it, or a fast pattern in a buffer it brings.
     stage_used: [bool; 5],
     prefilter: Prefilter,
     /// Matches per rule since the set was loaded (`loupectl rules stats`).
@@ -92,6 +98,11 @@ pub struct TxSignatureState {
     /// Rules that fired on the transaction, by gid and sid: each only once, also when
     /// the rule set is reloaded while the transaction is open.
     fired: SmallVec<[(u32, u32); 2]>,
+    /// Candidates found by an earlier search, for a stage not decided yet (or, for a
+    /// body stage, to decide again when the body is whole), in rule order.
+    pending: Vec<u32>,
+    /// The rule set `pending` indexes into (its address): a reload empties it.
+    pending_set: usize,
     /// Scratch for the prefilter, kept to avoid reallocating per call.
     candidates: Vec<u32>,
     seen: Vec<bool>,
@@ -110,8 +121,13 @@ impl SignatureSet {
         let prefilter = Prefilter::new(&rules)?;
         let stages: Vec<Stage> = rules.iter().map(rule_stage).collect();
         let mut stage_used = [false; 5];
-        for stage in &stages {
+        for (rule, stage) in rules.iter().zip(&stages) {
             stage_used[*stage as usize] = true;
+            if let Some((buffer, _)) = rule.fast_pattern() {
+                for searched in searched_at(buffer) {
+                    stage_used[*searched as usize] = true;
+                }
+            }
         }
         let hits = rules.iter().map(|_| AtomicU64::new(0)).collect();
         let longest_pattern = rules
@@ -150,7 +166,8 @@ impl SignatureSet {
         self.hits.iter().map(|h| h.load(Ordering::Relaxed)).collect()
     }
 
-    /// Whether any rule is decided at `stage`.
+    /// Whether `stage` has anything to do: a rule decided at it, or a fast pattern in a
+    /// buffer it brings.
     pub fn has_stage(&self, stage: Stage) -> bool {
         self.stage_used[stage as usize]
     }
@@ -181,6 +198,11 @@ impl SignatureSet {
         if flow.passed || self.rules.is_empty() {
             return;
         }
+        let set_id = self as *const SignatureSet as usize;
+        if tx.pending_set != set_id {
+            tx.pending.clear();
+            tx.pending_set = set_id;
+        }
         let mut candidates = std::mem::take(&mut tx.candidates);
         match (stage.body(), new_body) {
             (Some(body), Some(new)) => {
@@ -196,10 +218,37 @@ impl SignatureSet {
                     self.stages[rule as usize] == stage
                         && self.rules[rule as usize].fast_pattern().is_some_and(|(b, _)| b == body)
                 });
+                // Decided again over the whole body at its end, unless they fire now; the
+                // stage's candidates from the heads are decided on each piece too, so
+                // that a drop comes before the piece that completes its match goes.
+                merge_sorted(&mut tx.pending, &candidates);
+                let due: Vec<u32> = tx
+                    .pending
+                    .iter()
+                    .copied()
+                    .filter(|&rule| self.stages[rule as usize] == stage)
+                    .collect();
+                merge_sorted(&mut candidates, &due);
             }
             _ => {
-                self.prefilter.candidates(buffers, &mut tx.seen, &mut candidates);
+                // What is new at this stage; what earlier searches found for it.
+                let view = NewAtStage { buffers, stage };
+                self.prefilter.candidates(&view, &mut tx.seen, &mut candidates);
+                let later: Vec<u32> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|&rule| self.stages[rule as usize] > stage)
+                    .collect();
                 candidates.retain(|&rule| self.stages[rule as usize] == stage);
+                let due: Vec<u32> = tx
+                    .pending
+                    .iter()
+                    .copied()
+                    .filter(|&rule| self.stages[rule as usize] == stage)
+                    .collect();
+                tx.pending.retain(|&rule| self.stages[rule as usize] > stage);
+                merge_sorted(&mut tx.pending, &later);
+                merge_sorted(&mut candidates, &due);
             }
         }
         for &index in &candidates {
@@ -243,6 +292,55 @@ impl SignatureSet {
             }
         }
         tx.candidates = candidates;
+    }
+}
+
+/// The stages whose search reads `buffer` (see [`NewAtStage`]).
+fn searched_at(buffer: Buffer) -> &'static [Stage] {
+    match buffer {
+        Buffer::TlsSni => &[Stage::Handshake, Stage::RequestHead],
+        Buffer::HttpRequestBody => &[Stage::RequestBody],
+        Buffer::HttpResponseBody => &[Stage::ResponseBody],
+        b => match b.direction() {
+            Some(Direction::ToServer) => &[Stage::RequestHead],
+            Some(Direction::ToClient) => &[Stage::ResponseHead],
+            None => &[Stage::RequestHead, Stage::ResponseHead],
+        },
+    }
+}
+
+/// Adds `more` (ascending) to `list` (ascending), without duplicates.
+fn merge_sorted(list: &mut Vec<u32>, more: &[u32]) {
+    if more.is_empty() {
+        return;
+    }
+    list.extend_from_slice(more);
+    list.sort_unstable();
+    list.dedup();
+}
+
+/// The buffers a head stage brings, as the prefilter sees them: the request head's at the
+/// request head (with the server name), the response head's at the response head, the
+/// server name at the handshake; bodies are searched piece by piece as they come.
+struct NewAtStage<'a, 'b> {
+    buffers: &'a TransactionBuffers<'b>,
+    stage: Stage,
+}
+
+impl Buffers for NewAtStage<'_, '_> {
+    fn get(&self, buffer: Buffer) -> Option<&[u8]> {
+        let new = match (self.stage, buffer) {
+            (Stage::Handshake | Stage::RequestHead, Buffer::TlsSni) => true,
+            (_, Buffer::TlsSni | Buffer::HttpRequestBody | Buffer::HttpResponseBody) => false,
+            (Stage::RequestHead, b) => b.direction() != Some(Direction::ToClient),
+            (Stage::ResponseHead, b) => b.direction() != Some(Direction::ToServer),
+            (Stage::Handshake | Stage::RequestBody | Stage::ResponseBody, _) => false,
+        };
+        if new {
+            self.buffers.get(buffer)
+        } else {
+            None
+        }
     }
 }
 
