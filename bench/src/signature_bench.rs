@@ -36,7 +36,7 @@ use loupe_dataplane::inspect::signatures::prefilter::Prefilter;
 use loupe_dataplane::inspect::signatures::rule::Direction;
 use loupe_dataplane::inspect::signatures::{
     rule_vars, Endpoints, FlowSignatureState, HeadBuffers, SignatureHit, SignatureSet, Stage, TransactionBuffers,
-    TxSignatureState,
+    TxSignatureState, WantedBuffers,
 };
 
 /// The sid of the first generated rule; the others follow one by one.
@@ -497,8 +497,8 @@ impl Traffic {
         let client: SocketAddr = "192.168.1.23:51234".parse().expect("an address");
         let server: SocketAddr = "93.184.216.34:443".parse().expect("an address");
         Traffic {
-            request: HeadBuffers::http1_request(REQUEST_HEAD),
-            response: HeadBuffers::http1_response(RESPONSE_HEAD),
+            request: HeadBuffers::http1_request(REQUEST_HEAD, WantedBuffers::ALL),
+            response: HeadBuffers::http1_response(RESPONSE_HEAD, WantedBuffers::ALL),
             response_body: response_body(RESPONSE_BODY_BYTES),
             endpoints: Endpoints { client, server },
         }
@@ -648,6 +648,8 @@ pub struct MicroReport {
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
     pub rss_delta_kib: i64,
+    /// What the generated set's prefilter searchers hold (automata, Hyperscan databases).
+    pub prefilter_searcher_bytes: usize,
     pub prefilter_request_head: PrefilterRun,
     pub prefilter_response_body: PrefilterRun,
     /// No rules, the suite's, the generated set.
@@ -708,10 +710,9 @@ fn measure(seconds: f64, bytes_per_iteration: usize, mut work: impl FnMut()) -> 
 }
 
 fn prefilter_rate(prefilter: &Prefilter, buffers: &TransactionBuffers<'_>, bytes: usize, seconds: f64) -> Rate {
-    let mut seen = Vec::new();
     let mut out = Vec::new();
     measure(seconds, bytes, || {
-        prefilter.candidates(black_box(buffers), &mut seen, &mut out);
+        prefilter.candidates(black_box(buffers), &mut out);
         black_box(&out);
     })
 }
@@ -764,9 +765,9 @@ pub fn run_micro(spec: &MicroSpec) -> Result<MicroReport> {
     let generated_prefilter = Prefilter::new(generated.rules()).map_err(anyhow::Error::msg)?;
     let prefilter_build = started.elapsed();
     // The generated rules are to cost looking, not matching: none is even a candidate.
-    let (mut seen, mut candidates) = (Vec::new(), Vec::new());
+    let mut candidates = Vec::new();
     for (stage, buffers) in traffic.stages() {
-        generated_prefilter.candidates(&buffers, &mut seen, &mut candidates);
+        generated_prefilter.candidates(&buffers, &mut candidates);
         anyhow::ensure!(
             candidates.is_empty(),
             "{} generated rules are candidates at {stage:?}: the traffic holds their patterns",
@@ -815,6 +816,7 @@ pub fn run_micro(spec: &MicroSpec) -> Result<MicroReport> {
         rss_before_kib,
         rss_after_kib,
         rss_delta_kib: rss_after_kib as i64 - rss_before_kib as i64,
+        prefilter_searcher_bytes: generated_prefilter.searcher_bytes(),
         prefilter_request_head,
         prefilter_response_body,
         evaluate,
@@ -864,10 +866,11 @@ impl MicroReport {
         );
         let _ = writeln!(
             t,
-            "memory              {:+.1} MiB RSS delta (VmRSS {:.1} -> {:.1} MiB; approximate: allocator slack included)",
+            "memory              {:+.1} MiB RSS delta (VmRSS {:.1} -> {:.1} MiB; approximate: allocator slack included), of which the prefilter's searchers {:.1} MiB",
             self.rss_delta_kib as f64 / 1024.0,
             self.rss_before_kib as f64 / 1024.0,
-            self.rss_after_kib as f64 / 1024.0
+            self.rss_after_kib as f64 / 1024.0,
+            self.prefilter_searcher_bytes as f64 / (1024.0 * 1024.0)
         );
         let _ = writeln!(t);
         let _ = writeln!(

@@ -52,6 +52,9 @@ pub enum EndReason {
     /// loupe was stopping (SIGTERM): it reset both sides rather than leave the client
     /// waiting and the server holding a connection no one will close.
     Stopping,
+    /// The inspection engine dropped the session (a `drop` signature): loupe reset both
+    /// sides.
+    DroppedByInspection,
 }
 
 impl fmt::Display for EndReason {
@@ -67,6 +70,7 @@ impl fmt::Display for EndReason {
                 humanize(*after)
             ),
             EndReason::Stopping => f.write_str("loupe stopping: both sides reset"),
+            EndReason::DroppedByInspection => f.write_str("dropped by inspection: both sides reset"),
             EndReason::HandshakeTimeout(after) => write!(
                 f,
                 "handshake timeout: not done {} after the SYN ([timeouts] handshake); both sides reset",
@@ -358,6 +362,9 @@ impl TcpPair {
             self.bytes.server_to_client += moved.server_to_client;
         }
 
+        if self.fins.reset_sent {
+            self.end_reason.get_or_insert(EndReason::DroppedByInspection);
+        }
         // A reset on one side resets the other (once: our own abort closes a socket too).
         if self.end_reason.is_none() {
             if client.state() == State::Closed && !self.fins.client_fin_received {
@@ -385,6 +392,8 @@ pub struct Fins {
     pub server_fin_received: bool,
     pub client_fin_forwarded: bool,
     pub server_fin_forwarded: bool,
+    /// The pump reset both sides itself (an inspection `drop`): not a peer's reset.
+    pub reset_sent: bool,
 }
 
 /// What moves between the two connected sockets of a flow: the bytes themselves

@@ -917,6 +917,9 @@ impl StreamPump for SessionPump<'_, '_> {
         let Stream::Decrypting(tls) = &mut session.stream else {
             return ByteCounts::default();
         };
+        if tls.wants_reset() {
+            return ByteCounts::default();
+        }
         let mut moved = ByteCounts::default();
         for _ in 0..PUMP_ROUNDS {
             let mut progress = false;
@@ -938,6 +941,13 @@ impl StreamPump for SessionPump<'_, '_> {
             match &mut session.export {
                 Some(export) => tls.advance(self.env.certs, &mut export.tee(&mut session.inspector, self.env.now)),
                 None => tls.advance(self.env.certs, &mut session.inspector),
+            }
+            if tls.wants_reset() {
+                // A drop signature: both connections end now, with nothing more sent.
+                client.abort();
+                server.abort();
+                fins.reset_sent = true;
+                break;
             }
             let to_server = drain(server, tls.pending_to_server());
             tls.consume_to_server(to_server);

@@ -961,7 +961,8 @@ impl Worker {
             EndReason::ClientReset | EndReason::ServerReset => WorkerStats::add(&self.stats.resets, 1),
             EndReason::IdleTimeout(_) => WorkerStats::add(&self.stats.idle_timeouts, 1),
             EndReason::HandshakeTimeout(_) => WorkerStats::add(&self.stats.handshake_timeouts, 1),
-            EndReason::Closed | EndReason::Stopping => {}
+            // Drops are counted by the inspection engine (signature_drops).
+            EndReason::Closed | EndReason::Stopping | EndReason::DroppedByInspection => {}
         }
         self.flows.remove(id);
         WorkerStats::add(&self.stats.flows_closed, 1);

@@ -35,7 +35,10 @@ use super::signatures::rule::Direction;
 use super::signatures::{Endpoints, HeadBuffers, SignatureHit, SignatureSet};
 use super::transaction::Transaction;
 use super::url_rules::{UrlAction, UrlRequest, UrlRules};
-use super::{Inspector, Pass, Relay};
+use super::{Inspector, Pass, Relay, SessionEnd};
+
+/// An HTTP/2 head's fields as the signature buffers take them, on the stack when few.
+type FieldPairs<'a> = smallvec::SmallVec<[(&'a [u8], &'a [u8]); 24]>;
 
 mod signature_flow;
 use signature_flow::{first_drop, SessionSignatures, TxContent};
@@ -140,6 +143,8 @@ pub struct HttpInspector {
     stopped: Option<String>,
     /// Why the engine ended the session, if it did.
     ended: Option<String>,
+    /// A `drop` signature ended it: with a reset both ways, not close_notify.
+    dropped: bool,
     finished: Vec<InspectedTransaction>,
     counts: InspectCounts,
     /// The protocol was chosen (at `established`, or at the first byte without it).
@@ -228,6 +233,7 @@ impl HttpInspector {
             protocol: AppProtocol::Unknown,
             stopped: None,
             ended: None,
+            dropped: false,
             finished: Vec::new(),
             counts: InspectCounts::default(),
             started: false,
@@ -506,7 +512,10 @@ impl HttpInspector {
             .as_ref()
             .map_or(0, |signatures| signatures.set.rule(dropped.rule).meta.sid);
         self.flush_open_http1();
-        self.end(format!("dropped by signature sid {sid}"), relay);
+        self.ended.get_or_insert(format!("dropped by signature sid {sid}"));
+        self.dropped = true;
+        self.mode = Mode::Ended;
+        *relay.end_session = SessionEnd::Reset;
     }
 
     /// Stops inspecting: `Some` when the settings say to end the session instead.
@@ -516,10 +525,18 @@ impl HttpInspector {
         self.settings.block_on_protocol_error
     }
 
+    /// How an ended session ends.
+    fn ending(&self) -> SessionEnd {
+        match self.dropped {
+            true => SessionEnd::Reset,
+            false => SessionEnd::CloseNotify,
+        }
+    }
+
     fn end(&mut self, why: String, relay: &mut Relay<'_>) {
         self.ended.get_or_insert(why);
         self.mode = Mode::Ended;
-        *relay.end_session = true;
+        *relay.end_session = SessionEnd::CloseNotify;
     }
 
     // ---- HTTP/1.1 --------------------------------------------------------------------
@@ -648,10 +665,12 @@ impl HttpInspector {
                 let head = std::mem::take(&mut flow.head);
                 let url_rule = self.judge(&request);
                 let mut hits = Vec::new();
-                let content = self
-                    .signatures
-                    .as_mut()
-                    .map(|signatures| signatures.request_head(HeadBuffers::http1_request(&head), &mut hits));
+                let content = self.signatures.as_mut().map(|signatures| {
+                    signatures.request_head(
+                        HeadBuffers::http1_request(&head, signatures.wanted_buffers()),
+                        &mut hits,
+                    )
+                });
                 if first_drop(&hits).is_some() {
                     // The request never reaches the server; the session ends.
                     let Mode::Http1(flow) = &mut self.mode else { return };
@@ -724,7 +743,8 @@ impl HttpInspector {
                     (&mut self.signatures, &mut open.meta.content, interim)
                 {
                     let mut hits = Vec::new();
-                    signatures.response_head(content, HeadBuffers::http1_response(&head), &mut hits);
+                    let head = HeadBuffers::http1_response(&head, signatures.wanted_buffers());
+                    signatures.response_head(content, head, &mut hits);
                     self.signature_hits(index, hits, None, relay);
                 }
             }
@@ -854,8 +874,8 @@ impl HttpInspector {
                     method: &transaction.method,
                 };
                 if let Some(signatures) = signatures.as_mut() {
-                    let pairs: Vec<(&[u8], &[u8])> = fields.iter().map(|f| (&f.name[..], &f.value[..])).collect();
-                    let head = HeadBuffers::http2(&pairs, Direction::ToServer);
+                    let pairs: FieldPairs<'_> = fields.iter().map(|f| (&f.name[..], &f.value[..])).collect();
+                    let head = HeadBuffers::http2(&pairs, Direction::ToServer, signatures.wanted_buffers());
                     let mut fired = Vec::new();
                     let mut content = signatures.request_head(head, &mut fired);
                     content.summary = Some(transaction.clone());
@@ -892,7 +912,7 @@ impl HttpInspector {
         std::mem::swap(&mut flow.output.to_client, relay.to_client);
         self.counts.url_rule_hits += hits.len() as u64;
         self.http2_events(hits, contents, relay);
-        if matches!(self.mode, Mode::Ended) && self.ended.as_deref().is_some_and(|why| why.starts_with("dropped")) {
+        if self.dropped {
             // What this call queued carried the match: none of it goes.
             relay.to_server.truncate(to_server_before);
             relay.to_client.truncate(to_client_before);
@@ -981,9 +1001,10 @@ impl HttpInspector {
                     if interim || content.response.is_some() {
                         continue;
                     }
-                    let pairs: Vec<(&[u8], &[u8])> = fields.iter().map(|f| (&f.name[..], &f.value[..])).collect();
+                    let pairs: FieldPairs<'_> = fields.iter().map(|f| (&f.name[..], &f.value[..])).collect();
                     let mut fired = Vec::new();
-                    signatures.response_head(content, HeadBuffers::http2(&pairs, Direction::ToClient), &mut fired);
+                    let head = HeadBuffers::http2(&pairs, Direction::ToClient, signatures.wanted_buffers());
+                    signatures.response_head(content, head, &mut fired);
                     let index = meta.index;
                     self.signature_hits(index, fired, None, relay);
                 }
@@ -1088,6 +1109,7 @@ impl Inspector for HttpInspector {
             let sid = signatures.set.rule(dropped.rule).meta.sid;
             // No plaintext has moved yet: nothing goes either way from here.
             self.ended.get_or_insert(format!("dropped by signature sid {sid}"));
+            self.dropped = true;
             self.mode = Mode::Ended;
         }
     }
@@ -1102,7 +1124,7 @@ impl Inspector for HttpInspector {
             Mode::Passthrough => Pass::Forward,
             Mode::Ended => {
                 // Ended before this (a `tls` rule's drop at the handshake): say so now.
-                *relay.end_session = true;
+                *relay.end_session = self.ending();
                 Pass::Taken
             }
         }
@@ -1118,7 +1140,7 @@ impl Inspector for HttpInspector {
             Mode::Passthrough => Pass::Forward,
             Mode::Ended => {
                 // Ended before this (a `tls` rule's drop at the handshake): say so now.
-                *relay.end_session = true;
+                *relay.end_session = self.ending();
                 Pass::Taken
             }
         }

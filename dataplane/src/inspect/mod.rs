@@ -55,7 +55,19 @@ pub enum Pass {
 pub struct Relay<'a> {
     pub to_server: &'a mut Vec<u8>,
     pub to_client: &'a mut Vec<u8>,
-    /// Set to end the session once the queues are flushed: close_notify to both peers,
-    /// nothing more read from either.
-    pub end_session: &'a mut bool,
+    /// Set to end the session: see [`SessionEnd`].
+    pub end_session: &'a mut SessionEnd,
+}
+
+/// Whether and how an [`Inspector`] ends its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionEnd {
+    /// The session goes on.
+    #[default]
+    Open,
+    /// Once the queues are flushed: close_notify to both peers, nothing more read from
+    /// either (an answered or refused request).
+    CloseNotify,
+    /// Now: a TCP reset to both peers, what is queued is discarded (a `drop` signature).
+    Reset,
 }

@@ -34,7 +34,7 @@ pub mod rule;
 #[cfg(test)]
 mod tests;
 
-pub use buffers::{HeadBuffers, TransactionBuffers};
+pub use buffers::{HeadBuffers, TransactionBuffers, WantedBuffers};
 pub use load::{load_rule_files, LoadReport, LoadedRules, SkippedRule};
 pub use matcher::{Endpoints, FlowSignatureState, SignatureHit, SignatureSet, Stage, TxSignatureState};
 pub use parse::{parse_rule, RuleError};

@@ -62,7 +62,7 @@ use super::ocsp::{check_staple, StapleVerdict};
 use super::offer::{signature_algorithm_id, ProfileOffer};
 use super::record::{AlertFact, CertFact, NegotiatedFact, OcspFact, OcspStatus, Peer, Stage, VerifyFact};
 use super::trust::PinnedLeafs;
-pub use crate::inspect::{Inspector, Pass, Relay};
+pub use crate::inspect::{Inspector, Pass, Relay, SessionEnd};
 
 /// Cap of each of the four ciphertext queues (in and out, client and server side).
 pub const BUFFER_CAP: usize = 64 * 1024;
@@ -1274,6 +1274,8 @@ pub struct SplitTls {
     failure: Option<SessionFailure>,
     /// The handshakes' queues were freed (see `release_handshake_queues`).
     handshake_queues_released: bool,
+    /// The inspector ended the session with a reset both ways (see [`SessionEnd::Reset`]).
+    reset_by_inspection: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -1329,6 +1331,7 @@ impl SplitTls {
             to_server: Direction::new(),
             to_client: Direction::new(),
             inspector_told: InspectorTold::default(),
+            reset_by_inspection: false,
             facts: SessionFacts {
                 stage: Stage::UpstreamHandshake,
                 checked_name: checked_name.clone(),
@@ -1447,6 +1450,12 @@ impl SplitTls {
     /// Nothing more will be sent to the server and nothing is pending: close (FIN) it.
     pub fn wants_close_server(&self) -> bool {
         self.to_server.sink_closed && self.pending_to_server().is_empty()
+    }
+
+    /// The inspector ended the session with a drop: reset both TCP connections now,
+    /// sending nothing more.
+    pub fn wants_reset(&self) -> bool {
+        self.reset_by_inspection
     }
 
     /// Both sides are closed from our end: once the TCP endpoints finish closing, log the
@@ -1760,7 +1769,7 @@ impl SplitTls {
         // Left uninitialised: zeroing 16 KiB on every relay showed in the request profile.
         let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let bytes = &mut self.facts.bytes;
-        let mut end_session = false;
+        let mut end_session = SessionEnd::Open;
         let (to_server, to_client) = (&mut self.to_server, &mut self.to_client);
         let up = pump(client, server, to_server, &mut scratch, &mut |p, pending| {
             bytes.plaintext_client_to_server += p.len() as u64;
@@ -1820,7 +1829,22 @@ impl SplitTls {
                 progressed = true;
             }
         }
-        if end_session {
+        if end_session == SessionEnd::Reset {
+            // A drop: nothing queued goes, nothing more is read; the TCP layer resets both
+            // connections (see `wants_reset`).
+            for direction in [&mut self.to_server, &mut self.to_client] {
+                direction.pending.clear();
+                if direction.source == Source::Open {
+                    direction.source = Source::Stopped;
+                }
+                direction.sink_closed = true;
+            }
+            self.facts.ended_by_inspection = true;
+            self.reset_by_inspection = true;
+            self.phase = Phase::Done;
+            return true;
+        }
+        if end_session == SessionEnd::CloseNotify {
             // The inspector answered or refused: what is queued goes, then close_notify to
             // both peers; nothing more is read.
             for direction in [&mut self.to_server, &mut self.to_client] {

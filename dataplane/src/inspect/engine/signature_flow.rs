@@ -12,7 +12,7 @@ use crate::inspect::content_coding::{parse_content_encoding, BodyDecoder, Decode
 use crate::inspect::signatures::rule::Direction;
 use crate::inspect::signatures::{
     Action, Endpoints, FlowSignatureState, HeadBuffers, SignatureHit, SignatureSet, Stage, TransactionBuffers,
-    TxSignatureState,
+    TxSignatureState, WantedBuffers,
 };
 
 /// Decoded body bytes a session holds at most across its open transactions, in
@@ -139,6 +139,11 @@ impl SessionSignatures {
     /// Whether the parsers must report bodies.
     pub fn reads_bodies(&self) -> bool {
         self.body_depth > 0 && self.set.reads_bodies()
+    }
+
+    /// The buffers the heads given to this need to hold.
+    pub fn wanted_buffers(&self) -> WantedBuffers {
+        self.set.wanted_buffers()
     }
 
     /// A request head arrived: its content, and the rules it decides.

@@ -11,7 +11,7 @@ struct Harness {
     engine: HttpInspector,
     to_server: Vec<u8>,
     to_client: Vec<u8>,
-    end_session: bool,
+    end_session: SessionEnd,
 }
 
 impl Harness {
@@ -26,7 +26,7 @@ impl Harness {
             engine,
             to_server: Vec::new(),
             to_client: Vec::new(),
-            end_session: false,
+            end_session: SessionEnd::Open,
         }
     }
 
@@ -110,7 +110,7 @@ fn an_allowed_request_reaches_the_server_whole_and_makes_a_transaction() {
     assert_eq!(tx.transaction.status, Some(200));
     assert!(!tx.blocked);
     assert_eq!(tx.url_rule, None);
-    assert!(!h.end_session);
+    assert_eq!(h.end_session, SessionEnd::Open);
     assert_eq!(h.engine.protocol(), AppProtocol::Http1);
 }
 
@@ -152,7 +152,7 @@ fn a_blocked_request_never_reaches_the_server_and_the_client_gets_a_403_naming_t
     assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
     assert!(answer.contains("Connection: close\r\n"));
     assert!(answer.contains("no-admin"), "the page names the rule: {answer}");
-    assert!(h.end_session);
+    assert_eq!(h.end_session, SessionEnd::CloseNotify);
     let finished = h.finished();
     assert_eq!(finished.len(), 1);
     assert!(finished[0].blocked);
@@ -179,11 +179,11 @@ fn a_blocked_pipelined_request_is_answered_after_the_responses_before_it() {
     h.client(&pipelined);
     assert_eq!(h.to_server, get("/a"), "only the request before the blocked one goes");
     assert!(h.to_client.is_empty(), "the 403 waits for /a's response");
-    assert!(!h.end_session);
+    assert_eq!(h.end_session, SessionEnd::Open);
     h.server(&OK_RESPONSE[..10]);
-    assert!(!h.end_session);
+    assert_eq!(h.end_session, SessionEnd::Open);
     h.server(&OK_RESPONSE[10..]);
-    assert!(h.end_session);
+    assert_eq!(h.end_session, SessionEnd::CloseNotify);
     assert!(h.to_client.starts_with(OK_RESPONSE));
     assert!(h.to_client[OK_RESPONSE.len()..].starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
     let finished = h.finished();
@@ -222,7 +222,7 @@ fn a_stream_that_is_not_http_is_relayed_unchanged_and_marked_unknown() {
     assert_eq!(h.to_server, b"\x00\x01binary protocol\r\n\r\nmore");
     assert_eq!(h.to_client, b"reply");
     assert_eq!(h.engine.protocol(), AppProtocol::Unknown);
-    assert!(!h.end_session);
+    assert_eq!(h.end_session, SessionEnd::Open);
     assert_eq!(h.engine.counts().protocol_errors, 0);
 }
 
@@ -236,7 +236,7 @@ fn malformed_http_after_a_good_transaction_is_passed_through_with_the_reason_kep
     let mut expected = get("/a");
     expected.extend_from_slice(bad);
     assert_eq!(h.to_server, expected, "every byte still reaches the server");
-    assert!(!h.end_session);
+    assert_eq!(h.end_session, SessionEnd::Open);
     let stopped = h.engine.stopped().unwrap();
     assert!(stopped.contains("header line without a colon"), "{stopped}");
     assert_eq!(h.engine.counts().protocol_errors, 1);
@@ -253,7 +253,7 @@ fn malformed_http_ends_the_session_when_the_settings_say_block() {
     h.server(OK_RESPONSE);
     h.client(b"GET /b HTTP/1.1\r\nHost shop.example\r\n\r\n");
     assert_eq!(h.to_server, get("/a"));
-    assert!(h.end_session);
+    assert_eq!(h.end_session, SessionEnd::CloseNotify);
     assert!(h.engine.ended().unwrap().contains("protocol error"));
 }
 
@@ -264,7 +264,7 @@ fn a_smuggling_attempt_never_reaches_the_server() {
         b"POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     h.client(smuggle);
     assert!(h.to_server.is_empty());
-    assert!(h.end_session);
+    assert_eq!(h.end_session, SessionEnd::CloseNotify);
     assert!(h
         .engine
         .ended()
@@ -438,7 +438,7 @@ fn an_http2_stream_is_answered_with_a_403_while_the_others_reach_the_server() {
         .flat_map(|f| f.3.clone())
         .collect();
     assert!(String::from_utf8_lossy(&body).contains("no-admin"));
-    assert!(!h.end_session, "the connection goes on");
+    assert_eq!(h.end_session, SessionEnd::Open, "the connection goes on");
 
     let mut finished = h.finished();
     finished.sort_by_key(|t| t.transaction.stream_id);
@@ -466,7 +466,7 @@ fn a_bad_http2_preface_is_relayed_and_marked() {
     h.client(b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n");
     assert_eq!(h.to_server, b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n");
     assert!(h.engine.stopped().is_some());
-    assert!(!h.end_session);
+    assert_eq!(h.end_session, SessionEnd::Open);
 }
 
 #[test]
@@ -584,12 +584,12 @@ fn eicar_in_a_gzip_body_fires() {
 }
 
 #[test]
-fn a_drop_rule_on_the_request_head_keeps_it_from_the_server_and_ends_the_session() {
+fn a_drop_rule_on_the_request_head_keeps_it_from_the_server_and_resets_the_session() {
     let mut h = with_signatures(None);
     h.client(b"GET / HTTP/1.1\r\nHost: a.example\r\nUser-Agent: evil-agent/1.0\r\n\r\n");
     assert_eq!(fired(&mut h), vec![9200002]);
     assert!(h.to_server.is_empty(), "nothing of the request went to the server");
-    assert!(h.end_session);
+    assert_eq!(h.end_session, SessionEnd::Reset, "a drop resets both ways");
     assert_eq!(h.engine.ended(), Some("dropped by signature sid 9200002"));
     assert_eq!(
         (h.engine.counts().signature_alerts, h.engine.counts().signature_drops),
@@ -624,8 +624,18 @@ fn open_transactions_share_a_session_budget_of_body_bytes() {
     let depth = 1000;
     let mut signatures = SessionSignatures::new(set, endpoints, depth);
     let mut hits = Vec::new();
-    let head = || HeadBuffers::http1_request(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n");
-    let response = || HeadBuffers::http1_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n");
+    let head = || {
+        HeadBuffers::http1_request(
+            b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            crate::inspect::signatures::WantedBuffers::ALL,
+        )
+    };
+    let response = || {
+        HeadBuffers::http1_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n",
+            crate::inspect::signatures::WantedBuffers::ALL,
+        )
+    };
     let mut open: Vec<Box<TxContent>> = Vec::new();
     for _ in 0..5 {
         let mut content = signatures.request_head(head(), &mut hits);

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
 use super::*;
-use crate::inspect::{Inspector, Pass, Relay};
+use crate::inspect::{Inspector, Pass, Relay, SessionEnd};
 
 /// One parsed segment.
 #[derive(Debug, Clone)]
@@ -422,7 +422,7 @@ fn a_session_export_records_what_the_client_saw() {
     let server: SocketAddr = "198.18.0.2:443".parse().unwrap();
     let mut export = SessionExport::new(client, server);
     let mut judge = Judge;
-    let (mut to_server, mut to_client, mut end) = (Vec::new(), b"queued-before".to_vec(), false);
+    let (mut to_server, mut to_client, mut end) = (Vec::new(), b"queued-before".to_vec(), SessionEnd::Open);
     let mut relay = Relay {
         to_server: &mut to_server,
         to_client: &mut to_client,

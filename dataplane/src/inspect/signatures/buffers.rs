@@ -5,11 +5,42 @@
 //! `http.header` and the other buffers both messages have read the request's in a
 //! to-server rule and the response's in a to-client one, as Suricata does.
 
+use smallvec::SmallVec;
+
 use super::detect::Buffers;
 use super::rule::{Buffer, Direction};
 
 /// How many [`Buffer`] variants there are: the span table's size.
 const BUFFER_COUNT: usize = Buffer::TlsSni as usize + 1;
+const _: () = assert!(BUFFER_COUNT <= 64, "WantedBuffers is a u64 bit set");
+
+/// The buffers a rule set reads: the head builders copy only these (a head's header
+/// lines were copied four times over for buffers no rule read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WantedBuffers(u64);
+
+impl WantedBuffers {
+    pub const ALL: WantedBuffers = WantedBuffers(u64::MAX);
+
+    pub fn of(buffers: impl IntoIterator<Item = Buffer>) -> WantedBuffers {
+        let mut bits = 0;
+        for buffer in buffers {
+            bits |= 1 << buffer as u64;
+            if buffer == Buffer::Payload {
+                // A transaction's payload is its head as sent (see `TransactionBuffers`).
+                bits |= 1 << Buffer::HttpStart as u64;
+            }
+        }
+        WantedBuffers(bits)
+    }
+
+    pub fn has(self, buffer: Buffer) -> bool {
+        self.0 & (1 << buffer as u64) != 0
+    }
+}
+
+/// A head's header fields, on the stack for heads of usual size.
+type Fields<'a> = SmallVec<[Field<'a>; 24]>;
 
 /// The buffers of one message head.
 #[derive(Debug, Clone)]
@@ -19,15 +50,13 @@ pub struct HeadBuffers {
     spans: [Option<(u32, u32)>; BUFFER_COUNT],
     /// The Content-Encoding value: how the body that follows must be decoded.
     content_encoding: Option<Vec<u8>>,
+    /// The buffers made; the others stay `None`.
+    wanted: WantedBuffers,
 }
 
 impl Default for HeadBuffers {
     fn default() -> Self {
-        HeadBuffers {
-            data: Vec::new(),
-            spans: [None; BUFFER_COUNT],
-            content_encoding: None,
-        }
+        HeadBuffers::wanting(WantedBuffers::ALL)
     }
 }
 
@@ -50,10 +79,19 @@ impl HeadBuffers {
         self.data.capacity()
     }
 
+    fn wanting(wanted: WantedBuffers) -> HeadBuffers {
+        HeadBuffers {
+            data: Vec::new(),
+            spans: [None; BUFFER_COUNT],
+            content_encoding: None,
+            wanted,
+        }
+    }
+
     /// An HTTP/1.x request head as sent (request line to blank line).
-    pub fn http1_request(head: &[u8]) -> HeadBuffers {
-        let mut buffers = HeadBuffers::default();
-        buffers.data.reserve(head.len() * 3);
+    pub fn http1_request(head: &[u8], wanted: WantedBuffers) -> HeadBuffers {
+        let mut buffers = HeadBuffers::wanting(wanted);
+        buffers.data.reserve(head.len() * 2);
         let (line, rest) = split_start_line(head);
         let mut parts = line.splitn(3, |&b| b == b' ');
         let method = parts.next().unwrap_or_default();
@@ -66,15 +104,15 @@ impl HeadBuffers {
         buffers.put_normalised_uri(target);
         buffers.put(Buffer::HttpProtocol, protocol);
         buffers.put(Buffer::HttpHeaderRaw, rest);
-        let fields: Vec<Field<'_>> = header_lines(rest).collect();
+        let fields: Fields<'_> = header_lines(rest).collect();
         buffers.put_headers(&fields, Direction::ToServer);
         buffers
     }
 
     /// An HTTP/1.x response head as sent.
-    pub fn http1_response(head: &[u8]) -> HeadBuffers {
-        let mut buffers = HeadBuffers::default();
-        buffers.data.reserve(head.len() * 3);
+    pub fn http1_response(head: &[u8], wanted: WantedBuffers) -> HeadBuffers {
+        let mut buffers = HeadBuffers::wanting(wanted);
+        buffers.data.reserve(head.len() * 2);
         let (line, rest) = split_start_line(head);
         let mut parts = line.splitn(3, |&b| b == b' ');
         let protocol = parts.next().unwrap_or_default();
@@ -86,7 +124,7 @@ impl HeadBuffers {
         buffers.put(Buffer::HttpStatCode, status);
         buffers.put(Buffer::HttpStatMsg, message);
         buffers.put(Buffer::HttpHeaderRaw, rest);
-        let fields: Vec<Field<'_>> = header_lines(rest).collect();
+        let fields: Fields<'_> = header_lines(rest).collect();
         buffers.put_headers(&fields, Direction::ToClient);
         buffers
     }
@@ -96,10 +134,10 @@ impl HeadBuffers {
     /// `http.method`, `http.stat_code`); the request and response lines are made up as
     /// Suricata makes them (`GET /path HTTP/2`, `HTTP/2 200`), and the raw header buffer
     /// is the regular fields as `name: value` lines (HPACK left no "as sent").
-    pub fn http2(fields: &[(&[u8], &[u8])], direction: Direction) -> HeadBuffers {
-        let mut buffers = HeadBuffers::default();
+    pub fn http2(fields: &[(&[u8], &[u8])], direction: Direction, wanted: WantedBuffers) -> HeadBuffers {
+        let mut buffers = HeadBuffers::wanting(wanted);
         let pseudo = |name: &[u8]| fields.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-        let regular: Vec<Field<'_>> = fields.iter().copied().filter(|(n, _)| !n.starts_with(b":")).collect();
+        let regular: Fields<'_> = fields.iter().copied().filter(|(n, _)| !n.starts_with(b":")).collect();
         let mut start = Vec::new();
         match direction {
             Direction::ToServer => {
@@ -126,22 +164,27 @@ impl HeadBuffers {
             }
         }
         buffers.put(Buffer::HttpProtocol, b"HTTP/2");
-        let mut raw = Vec::new();
-        for (name, value) in &regular {
-            for part in [*name, b": ", *value, b"\r\n"] {
-                raw.extend_from_slice(part);
+        if wanted.has(Buffer::HttpHeaderRaw) || wanted.has(Buffer::HttpStart) {
+            let mut raw = Vec::new();
+            for (name, value) in &regular {
+                for part in [*name, b": ", *value, b"\r\n"] {
+                    raw.extend_from_slice(part);
+                }
             }
+            raw.extend_from_slice(b"\r\n");
+            buffers.put(Buffer::HttpHeaderRaw, &raw);
+            start.extend_from_slice(b"\r\n");
+            start.extend_from_slice(&raw);
+            buffers.put(Buffer::HttpStart, &start);
         }
-        raw.extend_from_slice(b"\r\n");
-        buffers.put(Buffer::HttpHeaderRaw, &raw);
-        start.extend_from_slice(b"\r\n");
-        start.extend_from_slice(&raw);
-        buffers.put(Buffer::HttpStart, &start);
         buffers.put_headers(&regular, direction);
         buffers
     }
 
     fn put(&mut self, buffer: Buffer, bytes: &[u8]) {
+        if !self.wanted.has(buffer) {
+            return;
+        }
         let start = self.data.len();
         self.data.extend_from_slice(bytes);
         self.spans[buffer as usize] = Some((start as u32, self.data.len() as u32));
@@ -165,20 +208,24 @@ impl HeadBuffers {
             Direction::ToServer => b"cookie",
             Direction::ToClient => b"set-cookie",
         };
-        self.put(Buffer::HttpHeader, b"");
-        for (name, value) in fields {
-            if !name.eq_ignore_ascii_case(cookie_name) {
-                for part in [*name, b": ", *value, b"\r\n"] {
-                    self.extend(Buffer::HttpHeader, part);
+        if self.wanted.has(Buffer::HttpHeader) {
+            self.put(Buffer::HttpHeader, b"");
+            for (name, value) in fields {
+                if !name.eq_ignore_ascii_case(cookie_name) {
+                    for part in [*name, b": ", *value, b"\r\n"] {
+                        self.extend(Buffer::HttpHeader, part);
+                    }
                 }
             }
         }
-        self.put(Buffer::HttpHeaderNames, b"\r\n");
-        for (name, _) in fields {
-            self.extend(Buffer::HttpHeaderNames, name);
+        if self.wanted.has(Buffer::HttpHeaderNames) {
+            self.put(Buffer::HttpHeaderNames, b"\r\n");
+            for (name, _) in fields {
+                self.extend(Buffer::HttpHeaderNames, name);
+                self.extend(Buffer::HttpHeaderNames, b"\r\n");
+            }
             self.extend(Buffer::HttpHeaderNames, b"\r\n");
         }
-        self.extend(Buffer::HttpHeaderNames, b"\r\n");
         let single: &[(&[u8], Buffer)] = &[
             (b"user-agent", Buffer::HttpUserAgent),
             (b"content-type", Buffer::HttpContentType),
@@ -204,7 +251,8 @@ impl HeadBuffers {
                     self.put(Buffer::HttpCookie, value);
                 }
             } else if direction == Direction::ToServer && name.eq_ignore_ascii_case(b"host") {
-                if self.spans[Buffer::HttpHostRaw as usize].is_none() {
+                if self.spans[Buffer::HttpHostRaw as usize].is_none() && self.spans[Buffer::HttpHost as usize].is_none()
+                {
                     self.put(Buffer::HttpHostRaw, value);
                     self.put_host(value);
                 }
@@ -218,6 +266,9 @@ impl HeadBuffers {
 
     /// `http.host`: lowercased, without the port.
     fn put_host(&mut self, host: &[u8]) {
+        if !self.wanted.has(Buffer::HttpHost) {
+            return;
+        }
         let end = if host.starts_with(b"[") {
             host.iter().position(|&b| b == b']').map_or(host.len(), |i| i + 1)
         } else {
@@ -232,10 +283,21 @@ impl HeadBuffers {
     /// dot segments removed, as libhtp normalises it for Suricata; the query is decoded
     /// but keeps its place.
     fn put_normalised_uri(&mut self, target: &[u8]) {
+        if !self.wanted.has(Buffer::HttpUri) {
+            return;
+        }
         let (path, query) = match target.iter().position(|&b| b == b'?') {
             Some(at) => (&target[..at], Some(&target[at..])),
             None => (target, None),
         };
+        let dot_segment = path
+            .split(|&b| b == b'/')
+            .any(|segment| segment == b"." || segment == b"..");
+        if !dot_segment && memchr::memchr(b'%', target).is_none() {
+            // Nothing to decode, no dot segment: the usual target is already normal.
+            self.put(Buffer::HttpUri, target);
+            return;
+        }
         let mut decoded = Vec::with_capacity(target.len());
         percent_decode(path, &mut decoded);
         let mut normalised = remove_dot_segments(&decoded);

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 
 use smallvec::SmallVec;
 
-use super::buffers::TransactionBuffers;
+use super::buffers::{TransactionBuffers, WantedBuffers};
 use super::detect::{rule_matches, Buffers};
 use super::load::{LoadReport, LoadedRules};
 use super::prefilter::Prefilter;
@@ -71,6 +71,8 @@ pub struct SignatureSet {
     hits: Vec<AtomicU64>,
     /// Longest fast pattern: how far back a new body piece's search starts.
     longest_pattern: usize,
+    /// The buffers any rule reads.
+    wanted: WantedBuffers,
     /// `threshold` and `detection_filter` windows.
     rates: RateTable,
     pub report: LoadReport,
@@ -105,7 +107,6 @@ pub struct TxSignatureState {
     pending_set: usize,
     /// Scratch for the prefilter, kept to avoid reallocating per call.
     candidates: Vec<u32>,
-    seen: Vec<bool>,
 }
 
 /// The session's two ends: the rule header's addresses and ports are checked against them.
@@ -130,6 +131,7 @@ impl SignatureSet {
             }
         }
         let hits = rules.iter().map(|_| AtomicU64::new(0)).collect();
+        let wanted = WantedBuffers::of(rules.iter().flat_map(|rule| rule.detections.iter().map(|d| d.buffer)));
         let longest_pattern = rules
             .iter()
             .filter_map(|rule| rule.fast_pattern().map(|(_, content)| content.pattern.len()))
@@ -143,6 +145,7 @@ impl SignatureSet {
             prefilter,
             hits,
             longest_pattern,
+            wanted,
             rates: RateTable::default(),
             report,
         })
@@ -164,6 +167,11 @@ impl SignatureSet {
     /// Matches per rule, in load order.
     pub fn hit_counts(&self) -> Vec<u64> {
         self.hits.iter().map(|h| h.load(Ordering::Relaxed)).collect()
+    }
+
+    /// The buffers the head builders need to make for this set.
+    pub fn wanted_buffers(&self) -> WantedBuffers {
+        self.wanted
     }
 
     /// Whether `stage` has anything to do: a rule decided at it, or a fast pattern in a
@@ -213,7 +221,7 @@ impl SignatureSet {
                     buffer: body,
                     bytes: &whole[from..],
                 };
-                self.prefilter.candidates(&window, &mut tx.seen, &mut candidates);
+                self.prefilter.candidates(&window, &mut candidates);
                 candidates.retain(|&rule| {
                     self.stages[rule as usize] == stage
                         && self.rules[rule as usize].fast_pattern().is_some_and(|(b, _)| b == body)
@@ -233,7 +241,7 @@ impl SignatureSet {
             _ => {
                 // What is new at this stage; what earlier searches found for it.
                 let view = NewAtStage { buffers, stage };
-                self.prefilter.candidates(&view, &mut tx.seen, &mut candidates);
+                self.prefilter.candidates(&view, &mut candidates);
                 let later: Vec<u32> = candidates
                     .iter()
                     .copied()

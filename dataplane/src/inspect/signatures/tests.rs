@@ -529,9 +529,9 @@ fn the_prefilter_names_only_rules_whose_fast_pattern_occurs() {
     .map(|text| rule(text))
     .collect();
     let prefilter = super::prefilter::Prefilter::new(&rules).unwrap();
-    let (mut seen, mut out) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     let mut candidates = |fields: &Fields| {
-        prefilter.candidates(fields, &mut seen, &mut out);
+        prefilter.candidates(fields, &mut out);
         out.clone()
     };
     // sid 4 has no content: always a candidate. "LOGIN" is sid 2's longest content,
@@ -546,6 +546,48 @@ fn the_prefilter_names_only_rules_whose_fast_pattern_occurs() {
     );
     // Scratch space is reset between calls.
     assert_eq!(candidates(&uri("/none")), [3]);
+}
+
+#[test]
+fn a_large_prefilter_group_finds_overlapping_shared_and_case_folded_patterns() {
+    // Over 64 patterns in a buffer: the double-array automaton, with the case-sensitive
+    // patterns searched in the case-insensitive pass. Padding patterns are distinct and
+    // absent from the inputs.
+    let mut texts: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                r#"alert http any any -> any any (msg:"pad"; http.uri; content:"zq{i:03}qz"; sid:{};)"#,
+                1000 + i
+            )
+        })
+        .collect();
+    texts.extend([
+        // 100: nocase, found whatever the case of the URI.
+        r#"alert http any any -> any any (msg:"a"; http.uri; content:"AdMiN"; nocase; sid:1;)"#.to_string(),
+        // 101 and 102 share a pattern: both are candidates.
+        r#"alert http any any -> any any (msg:"b"; http.uri; content:"/backup"; sid:2;)"#.to_string(),
+        r#"alert http any any -> any any (msg:"c"; http.uri; content:"/backup"; content:"tar"; sid:3;)"#.to_string(),
+        // 103's pattern ends inside 101's: found too (overlapping search).
+        r#"alert http any any -> any any (msg:"d"; http.uri; content:"ckup"; sid:4;)"#.to_string(),
+        // 104: case-sensitive, so a candidate for "/Shell" as well (a superset; the
+        // full evaluation checks the case).
+        r#"alert http any any -> any any (msg:"e"; http.uri; content:"shell"; sid:5;)"#.to_string(),
+    ]);
+    let rules: Vec<Rule> = texts.iter().map(|text| rule(text)).collect();
+    let prefilter = super::prefilter::Prefilter::new(&rules).unwrap();
+    let mut out = Vec::new();
+    let mut candidates = |value: &str| {
+        prefilter.candidates(&uri(value), &mut out);
+        out.clone()
+    };
+    assert_eq!(candidates("/ADMIN/x"), [100]);
+    assert_eq!(candidates("/backup.tar"), [101, 102, 103]);
+    assert_eq!(candidates("/backup/backup"), [101, 102, 103]);
+    assert_eq!(candidates("/Shell?zq042qz"), [42, 104]);
+    assert_eq!(candidates("/nothing"), Vec::<u32>::new());
+    let shell = &rules[104];
+    assert!(!rule_matches(shell, &uri("/Shell")));
+    assert!(rule_matches(shell, &uri("/shell")));
 }
 
 #[test]
