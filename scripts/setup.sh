@@ -14,12 +14,13 @@ die() {
 
 export DEBIAN_FRONTEND=noninteractive
 
-# Packages: the build (clang/LLVM 22 for bpf-linker and aya), the lab (iproute2,
+# Packages: the build (clang/LLVM 22 for bpf-linker and aya; libhyperscan-dev for the
+# signature prefilter, linked to Debian's libhs), the lab (iproute2,
 # ethtool, ping), end-to-end peers (nginx, curl, openssl), diagnosis (tshark, perf,
 # bpftool), the bench's comparison interceptors (sslsplit, squid-openssl for ssl-bump,
 # nftables for their redirect, util-linux's prlimit).
 PACKAGES=(
-    clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config
+    clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config libhyperscan-dev
     iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3
     sslsplit squid-openssl nftables util-linux python3-venv testssl.sh nghttp2-client
 )
