@@ -989,9 +989,9 @@ mod tests {
         assert!((350..=450).contains(&REQUEST_HEAD.len()), "{}", REQUEST_HEAD.len());
         let set = SignatureSet::new(load_rules(&generated_content_rules(5000, DEFAULT_SEED), "g").unwrap()).unwrap();
         let prefilter = Prefilter::new(set.rules()).unwrap();
-        let (mut seen, mut out) = (Vec::new(), Vec::new());
+        let mut out = Vec::new();
         for (_, buffers) in traffic.stages() {
-            prefilter.candidates(&buffers, &mut seen, &mut out);
+            prefilter.candidates(&buffers, &mut out);
             assert!(out.is_empty(), "candidates {out:?}");
         }
         let mut flow = FlowSignatureState::default();

@@ -997,11 +997,11 @@ impl HttpInspector {
                     let Some(content) = &mut meta.content else { continue };
                     let interim = fields
                         .iter()
-                        .any(|f| f.name == b":status" && f.value.first() == Some(&b'1'));
+                        .any(|(name, value)| name == b":status" && value.first() == Some(&b'1'));
                     if interim || content.response.is_some() {
                         continue;
                     }
-                    let pairs: FieldPairs<'_> = fields.iter().map(|f| (&f.name[..], &f.value[..])).collect();
+                    let pairs: FieldPairs<'_> = fields.iter().collect();
                     let mut fired = Vec::new();
                     let head = HeadBuffers::http2(&pairs, Direction::ToClient, signatures.wanted_buffers());
                     signatures.response_head(content, head, &mut fired);

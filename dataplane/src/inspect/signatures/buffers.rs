@@ -136,6 +136,13 @@ impl HeadBuffers {
     /// is the regular fields as `name: value` lines (HPACK left no "as sent").
     pub fn http2(fields: &[(&[u8], &[u8])], direction: Direction, wanted: WantedBuffers) -> HeadBuffers {
         let mut buffers = HeadBuffers::wanting(wanted);
+        // Room for the buffers usually made (URI, host, headers, a few single ones) at
+        // once, rather than growing a step at a time.
+        let size: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        buffers.data.reserve(size * 2 + 64);
+        let want_start = [Buffer::HttpRequestLine, Buffer::HttpResponseLine, Buffer::HttpStart]
+            .into_iter()
+            .any(|buffer| wanted.has(buffer));
         let pseudo = |name: &[u8]| fields.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
         let regular: Fields<'_> = fields.iter().copied().filter(|(n, _)| !n.starts_with(b":")).collect();
         let mut start = Vec::new();
@@ -146,10 +153,12 @@ impl HeadBuffers {
                 buffers.put(Buffer::HttpMethod, method);
                 buffers.put(Buffer::HttpUriRaw, path);
                 buffers.put_normalised_uri(path);
-                for part in [method, b" ", path, b" HTTP/2"] {
-                    start.extend_from_slice(part);
+                if want_start {
+                    for part in [method, b" ", path, b" HTTP/2"] {
+                        start.extend_from_slice(part);
+                    }
+                    buffers.put(Buffer::HttpRequestLine, &start);
                 }
-                buffers.put(Buffer::HttpRequestLine, &start);
                 if let Some(authority) = pseudo(b":authority") {
                     buffers.put(Buffer::HttpHostRaw, authority);
                     buffers.put_host(authority);
@@ -158,9 +167,11 @@ impl HeadBuffers {
             Direction::ToClient => {
                 let status = pseudo(b":status").unwrap_or_default();
                 buffers.put(Buffer::HttpStatCode, status);
-                start.extend_from_slice(b"HTTP/2 ");
-                start.extend_from_slice(status);
-                buffers.put(Buffer::HttpResponseLine, &start);
+                if want_start {
+                    start.extend_from_slice(b"HTTP/2 ");
+                    start.extend_from_slice(status);
+                    buffers.put(Buffer::HttpResponseLine, &start);
+                }
             }
         }
         buffers.put(Buffer::HttpProtocol, b"HTTP/2");
