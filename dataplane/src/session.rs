@@ -519,6 +519,11 @@ impl Session {
         let mut record = DecryptionRecord::new(self.id, self.key.client, self.key.server, action, outcome);
         record.sni = self.hello.as_ref().and_then(|h| h.sni.clone());
         record.bytes_client_to_server = tcp_bytes.client_to_server;
+        if let Stream::AwaitingHello(reader) = &self.stream {
+            // Read from the client but held until the hello is whole, so not relayed yet:
+            // a slow or broken hello still shows what it sent.
+            record.bytes_client_to_server += reader.raw().len() as u64;
+        }
         record.bytes_server_to_client = tcp_bytes.server_to_client;
         record.packets_client_to_server = self.packets.client_to_server;
         record.packets_server_to_client = self.packets.server_to_client;
@@ -607,10 +612,28 @@ impl Session {
                     (None, Some(end)) => end.to_string(),
                     (None, None) => "closed".into(),
                 };
-                if tls.outcome().is_none() && matches!(tcp_end, Some(EndReason::HandshakeTimeout(_))) {
-                    // The handshake stalled at this stage: that is the failure.
-                    record.stage = Some(tls.stage());
-                    record.error = Some(record.end_reason.clone());
+                if tls.outcome().is_none() {
+                    match tcp_end {
+                        Some(EndReason::HandshakeTimeout(_)) => {
+                            // The handshake stalled at this stage: that is the failure.
+                            record.stage = Some(tls.stage());
+                            record.error = Some(record.end_reason.clone());
+                        }
+                        Some(EndReason::ServerReset | EndReason::ClientReset) => {
+                            // A peer's reset is the failure, wherever it came: say where.
+                            let who = if matches!(tcp_end, Some(EndReason::ServerReset)) {
+                                "server"
+                            } else {
+                                "client"
+                            };
+                            record.stage = Some(tls.stage());
+                            record.error = Some(format!(
+                                "the {who} reset the connection during {}",
+                                tls.stage().describe()
+                            ));
+                        }
+                        _ => {}
+                    }
                 }
                 if let Some((what, setting)) = self.undecryptable() {
                     let ttl = self.policy.exclusion_ttl();
