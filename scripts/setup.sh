@@ -18,11 +18,11 @@ export DEBIAN_FRONTEND=noninteractive
 # signature prefilter, linked to Debian's libhs), the lab (iproute2,
 # ethtool, ping), end-to-end peers (nginx, curl, openssl), diagnosis (tshark, perf,
 # bpftool), the bench's comparison interceptors (sslsplit, squid-openssl for ssl-bump,
-# nftables for their redirect, util-linux's prlimit).
+# nftables for their redirect, util-linux's prlimit), xxd for the fuzz seeds.
 PACKAGES=(
     clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config libhyperscan-dev
     iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3
-    sslsplit squid-openssl nftables util-linux python3-venv testssl.sh nghttp2-client
+    sslsplit squid-openssl nftables util-linux python3-venv testssl.sh nghttp2-client xxd
 )
 
 missing=()
@@ -100,6 +100,14 @@ if ! command -v bpf-linker >/dev/null; then
         die "cargo install bpf-linker failed (needs llvm-22-dev, libpolly-22-dev, libzstd-dev, zlib1g-dev)"
 else
     log "bpf-linker: present"
+fi
+
+# cargo-fuzz builds and replays the fuzz targets (scripts/fuzz.sh replay, a suite step).
+if ! command -v cargo-fuzz >/dev/null; then
+    log "installing cargo-fuzz"
+    cargo install cargo-fuzz --version 0.13.2 --locked </dev/null || die "cargo install cargo-fuzz failed"
+else
+    log "cargo-fuzz: present"
 fi
 
 # bpffs: aya pins maps there.

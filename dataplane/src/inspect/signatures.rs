@@ -11,8 +11,9 @@
 //!   (content with its modifiers, pcre, bsize, urilen, isdataat), with Suricata's
 //!   backtracking over relative matches.
 //! - [`rate`]: `threshold` and `detection_filter` windows, per tracked address.
-//! - [`prefilter`]: every rule's fast pattern in one Aho-Corasick pass per buffer; only
-//!   the rules whose pattern occurs are evaluated.
+//! - [`prefilter`]: every rule's fast pattern in one pass per buffer (Hyperscan for large
+//!   groups, Aho-Corasick for small ones); only the rules whose pattern occurs are
+//!   evaluated.
 //! - [`load`]: rule files (comments, continuation lines, duplicate sids) to a loaded set
 //!   and a line-by-line report of what was skipped and why.
 //!
