@@ -18,7 +18,13 @@ use signatures::load::{load_reader, LoadedRules};
 fn load(data: &[u8], vars: &HashMap<String, String>) -> LoadedRules {
     let mut loaded = LoadedRules::default();
     let mut first_of_sid = HashMap::new();
-    load_reader(Cursor::new(data), Path::new("fuzz.rules"), vars, &mut first_of_sid, &mut loaded);
+    load_reader(
+        Cursor::new(data),
+        Path::new("fuzz.rules"),
+        vars,
+        &mut first_of_sid,
+        &mut loaded,
+    );
     loaded
 }
 
@@ -50,7 +56,12 @@ fuzz_target!(|data: &[u8]| {
     // Loaded rules are unique by gid:sid.
     let mut keys = HashSet::new();
     for rule in &loaded.rules {
-        assert!(keys.insert((rule.meta.gid, rule.meta.sid)), "gid {} sid {} loaded twice", rule.meta.gid, rule.meta.sid);
+        assert!(
+            keys.insert((rule.meta.gid, rule.meta.sid)),
+            "gid {} sid {} loaded twice",
+            rule.meta.gid,
+            rule.meta.sid
+        );
     }
 
     // Loading is a function of the text: a second load gives the same report.
