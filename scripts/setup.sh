@@ -102,6 +102,14 @@ else
     log "bpf-linker: present"
 fi
 
+# cargo-deny checks the dependency tree's licenses and sources (deny.toml, a suite step).
+if ! command -v cargo-deny >/dev/null; then
+    log "installing cargo-deny (takes a few minutes)"
+    cargo install cargo-deny --version 0.20.2 --locked </dev/null || die "cargo install cargo-deny failed"
+else
+    log "cargo-deny: present"
+fi
+
 # cargo-fuzz builds and replays the fuzz targets (scripts/fuzz.sh replay, a suite step).
 if ! command -v cargo-fuzz >/dev/null; then
     log "installing cargo-fuzz"

@@ -34,6 +34,8 @@ step setup bash scripts/setup.sh
 step build cargo build --release --workspace
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+# Licenses and sources of every dependency (deny.toml; advisories need GitHub: see there).
+step deny cargo deny check licenses sources bans
 # Every fuzz target once over its seeds and its kept corpus (dataplane/fuzz/replay).
 step fuzz-replay bash scripts/fuzz.sh replay
 # One test at a time: the lab tests each build namespaces and move hundreds of MiB,
