@@ -294,3 +294,100 @@ fn sigterm_resets_every_one_of_thousands_of_held_sessions() {
     drop(clients);
     drop(server);
 }
+
+/// Ten restarts (issue #15), five after a SIGKILL and five after a SIGTERM: each time the
+/// wire answers new connections within a second of the daemon's end (bridged by XDP), a
+/// download started while the daemon is down (so bridged from its SYN) completes intact
+/// across the restart, and the restarted daemon steers new connections again.
+#[test]
+fn restarts_keep_the_wire_answering_and_flows_bridged_meanwhile_complete() {
+    use rand::RngCore as _;
+    use sha2::{Digest as _, Sha256};
+
+    const BIG: usize = 12 << 20;
+    require_root();
+    let lab = ok(Lab::up(), "lab up");
+    let (_nginx, url) = web_on_443(&lab);
+    let mut big = vec![0u8; BIG];
+    rand::rng().fill_bytes(&mut big);
+    std::fs::write(lab.dir().join("www").join("big.bin"), &big).expect("big.bin");
+    let want = format!("{:x}", Sha256::digest(&big));
+    let mut loupe = start_loupe(&lab, "open");
+    let mut slowest = Duration::ZERO;
+    for round in 0..10 {
+        let before = ok(loupe.wire_counters(), "counters");
+        assert_eq!(
+            ok(fetch(&lab, &url, "5"), &format!("round {round}: fetch through loupe")),
+            "through the wire\n"
+        );
+        let through = ok(loupe.wire_counters(), "counters");
+        assert!(
+            through.steered > before.steered,
+            "round {round}: the fetch did not go through loupe"
+        );
+
+        let how = if round % 2 == 0 { "SIGKILL" } else { "SIGTERM" };
+        if round % 2 == 0 {
+            ok(loupe.kill_daemon(), "SIGKILL loupe");
+        } else {
+            ok(loupe.stop_daemon(), "SIGTERM loupe");
+        }
+        let ended = Instant::now();
+        let body = ok(
+            fetch(&lab, &url, "1"),
+            &format!("round {round}: fetch right after {how}"),
+        );
+        let took = ended.elapsed();
+        assert_eq!(body, "through the wire\n");
+        assert!(
+            took < Duration::from_secs(1),
+            "round {round}: first fetch after {how} took {took:?}"
+        );
+        slowest = slowest.max(took);
+
+        // 12 MiB at 2 MiB/s: about 6 s, most of it after the restart (which takes 1-3 s).
+        let out = lab.dir().join(format!("bridged-{round}.bin"));
+        let mut download = ok(
+            lab.spawn(
+                Ns::Client,
+                "bridged-download",
+                &[
+                    "curl",
+                    "-fsS",
+                    "--limit-rate",
+                    "2M",
+                    "--max-time",
+                    "30",
+                    "-o",
+                    out.to_str().expect("utf-8 path"),
+                    &format!("{url}big.bin"),
+                ],
+            ),
+            "start the download",
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        ok(loupe.restart(&lab), &format!("round {round}: restart loupe"));
+        let early = ok(download.try_status(), "the download's status");
+        assert!(
+            early.is_none(),
+            "round {round}: the download ended ({early:?}, {} bytes) before loupe was back: it must cross the restart\n{}",
+            std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0),
+            download.logs()
+        );
+        let status = ok(
+            download.wait_timeout(Duration::from_secs(40)),
+            "the bridged download ends",
+        );
+        let got = std::fs::read(&out)
+            .map(|b| format!("{:x}", Sha256::digest(&b)))
+            .unwrap_or_default();
+        assert!(
+            status.success() && got == want,
+            "round {round}: a download bridged while loupe was down must complete across the restart: {status}, sha256 {got} (want {want})\n{}\n{}",
+            download.logs(),
+            loupe.logs()
+        );
+    }
+    ok(loupe.check_alive(), "loupe alive after ten restarts");
+    eprintln!("ten restarts: the slowest first fetch after the daemon ended took {slowest:?}");
+}

@@ -42,7 +42,7 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
         Xdp, XdpMode,
     },
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use loupe_common::{
     counter, maps as map_names, pins, programs, xsk_key, NoDecryptKey, WireConfig, MAX_INSPECT_PORTS, MAX_NO_DECRYPT,
@@ -465,7 +465,24 @@ impl Wire {
         let outside_ifindex = ifindex(&settings.outside)?;
         ensure_bpffs(&settings.pin_dir)?;
 
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the loupe_wire eBPF object")?;
+        // `LOUPE_FLOWS` is pinned by name in the pin directory: a restart reuses the map, so
+        // the connections opened through the restart keep their decisions (those bridged
+        // while no daemon ran stay bridged). A pin left by a build with another map layout
+        // cannot be reused: it goes and the map starts empty.
+        let flows_pin = settings.pin_dir.join(map_names::FLOWS);
+        let load = || {
+            EbpfLoader::new()
+                .map_pin_path(map_names::FLOWS, flows_pin.as_path())
+                .load(EBPF_OBJECT)
+        };
+        let mut ebpf = match load() {
+            Ok(ebpf) => ebpf,
+            Err(err) => {
+                tracing::warn!(%err, "the pinned flow map could not be reused; starting with an empty one");
+                unpin(&settings.pin_dir, &[map_names::FLOWS])?;
+                load().context("loading the loupe_wire eBPF object")?
+            }
+        };
         let program: &mut Xdp = ebpf
             .program_mut(programs::WIRE)
             .ok_or_else(|| anyhow!("program {} missing from the eBPF object", programs::WIRE))?
@@ -835,7 +852,7 @@ fn private_mount_namespace() -> bool {
 
 /// Unpins everything the wire pins. Removing a link's last reference detaches it.
 fn remove_pins(pin_dir: &Path) -> Result<bool> {
-    let links = unpin(pin_dir, &[pins::LINK_INSIDE, pins::LINK_OUTSIDE])?;
+    let links = unpin(pin_dir, &[pins::LINK_INSIDE, pins::LINK_OUTSIDE, map_names::FLOWS])?;
     Ok(remove_map_pins(pin_dir)? | links)
 }
 

@@ -8,7 +8,7 @@
 //! The result keeps the L3 addresses for the no-decrypt rules: [`no_decrypt_match`]
 //! builds the LPM keys of an inspected segment's server and asks the map.
 
-use crate::{FlowPinKey, NoDecryptKey, NO_DECRYPT_NONE, PIN_BRIDGED, PIN_STEERED};
+use crate::{FlowPinKey, NoDecryptKey, NO_DECRYPT_NONE, PIN_BRIDGED, PIN_STEERED, PIN_UNSERVED};
 
 /// Bounds-checked access to a frame's bytes.
 pub trait Frame {
@@ -369,6 +369,9 @@ pub enum InspectedAction {
         /// bridged at its SYN and stays so.
         pinned_against_entries: bool,
     },
+    /// A connection whose SYN found no worker and was bridged fail-open: to the peer port
+    /// even if a worker is there now (it never saw the handshake).
+    Unserved,
 }
 
 /// Decides an inspected TCP segment (`Class::Inspect { dst_inspected }`): a client's SYN
@@ -379,10 +382,14 @@ pub enum InspectedAction {
 /// decide. A policy load that adds or removes a no-decrypt entry thus applies to new
 /// connections only: an open decrypted session is not bridged in the middle of its
 /// stream, nor a bridged one thrown at a worker that never saw its handshake.
+/// `served`: whether a worker's socket is there for this segment's queue; a SYN to be
+/// steered without one is bridged fail-open by the caller, and pinned so
+/// ([`PIN_UNSERVED`]): a daemon that comes back must not take the connection over.
 #[inline(always)]
 pub fn inspected_action(
     parsed: &Parsed,
     dst_inspected: bool,
+    served: bool,
     inspected: impl Fn(u16) -> bool,
     lookup: impl Fn(&NoDecryptKey) -> Option<u32>,
     pin_get: impl Fn(&FlowPinKey) -> Option<u8>,
@@ -405,10 +412,16 @@ pub fn inspected_action(
         },
     };
     if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        pin_set(&pin, if hit.is_some() { PIN_BRIDGED } else { PIN_STEERED });
+        let value = match (hit.is_some(), served) {
+            (true, _) => PIN_BRIDGED,
+            (false, true) => PIN_STEERED,
+            (false, false) => PIN_UNSERVED,
+        };
+        pin_set(&pin, value);
         return by_entries;
     }
     match (pin_get(&pin), hit) {
+        (Some(PIN_UNSERVED), None) => InspectedAction::Unserved,
         (Some(PIN_STEERED), Some(_)) => InspectedAction::Steer {
             pinned_against_entries: true,
         },
@@ -739,7 +752,7 @@ mod tests {
         use std::collections::HashMap;
         let pins: RefCell<HashMap<FlowPinKey, u8>> = RefCell::new(HashMap::new());
         let listed = [(NoDecryptKey::prefix_v4(32), NoDecryptKey::v4(443, [198, 18, 0, 2]), 9)];
-        let act = |entries: &[(u32, NoDecryptKey, u32)], frame: &[u8]| {
+        let act_served = |entries: &[(u32, NoDecryptKey, u32)], frame: &[u8], served: bool| {
             let parsed = parse(frame);
             let Class::Inspect { dst_inspected } = classify(&parsed, only_443) else {
                 panic!("not inspected: {parsed:?}");
@@ -747,6 +760,7 @@ mod tests {
             inspected_action(
                 &parsed,
                 dst_inspected,
+                served,
                 only_443,
                 |k| lpm(entries, k),
                 |k| pins.borrow().get(k).copied(),
@@ -755,6 +769,7 @@ mod tests {
                 },
             )
         };
+        let act = |entries: &[(u32, NoDecryptKey, u32)], frame: &[u8]| act_served(entries, frame, true);
         let from_client = |flags| ipv4(IPPROTO_TCP, 0, &tcp_flags(40000, 443, flags));
         let from_server = |flags| {
             let mut f = ipv4(IPPROTO_TCP, 0, &tcp_flags(443, 40000, flags));
@@ -787,6 +802,19 @@ mod tests {
             InspectedAction::Bridge {
                 rule_hit: None,
                 pinned_against_entries: true
+            }
+        );
+        // A SYN that found no worker (the daemon down) was bridged fail-open: the
+        // connection stays bridged when a worker is back, which never saw its handshake.
+        assert_eq!(act_served(&[], &from_client(TCP_SYN), false), steer);
+        assert_eq!(act(&[], &from_server(TCP_SYN | TCP_ACK)), InspectedAction::Unserved);
+        assert_eq!(act(&[], &from_client(TCP_ACK)), InspectedAction::Unserved);
+        // Unless the entries now bridge it anyway.
+        assert_eq!(
+            act(&listed, &from_client(TCP_ACK)),
+            InspectedAction::Bridge {
+                rule_hit: None,
+                pinned_against_entries: false
             }
         );
         // A connection the map does not know: the entries decide.

@@ -165,6 +165,10 @@ pub const MAX_FLOW_PINS: u32 = 131_072;
 pub const PIN_STEERED: u8 = 1;
 /// `LOUPE_FLOWS` value: the connection's SYN matched a no-decrypt entry (bridged).
 pub const PIN_BRIDGED: u8 = 2;
+/// `LOUPE_FLOWS` value: the connection's SYN found no worker (the daemon was down) and was
+/// bridged fail-open: the connection stays bridged when a daemon comes back, whose workers
+/// never saw its handshake.
+pub const PIN_UNSERVED: u8 = 3;
 
 /// A TCP connection's key in `LOUPE_FLOWS`, the same for both directions: its two
 /// endpoints (port and address as in [`NoDecryptKey`]), the lower one first.

@@ -8,7 +8,8 @@
 //!   connections only.
 //! - Other TCP with an inspected port goes to the AF_XDP socket of its RX
 //!   queue (`LOUPE_XSKS[xsk_key(port, queue)]`) when one is registered.
-//! - With no socket: bridged (fail-open, default) or dropped (fail-closed flag).
+//! - With no socket: bridged (fail-open, default) or dropped (fail-closed flag). A
+//!   connection whose SYN was bridged so stays bridged when a worker is back.
 //! - UDP with an inspected port (QUIC) is dropped when the drop-QUIC flag is set.
 //! - Everything else is redirected to the peer port through `LOUPE_PORTS`
 //!   (a DEVMAP indexed by port: the ingress ifindex is matched against the two
@@ -52,6 +53,8 @@ static LOUPE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter:
 static LOUPE_NODECRYPT: LpmTrie<NoDecryptKey, u32> = LpmTrie::with_max_entries(MAX_NO_DECRYPT, 0);
 
 #[map]
+// Pinned by the daemon in its pin directory (`EbpfLoader::map_pin_path`), so a restarted
+// daemon keeps the decisions of the connections open through its restart.
 static LOUPE_FLOWS: LruHashMap<FlowPinKey, u8> = LruHashMap::with_max_entries(MAX_FLOW_PINS, 0);
 
 #[map]
@@ -125,7 +128,11 @@ pub fn loupe_wire(ctx: XdpContext) -> u32 {
                 // A full map evicts its least recently used entry; nothing else fails.
                 let _ = LOUPE_FLOWS.insert(key, value, 0);
             };
-            match inspected_action(&parsed, dst_inspected, inspected, lookup, pin_get, pin_set) {
+            let queue = ctx.rx_queue_index();
+            // The kernel removes a socket from the map when it is closed: a hit means a
+            // live worker for this queue.
+            let served = queue < MAX_QUEUES && LOUPE_XSKS.get(xsk_key(port, queue)).is_some();
+            match inspected_action(&parsed, dst_inspected, served, inspected, lookup, pin_get, pin_set) {
                 InspectedAction::Bridge {
                     rule_hit,
                     pinned_against_entries,
@@ -137,6 +144,12 @@ pub fn loupe_wire(ctx: XdpContext) -> u32 {
                     if let Some(rule) = rule_hit {
                         count_rule_hit(rule);
                     }
+                    bridge(port)
+                }
+                InspectedAction::Unserved => {
+                    // Bridged fail-open at its SYN: it stays so, whatever the fail mode
+                    // and whether a worker is back.
+                    count(counter::UNSERVED);
                     bridge(port)
                 }
                 InspectedAction::Steer { pinned_against_entries } => {
