@@ -55,6 +55,15 @@ fn client_bytes_acked(t: &Tls, server: &str) -> u64 {
         .unwrap_or_else(|| t.fail(None, &format!("no bytes_acked for the connection to {server}: {out:?}")))
 }
 
+/// The record of a session the server reset: its outcome, and the stage and error that
+/// say where the reset came.
+fn expect_server_reset(t: &Tls, rec: &Value, outcome: &str, stage: &str, error: &str, what: &str) {
+    t.expect_eq(rec, "/outcome", outcome.into(), what);
+    t.expect_eq(rec, "/end_reason", "server reset".into(), what);
+    t.expect_eq(rec, "/stage", stage.into(), what);
+    t.expect_contains(rec, "/error", &[error], what);
+}
+
 #[test]
 fn misbehaving_servers_and_a_slowloris_client_end_promptly_bounded_and_logged() {
     require_root();
@@ -134,13 +143,12 @@ fn misbehaving_servers_and_a_slowloris_client_end_promptly_bounded_and_logged() 
         t.fail(None, &format!("{what}: curl must fail promptly: {}", c.show()));
     }
     let rec = t.record(c.port, what);
-    t.expect_eq(&rec, "/outcome", "aborted".into(), what);
-    t.expect_eq(&rec, "/stage", "upstream_handshake".into(), what);
-    t.expect_eq(&rec, "/end_reason", "server reset".into(), what);
-    t.expect_contains(
+    expect_server_reset(
+        &t,
         &rec,
-        "/error",
-        &["the server reset the connection during the TLS handshake with the server"],
+        "aborted",
+        "upstream_handshake",
+        "the server reset the connection during the TLS handshake with the server",
         what,
     );
 
@@ -159,15 +167,8 @@ fn misbehaving_servers_and_a_slowloris_client_end_promptly_bounded_and_logged() 
         );
     }
     let rec = t.record(c.port, what);
-    t.expect_eq(&rec, "/outcome", "decrypted".into(), what);
-    t.expect_eq(&rec, "/stage", "established".into(), what);
-    t.expect_eq(&rec, "/end_reason", "server reset".into(), what);
-    t.expect_contains(
-        &rec,
-        "/error",
-        &["the server reset the connection during relaying"],
-        what,
-    );
+    let relaying = "the server reset the connection during relaying the decrypted stream";
+    expect_server_reset(&t, &rec, "decrypted", "established", relaying, what);
     if rec["bytes_server_to_client"].as_u64().unwrap_or(0) < 65536 {
         t.fail(
             Some(&rec),
@@ -272,8 +273,6 @@ fn misbehaving_servers_and_a_slowloris_client_end_promptly_bounded_and_logged() 
     }
     let what = "the stalled upload, its server gone";
     let rec = t.wait_record(what, |r| r["server_ip"] == "198.18.0.5");
-    t.expect_eq(&rec, "/outcome", "decrypted".into(), what);
-    t.expect_eq(&rec, "/end_reason", "server reset".into(), what);
-    t.expect_eq(&rec, "/stage", "established".into(), what);
+    expect_server_reset(&t, &rec, "decrypted", "established", relaying, what);
     ok(t.mid.check_alive(), "loupe is still running");
 }

@@ -613,26 +613,24 @@ impl Session {
                     (None, None) => "closed".into(),
                 };
                 if tls.outcome().is_none() {
-                    match tcp_end {
-                        Some(EndReason::HandshakeTimeout(_)) => {
-                            // The handshake stalled at this stage: that is the failure.
-                            record.stage = Some(tls.stage());
-                            record.error = Some(record.end_reason.clone());
-                        }
-                        Some(EndReason::ServerReset | EndReason::ClientReset) => {
-                            // A peer's reset is the failure, wherever it came: say where.
-                            let who = if matches!(tcp_end, Some(EndReason::ServerReset)) {
-                                "server"
-                            } else {
-                                "client"
-                            };
-                            record.stage = Some(tls.stage());
-                            record.error = Some(format!(
-                                "the {who} reset the connection during {}",
-                                tls.stage().describe()
-                            ));
-                        }
-                        _ => {}
+                    // The handshake stalled at this stage, or a peer's reset came there:
+                    // that is the failure.
+                    let reset = |peer: Peer| {
+                        format!(
+                            "the {} reset the connection during {}",
+                            peer.as_str(),
+                            tls.stage().describe()
+                        )
+                    };
+                    let error = match tcp_end {
+                        Some(EndReason::HandshakeTimeout(_)) => Some(record.end_reason.clone()),
+                        Some(EndReason::ServerReset) => Some(reset(Peer::Server)),
+                        Some(EndReason::ClientReset) => Some(reset(Peer::Client)),
+                        _ => None,
+                    };
+                    if error.is_some() {
+                        record.stage = Some(tls.stage());
+                        record.error = error;
                     }
                 }
                 if let Some((what, setting)) = self.undecryptable() {

@@ -477,11 +477,12 @@ impl Wire {
         };
         let mut ebpf = match load() {
             Ok(ebpf) => ebpf,
-            Err(err) => {
+            Err(err) if flows_pin.exists() => {
                 tracing::warn!(%err, "the pinned flow map could not be reused; starting with an empty one");
                 unpin(&settings.pin_dir, &[map_names::FLOWS])?;
                 load().context("loading the loupe_wire eBPF object")?
             }
+            Err(err) => return Err(err).context("loading the loupe_wire eBPF object"),
         };
         let program: &mut Xdp = ebpf
             .program_mut(programs::WIRE)
@@ -852,8 +853,10 @@ fn private_mount_namespace() -> bool {
 
 /// Unpins everything the wire pins. Removing a link's last reference detaches it.
 fn remove_pins(pin_dir: &Path) -> Result<bool> {
-    let links = unpin(pin_dir, &[pins::LINK_INSIDE, pins::LINK_OUTSIDE, map_names::FLOWS])?;
-    Ok(remove_map_pins(pin_dir)? | links)
+    let links = unpin(pin_dir, &[pins::LINK_INSIDE, pins::LINK_OUTSIDE])?;
+    // The flow map outlives restarts (see `Wire::attach_with_no_decrypt`), not a detach.
+    let flows = unpin(pin_dir, &[map_names::FLOWS])?;
+    Ok(remove_map_pins(pin_dir)? | links | flows)
 }
 
 fn remove_map_pins(pin_dir: &Path) -> Result<bool> {
