@@ -13,4 +13,5 @@ pub mod runner;
 pub mod signature_bench;
 pub mod size;
 pub mod steer;
+pub mod syn_flood;
 pub mod traffic;

@@ -13,6 +13,7 @@ use loupe_bench::load::{parse_duration, run_load, LoadSpec, Workload};
 use loupe_bench::lossy;
 use loupe_bench::size::ByteSize;
 use loupe_bench::steer;
+use loupe_bench::syn_flood;
 use loupe_bench::traffic::{compare_reports, read_report, run_client, run_server, ClientConfig, Mode, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -161,6 +162,20 @@ enum Cmd {
     LabSteerCounters {
         #[arg(long)]
         pin_dir: PathBuf,
+    },
+    /// TCP SYNs to --target from random spoofed sources in 198.18.128.0/17, paced at --rate
+    /// per second for --duration, through a raw socket of the current network namespace;
+    /// prints a JSON report. Targets outside 198.18.0.0/15 are refused.
+    SynFlood {
+        /// IPv4 address and port, inside 198.18.0.0/15.
+        #[arg(long)]
+        target: std::net::SocketAddrV4,
+        /// SYNs per second.
+        #[arg(long, default_value_t = 60_000)]
+        rate: u64,
+        /// How long: 10s, 1m (at most 10 minutes).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
     },
     /// N sequential full TLS handshakes (new TCP connection each, no resumption),
     /// verified against --cafile only; prints a JSON report. Exits non-zero if any failed.
@@ -434,6 +449,11 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 .map(|(q, n)| format!("queue {q} {n}"))
                 .collect();
             println!("{}, unsteered {}", queues.join(", "), c.unsteered);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::SynFlood { target, rate, duration } => {
+            let report = syn_flood::run_syn_flood(&syn_flood::FloodSpec { target, rate, duration })?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::TlsHandshakes {

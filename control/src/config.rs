@@ -32,6 +32,15 @@ pub struct Dataplane {
     pub fail: FailMode,
     /// Flows one worker holds at most.
     pub max_flows: usize,
+    /// Half-open flows (the client has not completed its TCP handshake) one worker holds
+    /// at most, within `max_flows`: a SYN beyond evicts the oldest, so a SYN flood cannot
+    /// take the places of established sessions.
+    pub max_half_open: usize,
+    /// From this many half-open flows on (a SYN flood), loupe answers a SYN itself and
+    /// connects to the server only once the client completed its handshake, so spoofed
+    /// SYNs never reach the server (a closed server port then shows as a reset after
+    /// the handshake, not as a refused connection).
+    pub syn_proxy_above: usize,
     /// TCP buffer per direction and side of a flow, in bytes.
     pub tcp_buffer: usize,
     /// "native" (driver) or "generic" (skb) XDP.
@@ -64,6 +73,8 @@ impl Default for Dataplane {
             queues: 1,
             fail: FailMode::Open,
             max_flows: 16_384,
+            max_half_open: 4096,
+            syn_proxy_above: 256,
             tcp_buffer: 64 * 1024,
             xdp_mode: "native".into(),
             first_core: None,
@@ -1144,6 +1155,9 @@ impl Config {
         }
         if d.max_flows == 0 {
             return Err(error("max_flows", "expected at least 1".into()));
+        }
+        if d.max_half_open == 0 {
+            return Err(error("max_half_open", "expected at least 1".into()));
         }
         if !(4096..=16 << 20).contains(&d.tcp_buffer) {
             return Err(error(

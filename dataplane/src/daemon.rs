@@ -438,6 +438,8 @@ pub fn run(options: RunOptions) -> Result<()> {
             queue,
             inspect_ports: d.inspect_ports.clone(),
             max_flows: d.max_flows,
+            max_half_open: d.max_half_open,
+            syn_proxy_above: d.syn_proxy_above,
             tcp_buffer: d.tcp_buffer,
             forward_only: d.forward_only,
             busy_poll: std::time::Duration::from_micros(d.busy_poll_us),

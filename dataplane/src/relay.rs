@@ -7,7 +7,10 @@
 //! travel across; half-close works because each direction closes on its own.
 //!
 //! The client's SYN-ACK is held back (smoltcp's `pause_synack`) until the server accepted
-//! the upstream connection, so a closed server port looks closed to the client.
+//! the upstream connection, so a closed server port looks closed to the client. Under a
+//! SYN flood the worker opens flows the other way round ([`TcpPair::open`] with
+//! `client_first`): loupe answers the SYN itself and connects upstream only once the
+//! client completed its handshake, so spoofed SYNs never reach the server.
 
 use std::fmt;
 
@@ -29,7 +32,11 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Upstream SYN sent; the client's SYN-ACK is paused.
+    /// The client's SYN answered by loupe (a SYN flood is on); the upstream connection
+    /// is opened once the client completes its handshake.
+    AwaitingClient,
+    /// Upstream SYN sent; the client's SYN-ACK is paused (or, opened client-first, the
+    /// client waits for its first bytes to be relayed).
     Connecting,
     /// Both endpoints open (possibly half-closed).
     Relaying,
@@ -55,6 +62,9 @@ pub enum EndReason {
     /// The inspection engine dropped the session (a `drop` signature): loupe reset both
     /// sides.
     DroppedByInspection,
+    /// Half-open (the client had not completed its TCP handshake) when a new SYN needed
+    /// its place within `[dataplane] max_half_open`.
+    HalfOpenEvicted,
 }
 
 impl fmt::Display for EndReason {
@@ -71,6 +81,9 @@ impl fmt::Display for EndReason {
             ),
             EndReason::Stopping => f.write_str("loupe stopping: both sides reset"),
             EndReason::DroppedByInspection => f.write_str("dropped by inspection: both sides reset"),
+            EndReason::HalfOpenEvicted => {
+                f.write_str("evicted half-open: [dataplane] max_half_open reached (a SYN flood?)")
+            }
             EndReason::HandshakeTimeout(after) => write!(
                 f,
                 "handshake timeout: not done {} after the SYN ([timeouts] handshake); both sides reset",
@@ -106,6 +119,8 @@ pub struct TcpPair {
     client_handle: SocketHandle,
     server_handle: SocketHandle,
     pub phase: Phase,
+    /// The client's initial sequence number, which the upstream SYN reuses.
+    client_isn: u32,
     fins: Fins,
     pub end_reason: Option<EndReason>,
     pub bytes: ByteCounts,
@@ -217,6 +232,7 @@ impl TcpPair {
             client_handle,
             server_handle,
             phase: Phase::Finished,
+            client_isn: 0,
             fins: Fins::default(),
             end_reason: None,
             bytes: ByteCounts::default(),
@@ -227,22 +243,43 @@ impl TcpPair {
     /// Prepares the pair for a new flow: the client side listens as the server (SYN-ACK
     /// paused), the server side connects as the client, with the client's initial
     /// sequence number (`client_isn`, see smoltcp patch 6). The caller then feeds the SYN.
-    pub fn open(&mut self, key: FlowKey, client_isn: u32, cx: &mut smoltcp::iface::Context) -> Result<(), String> {
-        self.phase = Phase::Connecting;
+    /// With `client_first` the SYN-ACK is not paused and nothing goes upstream until
+    /// [`TcpPair::connect_upstream`], once the client's handshake completed.
+    pub fn open(
+        &mut self,
+        key: FlowKey,
+        client_isn: u32,
+        client_first: bool,
+        cx: &mut smoltcp::iface::Context,
+    ) -> Result<(), String> {
         self.fins = Fins::default();
         self.end_reason = None;
         self.bytes = ByteCounts::default();
+        self.client_isn = client_isn;
         let server_end = IpEndpoint::new(key.server.ip().into(), key.server.port());
-        let client_end = IpEndpoint::new(key.client.ip().into(), key.client.port());
         let client = self.client.get_mut::<tcp::Socket>(self.client_handle);
         client.abort();
         client
             .listen(server_end)
             .map_err(|e| format!("listen as {}: {e}", key.server))?;
-        client.pause_synack(true);
+        client.pause_synack(!client_first);
         client.set_timeout(Some(STALL_TIMEOUT));
+        self.server.get_mut::<tcp::Socket>(self.server_handle).abort();
+        if client_first {
+            self.phase = Phase::AwaitingClient;
+            return Ok(());
+        }
+        self.connect_upstream(key, cx)
+    }
+
+    /// Opens the upstream connection as the client (at `open`, or for a flow opened
+    /// client-first once its client completed the handshake).
+    pub fn connect_upstream(&mut self, key: FlowKey, cx: &mut smoltcp::iface::Context) -> Result<(), String> {
+        self.phase = Phase::Connecting;
+        let server_end = IpEndpoint::new(key.server.ip().into(), key.server.port());
+        let client_end = IpEndpoint::new(key.client.ip().into(), key.client.port());
+        let client_isn = self.client_isn;
         let server = self.server.get_mut::<tcp::Socket>(self.server_handle);
-        server.abort();
         server
             .connect(cx, server_end, client_end)
             .map_err(|e| format!("connect to {} as {}: {e}", key.server, key.client))?;
@@ -326,6 +363,9 @@ impl TcpPair {
             server.abort();
             self.end_reason = Some(EndReason::ClientReset);
             self.phase = Phase::Finished;
+            return;
+        }
+        if self.phase == Phase::AwaitingClient {
             return;
         }
 

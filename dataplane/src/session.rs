@@ -222,7 +222,7 @@ impl SessionState {
         match kind {
             _ if phase == Phase::Finished => SessionState::Ended,
             StreamKind::Blocked => SessionState::Blocked,
-            _ if phase == Phase::Connecting => SessionState::Handshake,
+            _ if matches!(phase, Phase::Connecting | Phase::AwaitingClient) => SessionState::Handshake,
             _ if closing => SessionState::Closing,
             StreamKind::ClosedBeforeHello | StreamKind::Failed => SessionState::Closing,
             StreamKind::AwaitingHello | StreamKind::Handshaking => SessionState::Handshake,

@@ -74,6 +74,12 @@ pub struct WorkerSettings {
     pub queue: u32,
     pub inspect_ports: Vec<u16>,
     pub max_flows: usize,
+    /// `[dataplane] max_half_open`: flows whose client has not completed its TCP
+    /// handshake held at most (a new SYN beyond evicts the oldest).
+    pub max_half_open: usize,
+    /// `[dataplane] syn_proxy_above`: from this many half-open flows on, a SYN is answered
+    /// by loupe before anything goes to the server.
+    pub syn_proxy_above: usize,
     /// Bytes of TCP buffer per direction and side of a flow.
     pub tcp_buffer: usize,
     /// `[dataplane] forward_only`: frames are copied to the other port unchanged, and
@@ -96,6 +102,12 @@ pub struct WorkerStats {
     pub flows_closed: AtomicU64,
     pub flows_active: AtomicU64,
     pub flows_refused_table_full: AtomicU64,
+    /// Flows whose client has not completed its TCP handshake (a gauge).
+    pub half_open: AtomicU64,
+    /// Half-open flows ended to make room for a new SYN (`max_half_open` reached).
+    pub half_open_evicted: AtomicU64,
+    /// SYNs loupe answered itself before connecting upstream (`syn_proxy_above` reached).
+    pub syn_proxied: AtomicU64,
     /// Flows ended early because their client opened a new connection on the same
     /// 4-tuple after closing this one.
     pub flows_reused: AtomicU64,
@@ -221,6 +233,11 @@ struct FlowState {
     /// `last_frame` as it was when the TCP buffers' pages went back to the kernel (see
     /// [`IDLE_BUFFERS_AFTER`]): equal to it while no frame came since.
     buffers_discarded_at: Option<Instant>,
+    /// The client has not completed its TCP handshake yet.
+    half_open: bool,
+    /// Opened client-first (a SYN flood was on): while half-open it has cost the server
+    /// nothing, and its client may be a spoofed address, so it ends without a record.
+    syn_proxied: bool,
 }
 
 impl FlowState {
@@ -272,6 +289,10 @@ pub struct Worker {
     /// When a batch last received frames (for `busy_poll`).
     last_rx: std::time::Instant,
     expiring: Vec<(FlowId, EndReason)>,
+    /// Half-open flows, oldest first; entries whose flow is gone or no longer half-open
+    /// are skipped when met (and swept when they pile up).
+    half_open_order: VecDeque<FlowId>,
+    half_open: usize,
     /// EVE lines of this round, written with one append after it.
     eve_batch: Vec<u8>,
     /// When the batch's oldest line was queued (at a round's end), while it has any.
@@ -332,6 +353,8 @@ impl Worker {
             next_sweep: now + SWEEP_INTERVAL,
             last_rx: std::time::Instant::now(),
             expiring: Vec::with_capacity(max_flows),
+            half_open_order: VecDeque::new(),
+            half_open: 0,
             eve_batch: Vec::new(),
             eve_batch_since: None,
         }
@@ -608,6 +631,17 @@ impl Worker {
                 };
                 self.client_iface
                     .poll_ingress_single(now, &mut device, &mut flow.pair.client);
+                if flow.half_open && !matches!(flow.pair.client_state(), TcpState::Listen | TcpState::SynReceived) {
+                    flow.half_open = false;
+                    self.half_open -= 1;
+                    self.stats.half_open.store(self.half_open as u64, Ordering::Relaxed);
+                    if flow.pair.phase == Phase::AwaitingClient {
+                        if let Err(err) = flow.pair.connect_upstream(key, self.server_iface.context()) {
+                            tracing::warn!(flow = %key, %err, "cannot connect upstream");
+                            flow.pair.expire(EndReason::UpstreamRefused);
+                        }
+                    }
+                }
             }
             Direction::ServerToClient => {
                 let mut device = FrameDevice {
@@ -635,6 +669,10 @@ impl Worker {
         client_isn: u32,
         now: Instant,
     ) -> Option<FlowId> {
+        if self.half_open >= self.settings.max_half_open.min(self.settings.max_flows) {
+            self.evict_oldest_half_open(now);
+        }
+        let syn_proxied = self.half_open >= self.settings.syn_proxy_above;
         let buffer = self.settings.tcp_buffer;
         let started = SystemTime::now();
         let policy = &self.policy.current;
@@ -653,6 +691,8 @@ impl Worker {
             opened: now,
             last_frame: now,
             buffers_discarded_at: None,
+            half_open: true,
+            syn_proxied,
         }) {
             Ok(inserted) => inserted,
             Err(full) => {
@@ -671,11 +711,28 @@ impl Worker {
         flow.opened = now;
         flow.last_frame = now;
         flow.buffers_discarded_at = None;
+        flow.half_open = true;
+        flow.syn_proxied = syn_proxied;
         flow.session = Session::new(session_id, key, Arc::clone(policy));
-        if let Err(err) = flow.pair.open(key, client_isn, self.server_iface.context()) {
+        if let Err(err) = flow
+            .pair
+            .open(key, client_isn, syn_proxied, self.server_iface.context())
+        {
             tracing::warn!(flow = %key, %err, "cannot open flow");
             self.flows.remove(id);
             return None;
+        }
+        self.half_open += 1;
+        self.half_open_order.push_back(id);
+        if self.half_open_order.len() > 2 * self.half_open + 1024 {
+            // Mostly flows that completed their handshakes: drop their entries.
+            let flows = &mut self.flows;
+            self.half_open_order
+                .retain(|id| flows.get_mut(*id).is_some_and(|f| f.half_open));
+        }
+        self.stats.half_open.store(self.half_open as u64, Ordering::Relaxed);
+        if syn_proxied {
+            WorkerStats::add(&self.stats.syn_proxied, 1);
         }
         self.toward_servers = Some((
             1 - client_port,
@@ -797,6 +854,12 @@ impl Worker {
         if flow.release_at.is_some_and(|at| at <= now) {
             let reason = flow.pair.end_reason.unwrap_or(EndReason::Closed);
             let bytes = flow.pair.bytes;
+            if flow.half_open && (flow.syn_proxied || reason == EndReason::HalfOpenEvicted) {
+                // Its client never completed a handshake: likely a spoofed source of a SYN
+                // flood. A record each would flood the log; the counters tell it.
+                self.finish(id, reason, bytes);
+                return;
+            }
             if let Some(tap) = &self.tls.export {
                 flow.session.close_export(SystemTime::now());
                 let packets = flow.session.take_export_packets();
@@ -927,6 +990,27 @@ impl Worker {
         }
     }
 
+    /// Ends the oldest half-open flow to make room for a new SYN. One opened client-first
+    /// has nothing upstream and a client that may not exist: it goes silently. One with
+    /// an upstream connection resets it (and its paused client).
+    fn evict_oldest_half_open(&mut self, now: Instant) {
+        while let Some(id) = self.half_open_order.pop_front() {
+            let Some(flow) = self.flows.get_mut(id) else { continue };
+            if !flow.half_open || flow.release_at.is_some() {
+                continue;
+            }
+            if flow.pair.phase == Phase::AwaitingClient {
+                flow.pair.phase = Phase::Finished;
+                self.finish(id, EndReason::HalfOpenEvicted, ByteCounts::default());
+            } else {
+                flow.pair.expire(EndReason::HalfOpenEvicted);
+                flow.release_at = Some(now);
+                self.service(id, now);
+            }
+            return;
+        }
+    }
+
     /// Whether loupe's client-facing socket of the flow has closed (or waits out
     /// TIME-WAIT): the client has nothing more to say on it.
     fn client_is_done(&mut self, id: FlowId) -> bool {
@@ -956,7 +1040,15 @@ impl Worker {
         if let Some(key) = self.flows.key(id) {
             tracing::debug!(flow = %key, %reason, c2s = bytes.client_to_server, s2c = bytes.server_to_client, "flow ended");
         }
+        if let Some(flow) = self.flows.get_mut(id) {
+            if flow.half_open {
+                flow.half_open = false;
+                self.half_open -= 1;
+                self.stats.half_open.store(self.half_open as u64, Ordering::Relaxed);
+            }
+        }
         match reason {
+            EndReason::HalfOpenEvicted => WorkerStats::add(&self.stats.half_open_evicted, 1),
             EndReason::UpstreamRefused => WorkerStats::add(&self.stats.upstream_refused, 1),
             EndReason::ClientReset | EndReason::ServerReset => WorkerStats::add(&self.stats.resets, 1),
             EndReason::IdleTimeout(_) => WorkerStats::add(&self.stats.idle_timeouts, 1),

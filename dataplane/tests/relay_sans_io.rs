@@ -117,10 +117,11 @@ struct Appliance {
     client_iface: Interface,
     server_iface: Interface,
     pair: TcpPair,
+    key: FlowKey,
 }
 
 impl Appliance {
-    fn new(client_link: &mut Link, buffer: usize) -> Appliance {
+    fn new(client_link: &mut Link, buffer: usize, client_first: bool) -> Appliance {
         let mut dev = LinkEnd {
             rx: &mut client_link.toward_loupe,
             tx: &mut client_link.toward_host,
@@ -135,11 +136,13 @@ impl Appliance {
         };
         // The client's ISN is only known from its SYN, which this harness sends later;
         // any value works for a server without a previous connection on the 4-tuple.
-        pair.open(key, 0x1000_0000, server_iface.context()).unwrap();
+        pair.open(key, 0x1000_0000, client_first, server_iface.context())
+            .unwrap();
         Appliance {
             client_iface,
             server_iface,
             pair,
+            key,
         }
     }
 
@@ -153,6 +156,12 @@ impl Appliance {
             };
             self.client_iface
                 .poll_ingress_single(now, &mut dev, &mut self.pair.client);
+        }
+        // As the worker does for a flow opened client-first: upstream once the client is in.
+        if self.pair.phase == Phase::AwaitingClient && self.pair.client_state() == State::Established {
+            self.pair
+                .connect_upstream(self.key, self.server_iface.context())
+                .unwrap();
         }
         while !server_link.toward_loupe.is_empty() {
             let mut dev = LinkEnd {
@@ -190,11 +199,16 @@ struct Net {
 
 impl Net {
     fn new(server_listens: bool, buffer: usize) -> Net {
+        Net::opened(server_listens, buffer, false)
+    }
+
+    /// With `client_first`, loupe opens the flow as under a SYN flood.
+    fn opened(server_listens: bool, buffer: usize, client_first: bool) -> Net {
         let mut client_link = Link::default();
         let mut server_link = Link::default();
         let mut client = Host::new(CLIENT, &mut client_link);
         let mut server = Host::new(SERVER, &mut server_link);
-        let loupe = Appliance::new(&mut client_link, buffer);
+        let loupe = Appliance::new(&mut client_link, buffer, client_first);
         if server_listens {
             server.socket().listen(443).unwrap();
         }
@@ -327,6 +341,59 @@ fn a_client_that_gives_up_during_the_connect_resets_the_upstream_leg() {
 fn refused_upstream_refuses_the_client() {
     let mut net = Net::new(false, 16 * 1024);
     net.run_until("client refused", |n| n.client.socket().state() == State::Closed);
+    assert_eq!(net.loupe.pair.phase, Phase::Finished);
+    assert_eq!(net.loupe.pair.end_reason, Some(EndReason::UpstreamRefused));
+}
+
+#[test]
+fn opened_client_first_nothing_goes_upstream_before_the_client_completes_its_handshake() {
+    let mut net = Net::opened(true, 16 * 1024, true);
+    assert_eq!(net.loupe.pair.phase, Phase::AwaitingClient);
+    // The client's SYN reaches loupe, which answers it; the client's ACK is withheld.
+    net.now += smoltcp::time::Duration::from_millis(1);
+    net.client.poll(net.now, &mut net.client_link);
+    net.loupe.poll(net.now, &mut net.client_link, &mut net.server_link);
+    assert_eq!(
+        net.client_link.toward_host.len(),
+        1,
+        "loupe did not answer the SYN itself"
+    );
+    assert!(
+        net.server_link.toward_host.is_empty(),
+        "the SYN went upstream before the client's ACK"
+    );
+    net.client_link.toward_host.clear();
+    for _ in 0..100 {
+        net.now += smoltcp::time::Duration::from_millis(1);
+        net.loupe.poll(net.now, &mut net.client_link, &mut net.server_link);
+    }
+    assert!(
+        net.server_link.toward_host.is_empty(),
+        "a spoofed SYN reached the server"
+    );
+    assert_eq!(net.loupe.pair.phase, Phase::AwaitingClient);
+
+    // Once the client completes its handshake, the flow relays as any other.
+    let up = pattern(5, 200_000);
+    let down = pattern(6, 300_000);
+    let (mut up_sent, mut down_sent) = (0, 0);
+    let (mut up_got, mut down_got) = (Vec::new(), Vec::new());
+    net.run_until("both transfers", |n| {
+        pump(n.client.socket(), &up, &mut up_sent, &mut down_got);
+        pump(n.server.socket(), &down, &mut down_sent, &mut up_got);
+        up_got.len() == up.len() && down_got.len() == down.len()
+    });
+    assert!(up_got == up && down_got == down, "bytes differ");
+    assert_eq!(net.loupe.pair.phase, Phase::Relaying);
+}
+
+#[test]
+fn opened_client_first_a_refused_upstream_resets_the_client() {
+    let mut net = Net::opened(false, 16 * 1024, true);
+    net.run_until("client established", |n| {
+        n.client.socket().state() == State::Established
+    });
+    net.run_until("client reset", |n| n.client.socket().state() == State::Closed);
     assert_eq!(net.loupe.pair.phase, Phase::Finished);
     assert_eq!(net.loupe.pair.end_reason, Some(EndReason::UpstreamRefused));
 }
