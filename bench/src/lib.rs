@@ -12,6 +12,7 @@ pub mod report;
 pub mod runner;
 pub mod signature_bench;
 pub mod size;
+pub mod soak;
 pub mod steer;
 pub mod syn_flood;
 pub mod traffic;

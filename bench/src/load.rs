@@ -66,7 +66,7 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Bulk: the object's SHA-256 (hex), checked for every stream.
     pub expect_sha256: Option<String>,
-    /// Requests: the offered rate over all connections (requests per second), each
+    /// Requests and handshakes: the offered rate over all connections (per second), each
     /// connection sending on a fixed schedule whether or not the last answer was quick
     /// (open loop); None: each sends its next request when the last is answered.
     #[serde(default)]
@@ -536,7 +536,10 @@ async fn handshakes_task(shared: Arc<Shared>, w: Window) -> TaskStats {
         latency: None,
         handshake: Some(new_hist()),
     };
+    // Paced like requests when a rate is given: a steady stream of new connections.
+    let mut clock = RequestClock::new(&shared);
     while Instant::now() < w.end {
+        clock.turn().await;
         let t0 = Instant::now();
         let step = async {
             let mut c = Conn::connect(&shared, w.end, BUF_SMALL, SOCKET_BUF).await?;

@@ -12,6 +12,7 @@ use loupe_bench::handshakes::{run_handshakes, HandshakeSpec};
 use loupe_bench::load::{parse_duration, run_load, LoadSpec, Workload};
 use loupe_bench::lossy;
 use loupe_bench::size::ByteSize;
+use loupe_bench::soak;
 use loupe_bench::steer;
 use loupe_bench::syn_flood;
 use loupe_bench::traffic::{compare_reports, read_report, run_client, run_server, ClientConfig, Mode, ServerConfig};
@@ -163,6 +164,21 @@ enum Cmd {
         #[arg(long)]
         pin_dir: PathBuf,
     },
+    /// The soak: loupe decrypting and inspecting under a steady mix (paced handshakes and
+    /// requests, HTTP/2, bulk downloads, idle churn) in a lab of its own; samples its
+    /// memory, descriptors and flows; writes <date>-soak.md/.json to --out. Exits non-zero
+    /// if memory or descriptors were not flat (±5% after the warm-up), a flow leaked,
+    /// a generator saw an error or the daemon logged one.
+    Soak {
+        /// How long: 30m (the full soak), 4m (the suite's).
+        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        duration: Duration,
+        /// Not held to flatness: 2m, 60s.
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
     /// TCP SYNs to --target from random spoofed sources in 198.18.128.0/17, paced at --rate
     /// per second for --duration, through a raw socket of the current network namespace;
     /// prints a JSON report. Targets outside 198.18.0.0/15 are refused.
@@ -239,8 +255,9 @@ enum Cmd {
         /// interval.
         #[arg(long, value_delimiter = ',')]
         watch_pids: Vec<u32>,
-        /// Requests: offer this many requests per second in all, each connection on a
-        /// fixed schedule (default: each sends when its last request is answered).
+        /// Requests (handshakes): offer this many requests (new connections) per second in
+        /// all, each connection on a fixed schedule (default: each sends when its last
+        /// request is answered).
         #[arg(long)]
         rate: Option<f64>,
         /// The ClientHello's key shares: classic (X25519) or browser (X25519MLKEM768 and
@@ -450,6 +467,24 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 .collect();
             println!("{}, unsteered {}", queues.join(", "), c.unsteered);
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Soak { duration, warmup, out } => {
+            let report = soak::run_soak(&soak::SoakSpec {
+                duration,
+                warmup,
+                sample_every: Duration::from_secs(10),
+            })?;
+            let written = soak::write_report(&report, &out)?;
+            eprintln!("wrote {}", written.display());
+            let problems = report.problems();
+            for p in &problems {
+                eprintln!("soak: {p}");
+            }
+            Ok(if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::SynFlood { target, rate, duration } => {
             let report = syn_flood::run_syn_flood(&syn_flood::FloodSpec { target, rate, duration })?;

@@ -166,8 +166,21 @@ impl Pki {
         let cert_file = self.dir.join(format!("{name}.crt"));
         let key_file = self.dir.join(format!("{name}.key"));
         std::fs::write(&cert_file, cert.to_pem()?).with_context(|| format!("writing {}", cert_file.display()))?;
-        std::fs::write(&key_file, key.private_key_to_pem_pkcs8()?)
-            .with_context(|| format!("writing {}", key_file.display()))?;
+        // Keys are 0600, as loupe demands of a CA key it loads.
+        let pem = key.private_key_to_pem_pkcs8()?;
+        let write_key = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&key_file)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(&pem)
+        };
+        write_key().with_context(|| format!("writing {}", key_file.display()))?;
         Ok(Issued {
             cert,
             key,

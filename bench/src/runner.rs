@@ -143,7 +143,7 @@ const SIGNATURE_RULES: usize = 5000;
 /// loupe-inspect: inspection on (the default, said anyway) and a handful of URL rules of
 /// each kind of condition, none matching the bench's `GET https://server.lab/<object>`:
 /// every request is judged against all of them and allowed.
-const INSPECT_CONFIG: &str = "[inspection]
+pub(crate) const INSPECT_CONFIG: &str = "[inspection]
 http = true
 
 [[url_rule]]
@@ -319,7 +319,7 @@ struct Objects {
     bulk_sha256: String,
 }
 
-fn write_object(path: &Path, size: u64) -> Result<String> {
+pub(crate) fn write_object(path: &Path, size: u64) -> Result<String> {
     use rand::RngCore;
     use sha2::{Digest, Sha256};
     use std::io::Write;

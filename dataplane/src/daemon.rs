@@ -162,6 +162,24 @@ fn inbound_certificate(rule: &str, cert: &Path, key: &Path) -> Result<ForgedCert
 /// Compiles the configuration into a policy snapshot: profiles with their TLS contexts,
 /// categories from their files, inbound certificates. `loupe check` runs this too, so a
 /// file that checks is a file that runs.
+/// What `loupe check` says about a configuration beyond "ok": a profile that lets the
+/// upstream hello be weaker than the client's is named (`legacy_servers`).
+pub fn check_notes(config: &Config) -> Vec<String> {
+    config
+        .profiles
+        .iter()
+        .filter(|p| p.legacy_servers)
+        .map(|profile| {
+            format!(
+                "note: profile {:?} has legacy_servers = true: its upstream hello may be weaker than the \
+                 client's (versions down to TLS {}, suites, groups and signature algorithms the client did \
+                 not offer)",
+                profile.name, profile.min_version
+            )
+        })
+        .collect()
+}
+
 pub fn build_policy(
     config: &Config,
     trust_ca: &[PathBuf],

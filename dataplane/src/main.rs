@@ -192,13 +192,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.profiles.len().max(1),
                 bypassed.len()
             );
-            for profile in config.profiles.iter().filter(|p| p.legacy_servers) {
-                println!(
-                    "note: profile {:?} has legacy_servers = true: its upstream hello may be weaker than the \
-                     client's (versions down to TLS {}, suites, groups and signature algorithms the client did \
-                     not offer)",
-                    profile.name, profile.min_version
-                );
+            for note in daemon::check_notes(&config) {
+                println!("{note}");
             }
             Ok(())
         }

@@ -118,6 +118,8 @@ pub enum CaError {
         expected: &'static str,
         source: ErrorStack,
     },
+    #[error("{role} key {path} is open to other users (mode {mode:04o}): run `chmod 600 {path}` (loupe refuses a CA key anyone but its owner can read or change)")]
+    KeyExposed { role: CaRole, path: PathBuf, mode: u32 },
     #[error("{role} key {key} does not belong to the certificate {cert} (their public keys differ)")]
     KeyMismatch { role: CaRole, cert: PathBuf, key: PathBuf },
     #[error("{role} key {path} is a {found} key; only ECDSA and RSA keys can sign forged certificates")]
@@ -241,7 +243,7 @@ impl DecryptionCa {
                 key: key_file.to_path_buf(),
             });
         }
-        warn_if_key_exposed(role, key_file);
+        refuse_exposed_key(role, key_file)?;
         let not_ca = |reason| CaError::NotCa {
             role,
             path: cert_file.to_path_buf(),
@@ -570,17 +572,24 @@ fn read_file(role: CaRole, what: &'static str, path: &Path) -> Result<Vec<u8>, C
     })
 }
 
-fn warn_if_key_exposed(role: CaRole, key_file: &Path) {
-    if let Ok(meta) = fs::metadata(key_file) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                "the {role} key {} is readable by other users (mode {mode:04o}); run `chmod 600 {}`",
-                key_file.display(),
-                key_file.display()
-            );
-        }
+/// A CA key that other users can read or change lets them forge certificates every
+/// client behind loupe trusts: refused, not merely warned about.
+fn refuse_exposed_key(role: CaRole, key_file: &Path) -> Result<(), CaError> {
+    let meta = fs::metadata(key_file).map_err(|source| CaError::Unreadable {
+        role,
+        what: "key",
+        path: key_file.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CaError::KeyExposed {
+            role,
+            path: key_file.to_path_buf(),
+            mode,
+        });
     }
+    Ok(())
 }
 
 /// Writes `contents` to a temporary file created with `mode` (so the key is never exposed),
@@ -687,6 +696,27 @@ mod tests {
         assert_ne!(loaded.cert_pem(), first.cert_pem());
         assert_eq!(loaded.key().id(), Id::RSA);
         assert_eq!(mode(&dir.join("ca.key")), 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_ca_key_others_can_read_is_refused_with_the_fix() {
+        let dir = temp_dir("exposed");
+        DecryptionCa::init(&dir, CaRole::Decryption, CaKeyType::EcdsaP256, false).unwrap();
+        let key = dir.join("ca.key");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let Err(err) = DecryptionCa::load(&dir, CaRole::Decryption) else {
+            panic!("a 0644 key was loaded");
+        };
+        let text = err.to_string();
+        assert!(text.contains("mode 0644") && text.contains("chmod 600"), "{text}");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(
+            DecryptionCa::load(&dir, CaRole::Decryption).is_err(),
+            "a group-readable key loaded"
+        );
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o400)).unwrap();
+        DecryptionCa::load(&dir, CaRole::Decryption).expect("an owner-only key loads");
         fs::remove_dir_all(&dir).unwrap();
     }
 

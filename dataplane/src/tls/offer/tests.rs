@@ -415,3 +415,111 @@ fn signature_algorithm_names_parse_as_boringssl_does() {
     assert_eq!(group_id("X25519MLKEM768"), Some(0x11ec));
     assert_eq!(group_id("x448"), None);
 }
+
+/// Every `[[profile]]` table in the README's TOML examples, parsed as the daemon parses
+/// a configuration file (one profile per file, so that same-named examples coexist).
+fn readme_profiles() -> Vec<loupe_control::config::Config> {
+    let readme = include_str!("../../../../README.md");
+    let mut out = Vec::new();
+    let mut in_toml = false;
+    let mut table: Option<String> = None;
+    let mut finish = |table: &mut Option<String>| {
+        if let Some(text) = table.take() {
+            let config = loupe_control::config::Config::parse(&text, std::path::Path::new("README.md"))
+                .unwrap_or_else(|e| panic!("a README profile does not parse: {e}\n{text}"));
+            out.push(config);
+        }
+    };
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            finish(&mut table);
+            in_toml = line == "```toml";
+            continue;
+        }
+        if !in_toml {
+            continue;
+        }
+        let header = line.trim_start().starts_with('[');
+        if header {
+            finish(&mut table);
+            if line.trim() == "[[profile]]" {
+                table = Some(String::from("[[profile]]\n"));
+            }
+        } else if let Some(text) = table.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    finish(&mut table);
+    out
+}
+
+/// Issue #15: the parity comparison against every profile the README shows. For each
+/// profile and real client, loupe either refuses the client (nothing in common, the
+/// client leg could not be negotiated either) or sends an upstream hello no weaker than
+/// the client's, unless `loupe check` names the profile as one that may weaken it.
+#[test]
+fn readme_profiles_never_weaken_the_hello_unless_loupe_check_says_so() {
+    let configs = readme_profiles();
+    assert!(
+        configs.len() >= 5,
+        "only {} profiles found in the README",
+        configs.len()
+    );
+    let mut weakening = Vec::new();
+    for config in &configs {
+        let settings = &config.profiles[0];
+        let profile = Profile::from_config(settings);
+        let ctx = context(&profile);
+        let allowed = ctx_offer(&ctx);
+        let notes = crate::daemon::check_notes(config);
+        let named = notes.iter().any(|n| n.contains(&format!("{:?}", settings.name)));
+        let mut served = 0;
+        for (client_name, text) in FIXTURES {
+            let flight = hex::decode(text.trim()).expect("fixture hex");
+            let client = hello_of(&flight);
+            if allowed.for_client(&client).is_err() {
+                continue;
+            }
+            served += 1;
+            let upstream = upstream_hello(&client, &flight, &ctx);
+            if let Err(why) = compare(client_name, &client, &upstream, &allowed) {
+                if !named {
+                    weakening.push(format!("profile {:?}: {why}", settings.name));
+                }
+            }
+        }
+        assert!(
+            served > 0,
+            "profile {:?} served none of the real clients",
+            settings.name
+        );
+    }
+    assert!(
+        weakening.is_empty(),
+        "README profiles weaken the hello and `loupe check` does not say so:\n{}",
+        weakening.join("\n")
+    );
+}
+
+/// The test above can fail: a profile that widens the hello is caught unless named.
+#[test]
+fn a_weakening_profile_is_caught_and_named_by_check() {
+    let text = "[[profile]]\nname = \"old\"\nmin_version = \"1.0\"\nallow_sha1 = true\nlegacy_servers = true\n";
+    let config = loupe_control::config::Config::parse(text, std::path::Path::new("t.toml")).expect("parses");
+    let profile = Profile::from_config(&config.profiles[0]);
+    let ctx = context(&profile);
+    let (name, hex_text) = FIXTURES[0];
+    let flight = hex::decode(hex_text.trim()).expect("hex");
+    let client = hello_of(&flight);
+    let upstream = upstream_hello(&client, &flight, &ctx);
+    assert!(
+        compare(name, &client, &upstream, &ctx_offer(&ctx)).is_err(),
+        "legacy_servers did not widen the hello below Chromium's"
+    );
+    let notes = crate::daemon::check_notes(&config);
+    assert!(
+        notes.iter().any(|n| n.contains("\"old\"") && n.contains("weaker")),
+        "{notes:?}"
+    );
+}
