@@ -26,13 +26,75 @@ use aya::{
 use loupe_common::{lossy, maps, pins, programs};
 use loupe_dataplane::wire::{ensure_bpffs, LOSSY_OBJECT};
 
-/// Frames seen and dropped by the injector, summed over CPUs.
+/// Frames seen, dropped and otherwise damaged by the injector, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LossyCounters {
     pub ingress_passed: u64,
     pub ingress_dropped: u64,
     pub egress_passed: u64,
     pub egress_dropped: u64,
+    pub egress_duplicated: u64,
+    pub egress_corrupted: u64,
+    pub egress_reordered: u64,
+}
+
+/// What the injector does, each in frames per thousand: `loss` both ways; the others to
+/// the frames the interface sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    pub loss: u32,
+    pub duplicate: u32,
+    pub corrupt: u32,
+    pub reorder: u32,
+}
+
+/// The ifb device reordered frames take a detour through (one per network namespace).
+pub const REORDER_IFB: &str = "loupe-reorder";
+
+/// Sends the frames the injector marks for reordering through [`REORDER_IFB`]: a u32
+/// filter on `iface`'s clsact egress matches the mark and mirrors them to the ifb, which
+/// hands them back to `iface` from its own queue, behind the frames sent meanwhile.
+/// (netem, the usual tool, is not in this kernel: CONFIG_NET_SCH_NETEM is off.)
+fn add_reorder_detour(iface: &str) -> Result<()> {
+    let run = |argv: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .with_context(|| format!("running {}", argv.join(" ")))?;
+        if !out.status.success() {
+            bail!("{}: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    };
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", REORDER_IFB])
+        .output();
+    run(&["ip", "link", "add", REORDER_IFB, "type", "ifb"])?;
+    run(&["ip", "link", "set", REORDER_IFB, "up"])?;
+    let mark = format!("{:#x}", lossy::REORDER_MARK);
+    run(&[
+        "tc",
+        "filter",
+        "replace",
+        "dev",
+        iface,
+        "egress",
+        "protocol",
+        "all",
+        "prio",
+        "1",
+        "u32",
+        "match",
+        "mark",
+        &mark,
+        "0xffffffff",
+        "action",
+        "mirred",
+        "egress",
+        "redirect",
+        "dev",
+        REORDER_IFB,
+    ])
 }
 
 /// Attaches the loss injector to `iface` in the current network namespace, dropping
@@ -40,16 +102,44 @@ pub struct LossyCounters {
 /// maps there (replacing an earlier injector pinned there) and returns; without,
 /// blocks until the process is killed, which detaches everything.
 pub fn run_lossy_wire(iface: &str, per_mille: u32, pin_dir: Option<&Path>) -> Result<()> {
-    if per_mille > lossy::PER_MILLE {
-        bail!("--per-mille {per_mille} is more than 1000");
+    run_faulty_wire(
+        iface,
+        Faults {
+            loss: per_mille,
+            ..Faults::default()
+        },
+        pin_dir,
+    )
+}
+
+/// [`run_lossy_wire`] with every kind of fault.
+pub fn run_faulty_wire(iface: &str, faults: Faults, pin_dir: Option<&Path>) -> Result<()> {
+    for (what, v) in [
+        ("--per-mille", faults.loss),
+        ("--duplicate-per-mille", faults.duplicate),
+        ("--corrupt-per-mille", faults.corrupt),
+        ("--reorder-per-mille", faults.reorder),
+    ] {
+        if v > lossy::PER_MILLE {
+            bail!("{what} {v} is more than 1000");
+        }
     }
+    let per_mille = faults.loss;
     let mut ebpf = Ebpf::load(LOSSY_OBJECT).context("loading the loss injector eBPF object")?;
     let mut config = ebpf
         .take_map(maps::LOSSY_CONFIG)
         .ok_or_else(|| anyhow!("map {} missing", maps::LOSSY_CONFIG))?;
-    Array::<&mut MapData, u32>::try_from(&mut config)?
-        .set(0, per_mille, 0)
-        .context("writing the drop rate")?;
+    {
+        let mut rates = Array::<&mut MapData, u32>::try_from(&mut config)?;
+        for (index, v) in [
+            (lossy::CONFIG_LOSS, faults.loss),
+            (lossy::CONFIG_DUPLICATE, faults.duplicate),
+            (lossy::CONFIG_CORRUPT, faults.corrupt),
+            (lossy::CONFIG_REORDER, faults.reorder),
+        ] {
+            rates.set(index, v, 0).context("writing the fault rates")?;
+        }
+    }
     let counters = ebpf
         .take_map(maps::LOSSY_COUNTERS)
         .ok_or_else(|| anyhow!("map {} missing", maps::LOSSY_COUNTERS))?;
@@ -86,6 +176,9 @@ pub fn run_lossy_wire(iface: &str, per_mille: u32, pin_dir: Option<&Path>) -> Re
         .attach(iface, TcAttachType::Egress)
         .with_context(|| format!("attaching lossy_egress (tc egress) to {iface}"))?;
     let egress = cls.take_link(id)?;
+    if faults.reorder > 0 {
+        add_reorder_detour(iface)?;
+    }
 
     match pin_dir {
         Some(dir) => {
@@ -111,7 +204,11 @@ pub fn run_lossy_wire(iface: &str, per_mille: u32, pin_dir: Option<&Path>) -> Re
             }
             pinned?;
             eprintln!(
-                "lossy-wire: dropping {per_mille}/1000 of frames on {iface} (XDP ingress, tc egress); pinned under {}",
+                "lossy-wire: on {iface}, dropping {per_mille}/1000 of frames (XDP ingress, tc egress), \
+                 duplicating {}/1000, corrupting {}/1000, reordering {}/1000 of those sent; pinned under {}",
+                faults.duplicate,
+                faults.corrupt,
+                faults.reorder,
                 dir.display()
             );
             Ok(())
@@ -167,5 +264,8 @@ pub fn lossy_counters(pin_dir: &Path) -> Result<LossyCounters> {
         ingress_dropped: sum(lossy::INGRESS_DROPPED)?,
         egress_passed: sum(lossy::EGRESS_PASSED)?,
         egress_dropped: sum(lossy::EGRESS_DROPPED)?,
+        egress_duplicated: sum(lossy::EGRESS_DUPLICATED)?,
+        egress_corrupted: sum(lossy::EGRESS_CORRUPTED)?,
+        egress_reordered: sum(lossy::EGRESS_REORDERED)?,
     })
 }

@@ -120,13 +120,24 @@ enum Cmd {
         server: PathBuf,
     },
     /// Drop a per-mille of the frames an interface (of the current network namespace)
-    /// receives and sends. Without --pin-dir it runs until killed; with it, pins the
+    /// receives and sends, and duplicate, corrupt (bad checksum) or reorder a per-mille
+    /// of those it sends. Without --pin-dir it runs until killed; with it, pins the
     /// injector there and returns.
     LossyWire {
         #[arg(long)]
         iface: String,
-        #[arg(long)]
+        /// Frames dropped per thousand, each way.
+        #[arg(long, default_value_t = 0)]
         per_mille: u32,
+        /// Frames sent twice, per thousand sent.
+        #[arg(long, default_value_t = 0)]
+        duplicate_per_mille: u32,
+        /// Frames sent with a payload bit flipped and the checksum left wrong, per thousand.
+        #[arg(long, default_value_t = 0)]
+        corrupt_per_mille: u32,
+        /// Frames sent late (through an ifb), behind later ones, per thousand.
+        #[arg(long, default_value_t = 0)]
+        reorder_per_mille: u32,
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
@@ -427,9 +438,18 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::LossyWire {
             iface,
             per_mille,
+            duplicate_per_mille,
+            corrupt_per_mille,
+            reorder_per_mille,
             pin_dir,
         } => {
-            lossy::run_lossy_wire(&iface, per_mille, pin_dir.as_deref())?;
+            let faults = lossy::Faults {
+                loss: per_mille,
+                duplicate: duplicate_per_mille,
+                corrupt: corrupt_per_mille,
+                reorder: reorder_per_mille,
+            };
+            lossy::run_faulty_wire(&iface, faults, pin_dir.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::LossyRemove { pin_dir } => {
@@ -439,8 +459,14 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::LossyCounters { pin_dir } => {
             let c = lossy::lossy_counters(&pin_dir)?;
             println!(
-                "ingress passed {} dropped {}, egress passed {} dropped {}",
-                c.ingress_passed, c.ingress_dropped, c.egress_passed, c.egress_dropped
+                "ingress passed {} dropped {}, egress passed {} dropped {} duplicated {} corrupted {} reordered {}",
+                c.ingress_passed,
+                c.ingress_dropped,
+                c.egress_passed,
+                c.egress_dropped,
+                c.egress_duplicated,
+                c.egress_corrupted,
+                c.egress_reordered
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -91,7 +91,7 @@ impl Machine {
     }
 }
 
-fn git_commit(dir: &Path) -> String {
+pub(crate) fn git_commit(dir: &Path) -> String {
     let git = |args: &[&str]| {
         Command::new("git")
             .arg("-C")

@@ -592,20 +592,7 @@ fn start_mode<'lab>(
                 mode,
                 Mode::LoupeDecrypt | Mode::LoupeBusyPoll | Mode::LoupeInspect | Mode::LoupeSignatures
             ) {
-                let state = guard.state_dir().context("loupe state dir")?;
-                let shown = lab.exec(
-                    Ns::App,
-                    &[
-                        binary("loupe")?.as_os_str(),
-                        "ca".as_ref(),
-                        "show".as_ref(),
-                        "--state-dir".as_ref(),
-                        state.as_os_str(),
-                    ],
-                )?;
-                let path = lab.dir().join("loupe-ca.pem");
-                std::fs::write(&path, shown)?;
-                path
+                write_decryption_ca(lab, &guard)?
             } else {
                 origin_ca.cert_file.clone()
             };
@@ -627,6 +614,25 @@ fn start_mode<'lab>(
             Ok((Running::Interceptor(guard), interceptor_ca.cert_file.clone()))
         }
     }
+}
+
+/// Writes the decryption CA of a running loupe (`loupe ca show`) to the lab directory,
+/// for clients to trust; returns the file.
+pub(crate) fn write_decryption_ca(lab: &Lab, loupe: &MiddleGuard<'_>) -> Result<PathBuf> {
+    let state = loupe.state_dir().context("loupe state dir")?;
+    let shown = lab.exec(
+        Ns::App,
+        &[
+            binary("loupe")?.as_os_str(),
+            "ca".as_ref(),
+            "show".as_ref(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+        ],
+    )?;
+    let path = lab.dir().join("loupe-ca.pem");
+    std::fs::write(&path, shown)?;
+    Ok(path)
 }
 
 /// How long a measurement waits for the load's connections to finish closing.

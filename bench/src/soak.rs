@@ -20,10 +20,10 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 use crate::costs::parse_status_rss;
-use crate::lab::{binary, Lab, Middle, MiddleGuard, NginxTls, Ns};
+use crate::lab::{binary, Lab, Middle, NginxTls, Ns};
 use crate::load::LoadResult;
 use crate::pki::{LeafSpec, Pki};
-use crate::runner::{write_object, INSPECT_CONFIG};
+use crate::runner::{write_decryption_ca, write_object, INSPECT_CONFIG};
 
 /// The steady mix: new connections and requests per second (paced), how often a bulk
 /// download starts, and the idle rounds.
@@ -132,6 +132,16 @@ pub struct SoakReport {
 }
 
 impl SoakReport {
+    fn generators(&self) -> [(&'static str, &GeneratorTotals); 5] {
+        [
+            ("handshakes", &self.handshakes),
+            ("requests", &self.requests),
+            ("requests-h2", &self.requests_h2),
+            ("bulk", &self.bulk),
+            ("idle", &self.idle),
+        ]
+    }
+
     /// What did not hold, in words; empty when the soak passed.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -157,13 +167,7 @@ impl SoakReport {
                 self.flows_opened, self.flows_closed, self.flows_active
             ));
         }
-        for (what, g) in [
-            ("handshakes", &self.handshakes),
-            ("requests", &self.requests),
-            ("requests-h2", &self.requests_h2),
-            ("bulk", &self.bulk),
-            ("idle", &self.idle),
-        ] {
+        for (what, g) in self.generators() {
             if g.completed == 0 {
                 out.push(format!("{what}: nothing completed"));
             }
@@ -209,13 +213,7 @@ impl SoakReport {
         s += &row("RSS (bytes)", &self.rss_after_warmup);
         s += &row("open descriptors", &self.fds_after_warmup);
         s += "\n| generator | runs | completed | errors |\n|---|---|---|---|\n";
-        for (what, g) in [
-            ("handshakes", &self.handshakes),
-            ("requests", &self.requests),
-            ("requests-h2", &self.requests_h2),
-            ("bulk", &self.bulk),
-            ("idle", &self.idle),
-        ] {
+        for (what, g) in self.generators() {
             s += &format!("| {what} | {} | {} | {} |\n", g.runs, g.completed, g.errors);
         }
         s += &format!(
@@ -312,7 +310,7 @@ pub fn run_soak(spec: &SoakSpec) -> Result<SoakReport> {
     ];
     let loupe = lab.start(&Middle::Loupe { args })?;
     let pid = loupe.pid().context("loupe's pid")?;
-    let client_ca = decryption_ca(&lab, &loupe)?;
+    let client_ca = write_decryption_ca(&lab, &loupe)?;
 
     let started = Instant::now();
     let deadline = started + spec.duration;
@@ -473,29 +471,14 @@ pub fn run_soak(spec: &SoakSpec) -> Result<SoakReport> {
     })
 }
 
-fn decryption_ca(lab: &Lab, loupe: &MiddleGuard<'_>) -> Result<PathBuf> {
-    let state = loupe.state_dir().context("loupe state dir")?;
-    let shown = lab.exec(
-        Ns::App,
-        &[
-            binary("loupe")?.as_os_str(),
-            "ca".as_ref(),
-            "show".as_ref(),
-            "--state-dir".as_ref(),
-            state.as_os_str(),
-        ],
-    )?;
-    let path = lab.dir().join("loupe-ca.pem");
-    std::fs::write(&path, shown)?;
-    Ok(path)
-}
-
-/// Writes the report as `<dir>/<date>-soak.md` and `.json`; returns the Markdown's path.
+/// Writes the report as `<dir>/<date>-<commit>-soak.md` and `.json`; returns the
+/// Markdown's path.
 pub fn write_report(report: &SoakReport, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let stamp = chrono_free_date();
+    let commit = crate::report::git_commit(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let stamp = format!("{}-{commit}", chrono_free_date());
     let md = dir.join(format!("{stamp}-soak.md"));
-    std::fs::write(&md, report.markdown())?;
+    std::fs::write(&md, format!("Build: {commit}\n\n{}", report.markdown()))?;
     std::fs::write(
         dir.join(format!("{stamp}-soak.json")),
         serde_json::to_string_pretty(report)?,

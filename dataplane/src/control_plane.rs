@@ -910,6 +910,7 @@ fn worker_counters(queue: u32, s: &WorkerStats) -> Value {
         "rx_frames": get(&s.rx_frames),
         "tx_frames": get(&s.tx_frames),
         "malformed_frames": get(&s.malformed_frames),
+        "bad_checksum_frames": get(&s.bad_checksum_frames),
         "orphan_segments": get(&s.orphan_segments),
         "flows_opened": get(&s.flows_opened),
         "flows_closed": get(&s.flows_closed),

@@ -71,6 +71,8 @@ pub struct TcpFrame {
     pub ip_offset: usize,
     /// Length of the IP packet (header and payload), padding excluded.
     pub ip_len: usize,
+    /// Offset of the TCP header in the IP packet (the IP header's length).
+    pub tcp_offset: usize,
 }
 
 impl TcpFrame {
@@ -134,7 +136,54 @@ pub fn parse_tcp_frame(frame: &[u8]) -> Result<TcpFrame, FrameError> {
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         ip_offset: ETHERNET_HEADER_LEN,
         ip_len,
+        tcp_offset: l4_offset,
     })
+}
+
+/// Adds `bytes` as big-endian 16-bit words to a one's-complement accumulator. Taken 32
+/// bits at a time: 2^16 ≡ 1 modulo 0xffff, so a 32-bit word adds as its two halves do.
+fn ones_complement_sum(bytes: &[u8], mut acc: u64) -> u64 {
+    let mut words = bytes.chunks_exact(4);
+    for w in &mut words {
+        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    let rest = words.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    acc + u64::from(u32::from_be_bytes(tail))
+}
+
+fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// Whether the IPv4 header checksum (IPv6 has none) and the TCP checksum of `packet`
+/// (the IP packet `tcp` was parsed from) are right. A frame whose bits changed on the
+/// wire fails here and must not reach a TCP stack: its bytes would be relayed as data.
+pub fn checksums_ok(packet: &[u8], tcp: &TcpFrame) -> bool {
+    let segment = &packet[tcp.tcp_offset..];
+    let length = segment.len() as u64;
+    let pseudo = match (tcp.src, tcp.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            if fold(ones_complement_sum(&packet[..tcp.tcp_offset], 0)) != 0xffff {
+                return false;
+            }
+            let acc = ones_complement_sum(&src.octets(), 0);
+            ones_complement_sum(&dst.octets(), acc) + u64::from(IPPROTO_TCP) + length
+        }
+        (src, dst) => {
+            let bytes = |a: IpAddr| match a {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            let acc = ones_complement_sum(&bytes(src), 0);
+            ones_complement_sum(&bytes(dst), acc) + u64::from(IPPROTO_TCP) + length
+        }
+    };
+    fold(ones_complement_sum(segment, pseudo)) == 0xffff
 }
 
 type IpParts = (IpAddr, IpAddr, u8, usize, usize);
@@ -239,6 +288,59 @@ pub(crate) mod tests {
         assert_eq!(t.ip_len, 40);
     }
 
+    /// A checksummed IPv4 segment, computed the slow way (16-bit words) to check against.
+    fn checksummed(mut f: Vec<u8>) -> Vec<u8> {
+        let words = |b: &[u8]| -> u32 {
+            b.chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+                .sum()
+        };
+        let fold16 = |mut x: u32| {
+            while x >> 16 != 0 {
+                x = (x & 0xffff) + (x >> 16);
+            }
+            !(x as u16)
+        };
+        let ip_len = f.len() - 14;
+        f[16..18].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        f[24..26].fill(0);
+        let ip_sum = fold16(words(&f[14..34]));
+        f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+        f[34 + 16..34 + 18].fill(0);
+        let tcp_len = (f.len() - 34) as u32;
+        let pseudo = words(&f[26..34]) + 6 + tcp_len;
+        let tcp_sum = fold16(pseudo + words(&f[34..]));
+        f[34 + 16..34 + 18].copy_from_slice(&tcp_sum.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn checksums_hold_and_any_flipped_bit_fails_them() {
+        for payload in [&b""[..], b"x", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &[0xffu8; 1001]] {
+            let f = checksummed(ipv4_tcp_frame(
+                [198, 18, 0, 1],
+                [198, 18, 0, 2],
+                40000,
+                443,
+                tcp_flags::ACK,
+                payload,
+            ));
+            let t = parse_tcp_frame(&f).unwrap();
+            assert!(checksums_ok(&f[14..14 + t.ip_len], &t), "payload of {}", payload.len());
+            // Every bit of the IP packet matters (the Ethernet header is not covered).
+            for byte in 14..f.len() {
+                let mut bad = f.clone();
+                bad[byte] ^= 0x10;
+                let Ok(bt) = parse_tcp_frame(&bad) else { continue };
+                assert!(
+                    !checksums_ok(&bad[14..14 + bt.ip_len], &bt),
+                    "a flipped bit in byte {byte} of {} passed",
+                    f.len()
+                );
+            }
+        }
+    }
+
     #[test]
     fn syn_ack_is_not_a_new_connection() {
         let f = ipv4_tcp_frame(
@@ -274,6 +376,18 @@ pub(crate) mod tests {
         let t = parse_tcp_frame(&f).unwrap();
         assert_eq!(t.dst, "::2".parse::<IpAddr>().unwrap());
         assert_eq!(t.dst_port, 443);
+        // The TCP checksum over the IPv6 pseudo-header, the slow way: the addresses, the
+        // upper-layer length (20) and the next header (6), then the segment.
+        let words = |b: &[u8]| -> u32 { b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum() };
+        let mut sum = words(&f[22..54]) + 20 + 6 + words(&f[54..]);
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let ip = &f[14..];
+        assert!(!checksums_ok(ip, &t), "a zero checksum passed");
+        f[54 + 16..54 + 18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let ip = &f[14..];
+        assert!(checksums_ok(ip, &t), "the right IPv6 TCP checksum failed");
     }
 
     #[test]

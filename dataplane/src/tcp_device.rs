@@ -4,7 +4,7 @@
 //! as the server toward the client and as the client toward the server.
 
 use smoltcp::iface::{Config, Interface};
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
@@ -116,6 +116,10 @@ impl Device for FrameDevice<'_> {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.port.ip_mtu();
+        // Received checksums are verified by the worker before smoltcp sees a frame
+        // (`frame::checksums_ok`, counted); smoltcp only computes them for what it sends.
+        caps.checksum.ipv4 = Checksum::Tx;
+        caps.checksum.tcp = Checksum::Tx;
         caps
     }
 }

@@ -275,20 +275,26 @@ fn pump(socket: &mut tcp::Socket<'static>, data: &[u8], sent: &mut usize, got: &
     }
 }
 
+/// Sends `up` from the client and `down` from the server at once; fails unless each
+/// arrives byte for byte.
+fn transfer_both_ways(net: &mut Net, up: &[u8], down: &[u8]) {
+    let (mut up_sent, mut down_sent) = (0, 0);
+    let (mut up_got, mut down_got) = (Vec::new(), Vec::new());
+    net.run_until("both transfers", |n| {
+        pump(n.client.socket(), up, &mut up_sent, &mut down_got);
+        pump(n.server.socket(), down, &mut down_sent, &mut up_got);
+        up_got.len() == up.len() && down_got.len() == down.len()
+    });
+    assert!(up_got == up, "client-to-server bytes differ");
+    assert!(down_got == down, "server-to-client bytes differ");
+}
+
 #[test]
 fn relays_both_ways_at_once_byte_for_byte() {
     let mut net = Net::new(true, 16 * 1024);
     let up = pattern(1, 700_000);
     let down = pattern(2, 900_000);
-    let (mut up_sent, mut down_sent) = (0, 0);
-    let (mut up_got, mut down_got) = (Vec::new(), Vec::new());
-    net.run_until("both transfers", |n| {
-        pump(n.client.socket(), &up, &mut up_sent, &mut down_got);
-        pump(n.server.socket(), &down, &mut down_sent, &mut up_got);
-        up_got.len() == up.len() && down_got.len() == down.len()
-    });
-    assert!(up_got == up, "client-to-server bytes differ");
-    assert!(down_got == down, "server-to-client bytes differ");
+    transfer_both_ways(&mut net, &up, &down);
     assert_eq!(net.loupe.pair.bytes.client_to_server, up.len() as u64);
     assert_eq!(net.loupe.pair.bytes.server_to_client, down.len() as u64);
 }
@@ -374,16 +380,7 @@ fn opened_client_first_nothing_goes_upstream_before_the_client_completes_its_han
     assert_eq!(net.loupe.pair.phase, Phase::AwaitingClient);
 
     // Once the client completes its handshake, the flow relays as any other.
-    let up = pattern(5, 200_000);
-    let down = pattern(6, 300_000);
-    let (mut up_sent, mut down_sent) = (0, 0);
-    let (mut up_got, mut down_got) = (Vec::new(), Vec::new());
-    net.run_until("both transfers", |n| {
-        pump(n.client.socket(), &up, &mut up_sent, &mut down_got);
-        pump(n.server.socket(), &down, &mut down_sent, &mut up_got);
-        up_got.len() == up.len() && down_got.len() == down.len()
-    });
-    assert!(up_got == up && down_got == down, "bytes differ");
+    transfer_both_ways(&mut net, &pattern(5, 200_000), &pattern(6, 300_000));
     assert_eq!(net.loupe.pair.phase, Phase::Relaying);
 }
 

@@ -1,5 +1,5 @@
 //! The frames the XDP program steers to the workers: `parse_tcp_frame`, which every
-//! received frame goes through before the flow table.
+//! received frame goes through before the flow table, then `checksums_ok`.
 //!
 //! Input: one Ethernet frame.
 #![no_main]
@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod frame;
 
-use frame::{parse_tcp_frame, FrameError, ETHERNET_HEADER_LEN};
+use frame::{checksums_ok, parse_tcp_frame, FrameError, ETHERNET_HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {
     match parse_tcp_frame(data) {
@@ -31,6 +31,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(tcp.src_port, u16::from_be_bytes([l4[0], l4[1]]));
             assert_eq!(tcp.dst_port, u16::from_be_bytes([l4[2], l4[3]]));
             assert_eq!(tcp.flags, l4[13]);
+            assert_eq!(tcp.tcp_offset, header_len);
+            // Any bytes: an answer, never a panic or an out-of-bounds read.
+            let _ = checksums_ok(ip, &tcp);
         }
         Err(FrameError::Truncated { need, have, .. }) => assert!(have < need),
         Err(error) => assert!(!error.to_string().is_empty()),

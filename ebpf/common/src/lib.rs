@@ -237,9 +237,24 @@ pub mod lossy {
     pub const INGRESS_DROPPED: u32 = 1;
     pub const EGRESS_PASSED: u32 = 2;
     pub const EGRESS_DROPPED: u32 = 3;
-    pub const COUNT: u32 = 4;
-    /// Denominator of the drop probability.
+    pub const EGRESS_DUPLICATED: u32 = 4;
+    pub const EGRESS_CORRUPTED: u32 = 5;
+    pub const EGRESS_REORDERED: u32 = 6;
+    pub const COUNT: u32 = 7;
+    /// Denominator of every probability.
     pub const PER_MILLE: u32 = 1000;
+    /// `LOSSY_CONFIG` indices: per-mille of frames dropped (both ways), and of frames
+    /// sent that are duplicated, corrupted (a payload bit flipped, checksum left as it
+    /// was) and reordered (marked for the tc filter that detours them through an ifb).
+    pub const CONFIG_LOSS: u32 = 0;
+    pub const CONFIG_DUPLICATE: u32 = 1;
+    pub const CONFIG_CORRUPT: u32 = 2;
+    pub const CONFIG_REORDER: u32 = 3;
+    pub const CONFIG_ENTRIES: u32 = 4;
+    /// skb marks: a duplicate the injector made (passed untouched), and a frame chosen
+    /// to be reordered (matched by the ifb detour's u32 filter).
+    pub const DUPLICATE_MARK: u32 = 0x4c50_0001;
+    pub const REORDER_MARK: u32 = 0x4c50_0002;
 }
 
 /// Value of the `LOUPE_CONFIG` array (index 0), written by userspace.
