@@ -242,6 +242,16 @@ struct FlowState {
     syn_proxied: bool,
 }
 
+/// Takes a flow out of the worker's half-open count (`count`, published in `stats`): its
+/// client completed the handshake, or the flow ended. Once only: a no-op after that.
+fn leave_half_open(flow: &mut FlowState, count: &mut usize, stats: &WorkerStats) {
+    if flow.half_open {
+        flow.half_open = false;
+        *count -= 1;
+        stats.half_open.store(*count as u64, Ordering::Relaxed);
+    }
+}
+
 impl FlowState {
     fn state(&self) -> SessionState {
         self.session.state(self.pair.phase, self.pair.closing())
@@ -641,9 +651,7 @@ impl Worker {
                 self.client_iface
                     .poll_ingress_single(now, &mut device, &mut flow.pair.client);
                 if flow.half_open && !matches!(flow.pair.client_state(), TcpState::Listen | TcpState::SynReceived) {
-                    flow.half_open = false;
-                    self.half_open -= 1;
-                    self.stats.half_open.store(self.half_open as u64, Ordering::Relaxed);
+                    leave_half_open(flow, &mut self.half_open, &self.stats);
                     if flow.pair.phase == Phase::AwaitingClient {
                         if let Err(err) = flow.pair.connect_upstream(key, self.server_iface.context()) {
                             tracing::warn!(flow = %key, %err, "cannot connect upstream");
@@ -1050,11 +1058,7 @@ impl Worker {
             tracing::debug!(flow = %key, %reason, c2s = bytes.client_to_server, s2c = bytes.server_to_client, "flow ended");
         }
         if let Some(flow) = self.flows.get_mut(id) {
-            if flow.half_open {
-                flow.half_open = false;
-                self.half_open -= 1;
-                self.stats.half_open.store(self.half_open as u64, Ordering::Relaxed);
-            }
+            leave_half_open(flow, &mut self.half_open, &self.stats);
         }
         match reason {
             EndReason::HalfOpenEvicted => WorkerStats::add(&self.stats.half_open_evicted, 1),
