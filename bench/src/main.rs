@@ -26,6 +26,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Writes loupe-bench's man pages and shell completions to DIR (scripts/package.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// The bench: every mode (direct, loupe-bridge, xsk-forward, loupe-splice, loupe-decrypt,
     /// loupe-inspect, sslsplit, squid, mitmproxy) × every workload in a lab of its own; writes the
     /// report to --out.
@@ -318,6 +324,14 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
+        Cmd::GenerateDocs { out } => {
+            use clap::CommandFactory;
+            let generated = loupe_control::docs::generate(Cli::command(), &out)?;
+            for path in generated.man_pages.iter().chain(&generated.completions) {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Run {
             quick,
             tiny,

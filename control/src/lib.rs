@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod docs;
 pub mod log_tail;
 pub mod overrides;
 pub mod protocol;

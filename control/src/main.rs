@@ -63,6 +63,12 @@ enum Verb {
     /// Content signatures (`[inspection] rules`): reload, show, per-rule hits.
     #[command(subcommand)]
     Rules(RulesVerb),
+    /// Writes loupectl's man pages and shell completions to DIR (scripts/package.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,11 +149,10 @@ enum TrustVerb {
 
 #[derive(Debug, Subcommand)]
 enum ExclusionsVerb {
+    /// The servers excluded, why and until when.
     List,
     /// Clear one host's exclusion, or all.
-    Clear {
-        host: Option<String>,
-    },
+    Clear { host: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +181,10 @@ enum LogVerb {
         #[arg(short = 'H', long)]
         http: bool,
     },
+    /// Reopen the log files (decryption log, eve.json, key log) after log rotation
+    /// renamed them: lines written so far are in the old files, later ones in new files
+    /// at the same paths. Also done on SIGHUP.
+    Reopen,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,6 +207,7 @@ enum CaptureVerb {
         #[arg(long, default_value_t = DEFAULT_CAPTURE_BYTES)]
         max_bytes: u64,
     },
+    /// Stop the capture; says how many frames went in and how many were left out.
     Stop,
 }
 
@@ -250,10 +260,13 @@ type Renderer = Box<dyn Fn(&Value) -> String>;
 fn run(cli: Cli) -> Result<(), Failure> {
     let socket = socket_path(&cli);
     let json = cli.json;
-    if let Verb::Log(tail) = cli.verb {
-        return log_tail(&socket, log_tail_request(tail), json);
-    }
-    let (request, renderer) = request_for(cli.verb)?;
+    let verb = match cli.verb {
+        Verb::Log(LogVerb::Reopen) => Verb::Log(LogVerb::Reopen),
+        Verb::Log(tail) => return log_tail(&socket, log_tail_request(tail), json),
+        Verb::GenerateDocs { out } => return generate_docs(&out),
+        verb => verb,
+    };
+    let (request, renderer) = request_for(verb)?;
     let mut client = ControlClient::connect(&socket)?;
     let result = client.call(request)?;
     let text = if json {
@@ -284,20 +297,36 @@ fn log_tail(socket: &Path, request: Request, json: bool) -> Result<(), Failure> 
     Ok(())
 }
 
+fn generate_docs(out: &Path) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    let generated = loupe_control::docs::generate(Cli::command(), out).map_err(|e| {
+        Failure::Usage(format!(
+            "writing the man pages and completions to {}: {e}",
+            out.display()
+        ))
+    })?;
+    for path in generated.man_pages.iter().chain(&generated.completions) {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
 fn log_tail_request(verb: LogVerb) -> Request {
-    let LogVerb::Tail {
-        follow,
-        errors,
-        sni,
-        lines,
-        http,
-    } = verb;
-    Request::LogTail {
-        follow,
-        errors,
-        sni,
-        lines,
-        http,
+    match verb {
+        LogVerb::Tail {
+            follow,
+            errors,
+            sni,
+            lines,
+            http,
+        } => Request::LogTail {
+            follow,
+            errors,
+            sni,
+            lines,
+            http,
+        },
+        LogVerb::Reopen => Request::LogReopen,
     }
 }
 
@@ -361,6 +390,8 @@ fn request_for(verb: Verb) -> Result<(Request, Renderer), Failure> {
         Verb::Rules(RulesVerb::Stats) => (Request::RulesStats, Box::new(render::rules_stats)),
         Verb::Exclusions(ExclusionsVerb::List) => (Request::ExclusionsList, generic),
         Verb::Exclusions(ExclusionsVerb::Clear { host }) => (Request::ExclusionsClear { host }, generic),
+        Verb::Log(LogVerb::Reopen) => (Request::LogReopen, Box::new(render::log_reopen)),
+        Verb::GenerateDocs { .. } => return Err(Failure::Usage("generate-docs needs no daemon".into())),
         Verb::Log(tail) => (
             log_tail_request(tail),
             Box::new(|v: &Value| format!("{}\n", render::log_record(v))),

@@ -118,6 +118,9 @@ pub enum Request {
     RulesShow,
     /// Matches per signature since it was loaded.
     RulesStats,
+    /// Reopens the log files (decryption log, EVE log, key logs) after log rotation
+    /// renamed them; what SIGHUP does too.
+    LogReopen,
 }
 
 impl Request {
@@ -144,6 +147,7 @@ impl Request {
             Request::RulesLoad => "rules-load",
             Request::RulesShow => "rules-show",
             Request::RulesStats => "rules-stats",
+            Request::LogReopen => "log-reopen",
         }
     }
 }
@@ -680,6 +684,7 @@ mod tests {
             Request::CaptureStop,
             Request::Session { session: 1 },
             Request::ExclusionsClear { host: None },
+            Request::LogReopen,
         ] {
             let wire = serde_json::to_value(&request).unwrap();
             assert_eq!(wire["verb"], request.verb());

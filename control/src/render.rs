@@ -526,6 +526,14 @@ pub fn rules_show(value: &Value) -> String {
     out
 }
 
+/// `log reopen`: one line per file opened again.
+pub fn log_reopen(value: &Value) -> String {
+    items(value.get("reopened"))
+        .iter()
+        .map(|path| format!("reopened {}\n", path.as_str().unwrap_or_default()))
+        .collect()
+}
+
 pub fn rules_stats(value: &Value) -> String {
     let rows: Vec<Vec<String>> = items(value.get("rules"))
         .iter()

@@ -24,10 +24,11 @@ use loupe_control::protocol::{
 use serde_json::{json, Value};
 
 use crate::capture::{Capture, CaptureTap};
+use crate::eve::EveLog;
 use crate::policy::{unix_now, Exclusion, ExclusionCache, Policy};
 use crate::relay::humanize;
 use crate::tls::forge::Forger;
-use crate::tls::record::rfc3339_utc_ms;
+use crate::tls::record::{rfc3339_utc_ms, DecryptionLog};
 use crate::tls::session::cert_fact;
 use crate::tls::trust::{ImportedEntry, ImportedTrust};
 use crate::wire::{Wire, XdpAttachMode};
@@ -82,6 +83,43 @@ pub struct PolicySources {
     pub log_dir: PathBuf,
 }
 
+/// The log files the daemon appends to, reopened together after log rotation
+/// (`loupectl log reopen`, SIGHUP). The key logs are reached through
+/// [`crate::tls::keylog::reopen_shared`]; the plaintext pcaps rotate themselves
+/// (`[export] pcap_max_files`) and are never reopened.
+pub struct LogFiles {
+    pub decryption: Arc<DecryptionLog>,
+    pub eve: Arc<EveLog>,
+}
+
+impl LogFiles {
+    /// Reopens every file, each one whatever became of the others; the paths reopened,
+    /// or every failure (the files that failed keep writing to their old file).
+    pub fn reopen(&self) -> Result<Vec<PathBuf>, String> {
+        let mut outcomes = vec![
+            (
+                self.decryption.path().to_path_buf(),
+                self.decryption.reopen().map_err(|e| e.to_string()),
+            ),
+            (
+                self.eve.path().to_path_buf(),
+                self.eve.reopen().map_err(|e| e.to_string()),
+            ),
+        ];
+        outcomes.extend(
+            crate::tls::keylog::reopen_shared()
+                .into_iter()
+                .map(|(path, outcome)| (path, outcome.map_err(|e| e.to_string()))),
+        );
+        let failures: Vec<String> = outcomes.iter().filter_map(|(_, o)| o.clone().err()).collect();
+        if failures.is_empty() {
+            Ok(outcomes.into_iter().map(|(path, _)| path).collect())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+}
+
 pub struct ControlPlane {
     started: Instant,
     /// The configuration as loaded from its file, before profile overrides.
@@ -94,6 +132,8 @@ pub struct ControlPlane {
     workers: Vec<WorkerHandle>,
     chains: VecDeque<PresentedChain>,
     capture: Option<Capture>,
+    /// Set once the daemon opened its logs (`attach_log_files`).
+    log_files: Option<LogFiles>,
 }
 
 impl ControlPlane {
@@ -116,7 +156,27 @@ impl ControlPlane {
             workers,
             chains: VecDeque::with_capacity(RECENT_CHAINS),
             capture: None,
+            log_files: None,
         }
+    }
+
+    /// The log files `log-reopen` and [`ControlPlane::reopen_logs`] reopen.
+    pub fn attach_log_files(&mut self, files: LogFiles) {
+        self.log_files = Some(files);
+    }
+
+    /// Reopens the log files (log rotation renamed them); `why` names who asked, for the
+    /// daemon's own log.
+    pub fn reopen_logs(&self, why: &str) -> Result<Vec<PathBuf>, String> {
+        let Some(files) = &self.log_files else {
+            return Ok(Vec::new());
+        };
+        let outcome = files.reopen();
+        match &outcome {
+            Ok(paths) => tracing::info!(why, files = paths.len(), "log files reopened"),
+            Err(err) => tracing::error!(why, %err, "log files could not all be reopened; those keep their old file"),
+        }
+        outcome
     }
 
     /// Answers one call; replies go back on the call's channel (a closed one is ignored:
@@ -156,6 +216,10 @@ impl ControlPlane {
             Request::RulesLoad => self.rules_load(wire),
             Request::RulesShow => Ok(self.rules_show()),
             Request::RulesStats => Ok(self.rules_stats()),
+            Request::LogReopen => self
+                .reopen_logs("loupectl log reopen")
+                .map(|paths| json!({ "reopened": paths }))
+                .map_err(failed),
             Request::LogTail { .. } => Err(ControlError::new(
                 ErrorKind::BadRequest,
                 "log-tail is served by the socket server, not the control thread",

@@ -17,7 +17,7 @@ use crate::policy::{unix_now, Exclusion, ExclusionCache, Policy, PolicyInputs, P
 use crate::tls::forge::ForgedCert;
 
 use crate::capture::plaintext::PlaintextExport;
-use crate::control_plane::{ControlPlane, PolicySources, WorkerHandle};
+use crate::control_plane::{ControlPlane, LogFiles, PolicySources, WorkerHandle};
 use crate::eve::{EveLog, EveWriter};
 use crate::tls::ca::{CaRole, DecryptionCa};
 use crate::tls::forge::Forger;
@@ -301,15 +301,34 @@ pub(crate) fn save_exclusions(cache: &ExclusionCache, state_dir: &Path) {
     }
 }
 
+/// Tells systemd (`$NOTIFY_SOCKET`) how start-up or shutdown goes; outside systemd there
+/// is no socket and nothing is sent.
+fn notify_service_manager(state: sd_notify::NotifyState) {
+    if let Err(err) = sd_notify::notify(&[state]) {
+        tracing::warn!(%err, "cannot notify the service manager");
+    }
+}
+
 extern "C" fn request_stop(_signal: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
+/// SIGHUP: log rotation renamed the log files. The control loop reopens them (opening
+/// files is no work for a signal handler).
+static REOPEN_LOGS: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_log_reopen(_signal: libc::c_int) {
+    REOPEN_LOGS.store(true, Ordering::Relaxed);
+}
+
 fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    // SAFETY: the handlers only store to atomics, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
+        // Not the default (terminate): logrotate's postrotate and `systemctl kill -s HUP`
+        // ask for a reopen, as with most daemons.
+        libc::signal(libc::SIGHUP, request_log_reopen as *const () as libc::sighandler_t);
     }
 }
 
@@ -383,6 +402,10 @@ pub fn run(options: RunOptions) -> Result<()> {
     tracing::info!(path = %log.path().display(), "decryption log");
     let eve = Arc::new(EveLog::open(&options.log_dir)?);
     tracing::info!(path = %eve.path().display(), "EVE log");
+    let log_files = LogFiles {
+        decryption: Arc::clone(&log),
+        eve: Arc::clone(&eve),
+    };
     // Finished once the workers are: the thread then writes what they handed over.
     let (eve_writer, eve) = EveWriter::start(eve).context("starting the EVE writer thread")?;
     // Kept to the end of `run`: dropping it finishes the writer thread's last file.
@@ -513,6 +536,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         Arc::clone(&policy),
         worker_handles,
     );
+    plane.attach_log_files(log_files);
     let server_stop = Arc::new(AtomicBool::new(false));
     let (call_tx, call_rx) = crossbeam_channel::bounded::<ControlCall>(64);
     let socket = options
@@ -532,10 +556,17 @@ pub fn run(options: RunOptions) -> Result<()> {
         .spawn(call_tx, server_stop.clone())
         .context("starting the control socket's thread")?;
     tracing::info!(socket = %socket.display(), group = ?options.config.control.group, "control socket ready");
+    // Type=notify: systemd counts the unit started only now, with the wire attached,
+    // the workers running and loupectl answered. No-op outside systemd.
+    notify_service_manager(sd_notify::NotifyState::Ready);
 
     let counters_file = options.state_dir.join("counters.json");
     let mut last_write = std::time::Instant::now() - COUNTERS_INTERVAL;
     while !STOP.load(Ordering::Relaxed) && handles.iter().all(|h| !h.is_finished()) {
+        if REOPEN_LOGS.swap(false, Ordering::Relaxed) {
+            // A failure is logged there; the files that failed keep their old file.
+            let _ = plane.reopen_logs("SIGHUP");
+        }
         if last_write.elapsed() >= COUNTERS_INTERVAL {
             write_counters(&counters_file, &wire, &all_stats, &forger, &plane.current);
             last_write = std::time::Instant::now();
@@ -556,6 +587,7 @@ pub fn run(options: RunOptions) -> Result<()> {
             default(Duration::from_millis(100)) => {}
         }
     }
+    notify_service_manager(sd_notify::NotifyState::Stopping);
     server_stop.store(true, Ordering::Relaxed);
     if server.join().is_err() {
         tracing::error!("the control socket's thread panicked");

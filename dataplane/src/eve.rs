@@ -864,27 +864,12 @@ impl EveLog {
     /// through refer to the new file in one atomic step, so a write running on another
     /// thread lands whole in the old file or whole in the new one.
     pub fn reopen(&self) -> Result<(), EveLogError> {
-        use std::os::fd::AsRawFd;
         let new = Self::open_file(&self.path)?;
-        loop {
-            // SAFETY: both descriptors are open and owned by `File`s that outlive the
-            // call; dup2 closes the old file description behind `self.file`'s number and
-            // puts a duplicate of `new`'s there, which `self.file` keeps owning. `new`'s
-            // own descriptor is closed when it drops.
-            let rc = unsafe { libc::dup2(new.as_raw_fd(), self.file.as_raw_fd()) };
-            if rc >= 0 {
-                return Ok(());
-            }
-            let error = std::io::Error::last_os_error();
-            // EINTR, or Linux's EBUSY while another thread's open(2) races for the number.
-            if !matches!(error.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) {
-                return Err(EveLogError::Io {
-                    path: self.path.clone(),
-                    what: "cannot reopen",
-                    source: error,
-                });
-            }
-        }
+        crate::reopen::replace_open_file(&self.file, new).map_err(|source| EveLogError::Io {
+            path: self.path.clone(),
+            what: "cannot reopen",
+            source,
+        })
     }
 
     /// Reopens when the path no longer names the open file (renamed or removed by log

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod policy;
 pub mod probing;
 pub mod relay;
+pub mod reopen;
 pub mod session;
 pub mod tcp_device;
 #[cfg(test)]

@@ -68,7 +68,31 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Writes loupe's man pages and shell completions to DIR (scripts/package.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
+
+/// `loupe run`'s exit status when the configuration file cannot be read or is invalid:
+/// sysexits' EX_CONFIG, which systemd shows as `status=78/CONFIG`. The unit lists it in
+/// `RestartPreventExitStatus=`: a broken file fails the unit once, with the `file:line`
+/// error in the journal, instead of being restarted over and over.
+const EXIT_CONFIG: u8 = 78;
+
+/// A configuration error `loupe run` met before starting anything.
+#[derive(Debug)]
+struct InvalidConfiguration(anyhow::Error);
+
+impl std::fmt::Display for InvalidConfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidConfiguration {}
 
 #[derive(Subcommand)]
 enum CaCommand {
@@ -137,7 +161,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("loupe: {err:#}");
-            ExitCode::FAILURE
+            if err.is::<InvalidConfiguration>() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -153,7 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             control_socket,
         } => {
             let parsed = match &config {
-                Some(file) => Config::load(file)?,
+                Some(file) => Config::load(file).map_err(|e| InvalidConfiguration(e.into()))?,
                 None => Config::default(),
             };
             let state_dir = state_dir
@@ -211,6 +239,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detach { pin_dir } => {
             wire::detach(&pin_dir)?;
             println!("detached: the ports no longer pass traffic");
+            Ok(())
+        }
+        Command::GenerateDocs { out } => {
+            use clap::CommandFactory;
+            let generated = loupe_control::docs::generate(Cli::command(), &out)
+                .with_context(|| format!("writing the man pages and completions to {}", out.display()))?;
+            for path in generated.man_pages.iter().chain(&generated.completions) {
+                println!("{}", path.display());
+            }
             Ok(())
         }
     }

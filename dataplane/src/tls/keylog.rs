@@ -53,6 +53,19 @@ impl KeyLog {
                     .map_err(|e| context("creating the directory of", e))?;
             }
         }
+        let file = Self::open_file(path)?;
+        Ok(KeyLog {
+            path: path.to_path_buf(),
+            file,
+            lines: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// `path` for appending, mode 0600, never through a symbolic link.
+    fn open_file(path: &Path) -> io::Result<File> {
+        let context =
+            |what: &str, err: io::Error| io::Error::new(err.kind(), format!("{what} {}: {err}", path.display()));
         let file = OpenOptions::new()
             .append(true)
             .create(true)
@@ -62,16 +75,17 @@ impl KeyLog {
             .map_err(|e| context("opening the key log", e))?;
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(|e| context("setting mode 0600 on", e))?;
-        Ok(KeyLog {
-            path: path.to_path_buf(),
-            file,
-            lines: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-        })
+        Ok(file)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Opens the path again (a new file, mode 0600, when rotation renamed the old one
+    /// away) and writes there from now on: see [`crate::reopen::replace_open_file`].
+    pub fn reopen(&self) -> io::Result<()> {
+        crate::reopen::replace_open_file(&self.file, Self::open_file(&self.path)?)
     }
 
     /// Appends `line` and a newline in one write.
@@ -152,15 +166,27 @@ pub fn is_enabled(ssl: &SslRef) -> bool {
 /// A key log [`shared`] opened, and its path.
 type OpenKeyLog = (PathBuf, Arc<KeyLog>);
 
+fn open_key_logs() -> std::sync::MutexGuard<'static, Vec<OpenKeyLog>> {
+    static OPEN: OnceLock<std::sync::Mutex<Vec<OpenKeyLog>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reopens every key log [`shared`] opened (log rotation); each one's path and the
+/// outcome.
+pub fn reopen_shared() -> Vec<(PathBuf, io::Result<()>)> {
+    open_key_logs()
+        .iter()
+        .map(|(path, log)| (path.clone(), log.reopen()))
+        .collect()
+}
+
 /// The key log at `path`, opened once per path for the life of the process: every policy
 /// snapshot (reloads included) shares it, so its lines never interleave with a second
 /// handle's and a reload does not reopen the file.
 pub fn shared(path: &Path) -> io::Result<Arc<KeyLog>> {
-    static OPEN: OnceLock<std::sync::Mutex<Vec<OpenKeyLog>>> = OnceLock::new();
-    let mut open = OPEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut open = open_key_logs();
     if let Some((_, log)) = open.iter().find(|(p, _)| p == path) {
         return Ok(Arc::clone(log));
     }

@@ -520,9 +520,11 @@ pub enum LogError {
 /// promised on NFS, which emulates O_APPEND.)
 ///
 /// Bounds: records go straight to the file, nothing is queued in memory. Rotation is
-/// left to logrotate; `copytruncate` is safe because with O_APPEND the next write lands
-/// at the new end of the truncated file instead of at the old offset (which would leave
-/// a hole of zeros). Renaming rotation works too once the daemon reopens the file.
+/// left to logrotate, renaming: [`DecryptionLog::reopen`] (on SIGHUP or `loupectl log
+/// reopen`) then moves every writer to the new file at once; until then records go on
+/// to the renamed one, so none is lost. (`copytruncate` would be safe too, since with
+/// O_APPEND the next write lands at the new end of the truncated file, but it loses the
+/// lines written between its copy and its truncation.)
 #[derive(Debug)]
 pub struct DecryptionLog {
     path: PathBuf,
@@ -541,20 +543,36 @@ impl DecryptionLog {
             what: "cannot create the log directory",
             source,
         })?;
-        let file = OpenOptions::new()
+        let file = Self::open_file(&path)?;
+        Ok(DecryptionLog { path, file })
+    }
+
+    fn open_file(path: &Path) -> Result<File, LogError> {
+        OpenOptions::new()
             .append(true)
             .create(true)
-            .open(&path)
+            .open(path)
             .map_err(|source| LogError::Io {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 what: "cannot open for appending",
                 source,
-            })?;
-        Ok(DecryptionLog { path, file })
+            })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Opens the path again (a new file when rotation renamed the old one away) and
+    /// writes there from now on, for every worker sharing this log: see
+    /// [`crate::reopen::replace_open_file`]. When the open fails the old file stays in use.
+    pub fn reopen(&self) -> Result<(), LogError> {
+        let new = Self::open_file(&self.path)?;
+        crate::reopen::replace_open_file(&self.file, new).map_err(|source| LogError::Io {
+            path: self.path.clone(),
+            what: "cannot reopen",
+            source,
+        })
     }
 
     /// Appends `record` as one line. `&self`: writes through a shared reference are
