@@ -18,11 +18,14 @@ export DEBIAN_FRONTEND=noninteractive
 # signature prefilter, linked to Debian's libhs), the lab (iproute2,
 # ethtool, ping), end-to-end peers (nginx, curl, openssl), diagnosis (tshark, perf,
 # bpftool), the bench's comparison interceptors (sslsplit, squid-openssl for ssl-bump,
-# nftables for their redirect, util-linux's prlimit), xxd for the fuzz seeds.
+# nftables for their redirect, util-linux's prlimit), xxd for the fuzz seeds, and the
+# Debian packaging and its checks (scripts/package.sh, bench/tests/package.rs): dpkg-dev
+# (cargo-deb's dpkg-shlibdeps), lintian, systemd-analyze, logrotate, man.
 PACKAGES=(
     clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config libhyperscan-dev
     iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3
     sslsplit squid-openssl nftables util-linux python3-venv testssl.sh nghttp2-client xxd
+    dpkg-dev lintian systemd logrotate man-db
 )
 
 missing=()
@@ -108,6 +111,14 @@ if ! command -v cargo-deny >/dev/null; then
     cargo install cargo-deny --version 0.20.2 --locked </dev/null || die "cargo install cargo-deny failed"
 else
     log "cargo-deny: present"
+fi
+
+# cargo-deb builds the Debian packages (scripts/package.sh, a suite test).
+if ! command -v cargo-deb >/dev/null; then
+    log "installing cargo-deb (takes a few minutes)"
+    cargo install cargo-deb --version 3.8.0 --locked </dev/null || die "cargo install cargo-deb failed"
+else
+    log "cargo-deb: present"
 fi
 
 # cargo-fuzz builds and replays the fuzz targets (scripts/fuzz.sh replay, a suite step).
