@@ -25,7 +25,7 @@ pub struct GeneratedDocs {
 /// Writes `<out>/man/<name>[-<subcommand>…].1` for the command and each (non-hidden)
 /// subcommand, and `<out>/completions/` for bash (`<name>`), zsh (`_<name>`) and fish
 /// (`<name>.fish`): the file names Debian's bash-completion, zsh and fish look up.
-pub fn generate(mut command: clap::Command, out: &Path) -> io::Result<GeneratedDocs> {
+pub fn generate(command: clap::Command, out: &Path) -> io::Result<GeneratedDocs> {
     let name = command.get_name().to_string();
     let man_dir = out.join("man");
     let completion_dir = out.join("completions");
@@ -43,11 +43,29 @@ pub fn generate(mut command: clap::Command, out: &Path) -> io::Result<GeneratedD
     }
     generated.man_pages.sort();
 
+    let mut completed = without_hidden_subcommands(&command);
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        let written = clap_complete::generate_to(shell, &mut command, &name, &completion_dir)?;
+        let written = clap_complete::generate_to(shell, &mut completed, &name, &completion_dir)?;
         generated.completions.push(written);
     }
     Ok(generated)
+}
+
+/// `command` without its hidden subcommands: clap_complete (unlike clap_mangen) completes
+/// them too, and clap can add subcommands but not take one away, so the command is made
+/// again from its parts. Only what completion reads is kept: names, arguments (global
+/// ones too) and the visible subcommands.
+fn without_hidden_subcommands(command: &clap::Command) -> clap::Command {
+    let mut visible = clap::Command::new(command.get_name().to_string())
+        .args(command.get_arguments().cloned())
+        .subcommands(command.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(version) = command.get_version() {
+        visible = visible.version(version.to_string());
+    }
+    if let Some(about) = command.get_about() {
+        visible = visible.about(about.clone());
+    }
+    visible
 }
 
 #[cfg(test)]
