@@ -38,7 +38,7 @@ mkdir -p "$out"
 debs=()
 for package in loupe-dataplane loupe-bench; do
     echo "package: packaging $package" >&2
-    deb=$(cargo deb --no-build --strip --no-dbgsym -p "$package" -o "$out" 2>&2 | tail -n 1) ||
+    deb=$(cargo deb --no-build --strip --no-dbgsym -p "$package" -o "$out" | tail -n 1) ||
         die "cargo deb -p $package failed"
     [[ -f $deb ]] || die "cargo deb -p $package did not say where the package went (said: $deb)"
     debs+=("$deb")
