@@ -1105,3 +1105,88 @@ fn address_bypass_changes_leave_open_connections_as_they_started() {
         "after the removal",
     );
 }
+
+/// The capability sets of one thread from its /proc status: (name, hex mask) for
+/// CapInh, CapPrm, CapEff, CapBnd, CapAmb, and NoNewPrivs.
+fn thread_privileges(status: &str) -> Vec<(String, String)> {
+    status
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| name.starts_with("Cap") || *name == "NoNewPrivs")
+        .map(|(name, value)| (name.to_string(), value.trim().to_string()))
+        .collect()
+}
+
+/// After start-up the daemon keeps no capability (README, "Privileges"): every one of its
+/// threads has empty inheritable, permitted, effective, ambient and bounding sets and
+/// no_new_privs, although it was started with root's full sets, and it still decrypts,
+/// applies a policy load that writes an XDP entry, and serves its socket.
+#[test]
+fn the_running_daemon_keeps_no_capability_in_any_thread() {
+    require_root();
+    let own = ok(
+        std::fs::read_to_string("/proc/self/status").map_err(anyhow::Error::from),
+        "read this test's /proc status",
+    );
+    let own_bounding = thread_privileges(&own)
+        .into_iter()
+        .find(|(name, _)| name == "CapBnd")
+        .map(|(_, mask)| mask)
+        .unwrap_or_default();
+    assert_ne!(
+        own_bounding.trim_start_matches('0'),
+        "",
+        "the test (the daemon's launcher) must hold capabilities for this to mean anything"
+    );
+    let lab = ok(Lab::up(), "lab up");
+    let (t, _nginx) = setup(&lab);
+    let c = t.curl(&["--cacert", t.dca(), "https://server.lab/"]);
+    if c.code() != Some(0) {
+        t.fail(None, &format!("decrypted fetch: {}", c.show()));
+    }
+    let file = lab.dir().join("policy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[trust]\nca_files = [\"{}\"]\n\n[[rule]]\nname = \"origin-bypass\"\ndestination = [\"198.18.0.2/32\"]\naction = \"no-decrypt\"\n",
+            t.origin_ca()
+        ),
+    )
+    .expect("write the policy");
+    ctl(&t, &["policy", "load", &file.display().to_string()]);
+    let c = t.curl(&["--cacert", t.origin_ca(), "https://server.lab/"]);
+    if c.code() != Some(0) {
+        t.fail(None, &format!("bridged by the XDP entry the load wrote: {}", c.show()));
+    }
+    let tasks = format!("/proc/{}/task", daemon_pid(&t));
+    let mut threads = Vec::new();
+    for entry in ok(
+        std::fs::read_dir(&tasks).map_err(anyhow::Error::from),
+        "list the daemon's threads",
+    ) {
+        let dir = entry.expect("a task entry").path();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        threads.push((name.trim().to_string(), thread_privileges(&status)));
+    }
+    assert!(
+        threads.iter().any(|(name, _)| name.starts_with("loupe-worker")),
+        "no worker thread among {threads:?}"
+    );
+    for (name, privileges) in &threads {
+        assert_eq!(privileges.len(), 6, "thread {name}: {privileges:?}");
+        for (set, value) in privileges {
+            let want = if set == "NoNewPrivs" { "1" } else { "0000000000000000" };
+            if value != want {
+                t.fail(
+                    None,
+                    &format!("thread {name}: {set} is {value}, want {want}; all threads: {threads:?}"),
+                );
+            }
+        }
+    }
+    if !t.mid.logs().contains("capabilities dropped") {
+        t.fail(None, "the start-up log must say the capabilities were dropped");
+    }
+    eprintln!("{} daemon threads, none with a capability", threads.len());
+}

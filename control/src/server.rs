@@ -94,6 +94,11 @@ pub enum ServerError {
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot bind the control socket {}: {source}", path.display())]
     Bind { path: PathBuf, source: io::Error },
+    #[error(
+        "the control socket's directory {} is writable by everyone (mode {mode:o}) without the sticky bit: anyone could replace the socket; use a directory only root writes, such as /run/loupe",
+        path.display()
+    )]
+    DirWorldWritable { path: PathBuf, mode: u32 },
     #[error("cannot set the mode of the control socket {}: {source}", path.display())]
     Chmod { path: PathBuf, source: io::Error },
     #[error("cannot give the control socket {} to group {group}: {source}", path.display())]
@@ -142,6 +147,25 @@ impl ControlServer {
                         source,
                     })?;
             }
+        }
+        // Whoever may rename entries in the directory may swap the socket for their own and
+        // read what loupectl sends: only a sticky world-writable directory (/tmp) is safe.
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir_mode = std::fs::metadata(dir)
+            .map_err(|source| ServerError::Inspect {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if dir_mode & 0o002 != 0 && dir_mode & 0o1000 == 0 {
+            return Err(ServerError::DirWorldWritable {
+                path: dir.to_path_buf(),
+                mode: dir_mode & 0o7777,
+            });
         }
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(&path) {
@@ -924,11 +948,24 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let err = ControlServer::bind(ServerSettings {
             group: Some("no-such-group-loupe".into()),
-            ..settings
+            ..settings.clone()
         })
         .unwrap_err();
         assert!(err.to_string().contains("no-such-group-loupe"), "{err}");
         assert!(!path.exists());
+        // A directory anyone may rename entries in: refused, named with its mode; with the
+        // sticky bit (like /tmp) accepted.
+        let parent = path.parent().unwrap();
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ControlServer::bind(settings.clone()).unwrap_err();
+        assert!(
+            matches!(err, ServerError::DirWorldWritable { mode: 0o777, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&*parent.to_string_lossy()), "{err}");
+        assert!(!path.exists());
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        drop(ControlServer::bind(settings).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,6 +19,7 @@ use crate::tls::forge::ForgedCert;
 use crate::capture::plaintext::PlaintextExport;
 use crate::control_plane::{ControlPlane, LogFiles, PolicySources, WorkerHandle};
 use crate::eve::{EveLog, EveWriter};
+use crate::privileges;
 use crate::tls::ca::{CaRole, DecryptionCa};
 use crate::tls::forge::Forger;
 use crate::tls::probe::ProbeContext;
@@ -406,27 +407,8 @@ pub fn run(options: RunOptions) -> Result<()> {
         decryption: Arc::clone(&log),
         eve: Arc::clone(&eve),
     };
-    // Finished once the workers are: the thread then writes what they handed over.
-    let (eve_writer, eve) = EveWriter::start(eve).context("starting the EVE writer thread")?;
-    // Kept to the end of `run`: dropping it finishes the writer thread's last file.
-    let (_plaintext_export, export_tap) = if effective.exports(ExportKind::Pcap) {
-        let dir = effective.export.dir_in(&options.log_dir);
-        let (export, tap) =
-            PlaintextExport::start(&dir, effective.export.pcap_max_bytes, effective.export.pcap_max_files)
-                .map_err(|e| anyhow::anyhow!("starting the plaintext pcap export in {}: {e}", dir.display()))?;
-        tracing::info!(dir = %dir.display(), "plaintext pcap export");
-        (Some(export), Some(tap))
-    } else {
-        (None, None)
-    };
-    let (exclusion_tx, exclusion_rx) = crossbeam_channel::bounded::<ExclusionRequest>(1024);
-    let (chain_tx, chain_rx) = crossbeam_channel::bounded::<PresentedChain>(CHAIN_QUEUE);
-    let mut worker_handles = Vec::new();
-
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut handles = Vec::new();
-    let mut all_stats = Vec::new();
-    // The control thread's ends of the workers' query and presented-chain channels.
+    // Every AF_XDP socket before the capabilities go (CAP_NET_RAW, locked UMEM).
+    let mut queue_ports = Vec::new();
     for queue in 0..d.queues {
         let inside = XskPort::open(&d.inside, queue, XskSizes::default())?;
         let outside = XskPort::open(&d.outside, queue, XskSizes::default())?;
@@ -449,9 +431,52 @@ pub fn run(options: RunOptions) -> Result<()> {
                 tracing::info!(port = %port.name, queue, mtu = port.ip_mtu(), "TCP on this port follows its MTU");
             }
         }
-        let af_xdp = [inside.mode(), outside.mode()];
         wire.register_socket(PortSide::Inside, queue, inside.raw_fd())?;
         wire.register_socket(PortSide::Outside, queue, outside.raw_fd())?;
+        queue_ports.push((queue, inside, outside));
+    }
+    let socket = options
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| options.config.control.socket.clone());
+    let server = ControlServer::bind(ServerSettings {
+        path: socket.clone(),
+        group: options.config.control.group.clone(),
+        idle_timeout: CONTROL_IDLE_TIMEOUT,
+        max_connections: CONTROL_CONNECTIONS,
+        log_file: log.path().to_path_buf(),
+        call_timeout: CONTROL_CALL_TIMEOUT,
+    })
+    .with_context(|| format!("opening the control socket {}", socket.display()))?;
+
+    // Still one thread: the capabilities go here, for every thread started below.
+    let dropped = privileges::drop_all().context("dropping capabilities after start-up")?;
+    tracing::info!(
+        bounding_set_emptied = dropped.bounding_set_emptied,
+        "capabilities dropped: the daemon keeps none after start-up"
+    );
+
+    // Finished once the workers are: the thread then writes what they handed over.
+    let (eve_writer, eve) = EveWriter::start(eve).context("starting the EVE writer thread")?;
+    // Kept to the end of `run`: dropping it finishes the writer thread's last file.
+    let (_plaintext_export, export_tap) = if effective.exports(ExportKind::Pcap) {
+        let dir = effective.export.dir_in(&options.log_dir);
+        let (export, tap) =
+            PlaintextExport::start(&dir, effective.export.pcap_max_bytes, effective.export.pcap_max_files)
+                .map_err(|e| anyhow::anyhow!("starting the plaintext pcap export in {}: {e}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "plaintext pcap export");
+        (Some(export), Some(tap))
+    } else {
+        (None, None)
+    };
+    let (exclusion_tx, exclusion_rx) = crossbeam_channel::bounded::<ExclusionRequest>(1024);
+    let (chain_tx, chain_rx) = crossbeam_channel::bounded::<PresentedChain>(CHAIN_QUEUE);
+    let mut worker_handles = Vec::new();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut handles = Vec::new();
+    let mut all_stats = Vec::new();
+    for (queue, inside, outside) in queue_ports {
+        let af_xdp = [inside.mode(), outside.mode()];
         let tls = WorkerTls {
             forger: forger.clone(),
             log: log.clone(),
@@ -539,19 +564,6 @@ pub fn run(options: RunOptions) -> Result<()> {
     plane.attach_log_files(log_files);
     let server_stop = Arc::new(AtomicBool::new(false));
     let (call_tx, call_rx) = crossbeam_channel::bounded::<ControlCall>(64);
-    let socket = options
-        .control_socket
-        .clone()
-        .unwrap_or_else(|| options.config.control.socket.clone());
-    let server = ControlServer::bind(ServerSettings {
-        path: socket.clone(),
-        group: options.config.control.group.clone(),
-        idle_timeout: CONTROL_IDLE_TIMEOUT,
-        max_connections: CONTROL_CONNECTIONS,
-        log_file: log.path().to_path_buf(),
-        call_timeout: CONTROL_CALL_TIMEOUT,
-    })
-    .with_context(|| format!("opening the control socket {}", socket.display()))?;
     let server = server
         .spawn(call_tx, server_stop.clone())
         .context("starting the control socket's thread")?;

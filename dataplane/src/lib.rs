@@ -9,6 +9,7 @@ pub mod flow;
 pub mod frame;
 pub mod inspect;
 pub mod policy;
+pub mod privileges;
 pub mod probing;
 pub mod relay;
 pub mod reopen;
