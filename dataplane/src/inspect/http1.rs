@@ -491,8 +491,11 @@ impl Http1Connection {
                     let head_start = self.client.head_start;
                     let report = self.report_content;
                     let parse = |head: &[u8]| (parse_request_head(head), report.then(|| head.to_vec()));
-                    match self.client.read_head(rest, max, parse) {
+                    match self.client.read_head(rest, max, Direction::ClientToServer, parse) {
                         HeadRead::NeedMore => rest = &[],
+                        HeadRead::InvalidStartLine { at, problem } => {
+                            self.fail(Direction::ClientToServer, head_start + at as u64, problem, events);
+                        }
                         HeadRead::TooLarge => {
                             let problem = Http1Problem::HeadTooLarge { limit: max };
                             self.fail(Direction::ClientToServer, head_start, problem, events);
@@ -539,8 +542,11 @@ impl Http1Connection {
                     }
                     let report = self.report_content;
                     let parse = |head: &[u8]| (parse_response_head(head), report.then(|| head.to_vec()));
-                    match self.server.read_head(rest, max, parse) {
+                    match self.server.read_head(rest, max, Direction::ServerToClient, parse) {
                         HeadRead::NeedMore => rest = &[],
+                        HeadRead::InvalidStartLine { at, problem } => {
+                            self.fail(Direction::ServerToClient, head_start + at as u64, problem, events);
+                        }
                         HeadRead::TooLarge => {
                             let problem = Http1Problem::HeadTooLarge { limit: max };
                             self.fail(Direction::ServerToClient, head_start, problem, events);
@@ -868,6 +874,8 @@ impl Exchange {
 enum HeadRead<T> {
     NeedMore,
     TooLarge,
+    /// The head is incomplete but its start line is whole and not HTTP's.
+    InvalidStartLine { at: usize, problem: Http1Problem },
     /// The head ended `consumed` bytes into the piece.
     Complete {
         consumed: usize,
@@ -895,7 +903,13 @@ impl Side {
 
     /// Looks for the end of the current head in `bytes` and parses the head once whole.
     /// A head within one piece is parsed in place; only one spanning pieces is copied.
-    fn read_head<T>(&mut self, bytes: &[u8], max: usize, parse: impl FnOnce(&[u8]) -> T) -> HeadRead<T> {
+    fn read_head<T>(
+        &mut self,
+        bytes: &[u8],
+        max: usize,
+        direction: Direction,
+        parse: impl FnOnce(&[u8]) -> T,
+    ) -> HeadRead<T> {
         let room = max.saturating_sub(self.pending.len());
         let window = &bytes[..bytes.len().min(room)];
         match self.scan.find_end(window) {
@@ -912,13 +926,42 @@ impl Side {
                 self.offset += end as u64;
                 HeadRead::Complete { consumed: end, parsed }
             }
-            // Any end would come later, past the bound.
-            None if self.pending.len() + window.len() >= max => HeadRead::TooLarge,
             None => {
+                // Any end would come later, past the bound.
+                let too_large = self.pending.len() + window.len() >= max;
                 self.pending.extend_from_slice(window);
+                if let Some((at, problem)) = self.start_line_error(direction) {
+                    return HeadRead::InvalidStartLine { at, problem };
+                }
+                if too_large {
+                    return HeadRead::TooLarge;
+                }
                 self.offset += window.len() as u64;
                 HeadRead::NeedMore
             }
+        }
+    }
+
+    /// The start line of the incomplete head in `pending`, checked once as soon as it
+    /// ends: a client that sends one short line that is not HTTP's and waits for an
+    /// answer must be let through now, not held until the head limit. Only errors httparse
+    /// finds in the start line itself count, as `head_verdict` reports them first too, so
+    /// the verdict does not depend on where the stream was cut.
+    fn start_line_error(&mut self, direction: Direction) -> Option<(usize, Http1Problem)> {
+        if self.scan.start_line_checked || !self.scan.seen_start_line {
+            return None;
+        }
+        self.scan.start_line_checked = true;
+        let start = start_line_offset(&self.pending);
+        let end = start + memchr::memchr(b'\n', &self.pending[start..])? + 1;
+        let line = &self.pending[..end];
+        let parsed = match direction {
+            Direction::ClientToServer => httparse::Request::new(&mut []).parse(line).map(drop),
+            Direction::ServerToClient => httparse::Response::new(&mut []).parse(line).map(drop),
+        };
+        match parsed {
+            Err(error) if is_start_line_error(error) => Some(locate_httparse_error(line, error, direction)),
+            _ => None,
         }
     }
 
@@ -938,6 +981,8 @@ struct HeadScan {
     line_has_content: bool,
     /// A non-blank line was seen: blank lines before it are skipped (RFC 9112 §2.2).
     seen_start_line: bool,
+    /// `Side::start_line_error` looked at this head's start line.
+    start_line_checked: bool,
 }
 
 impl HeadScan {
@@ -1013,11 +1058,21 @@ fn head_verdict(
             check_field_lines(head)?;
             Err((start_line_offset(head), Http1Problem::InvalidLineEnding))
         }
+        // The start line comes first in the stream, so its error is the one reported.
+        Err(error) if is_start_line_error(error) => Err(locate_httparse_error(head, error, direction)),
         Err(error) => {
             check_field_lines(head)?;
             Err(locate_httparse_error(head, error, direction))
         }
     }
+}
+
+/// httparse errors that can only come from a start line (request or status line).
+fn is_start_line_error(error: httparse::Error) -> bool {
+    matches!(
+        error,
+        httparse::Error::Token | httparse::Error::Status | httparse::Error::Version
+    )
 }
 
 fn parse_request_head(head: &[u8]) -> HeadResult<ParsedRequest> {

@@ -853,6 +853,34 @@ fn a_header_line_without_a_colon_is_an_error() {
 }
 
 #[test]
+fn a_start_line_that_is_not_http_stops_parsing_before_the_head_ends() {
+    // A protocol that sends one line and waits for the answer: no blank line will come,
+    // so waiting for the head's end would hold the line until the head limit.
+    let events = run(&[Client(b"server-first 4194304 2097152\n")]);
+    assert_eq!(
+        summary(&events),
+        ["error: HTTP/1.1 client→server at byte 0: invalid HTTP version"]
+    );
+    let events = run(&[Client(b"\r\nHELLO\r\n")]);
+    let (was_refused, error) = last_error(&events);
+    assert!(!was_refused);
+    assert_eq!((error.offset, error.problem), (2, Http1Problem::InvalidRequestLine));
+    // A server's answer to a request, the same.
+    let events = run(&[Client(GET), Server(b"OK then\r\n")]);
+    let (_, error) = last_error(&events);
+    assert_eq!(
+        (error.direction, error.offset, error.problem),
+        (Direction::ServerToClient, 0, Http1Problem::InvalidVersion)
+    );
+    // A valid start line still waits for the rest of its head, however it is cut.
+    let events = run(&[Client(b"GET / HTTP/1.1\r\nHost: example.test\r\n")]);
+    assert!(events.is_empty(), "{:?}", summary(&events));
+    // An invalid start line wins over a later bad field line, whole or cut.
+    let error = malformed(&[Client(b"G(T / HTTP/1.1\r\nNoColon\r\n\r\n")]);
+    assert_eq!((error.offset, error.problem), (0, Http1Problem::InvalidRequestLine));
+}
+
+#[test]
 fn invalid_heads_are_errors_at_their_line() {
     let cases: [(&[u8], &[u8], Http1Problem); 8] = [
         (b"G(T / HTTP/1.1\r\n\r\n", b"G(T", Http1Problem::InvalidRequestLine),
