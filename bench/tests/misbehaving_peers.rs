@@ -7,10 +7,14 @@
 //!   stays bounded and the client's window closes (its acknowledged bytes stop growing).
 //! - A client that sends its ClientHello one byte every 5 s (slowloris): ended by the
 //!   handshake timeout and logged.
+//! - Half-close both ways: a client that sends close_notify and FIN after its upload and
+//!   then reads the reply, and a server that does so after its response and then reads
+//!   the client's upload; both directions arrive intact.
 //!
 //! Servers (`bench/tests/misbehaving_peer.py`; the lab's hosts file names them for the
 //! client): 198.18.0.2 `server.lab` nginx; 198.18.0.3 `s2.lab` resets after the hello;
-//! 198.18.0.4 `s3.lab` resets mid-response; 198.18.0.5 `s4.lab` stops reading.
+//! 198.18.0.4 `s3.lab` resets mid-response; 198.18.0.5 `s4.lab` stops reading;
+//! 198.18.0.6 `s5.lab` half-closes (`bench/tests/tls_peer.py half-close-server`).
 
 mod common;
 
@@ -20,6 +24,8 @@ use loupe_bench::lab::tls_peer_command;
 
 /// The handshake timeout the slow client runs into.
 const HANDSHAKE_TIMEOUT_S: u64 = 10;
+/// What the half-closing client sends (the server sends half as much).
+const HALF_CLOSE_BYTES: u64 = 4 << 20;
 /// How long the server that stops reading holds the upload.
 const STALL: Duration = Duration::from_secs(60);
 /// What loupe may grow by while one upload is held: its buffers for one session are a
@@ -110,7 +116,26 @@ fn misbehaving_servers_and_a_slowloris_client_end_promptly_bounded_and_logged() 
             &path(&stalled_leaf.key_file),
         ],
     );
-    for ip in ["198.18.0.3", "198.18.0.4", "198.18.0.5"] {
+    let half_close_leaf = leaf("half-close", "s5.lab", "198.18.0.6");
+    let [python, tls_peer] = ok(tls_peer_command(), "the TLS peer venv");
+    let (python, tls_peer) = (path(&python), path(&tls_peer));
+    let half_close_server = ok(
+        lab.spawn(
+            Ns::Server,
+            "half-close-server",
+            &[
+                python.as_str(),
+                &tls_peer,
+                "half-close-server",
+                "198.18.0.6",
+                "443",
+                &path(&half_close_leaf.cert_file),
+                &path(&half_close_leaf.key_file),
+            ],
+        ),
+        "start the half-close server",
+    );
+    for ip in ["198.18.0.3", "198.18.0.4", "198.18.0.5", "198.18.0.6"] {
         ok(
             lab.wait_listening(Ns::Server, addr(ip), Duration::from_secs(10)),
             &format!("the misbehaving server on {ip} listens"),
@@ -174,6 +199,83 @@ fn misbehaving_servers_and_a_slowloris_client_end_promptly_bounded_and_logged() 
             Some(&rec),
             &format!("{what}: the record must count the 64 KiB the server sent"),
         );
+    }
+
+    // Half-close through decryption, both ways: whichever side sends close_notify and FIN
+    // first, the other side's data still flows to its end, intact, and the session ends
+    // as closed.
+    for (round, order) in ["client-first", "server-first", "client-first", "server-first"]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("half-close {order} (connection {round})");
+        let (to_server, to_client) = (HALF_CLOSE_BYTES.to_string(), (HALF_CLOSE_BYTES / 2).to_string());
+        let out = ok(
+            lab.exec_output_within(
+                Ns::Client,
+                &[
+                    python.as_str(),
+                    &tls_peer,
+                    "half-close-client",
+                    "198.18.0.6",
+                    "443",
+                    "s5.lab",
+                    t.dca(),
+                    order,
+                    &to_server,
+                    &to_client,
+                ],
+                Duration::from_secs(60),
+            ),
+            &what,
+        );
+        let client: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|_| {
+            t.fail(
+                None,
+                &format!(
+                    "{what}: the client printed no result: {out:?}\n{}",
+                    half_close_server.logs()
+                ),
+            )
+        });
+        let wait_server = Instant::now() + Duration::from_secs(10);
+        let server = loop {
+            let said = half_close_server.stdout();
+            let mine = said
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| {
+                    v["peer"]
+                        .as_str()
+                        .is_some_and(|p| p.ends_with(&format!(":{}", client["local_port"])))
+                });
+            match mine {
+                Some(v) => break v,
+                None if Instant::now() < wait_server => std::thread::sleep(Duration::from_millis(50)),
+                None => t.fail(
+                    None,
+                    &format!("{what}: the server logged nothing for {client}:\n{said}"),
+                ),
+            }
+        };
+        let intact = client["sent"] == HALF_CLOSE_BYTES
+            && client["received"] == HALF_CLOSE_BYTES / 2
+            && server["received"] == client["sent"]
+            && server["received_sha"] == client["sent_sha"]
+            && client["received"] == server["sent"]
+            && client["received_sha"] == server["sent_sha"]
+            && client["ended_by"] == "close_notify"
+            && server["ended_by"] == "close_notify";
+        if !intact {
+            t.fail(
+                None,
+                &format!("{what}: both directions must arrive whole and end with close_notify\nclient {client}\nserver {server}"),
+            );
+        }
+        let port = client["local_port"].as_u64().unwrap_or(0) as u16;
+        let rec = t.record(port, &what);
+        t.expect_eq(&rec, "/outcome", "decrypted".into(), &what);
+        t.expect_eq(&rec, "/end_reason", "closed".into(), &what);
     }
 
     // Slowloris: one byte of ClientHello every 5 s, ended by the handshake timeout.

@@ -9,7 +9,22 @@ venv scripts/setup.sh makes (target/tls-peer-venv).
         One GET / with SNI, verifying against CAFILE; GROUPS (OpenSSL syntax, e.g.
         "X25519MLKEM768:X25519") sets the supported groups, and OpenSSL then sends a key
         share for the first one only. Prints "local_port=N group=NAME" and the body.
+    tls_peer.py half-close-server ADDR PORT CERT KEY
+        Until killed, per connection: reads a line "ORDER N M". ORDER client-first: reads
+        the client's N bytes up to its close_notify, then sends M random bytes, its
+        close_notify and a FIN. ORDER server-first: sends M random bytes, close_notify and
+        FIN at once (half-closing its side), then reads the client's N bytes up to its
+        close_notify. One JSON line per connection: what it sent and received (bytes,
+        SHA-256) and how the client's side ended.
+    tls_peer.py half-close-client ADDR PORT SNI CAFILE ORDER N M
+        The other side of it: client-first sends N random bytes, close_notify and FIN and
+        then reads the reply; server-first reads the server's M bytes up to its
+        close_notify, then sends N bytes, close_notify and FIN. One JSON line, the same
+        fields and local_port.
 """
+import hashlib
+import json
+import os
 import socket
 import struct
 import sys
@@ -90,10 +105,99 @@ def fetch(addr, port, sni, cafile, groups=None):
     print(response.decode(errors="replace").split("\r\n\r\n", 1)[-1], end="")
 
 
+def read_to_close(conn, already=b""):
+    """Reads until the peer's close_notify: (bytes, sha256 hex, how the stream ended)."""
+    digest = hashlib.sha256(already)
+    count = len(already)
+    while True:
+        try:
+            chunk = conn.recv(65536)
+        except SSL.ZeroReturnError:
+            return count, digest.hexdigest(), "close_notify"
+        except SSL.Error as e:
+            return count, digest.hexdigest(), f"no close_notify: {e!r}"
+        if not chunk:
+            return count, digest.hexdigest(), "eof without close_notify"
+        digest.update(chunk)
+        count += len(chunk)
+
+
+def send_then_half_close(conn, size):
+    """Sends `size` random bytes, then close_notify and a TCP FIN; the read side stays open."""
+    digest = hashlib.sha256()
+    left = size
+    while left:
+        chunk = os.urandom(min(left, 65536))
+        conn.sendall(chunk)
+        digest.update(chunk)
+        left -= len(chunk)
+    conn.shutdown()
+    conn.sock_shutdown(socket.SHUT_WR)
+    return digest.hexdigest()
+
+
+def half_close_serve(addr, port, cert, key):
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate_chain_file(cert)
+    ctx.use_privatekey_file(key)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((addr, int(port)))
+    listener.listen(64)
+    print(f"listening on {addr}:{port}", flush=True)
+    while True:
+        raw, peer = listener.accept()
+        conn = SSL.Connection(ctx, bound(raw))
+        conn.set_accept_state()
+        try:
+            conn.do_handshake()
+            head = b""
+            while b"\n" not in head and len(head) < 256:
+                head += conn.recv(256 - len(head))
+            line, rest = head.split(b"\n", 1)
+            order, n, m = line.decode().split()
+            result = {"peer": f"{peer[0]}:{peer[1]}", "order": order}
+            if order == "client-first":
+                result["received"], result["received_sha"], result["ended_by"] = read_to_close(conn, rest)
+                result["sent"], result["sent_sha"] = int(m), send_then_half_close(conn, int(m))
+            else:
+                result["sent"], result["sent_sha"] = int(m), send_then_half_close(conn, int(m))
+                result["received"], result["received_sha"], result["ended_by"] = read_to_close(conn, rest)
+            print(json.dumps(result), flush=True)
+        except (SSL.Error, OSError, ValueError) as e:
+            print(json.dumps({"peer": f"{peer[0]}:{peer[1]}", "failed": repr(e)}), flush=True)
+        finally:
+            raw.close()
+
+
+def half_close_client(addr, port, sni, cafile, order, n, m):
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.load_verify_locations(cafile)
+    ctx.set_verify(SSL.VERIFY_PEER, lambda *args: args[-1])
+    raw = bound(socket.create_connection((addr, int(port)), timeout=10))
+    conn = SSL.Connection(ctx, raw)
+    conn.set_tlsext_host_name(sni.encode())
+    conn.set_connect_state()
+    conn.do_handshake()
+    result = {"local_port": raw.getsockname()[1], "order": order}
+    conn.sendall(f"{order} {n} {m}\n".encode())
+    if order == "client-first":
+        result["sent"], result["sent_sha"] = int(n), send_then_half_close(conn, int(n))
+        result["received"], result["received_sha"], result["ended_by"] = read_to_close(conn)
+    else:
+        result["received"], result["received_sha"], result["ended_by"] = read_to_close(conn)
+        result["sent"], result["sent_sha"] = int(n), send_then_half_close(conn, int(n))
+    print(json.dumps(result), flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 6 and sys.argv[1] == "server":
         serve(*sys.argv[2:6])
     elif len(sys.argv) >= 6 and sys.argv[1] == "client":
         fetch(*sys.argv[2:7])
+    elif len(sys.argv) == 6 and sys.argv[1] == "half-close-server":
+        half_close_serve(*sys.argv[2:6])
+    elif len(sys.argv) == 9 and sys.argv[1] == "half-close-client":
+        half_close_client(*sys.argv[2:9])
     else:
         sys.exit(__doc__)
