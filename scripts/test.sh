@@ -34,8 +34,10 @@ step setup bash scripts/setup.sh
 step build cargo build --release --workspace
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-# Licenses and sources of every dependency (deny.toml; advisories need GitHub: see there).
+# Licenses and sources of every dependency (deny.toml).
 step deny cargo deny check licenses sources bans
+# RustSec advisories, offline, against the snapshot in third_party/advisory-db.
+step advisories bash scripts/advisories.sh check
 # Every fuzz target once over its seeds and its kept corpus (dataplane/fuzz/replay).
 step fuzz-replay bash scripts/fuzz.sh replay
 # One test at a time: the lab tests each build namespaces and move hundreds of MiB,
