@@ -4,6 +4,7 @@
 //! error.
 
 mod render;
+mod top;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -63,6 +64,14 @@ enum Verb {
     /// Content signatures (`[inspection] rules`): reload, show, per-rule hits.
     #[command(subcommand)]
     Rules(RulesVerb),
+    /// A live view: sessions and flows per second, throughput each way, worker load,
+    /// the top SNIs and HTTP hosts, the latest failures with their diagnosis. Keys: q,
+    /// Esc or Ctrl-C quit; Up and Down pick the failure whose diagnosis is shown.
+    Top {
+        /// Seconds between refreshes (0.2 to 60).
+        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = top::parse_interval)]
+        interval: std::time::Duration,
+    },
     /// Writes loupectl's man pages and shell completions to DIR (scripts/package.sh).
     #[command(hide = true)]
     GenerateDocs {
@@ -264,6 +273,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Verb::Log(LogVerb::Reopen) => Verb::Log(LogVerb::Reopen),
         Verb::Log(tail) => return log_tail(&socket, log_tail_request(tail), json),
         Verb::GenerateDocs { out } => return generate_docs(&out),
+        Verb::Top { interval } => return top::run(&socket, interval).map_err(Failure::Usage),
         verb => verb,
     };
     let (request, renderer) = request_for(verb)?;
@@ -392,6 +402,7 @@ fn request_for(verb: Verb) -> Result<(Request, Renderer), Failure> {
         Verb::Exclusions(ExclusionsVerb::Clear { host }) => (Request::ExclusionsClear { host }, generic),
         Verb::Log(LogVerb::Reopen) => (Request::LogReopen, Box::new(render::log_reopen)),
         Verb::GenerateDocs { .. } => return Err(Failure::Usage("generate-docs needs no daemon".into())),
+        Verb::Top { .. } => return Err(Failure::Usage("top is a view, not a request".into())),
         Verb::Log(tail) => (
             log_tail_request(tail),
             Box::new(|v: &Value| format!("{}\n", render::log_record(v))),
