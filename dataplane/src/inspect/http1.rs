@@ -875,7 +875,10 @@ enum HeadRead<T> {
     NeedMore,
     TooLarge,
     /// The head is incomplete but its start line is whole and not HTTP's.
-    InvalidStartLine { at: usize, problem: Http1Problem },
+    InvalidStartLine {
+        at: usize,
+        problem: Http1Problem,
+    },
     /// The head ended `consumed` bytes into the piece.
     Complete {
         consumed: usize,
