@@ -15,16 +15,16 @@ die() {
 export DEBIAN_FRONTEND=noninteractive
 
 # Packages: the build (clang/LLVM 22 for bpf-linker and aya; libhyperscan-dev for the
-# signature prefilter, linked to Debian's libhs), the lab (iproute2,
-# ethtool, ping), end-to-end peers (nginx, curl, openssl), diagnosis (tshark, perf,
-# bpftool), the bench's comparison interceptors (sslsplit, squid-openssl for ssl-bump,
-# nftables for their redirect, util-linux's prlimit), xxd for the fuzz seeds, and the
+# signature prefilter, linked to Debian's libhs), the lab (iproute2, ethtool, ping),
+# end-to-end peers (nginx, curl, openssl), diagnosis (tshark, perf, bpftool, jq for the
+# demo's record queries), the bench's comparison interceptors (sslsplit, squid-openssl
+# for ssl-bump, nftables for their redirect, util-linux's prlimit), xxd for the fuzz seeds, and the
 # Debian packaging and its checks (scripts/package.sh, bench/tests/package.rs): dpkg-dev
 # (cargo-deb's dpkg-shlibdeps), lintian, systemd-analyze, logrotate, man; tmux, the
 # terminal bench/tests/top.rs runs `loupectl top` in and reads the screen of.
 PACKAGES=(
     clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config libhyperscan-dev
-    iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3
+    iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3 jq
     sslsplit squid-openssl nftables util-linux python3-venv testssl.sh nghttp2-client xxd
     dpkg-dev lintian systemd logrotate man-db tmux
 )
