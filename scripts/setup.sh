@@ -21,12 +21,13 @@ export DEBIAN_FRONTEND=noninteractive
 # for ssl-bump, nftables for their redirect, util-linux's prlimit), xxd for the fuzz seeds, and the
 # Debian packaging and its checks (scripts/package.sh, bench/tests/package.rs): dpkg-dev
 # (cargo-deb's dpkg-shlibdeps), lintian, systemd-analyze, logrotate, man; tmux, the
-# terminal bench/tests/top.rs runs `loupectl top` in and reads the screen of.
+# terminal bench/tests/top.rs runs `loupectl top` in and reads the screen of; prometheus
+# (the server and promtool) that bench/tests/metrics.rs scrapes loupe with.
 PACKAGES=(
     clang llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev cmake pkg-config libhyperscan-dev
     iproute2 ethtool iputils-ping nginx curl openssl ca-certificates tshark linux-perf bpftool python3 jq
     sslsplit squid-openssl nftables util-linux python3-venv testssl.sh nghttp2-client xxd
-    dpkg-dev lintian systemd logrotate man-db tmux
+    dpkg-dev lintian systemd logrotate man-db tmux prometheus
 )
 
 missing=()
@@ -66,6 +67,18 @@ if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
 elif [[ -x /etc/init.d/squid ]] && /etc/init.d/squid status >/dev/null 2>&1; then
     log "stopping the system squid (the bench runs its own)"
     /etc/init.d/squid stop </dev/null || true
+fi
+
+# prometheus likewise: the metrics test runs its own server in the lab; the package
+# enables a system one on :9090.
+if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+    if systemctl is-enabled --quiet prometheus 2>/dev/null || systemctl is-active --quiet prometheus 2>/dev/null; then
+        log "stopping and disabling the system prometheus service (the metrics test runs its own)"
+        systemctl disable --now prometheus </dev/null || true
+    fi
+elif [[ -x /etc/init.d/prometheus ]] && /etc/init.d/prometheus status >/dev/null 2>&1; then
+    log "stopping the system prometheus (the metrics test runs its own)"
+    /etc/init.d/prometheus stop </dev/null || true
 fi
 
 # Rust toolchain: the machine provides rustup; the eBPF crate needs nightly + rust-src.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -150,6 +150,26 @@ impl Default for Control {
             probe_source: None,
         }
     }
+}
+
+/// `[metrics]`: the Prometheus endpoint. Off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Address and port `GET /metrics` is served on, e.g. `127.0.0.1:9469`. The page
+    /// has no authentication: a loopback or management address, not the wire's side.
+    #[serde(deserialize_with = "socket_address")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// An `address:port` string (`[::1]:9469` for IPv6), with what was expected on error.
+fn socket_address<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(value)?;
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an address and port such as \"127.0.0.1:9469\", got {text:?}"
+        ))
+    })
 }
 
 /// Upstream trust on top of the system roots and the certificates imported with
@@ -659,6 +679,8 @@ pub struct Config {
     pub control: Control,
     #[serde(default)]
     pub export: Export,
+    #[serde(default)]
+    pub metrics: Metrics,
     /// The file and text this configuration was parsed from (empty for `Config::default()`),
     /// so that errors found later (category files, CA files) can name the line.
     #[serde(skip)]
@@ -1689,7 +1711,7 @@ mod tests {
             parse("[dataplan]\n").unwrap_err(),
             "loupe.toml:1: unknown field `dataplan`, expected one of `dataplane`, `ca`, `decryption`, `profile`, \
              `paths`, `trust`, `category`, `rule`, `url_rule`, `inspection`, `exclusions`, `timeouts`, `control`, \
-             `export`"
+             `export`, `metrics`"
         );
         assert_eq!(
             parse("[[rule]]\nname = \"a\"\naction = \"block\"\n\n[[rule]]\naction = \"block\"\n").unwrap_err(),
@@ -2384,6 +2406,19 @@ mod tests {
             err.starts_with("loupe.toml:4: rule \"a\": export: invalid type"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_and_port() {
+        let config = parse("[metrics]\nlisten = \"127.0.0.1:9469\"\n").unwrap();
+        assert_eq!(config.metrics.listen, Some("127.0.0.1:9469".parse().unwrap()));
+        assert_eq!(parse("").unwrap().metrics.listen, None, "off unless set");
+        assert_eq!(
+            parse("[metrics]\n\nlisten = \"127.0.0.1\"\n").unwrap_err(),
+            "loupe.toml:3: [metrics] listen: expected an address and port such as \"127.0.0.1:9469\", got \"127.0.0.1\""
+        );
+        let err = parse("[metrics]\nlisten = 9469\n").unwrap_err();
+        assert!(err.starts_with("loupe.toml:2: [metrics] listen: "), "{err}");
     }
 
     #[test]

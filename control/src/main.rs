@@ -43,6 +43,8 @@ enum Verb {
     Session { id: u64 },
     /// All counters.
     Counters,
+    /// The counters in Prometheus' text format (what `[metrics] listen` serves).
+    Metrics,
     /// Check, load or show the policy.
     #[command(subcommand)]
     Policy(PolicyVerb),
@@ -357,6 +359,10 @@ fn request_for(verb: Verb) -> Result<(Request, Renderer), Failure> {
         }
         Verb::Session { id } => (Request::Session { session: id }, Box::new(render::session)),
         Verb::Counters => (Request::Counters, generic),
+        Verb::Metrics => (
+            Request::Metrics,
+            Box::new(|v: &Value| v["text"].as_str().unwrap_or_default().to_string()),
+        ),
         Verb::Policy(PolicyVerb::Check { file }) => (
             Request::PolicyCheck { file: absolute(&file)? },
             Box::new(render::policy_check),

@@ -49,6 +49,9 @@ pub enum Request {
         session: u64,
     },
     Counters,
+    /// The counters in Prometheus' text exposition format, as `[metrics] listen` serves
+    /// them: `{"text": "# HELP …"}`.
+    Metrics,
     PolicyCheck {
         file: PathBuf,
     },
@@ -131,6 +134,7 @@ impl Request {
             Request::Sessions { .. } => "sessions",
             Request::Session { .. } => "session",
             Request::Counters => "counters",
+            Request::Metrics => "metrics",
             Request::PolicyCheck { .. } => "policy-check",
             Request::PolicyLoad { .. } => "policy-load",
             Request::PolicyShow => "policy-show",

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use crate::capture::{Capture, CaptureTap};
 use crate::eve::EveLog;
+use crate::metrics::{ControlFacts, ForgerFigures};
 use crate::policy::{unix_now, Exclusion, ExclusionCache, Policy};
 use crate::relay::humanize;
 use crate::tls::forge::Forger;
@@ -196,6 +197,7 @@ impl ControlPlane {
             Request::Sessions { filter } => self.sessions(filter),
             Request::Session { session } => self.session(session),
             Request::Counters => Ok(self.counters(wire, forger)),
+            Request::Metrics => Ok(json!({ "text": self.metrics(wire, forger) })),
             Request::PolicyCheck { file } => self.policy_check(&file),
             Request::PolicyLoad { file } => self.policy_load(&file, wire),
             Request::PolicyShow => Ok(self.policy_show()),
@@ -823,6 +825,18 @@ impl ControlPlane {
         })
     }
 
+    /// What the metrics endpoint's thread reads between two refreshes.
+    pub fn control_facts(&self, wire: &Wire) -> ControlFacts {
+        ControlFacts::read(wire, &self.current)
+    }
+
+    /// The exposition text, read now (the endpoint's is the same, with these facts up to
+    /// a second old).
+    fn metrics(&self, wire: &Wire, forger: &Forger) -> String {
+        let workers: Vec<(u32, &WorkerStats)> = self.workers.iter().map(|w| (w.queue, w.stats.as_ref())).collect();
+        crate::metrics::exposition(&self.control_facts(wire), &workers, &ForgerFigures::read(forger))
+    }
+
     fn counters(&self, wire: &Wire, forger: &Forger) -> Value {
         let xdp: Value = wire
             .counters()
@@ -932,6 +946,8 @@ fn restart_needed(running: &Config, next: &Config) -> Option<&'static str> {
         Some("[control]")
     } else if running.paths != next.paths {
         Some("[paths]")
+    } else if running.metrics != next.metrics {
+        Some("[metrics]")
     } else {
         None
     }

@@ -19,6 +19,8 @@ use crate::tls::forge::ForgedCert;
 use crate::capture::plaintext::PlaintextExport;
 use crate::control_plane::{ControlPlane, LogFiles, PolicySources, WorkerHandle};
 use crate::eve::{EveLog, EveWriter};
+use crate::metrics::endpoint::MetricsListener;
+use crate::metrics::MetricsSources;
 use crate::privileges;
 use crate::tls::ca::{CaRole, DecryptionCa};
 use crate::tls::forge::Forger;
@@ -60,6 +62,9 @@ const CONTROL_CONNECTIONS: usize = 32;
 const CONTROL_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `<state-dir>/counters.json` is rewritten.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the control thread refreshes what the metrics endpoint cannot read itself
+/// (XDP counters, rule hits): a scrape sees them at most this old.
+const METRICS_FACTS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Publishes the counters as one JSON object in a file, replaced atomically (rename), so
 /// scripts and tests can read them until the control socket serves them.
@@ -448,6 +453,9 @@ pub fn run(options: RunOptions) -> Result<()> {
         call_timeout: CONTROL_CALL_TIMEOUT,
     })
     .with_context(|| format!("opening the control socket {}", socket.display()))?;
+    // Bound now, so a port already in use stops the start with the address named; served
+    // by a thread started after the capabilities are gone.
+    let metrics_listener = options.config.metrics.listen.map(MetricsListener::bind).transpose()?;
 
     // Still one thread: the capabilities go here, for every thread started below.
     let dropped = privileges::drop_all().context("dropping capabilities after start-up")?;
@@ -568,12 +576,33 @@ pub fn run(options: RunOptions) -> Result<()> {
         .spawn(call_tx, server_stop.clone())
         .context("starting the control socket's thread")?;
     tracing::info!(socket = %socket.display(), group = ?options.config.control.group, "control socket ready");
+    let control_facts = Arc::new(std::sync::Mutex::new(plane.control_facts(&wire)));
+    let metrics_stop = Arc::new(AtomicBool::new(false));
+    let metrics_thread = match metrics_listener {
+        Some(listener) => {
+            let address = listener.address();
+            let sources = MetricsSources {
+                workers: all_stats
+                    .iter()
+                    .zip(0..d.queues)
+                    .map(|(s, q)| (q, Arc::clone(s)))
+                    .collect(),
+                forger: forger.clone(),
+                control: Arc::clone(&control_facts),
+            };
+            let thread = listener.spawn(sources, metrics_stop.clone())?;
+            tracing::info!(%address, "Prometheus metrics on http://{address}/metrics");
+            Some(thread)
+        }
+        None => None,
+    };
     // Type=notify: systemd counts the unit started only now, with the wire attached,
     // the workers running and loupectl answered. No-op outside systemd.
     notify_service_manager(sd_notify::NotifyState::Ready);
 
     let counters_file = options.state_dir.join("counters.json");
     let mut last_write = std::time::Instant::now() - COUNTERS_INTERVAL;
+    let mut last_facts = std::time::Instant::now();
     while !STOP.load(Ordering::Relaxed) && handles.iter().all(|h| !h.is_finished()) {
         if REOPEN_LOGS.swap(false, Ordering::Relaxed) {
             // A failure is logged there; the files that failed keep their old file.
@@ -582,6 +611,13 @@ pub fn run(options: RunOptions) -> Result<()> {
         if last_write.elapsed() >= COUNTERS_INTERVAL {
             write_counters(&counters_file, &wire, &all_stats, &forger, &plane.current);
             last_write = std::time::Instant::now();
+        }
+        if metrics_thread.is_some() && last_facts.elapsed() >= METRICS_FACTS_INTERVAL {
+            let facts = plane.control_facts(&wire);
+            if let Ok(mut shared) = control_facts.lock() {
+                *shared = facts;
+            }
+            last_facts = std::time::Instant::now();
         }
         crossbeam_channel::select! {
             recv(call_rx) -> call => if let Ok(call) = call {
@@ -603,6 +639,10 @@ pub fn run(options: RunOptions) -> Result<()> {
     server_stop.store(true, Ordering::Relaxed);
     if server.join().is_err() {
         tracing::error!("the control socket's thread panicked");
+    }
+    metrics_stop.store(true, Ordering::Relaxed);
+    if metrics_thread.is_some_and(|thread| thread.join().is_err()) {
+        tracing::error!("the metrics thread panicked");
     }
     STOP.store(true, Ordering::Relaxed);
     for handle in handles {

@@ -8,6 +8,8 @@ pub mod eve;
 pub mod flow;
 pub mod frame;
 pub mod inspect;
+pub mod latency;
+pub mod metrics;
 pub mod policy;
 pub mod privileges;
 pub mod probing;

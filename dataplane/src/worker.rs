@@ -24,6 +24,8 @@ use crate::capture::CaptureTap;
 use crate::eve::{self, AlertSubject, EveFlow, EveSink, HttpLoupeFacts, UrlRuleVerdict};
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{checksums_ok, parse_tcp_frame, MacAddr};
+use crate::inspect::signatures::Action as SignatureAction;
+use crate::latency::LatencyHistogram;
 use crate::policy::{ExclusionKey, Policy};
 use crate::probing::{PendingRecord, Probes, MAX_PROBES};
 use crate::relay::{ByteCounts, EndReason, Phase, TcpPair, LINGER};
@@ -155,6 +157,16 @@ pub struct WorkerStats {
     pub http_protocol_errors: AtomicU64,
     /// EVE events that could not be written.
     pub eve_write_errors: AtomicU64,
+    /// Ended sessions by policy action ([`Action::ALL`] order) and outcome
+    /// ([`Outcome::ALL`] order): the metrics' `action` × `outcome` labels.
+    pub sessions_by_verdict: [[AtomicU64; Outcome::ALL.len()]; Action::ALL.len()],
+    /// From the client's SYN to both TLS handshakes done, per decrypted session.
+    pub tls_handshake_latency: LatencyHistogram,
+    /// From an HTTP request's first byte to its response's last, per transaction.
+    pub http_request_latency: LatencyHistogram,
+    /// Signatures that fired with `alert`, and with `drop` (the session or stream ended).
+    pub signature_alerts: AtomicU64,
+    pub signature_drops: AtomicU64,
 }
 
 /// What a worker needs to split TLS: built once by the daemon, one per worker.
@@ -240,6 +252,8 @@ struct FlowState {
     /// Opened client-first (a SYN flood was on): while half-open it has cost the server
     /// nothing, and its client may be a spoofed address, so it ends without a record.
     syn_proxied: bool,
+    /// Its handshake latency is recorded (once, when both TLS handshakes are done).
+    handshake_timed: bool,
 }
 
 /// Takes a flow out of the worker's half-open count (`count`, published in `stats`): its
@@ -710,6 +724,7 @@ impl Worker {
             buffers_discarded_at: None,
             half_open: true,
             syn_proxied,
+            handshake_timed: false,
         }) {
             Ok(inserted) => inserted,
             Err(full) => {
@@ -806,6 +821,12 @@ impl Worker {
             now: SystemTime::now(),
         };
         flow.pair.relay(&mut flow.session.pump(env));
+        // Checked per service, not per byte; a cheap match until the first success.
+        if !flow.handshake_timed && flow.session.decrypted() {
+            flow.handshake_timed = true;
+            let since_syn = std::time::Duration::from_micros((now - flow.opened).total_micros());
+            self.stats.tls_handshake_latency.observe(since_syn);
+        }
         if let Some(tap) = &self.tls.export {
             let packets = flow.session.take_export_packets();
             if !packets.is_empty() {
@@ -1122,6 +1143,12 @@ impl Worker {
             Outcome::Aborted => &self.stats.sessions_aborted,
         };
         WorkerStats::add(counter, 1);
+        if let (Some(action), Some(outcome)) = (
+            Action::ALL.iter().position(|a| *a == record.action),
+            Outcome::ALL.iter().position(|o| *o == record.outcome),
+        ) {
+            WorkerStats::add(&self.stats.sessions_by_verdict[action][outcome], 1);
+        }
         self.tally.count(record);
         let now = self.now();
         let detail = SessionDetail {
@@ -1472,6 +1499,13 @@ fn queue_alert_events(session: &mut Session, key: Option<FlowKey>, batch: &mut V
     let Some((alerts, set)) = session.take_alerts() else {
         return;
     };
+    for alert in &alerts {
+        match alert.hit.action {
+            SignatureAction::Alert => WorkerStats::add(&stats.signature_alerts, 1),
+            SignatureAction::Drop => WorkerStats::add(&stats.signature_drops, 1),
+            SignatureAction::Pass => {}
+        }
+    }
     let Some(key) = key else { return };
     let flow = EveFlow {
         flow_id: session.id(),
@@ -1512,6 +1546,13 @@ fn queue_http_events(session: &mut Session, key: Option<FlowKey>, batch: &mut Ve
         }
         if done.blocked {
             WorkerStats::add(&stats.http_blocked, 1);
+        }
+        if let Some(took) = done
+            .request_start
+            .zip(done.end)
+            .and_then(|(start, end)| end.duration_since(start).ok())
+        {
+            stats.http_request_latency.observe(took);
         }
         let Some(flow) = &flow else { continue };
         let facts = HttpLoupeFacts {

@@ -279,6 +279,13 @@ pub enum Outcome {
 }
 
 impl Action {
+    pub const ALL: [Action; 4] = [
+        Action::Decrypt,
+        Action::NoDecrypt,
+        Action::Block,
+        Action::DecryptInbound,
+    ];
+
     /// The name the log uses (`no-decrypt`); matches the serde form.
     pub fn as_str(self) -> &'static str {
         match self {
