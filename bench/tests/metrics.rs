@@ -117,7 +117,7 @@ fn prometheus_scrapes_the_metrics_for_a_minute_and_finds_a_rate() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
         let text = scrape(&t);
-        let steered = sample(&text, "loupe_xdp_steered_frames_total").unwrap_or(0.0);
+        let steered = sample(&text, "loupe_xdp_steered_frames_total{port=\"inside\",queue=\"0\"}").unwrap_or(0.0);
         if (decrypted(&text).unwrap_or(0.0) >= 3.0 && steered > 0.0) || Instant::now() > deadline {
             break text;
         }
@@ -135,7 +135,7 @@ fn prometheus_scrapes_the_metrics_for_a_minute_and_finds_a_rate() {
         "loupe_http_request_duration_seconds_count",
         "loupe_forged_certificate_cache_hits_total",
         "loupe_flows_opened_total{queue=\"0\"}",
-        "loupe_xdp_steered_frames_total",
+        "loupe_xdp_steered_frames_total{port=\"inside\",queue=\"0\"}",
     ] {
         if sample(&after, series).unwrap_or(0.0) < 1.0 {
             t.fail(None, &format!("{series} did not move:\n{after}"));

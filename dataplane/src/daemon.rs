@@ -368,6 +368,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         fail_closed: d.fail == FailMode::Closed,
         drop_quic: d.drop_quic,
         pin_dir: options.pin_dir.clone(),
+        queues: d.queues,
         mode: if d.xdp_mode == "generic" {
             XdpAttachMode::Generic
         } else {

@@ -21,7 +21,7 @@ use crate::latency::{HistogramSample, LatencyHistogram};
 use crate::policy::Policy;
 use crate::tls::forge::Forger;
 use crate::tls::record::{Action, Outcome};
-use crate::wire::{Wire, WireCounters};
+use crate::wire::{CounterPlace, PlacedCounters, Wire, WireCounters};
 use crate::worker::WorkerStats;
 
 /// The `Content-Type` of the exposition.
@@ -31,8 +31,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// running policy snapshot.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ControlFacts {
-    /// `None` when the XDP counters could not be read (then they are left out).
-    pub xdp: Option<WireCounters>,
+    /// The XDP counters per port and queue; `None` when they could not be read (then
+    /// they are left out).
+    pub xdp: Option<Vec<PlacedCounters>>,
     /// Per policy rule (`default` last): sessions decided by the workers and client SYNs
     /// bridged by its no-decrypt entries in XDP.
     pub rules: Vec<RuleHits>,
@@ -52,7 +53,7 @@ impl ControlFacts {
     pub fn read(wire: &Wire, policy: &Policy) -> ControlFacts {
         let xdp_hits = wire.rule_hits().unwrap_or_default();
         ControlFacts {
-            xdp: wire.counters().ok(),
+            xdp: wire.placed_counters().ok(),
             rules: policy
                 .hits()
                 .into_iter()
@@ -254,6 +255,17 @@ const SUMMED_COUNTERS: &[WorkerCounter] = &[
     ),
 ];
 
+/// `port` and `queue` of an XDP counter row: a served queue by number, the port's other
+/// queues as `other`, frames on neither port as `port="none"`.
+fn xdp_place_labels(place: CounterPlace) -> Labels {
+    let (port, queue) = match place {
+        CounterPlace::Queue { port, queue } => (port.as_str(), queue.to_string()),
+        CounterPlace::OtherQueues { port } => (port.as_str(), "other".to_string()),
+        CounterPlace::NoPort => ("none", "none".to_string()),
+    };
+    vec![("port", port.to_string()), ("queue", queue)]
+}
+
 /// The help of each XDP counter (`WireCounters::fields` names).
 fn xdp_help(name: &str) -> &'static str {
     match name {
@@ -284,12 +296,14 @@ pub fn exposition(facts: &ControlFacts, workers: &[(u32, &WorkerStats)], forger:
         "Version of the running policy snapshot (1 at start, +1 per load).",
         [(vec![], facts.config_version as f64)],
     );
-    if let Some(xdp) = &facts.xdp {
-        for (name, value) in xdp.fields() {
+    if let Some(rows) = &facts.xdp {
+        let names = WireCounters::default().fields().map(|(name, _)| name);
+        for (field, name) in names.into_iter().enumerate() {
             out.counter(
                 &format!("loupe_xdp_{name}_frames_total"),
                 xdp_help(name),
-                [(vec![], value)],
+                rows.iter()
+                    .map(|row| (xdp_place_labels(row.place), row.counters.fields()[field].1)),
             );
         }
     }

@@ -107,6 +107,14 @@ pub enum PortSide {
 }
 
 impl PortSide {
+    /// `inside` or `outside`, as metrics and counters name the ports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inside => "inside",
+            Self::Outside => "outside",
+        }
+    }
+
     fn index(self) -> u32 {
         match self {
             Self::Inside => PORT_INSIDE,
@@ -136,6 +144,9 @@ pub struct WireSettings {
     /// Where links and maps are pinned (on bpffs).
     pub pin_dir: PathBuf,
     pub mode: XdpAttachMode,
+    /// Queues of each port the daemon serves: their XDP counters are kept per queue,
+    /// those of any other queue together per port.
+    pub queues: u32,
 }
 
 impl Default for WireSettings {
@@ -148,6 +159,7 @@ impl Default for WireSettings {
             drop_quic: false,
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             mode: XdpAttachMode::Native,
+            queues: 1,
         }
     }
 }
@@ -197,6 +209,7 @@ impl WireSettings {
             outside_ifindex,
             flags,
             attach_mode: mode.config_value(),
+            queues: self.queues,
         }
     }
 }
@@ -249,6 +262,17 @@ impl WireCounters {
             ("bridged_no_decrypt", self.bridged_no_decrypt),
             ("pinned_against_entries", self.pinned_against_entries),
         ]
+    }
+
+    /// The sum of every row.
+    pub fn total(rows: &[PlacedCounters]) -> Self {
+        let mut sums = [0u64; counter::COUNT as usize];
+        for row in rows {
+            for (sum, (_, value)) in sums.iter_mut().zip(row.counters.fields()) {
+                *sum = sum.wrapping_add(value);
+            }
+        }
+        Self::from_sums(&sums)
     }
 
     /// Builds the struct from per-index sums (index = `loupe_common::counter::*`).
@@ -619,9 +643,15 @@ impl Wire {
             .with_context(|| format!("{iface}: unregistering the socket of queue {queue}"))
     }
 
-    /// Counters summed over CPUs (they restart at zero with each `attach`).
+    /// Counters summed over CPUs, ports and queues (they restart at zero with each `attach`).
     pub fn counters(&self) -> Result<WireCounters> {
-        read_counters(&self.counters)
+        Ok(WireCounters::total(&self.placed_counters()?))
+    }
+
+    /// Counters summed over CPUs, for each port's served queues, each port's other
+    /// queues, and frames on neither port.
+    pub fn placed_counters(&self) -> Result<Vec<PlacedCounters>> {
+        read_placed_counters(&self.counters, self.current.queues)
     }
 
     /// Switches between fail-open and fail-closed; takes effect on the next frame.
@@ -885,17 +915,68 @@ fn unpin(pin_dir: &Path, names: &[&str]) -> Result<bool> {
     Ok(removed)
 }
 
-fn read_counters<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<WireCounters> {
-    let mut sums = [0u64; counter::COUNT as usize];
-    // A map pinned by an older build may have fewer counters: the rest read as zero.
-    let len = (map.len() as usize).min(sums.len());
-    for (i, sum) in sums[..len].iter_mut().enumerate() {
-        let per_cpu = map
-            .get(&(i as u32), 0)
-            .with_context(|| format!("reading wire counter {i}"))?;
-        *sum = per_cpu.iter().fold(0u64, |acc, v| acc.wrapping_add(*v));
+/// Where one row of the XDP counters counted frames (see `loupe_common::counter::row`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterPlace {
+    /// A queue of a port that the daemon serves.
+    Queue { port: PortSide, queue: u32 },
+    /// Every other queue of a port.
+    OtherQueues { port: PortSide },
+    /// Frames that came in on neither port.
+    NoPort,
+}
+
+impl CounterPlace {
+    /// The places of the rows with `served` queues, with their row numbers.
+    fn all(served: u32) -> Vec<(CounterPlace, u32)> {
+        let mut places = Vec::new();
+        for port in [PortSide::Inside, PortSide::Outside] {
+            for queue in 0..served.min(MAX_QUEUES) {
+                places.push((
+                    CounterPlace::Queue { port, queue },
+                    counter::row(port.index(), queue, served),
+                ));
+            }
+            let other = port.index() * counter::QUEUE_SLOTS + counter::OTHER_QUEUES;
+            places.push((CounterPlace::OtherQueues { port }, other));
+        }
+        places.push((CounterPlace::NoPort, counter::NO_PORT_ROW));
+        places
     }
-    Ok(WireCounters::from_sums(&sums))
+}
+
+/// One row of the XDP counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlacedCounters {
+    pub place: CounterPlace,
+    pub counters: WireCounters,
+}
+
+fn read_placed_counters<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>, served: u32) -> Result<Vec<PlacedCounters>> {
+    if map.len() < counter::ENTRIES {
+        bail!(
+            "the wire counters map has {} entries, not {}: it was made by another build of loupe (restart the daemon to replace it)",
+            map.len(),
+            counter::ENTRIES
+        );
+    }
+    CounterPlace::all(served)
+        .into_iter()
+        .map(|(place, row)| {
+            let mut sums = [0u64; counter::COUNT as usize];
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let index = counter::index(row, i as u32);
+                let per_cpu = map
+                    .get(&index, 0)
+                    .with_context(|| format!("reading wire counter {index}"))?;
+                *sum = per_cpu.iter().fold(0u64, |acc, v| acc.wrapping_add(*v));
+            }
+            Ok(PlacedCounters {
+                place,
+                counters: WireCounters::from_sums(&sums),
+            })
+        })
+        .collect()
 }
 
 fn read_rule_hits<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Vec<u64>> {
@@ -927,7 +1008,15 @@ pub fn pinned_counters(pin_dir: &Path) -> Result<WireCounters> {
     let map = Map::from_map_data(data).context("pinned counters map")?;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(map).context("pinned counters map has an unexpected type")?;
-    read_counters(&counters)
+    // The served queues as the daemon configured them (the config map is pinned too).
+    let config_path = pin_dir.join(pins::CONFIG);
+    let served = MapData::from_pin(&config_path)
+        .ok()
+        .and_then(|data| Map::from_map_data(data).ok())
+        .and_then(|map| Array::<MapData, WireConfig>::try_from(map).ok())
+        .and_then(|config| config.get(&0, 0).ok())
+        .map_or(MAX_QUEUES, |config| config.queues);
+    Ok(WireCounters::total(&read_placed_counters(&counters, served)?))
 }
 
 /// Removes the pinned links and maps: the ports stop bridging (once no process

@@ -27,8 +27,8 @@ use std::{
 
 use loupe_dataplane::{
     wire::{
-        detach, pinned_counters, pinned_rule_hits, NoDecryptEntry, PortSide, Wire, WireCounters, WireSettings,
-        XdpAttachMode,
+        detach, pinned_counters, pinned_rule_hits, CounterPlace, NoDecryptEntry, PortSide, Wire, WireCounters,
+        WireSettings, XdpAttachMode,
     },
     xsk::{XskPort, XskSizes, BATCH},
 };
@@ -165,6 +165,7 @@ impl Lab {
             drop_quic: false,
             pin_dir: self.pin_dir.clone(),
             mode,
+            queues: 1,
         }
     }
 
@@ -482,6 +483,24 @@ fn wire_bridges_steers_and_fails_as_configured() {
     let c = wait_counters(&wire, "bridged after ping", |c| c.bridged >= before.bridged + 4);
     assert_eq!(c.steered, 0);
     assert_eq!(c.redirect_failed, 0, "{}", c.to_json());
+    // Counted where they came in: requests on the inside port, replies on the outside,
+    // each on the queue the daemon serves (veth has one); the rows add up to the totals.
+    let placed = wire.placed_counters().expect("reading the counters per port and queue");
+    let bridged_at = |place: CounterPlace| {
+        placed
+            .iter()
+            .find(|row| row.place == place)
+            .map_or(0, |row| row.counters.bridged)
+    };
+    for port in [PortSide::Inside, PortSide::Outside] {
+        assert!(
+            bridged_at(CounterPlace::Queue { port, queue: 0 }) >= 2,
+            "{port:?} queue 0: {placed:?}"
+        );
+        assert_eq!(bridged_at(CounterPlace::OtherQueues { port }), 0, "{placed:?}");
+    }
+    assert_eq!(bridged_at(CounterPlace::NoPort), 0, "{placed:?}");
+    assert!(WireCounters::total(&placed).bridged >= c.bridged, "{placed:?}");
 
     // Non-inspected TCP, with data both ways.
     lab.tcp_exchange(80, Duration::from_secs(3))

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::endpoint::{request_line, MetricsListener};
 use super::*;
+use crate::wire::PortSide;
 
 fn busy_worker() -> WorkerStats {
     let stats = WorkerStats::default();
@@ -25,11 +26,35 @@ fn busy_worker() -> WorkerStats {
 
 fn facts() -> ControlFacts {
     ControlFacts {
-        xdp: Some(WireCounters {
-            steered: 300,
-            bridged: 12,
-            ..WireCounters::default()
-        }),
+        xdp: Some(vec![
+            PlacedCounters {
+                place: CounterPlace::Queue {
+                    port: PortSide::Inside,
+                    queue: 0,
+                },
+                counters: WireCounters {
+                    steered: 300,
+                    bridged: 12,
+                    ..WireCounters::default()
+                },
+            },
+            PlacedCounters {
+                place: CounterPlace::OtherQueues {
+                    port: PortSide::Outside,
+                },
+                counters: WireCounters {
+                    unserved: 7,
+                    ..WireCounters::default()
+                },
+            },
+            PlacedCounters {
+                place: CounterPlace::NoPort,
+                counters: WireCounters {
+                    unknown_ingress: 2,
+                    ..WireCounters::default()
+                },
+            },
+        ]),
         rules: vec![
             RuleHits {
                 rule: "banks \"eu\"".to_string(),
@@ -70,7 +95,28 @@ fn exposition_has_every_family_typed_and_the_figures() {
     let text = exposition(&facts(), &[(0, &a), (1, &b)], &forger);
 
     assert_eq!(sample(&text, "loupe_config_version"), 3.0);
-    assert_eq!(sample(&text, "loupe_xdp_steered_frames_total"), 300.0);
+    assert_eq!(
+        sample(&text, "loupe_xdp_steered_frames_total{port=\"inside\",queue=\"0\"}"),
+        300.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "loupe_xdp_unserved_frames_total{port=\"outside\",queue=\"other\"}"
+        ),
+        7.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "loupe_xdp_unknown_ingress_frames_total{port=\"none\",queue=\"none\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, "loupe_xdp_steered_frames_total{port=\"none\",queue=\"none\"}"),
+        0.0
+    );
     assert_eq!(sample(&text, "loupe_worker_rx_frames_total{queue=\"0\"}"), 120.0);
     assert_eq!(sample(&text, "loupe_worker_rx_frames_total{queue=\"1\"}"), 1.0);
     assert_eq!(

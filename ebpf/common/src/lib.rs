@@ -227,8 +227,37 @@ pub mod counter {
     /// current no-decrypt entries (a policy changed while the connection was open):
     /// steered although now listed, or bridged although no longer listed.
     pub const PINNED_AGAINST_ENTRIES: u32 = 11;
-    /// Number of counters (size of the map).
+    /// Number of counters (one row of the map).
     pub const COUNT: u32 = 12;
+
+    /// The counters map holds one row of [`COUNT`] counters per place a frame came in:
+    /// each port's queues the daemon serves (below `WireConfig::queues`), one row per
+    /// port for all its other queues, and one for frames on neither port.
+    pub const QUEUE_SLOTS: u32 = crate::MAX_QUEUES + 1;
+    /// The row of a port's queues beyond those served.
+    pub const OTHER_QUEUES: u32 = crate::MAX_QUEUES;
+    /// The row of frames that came in on neither port.
+    pub const NO_PORT_ROW: u32 = 2 * QUEUE_SLOTS;
+    pub const ROWS: u32 = NO_PORT_ROW + 1;
+    /// Entries of the counters map.
+    pub const ENTRIES: u32 = ROWS * COUNT;
+
+    /// The row of a frame that came in on `port` at `rx_queue`, with `served` queues.
+    #[inline(always)]
+    pub const fn row(port: u32, rx_queue: u32, served: u32) -> u32 {
+        let slot = if rx_queue < served && rx_queue < crate::MAX_QUEUES {
+            rx_queue
+        } else {
+            OTHER_QUEUES
+        };
+        port * QUEUE_SLOTS + slot
+    }
+
+    /// The map index of `counter` in `row`.
+    #[inline(always)]
+    pub const fn index(row: u32, counter: u32) -> u32 {
+        row * COUNT + counter
+    }
 }
 
 /// Per-CPU counter indices of the `LOSSY_COUNTERS` map.
@@ -269,6 +298,9 @@ pub struct WireConfig {
     pub flags: u32,
     /// Attach mode the loader used (`ATTACH_*`); informational, for tools reading the pin.
     pub attach_mode: u32,
+    /// Queues of each port the daemon serves (0..queues): each counts in a row of its
+    /// own (`counter::row`); frames on other queues share a row per port.
+    pub queues: u32,
 }
 
 impl WireConfig {
@@ -321,6 +353,19 @@ mod tests {
     }
 
     #[test]
+    fn counter_rows_do_not_overlap() {
+        use counter::*;
+        assert_eq!(row(PORT_INSIDE, 0, 2), 0);
+        assert_eq!(row(PORT_INSIDE, 1, 2), 1);
+        assert_eq!(row(PORT_INSIDE, 2, 2), OTHER_QUEUES);
+        assert_eq!(row(PORT_INSIDE, MAX_QUEUES + 5, MAX_QUEUES + 9), OTHER_QUEUES);
+        assert_eq!(row(PORT_OUTSIDE, 0, 2), QUEUE_SLOTS);
+        assert_eq!(row(PORT_OUTSIDE, 7, 2), QUEUE_SLOTS + OTHER_QUEUES);
+        assert!(row(PORT_OUTSIDE, MAX_QUEUES - 1, MAX_QUEUES) < NO_PORT_ROW);
+        assert_eq!(index(NO_PORT_ROW, COUNT - 1), ENTRIES - 1);
+    }
+
+    #[test]
     fn port_of_ignores_unconfigured_zero() {
         let cfg = WireConfig::default();
         assert_eq!(cfg.port_of(0), None);
@@ -342,7 +387,7 @@ mod tests {
         };
         assert!(cfg.drop_quic());
         assert!(!cfg.fail_closed());
-        assert_eq!(core::mem::size_of::<WireConfig>(), 16);
+        assert_eq!(core::mem::size_of::<WireConfig>(), 20);
     }
 
     #[test]

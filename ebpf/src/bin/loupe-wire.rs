@@ -47,7 +47,7 @@ static LOUPE_PORTS: DevMap = DevMap::with_max_entries(2, 0);
 static LOUPE_XSKS: XskMap = XskMap::with_max_entries(XSK_ENTRIES, 0);
 
 #[map]
-static LOUPE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+static LOUPE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::ENTRIES, 0);
 
 #[map]
 static LOUPE_NODECRYPT: LpmTrie<NoDecryptKey, u32> = LpmTrie::with_max_entries(MAX_NO_DECRYPT, 0);
@@ -84,9 +84,10 @@ impl Frame for XdpFrame {
     }
 }
 
+/// Counts in the frame's row (`counter::row`: its port and queue).
 #[inline(always)]
-fn count(index: u32) {
-    if let Some(slot) = LOUPE_COUNTERS.get_ptr_mut(index) {
+fn count(row: u32, counter: u32) {
+    if let Some(slot) = LOUPE_COUNTERS.get_ptr_mut(counter::index(row, counter)) {
         // SAFETY: per-CPU slot, XDP runs with preemption disabled.
         unsafe { *slot += 1 };
     }
@@ -109,9 +110,10 @@ pub fn loupe_wire(ctx: XdpContext) -> u32 {
     let cfg = *cfg;
     let Some(port) = cfg.port_of(ctx.ingress_ifindex() as u32) else {
         // Not configured yet, or attached to a foreign interface: leave it to the stack.
-        count(counter::UNKNOWN_INGRESS);
+        count(counter::NO_PORT_ROW, counter::UNKNOWN_INGRESS);
         return xdp_action::XDP_PASS;
     };
+    let row = counter::row(port, ctx.rx_queue_index(), cfg.queues);
     let frame = XdpFrame {
         start: ctx.data(),
         end: ctx.data_end(),
@@ -137,51 +139,51 @@ pub fn loupe_wire(ctx: XdpContext) -> u32 {
                     rule_hit,
                     pinned_against_entries,
                 } => {
-                    count(counter::BRIDGED_NO_DECRYPT);
+                    count(row, counter::BRIDGED_NO_DECRYPT);
                     if pinned_against_entries {
-                        count(counter::PINNED_AGAINST_ENTRIES);
+                        count(row, counter::PINNED_AGAINST_ENTRIES);
                     }
                     if let Some(rule) = rule_hit {
                         count_rule_hit(rule);
                     }
-                    bridge(port)
+                    bridge(port, row)
                 }
                 InspectedAction::Unserved => {
                     // Bridged fail-open at its SYN: it stays so, whatever the fail mode
                     // and whether a worker is back.
-                    count(counter::UNSERVED);
-                    bridge(port)
+                    count(row, counter::UNSERVED);
+                    bridge(port, row)
                 }
                 InspectedAction::Steer { pinned_against_entries } => {
                     if pinned_against_entries {
-                        count(counter::PINNED_AGAINST_ENTRIES);
+                        count(row, counter::PINNED_AGAINST_ENTRIES);
                     }
-                    steer(&ctx, &cfg, port)
+                    steer(&ctx, &cfg, port, row)
                 }
             }
         }
         Class::Quic if cfg.drop_quic() => {
-            count(counter::DROPPED_QUIC);
+            count(row, counter::DROPPED_QUIC);
             xdp_action::XDP_DROP
         }
         Class::Malformed => {
-            count(counter::MALFORMED);
-            bridge(port)
+            count(row, counter::MALFORMED);
+            bridge(port, row)
         }
         Class::Vlan => {
-            count(counter::VLAN);
-            bridge(port)
+            count(row, counter::VLAN);
+            bridge(port, row)
         }
         Class::Fragment => {
-            count(counter::FRAGMENTS);
-            bridge(port)
+            count(row, counter::FRAGMENTS);
+            bridge(port, row)
         }
-        Class::Quic | Class::Plain => bridge(port),
+        Class::Quic | Class::Plain => bridge(port, row),
     }
 }
 
 #[inline(always)]
-fn steer(ctx: &XdpContext, cfg: &WireConfig, port: u32) -> u32 {
+fn steer(ctx: &XdpContext, cfg: &WireConfig, port: u32, row: u32) -> u32 {
     let queue = ctx.rx_queue_index();
     if queue < MAX_QUEUES {
         let key = xsk_key(port, queue);
@@ -189,28 +191,28 @@ fn steer(ctx: &XdpContext, cfg: &WireConfig, port: u32) -> u32 {
         // means a live worker; the redirect can still miss if it races a close.
         if LOUPE_XSKS.get(key).is_some() {
             if let Ok(action) = LOUPE_XSKS.redirect(key, 0) {
-                count(counter::STEERED);
+                count(row, counter::STEERED);
                 return action;
             }
         }
     }
     if cfg.fail_closed() {
-        count(counter::DROPPED_FAIL_CLOSED);
+        count(row, counter::DROPPED_FAIL_CLOSED);
         return xdp_action::XDP_DROP;
     }
-    count(counter::UNSERVED);
-    bridge(port)
+    count(row, counter::UNSERVED);
+    bridge(port, row)
 }
 
 #[inline(always)]
-fn bridge(port: u32) -> u32 {
+fn bridge(port: u32, row: u32) -> u32 {
     match LOUPE_PORTS.redirect(1 - port, 0) {
         Ok(action) => {
-            count(counter::BRIDGED);
+            count(row, counter::BRIDGED);
             action
         }
         Err(_) => {
-            count(counter::REDIRECT_FAILED);
+            count(row, counter::REDIRECT_FAILED);
             xdp_action::XDP_DROP
         }
     }
