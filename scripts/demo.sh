@@ -210,12 +210,15 @@ start_peer() { # ADDRESS ARGS...: openssl s_server in the server namespace, unti
     done
     die "openssl s_server on $address did not listen"
 }
-wait_record() { # SNI: until the decryption log has a record of a session to it
+wait_line() { # FILE TEXT: until a line of FILE holds TEXT (loupe writes its logs behind the traffic)
     for _ in $(seq 50); do
-        grep -q "\"sni\":\"$1\"" "$WORK/log/decryption.jsonl" 2>/dev/null && return
+        grep -qF "$2" "$1" 2>/dev/null && return
         sleep 0.1
     done
-    die "no record of the session to $1 in the decryption log"
+    die "nothing with $2 in $1 after 5 s"
+}
+wait_record() { # SNI: until the decryption log has a record of a session to it
+    wait_line "$WORK/log/decryption.jsonl" "\"sni\":\"$1\""
 }
 start_peer 198.18.0.3 -cert "$PKI/self-signed.crt" -key "$PKI/self-signed.key"
 start_peer 198.18.0.8 -cert "$PKI/sha1.crt" -key "$PKI/sha1.key" -cipher ECDHE-RSA-AES128-SHA -no_tls1_3
@@ -245,19 +248,13 @@ client curl -sS --max-time 10 --cacert "$WORK/decryption-ca.pem" https://s7.lab/
 say "a URL rule answers 403 inside the decrypted session"
 client curl -sS --max-time 10 --cacert "$WORK/decryption-ca.pem" https://server.lab/admin/users \
     -o /dev/null -w 'HTTP status %{http_code}\n'
-for _ in $(seq 50); do
-    grep -q '"url":"/admin/users"' "$WORK/log/eve.json" 2>/dev/null && break
-    sleep 0.1
-done
+wait_line "$WORK/log/eve.json" '"url":"/admin/users"'
 operator log tail --http --errors -n 1
 
 say "a Suricata rule alerts, in eve.json as Suricata writes it"
 client curl -sS --max-time 10 --cacert "$WORK/decryption-ca.pem" https://server.lab/secret/plans \
     -o /dev/null -w 'HTTP status %{http_code}\n'
-for _ in $(seq 50); do
-    grep -q '"event_type":"alert"' "$WORK/log/eve.json" 2>/dev/null && break
-    sleep 0.1
-done
+wait_line "$WORK/log/eve.json" '"event_type":"alert"'
 printf '\n  # grep %s %s | python3 -m json.tool\n' "'\"event_type\":\"alert\"'" "$WORK/log/eve.json"
 grep -m1 '"event_type":"alert"' "$WORK/log/eve.json" | python3 -m json.tool ||
     die "no alert in eve.json"

@@ -47,7 +47,8 @@ def group_of(conn):
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def serve(addr, port, cert, key):
+def tls_listener(addr, port, cert, key):
+    """A server context with CERT and KEY, and a socket listening on ADDR:PORT."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.use_certificate_chain_file(cert)
     ctx.use_privatekey_file(key)
@@ -56,6 +57,11 @@ def serve(addr, port, cert, key):
     listener.bind((addr, int(port)))
     listener.listen(64)
     print(f"listening on {addr}:{port}", flush=True)
+    return ctx, listener
+
+
+def serve(addr, port, cert, key):
+    ctx, listener = tls_listener(addr, port, cert, key)
     while True:
         raw, peer = listener.accept()
         conn = SSL.Connection(ctx, bound(raw))
@@ -137,14 +143,7 @@ def send_then_half_close(conn, size):
 
 
 def half_close_serve(addr, port, cert, key):
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate_chain_file(cert)
-    ctx.use_privatekey_file(key)
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((addr, int(port)))
-    listener.listen(64)
-    print(f"listening on {addr}:{port}", flush=True)
+    ctx, listener = tls_listener(addr, port, cert, key)
     while True:
         raw, peer = listener.accept()
         conn = SSL.Connection(ctx, bound(raw))
