@@ -47,8 +47,10 @@ def group_of(conn):
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def tls_listener(addr, port, cert, key):
-    """A server context with CERT and KEY, and a socket listening on ADDR:PORT."""
+def serve_each(addr, port, cert, key, handle):
+    """Until killed, accepts TLS connections on ADDR:PORT with CERT and KEY and prints
+    what handle(conn, peer_name) returns for each after its handshake, or a JSON line
+    naming the peer and the error."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.use_certificate_chain_file(cert)
     ctx.use_privatekey_file(key)
@@ -57,32 +59,33 @@ def tls_listener(addr, port, cert, key):
     listener.bind((addr, int(port)))
     listener.listen(64)
     print(f"listening on {addr}:{port}", flush=True)
-    return ctx, listener
-
-
-def serve(addr, port, cert, key):
-    ctx, listener = tls_listener(addr, port, cert, key)
     while True:
         raw, peer = listener.accept()
+        name = f"{peer[0]}:{peer[1]}"
         conn = SSL.Connection(ctx, bound(raw))
         conn.set_accept_state()
         try:
             conn.do_handshake()
-            request = b""
-            while b"\r\n\r\n" not in request and len(request) < 65536:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                request += chunk
-            body = f"group={group_of(conn)}\n".encode()
-            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            conn.sendall(head.encode() + body)
-            conn.shutdown()
-            print(f"{peer[0]}:{peer[1]} group={group_of(conn)}", flush=True)
-        except (SSL.Error, OSError) as e:
-            print(f"{peer[0]}:{peer[1]} failed: {e!r}", flush=True)
+            print(handle(conn, name), flush=True)
+        except (SSL.Error, OSError, ValueError) as e:
+            print(json.dumps({"peer": name, "failed": repr(e)}), flush=True)
         finally:
             raw.close()
+
+
+def answer_with_group(conn, name):
+    """One HTTP/1.1 response naming the group the handshake negotiated."""
+    request = b""
+    while b"\r\n\r\n" not in request and len(request) < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        request += chunk
+    body = f"group={group_of(conn)}\n".encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    conn.sendall(head.encode() + body)
+    conn.shutdown()
+    return f"{name} group={group_of(conn)}"
 
 
 def fetch(addr, port, sni, cafile, groups=None):
@@ -142,31 +145,21 @@ def send_then_half_close(conn, size):
     return digest.hexdigest()
 
 
-def half_close_serve(addr, port, cert, key):
-    ctx, listener = tls_listener(addr, port, cert, key)
-    while True:
-        raw, peer = listener.accept()
-        conn = SSL.Connection(ctx, bound(raw))
-        conn.set_accept_state()
-        try:
-            conn.do_handshake()
-            head = b""
-            while b"\n" not in head and len(head) < 256:
-                head += conn.recv(256 - len(head))
-            line, rest = head.split(b"\n", 1)
-            order, n, m = line.decode().split()
-            result = {"peer": f"{peer[0]}:{peer[1]}", "order": order}
-            if order == "client-first":
-                result["received"], result["received_sha"], result["ended_by"] = read_to_close(conn, rest)
-                result["sent"], result["sent_sha"] = int(m), send_then_half_close(conn, int(m))
-            else:
-                result["sent"], result["sent_sha"] = int(m), send_then_half_close(conn, int(m))
-                result["received"], result["received_sha"], result["ended_by"] = read_to_close(conn, rest)
-            print(json.dumps(result), flush=True)
-        except (SSL.Error, OSError, ValueError) as e:
-            print(json.dumps({"peer": f"{peer[0]}:{peer[1]}", "failed": repr(e)}), flush=True)
-        finally:
-            raw.close()
+def half_close_exchange(conn, name):
+    """The server's side of one half-close exchange (see half-close-server above)."""
+    head = b""
+    while b"\n" not in head and len(head) < 256:
+        head += conn.recv(256 - len(head))
+    line, rest = head.split(b"\n", 1)
+    order, n, m = line.decode().split()
+    result = {"peer": name, "order": order}
+    if order == "client-first":
+        result["received"], result["received_sha"], result["ended_by"] = read_to_close(conn, rest)
+        result["sent"], result["sent_sha"] = int(m), send_then_half_close(conn, int(m))
+    else:
+        result["sent"], result["sent_sha"] = int(m), send_then_half_close(conn, int(m))
+        result["received"], result["received_sha"], result["ended_by"] = read_to_close(conn, rest)
+    return json.dumps(result)
 
 
 def half_close_client(addr, port, sni, cafile, order, n, m):
@@ -191,11 +184,11 @@ def half_close_client(addr, port, sni, cafile, order, n, m):
 
 if __name__ == "__main__":
     if len(sys.argv) >= 6 and sys.argv[1] == "server":
-        serve(*sys.argv[2:6])
+        serve_each(*sys.argv[2:6], answer_with_group)
     elif len(sys.argv) >= 6 and sys.argv[1] == "client":
         fetch(*sys.argv[2:7])
     elif len(sys.argv) == 6 and sys.argv[1] == "half-close-server":
-        half_close_serve(*sys.argv[2:6])
+        serve_each(*sys.argv[2:6], half_close_exchange)
     elif len(sys.argv) == 9 and sys.argv[1] == "half-close-client":
         half_close_client(*sys.argv[2:9])
     else:
