@@ -937,7 +937,8 @@ impl CounterPlace {
                     counter::row(port.index(), queue, served),
                 ));
             }
-            let other = port.index() * counter::QUEUE_SLOTS + counter::OTHER_QUEUES;
+            // No served queue is numbered MAX_QUEUES: `row` gives the port's shared row.
+            let other = counter::row(port.index(), MAX_QUEUES, served);
             places.push((CounterPlace::OtherQueues { port }, other));
         }
         places.push((CounterPlace::NoPort, counter::NO_PORT_ROW));
