@@ -3,6 +3,7 @@
 
 pub mod costs;
 pub mod handshakes;
+pub mod inspect_bench;
 pub mod lab;
 pub mod load;
 pub mod lossy;

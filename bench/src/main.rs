@@ -282,6 +282,22 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "classic")]
         hello: loupe_bench::load::HelloShape,
     },
+    /// HTTP inspection alone, in this process, without a lab: CPU per transaction of the
+    /// engine and its EVE line over the bench's HTTP/1.1 and HTTP/2 exchanges.
+    InspectMicro {
+        /// Seconds of CPU each of the four measurements runs.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Sessions advanced in turn in the interleaved measurements.
+        #[arg(long, default_value_t = 2000)]
+        sessions: usize,
+        /// Transactions per session.
+        #[arg(long, default_value_t = 50)]
+        transactions: usize,
+        /// Print the report as JSON (the table goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// The signature engine's microbench: a generated set of ET-style rules that match
     /// none of its traffic; prints load time, memory (RSS delta), the prefilter's rate over
     /// a request head and a 64 KiB body, and full evaluation of one transaction with 0
@@ -600,6 +616,26 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             };
             let result = run_load(&spec)?;
             println!("{}", serde_json::to_string(&result)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::InspectMicro {
+            seconds,
+            sessions,
+            transactions,
+            json,
+        } => {
+            use loupe_bench::inspect_bench::{run_micro, InspectMicroSpec};
+            let report = run_micro(&InspectMicroSpec {
+                seconds,
+                sessions,
+                transactions,
+            })?;
+            if json {
+                eprint!("{}", report.to_table());
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_table());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::SignaturesMicro { rules, seconds, json } => {
