@@ -189,7 +189,8 @@ fn the_debian_package_passes_lintian_installs_checks_and_purges_cleanly() {
     );
 
     // A broken configuration: `loupe check` and `loupe run` name file and line, and
-    // `loupe run` exits 78, the status the unit does not restart on.
+    // `loupe run` exits 78, the status the unit does not restart on (also when the file
+    // parses but its policy cannot be built).
     let dir = std::env::temp_dir().join(format!("loupe-package-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let broken = dir.join("broken.toml");
@@ -200,7 +201,15 @@ fn the_debian_package_passes_lintian_installs_checks_and_purges_cleanly() {
         !check.status.success() && check.stderr.contains(&where_) && check.stderr.contains("queues"),
         "loupe check on a broken file: {check:?}"
     );
-    for config in [broken.clone(), dir.join("missing.toml")] {
+    // A file that parses but names what cannot be read: the policy cannot be built, and
+    // restarting would not help either.
+    let unreadable_category = dir.join("category.toml");
+    std::fs::write(
+        &unreadable_category,
+        "[[category]]\nname = \"finance\"\nfile = \"/nonexistent/loupe-finance.txt\"\n",
+    )
+    .expect("write category.toml");
+    for config in [broken.clone(), dir.join("missing.toml"), unreadable_category] {
         let run = sh(&format!(
             "loupe run --config '{}' --state-dir '{dir}/state' --log-dir '{dir}/log'",
             config.display(),

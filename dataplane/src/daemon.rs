@@ -338,6 +338,21 @@ fn install_signal_handlers() {
     }
 }
 
+/// A configuration error `loupe run` met before starting anything: the file itself, or a
+/// policy that cannot be built from it (a category list, certificate or key it names that
+/// cannot be read, a URL rule that does not compile). Starting again
+/// cannot help, so `loupe run` exits with EX_CONFIG for it.
+#[derive(Debug)]
+pub struct InvalidConfiguration(pub anyhow::Error);
+
+impl std::fmt::Display for InvalidConfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidConfiguration {}
+
 pub fn run(options: RunOptions) -> Result<()> {
     let d = &options.config.dataplane;
     for (what, dir) in [("state", &options.state_dir), ("log", &options.log_dir)] {
@@ -346,14 +361,17 @@ pub fn run(options: RunOptions) -> Result<()> {
     install_signal_handlers();
     let exclusions = load_exclusions(&options.config, &options.state_dir);
     let (overrides, effective) = saved_overrides(&options.config, &options.state_dir);
-    let policy = Arc::new(build_policy_logging(
-        &effective,
-        &options.trust_ca,
-        Some(&options.state_dir),
-        Some(&options.log_dir),
-        1,
-        exclusions,
-    )?);
+    let policy = Arc::new(
+        build_policy_logging(
+            &effective,
+            &options.trust_ca,
+            Some(&options.state_dir),
+            Some(&options.log_dir),
+            1,
+            exclusions,
+        )
+        .map_err(InvalidConfiguration)?,
+    );
     tracing::info!(
         config_version = policy.version,
         rules = policy.rule_names().count(),

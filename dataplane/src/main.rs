@@ -4,10 +4,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loupe_control::config::Config;
+use loupe_dataplane::daemon::{self, InvalidConfiguration};
 use loupe_dataplane::policy::ExclusionCache;
 use loupe_dataplane::tls::ca::{self, CaKeyType, CaRole, DecryptionCa};
 use loupe_dataplane::tls::trust::{self, ImportedEntry, ImportedTrust, TrustKind};
-use loupe_dataplane::{daemon, wire};
+use loupe_dataplane::wire;
 
 #[derive(Parser)]
 #[command(name = "loupe", version, about = "loupe: kernel-bypass TLS inspection appliance")]
@@ -81,18 +82,6 @@ enum Command {
 /// `RestartPreventExitStatus=`: a broken file fails the unit once, with the `file:line`
 /// error in the journal, instead of being restarted over and over.
 const EXIT_CONFIG: u8 = 78;
-
-/// A configuration error `loupe run` met before starting anything.
-#[derive(Debug)]
-struct InvalidConfiguration(anyhow::Error);
-
-impl std::fmt::Display for InvalidConfiguration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
-}
-
-impl std::error::Error for InvalidConfiguration {}
 
 #[derive(Subcommand)]
 enum CaCommand {
