@@ -947,27 +947,51 @@ pub struct EveWriter {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Written batches the writer thread hands back for workers to fill again.
+const EVE_SPARE_BATCHES: usize = 8;
+
+/// The capacity a batch is made with: a worker hands it over once it holds
+/// [`EVE_BATCH_FLUSH_BYTES`], and a line is reserved 1 KiB at a time, so a batch never
+/// grows. Grown from empty, each batch was reallocated seven times over, copying twice
+/// its size, and its last step (128 KiB) is where glibc's allocator maps fresh pages.
+pub const EVE_BATCH_CAPACITY: usize = EVE_BATCH_FLUSH_BYTES + 16 * 1024;
+
+/// The size at which a worker hands its batch over.
+pub const EVE_BATCH_FLUSH_BYTES: usize = 64 * 1024;
+
 /// A worker's way to the writer thread.
 #[derive(Debug, Clone)]
 pub struct EveSink {
     sender: crossbeam_channel::Sender<Vec<u8>>,
+    spares: crossbeam_channel::Receiver<Vec<u8>>,
     failed_writes: Arc<AtomicU64>,
 }
 
 impl EveWriter {
     pub fn start(log: Arc<EveLog>) -> std::io::Result<(EveWriter, EveSink)> {
         let (sender, batches) = crossbeam_channel::bounded::<Vec<u8>>(EVE_WRITER_QUEUE);
+        let (give_back, spares) = crossbeam_channel::bounded::<Vec<u8>>(EVE_SPARE_BATCHES);
         let failed_writes = Arc::new(AtomicU64::new(0));
         let failed = failed_writes.clone();
         let thread = std::thread::Builder::new().name("loupe-eve".into()).spawn(move || {
-            for batch in batches {
+            for mut batch in batches {
                 if let Err(err) = log.write_lines(&batch) {
                     failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(%err, "EVE log write failed");
                 }
+                if batch.capacity() >= EVE_BATCH_CAPACITY {
+                    batch.clear();
+                    // Enough spares waiting: this one is freed.
+                    let _ = give_back.try_send(batch);
+                }
             }
         })?;
-        Ok((EveWriter { thread: Some(thread) }, EveSink { sender, failed_writes }))
+        let sink = EveSink {
+            sender,
+            spares,
+            failed_writes,
+        };
+        Ok((EveWriter { thread: Some(thread) }, sink))
     }
 
     /// Waits until the thread wrote every batch: call it once every sink is dropped.
@@ -986,6 +1010,14 @@ impl EveSink {
     /// `Err` gives the batch back when the thread is gone.
     pub fn send(&self, batch: Vec<u8>) -> Result<(), Vec<u8>> {
         self.sender.send(batch).map_err(|error| error.into_inner())
+    }
+
+    /// An empty batch to fill: one the thread wrote and gave back, or a new one, with
+    /// room for [`EVE_BATCH_FLUSH_BYTES`] and a last line.
+    pub fn empty_batch(&self) -> Vec<u8> {
+        self.spares
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(EVE_BATCH_CAPACITY))
     }
 
     /// Batches the thread failed to write since the last call, by any sink.

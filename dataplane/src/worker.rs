@@ -1104,7 +1104,7 @@ impl Worker {
             return;
         }
         let since = *self.eve_batch_since.get_or_insert(now);
-        if self.eve_batch.len() >= EVE_FLUSH_BYTES || now - since >= EVE_FLUSH_DELAY {
+        if self.eve_batch.len() >= eve::EVE_BATCH_FLUSH_BYTES || now - since >= EVE_FLUSH_DELAY {
             self.flush_eve();
         }
     }
@@ -1116,7 +1116,7 @@ impl Worker {
         if self.eve_batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.eve_batch);
+        let batch = std::mem::replace(&mut self.eve_batch, self.tls.eve.empty_batch());
         if self.tls.eve.send(batch).is_err() {
             WorkerStats::add(&self.stats.eve_write_errors, 1);
             tracing::error!("EVE writer thread gone: a batch of events lost");
@@ -1467,10 +1467,9 @@ struct TcpFacts {
 }
 
 /// EVE lines wait in the worker's batch at most this long (or until it holds
-/// [`EVE_FLUSH_BYTES`]): a write(2) per service round, or per sleep, was a system call
-/// per request in the bench's profile.
+/// [`eve::EVE_BATCH_FLUSH_BYTES`]): a write(2) per service round, or per sleep, was a
+/// system call per request in the bench's profile.
 const EVE_FLUSH_DELAY: Duration = Duration::from_millis(10);
-const EVE_FLUSH_BYTES: usize = 64 * 1024;
 
 /// Appends `event` as one line to `batch`; a serialization failure leaves `batch` as it was.
 fn queue_eve<E: serde::Serialize>(batch: &mut Vec<u8>, event: &E, stats: &WorkerStats) {

@@ -856,6 +856,34 @@ fn the_writer_thread_writes_every_batch_in_order_before_it_finishes() {
     }
 }
 
+#[test]
+fn written_batches_come_back_empty_and_whole_for_the_workers_to_fill_again() {
+    let dir = TempDir::new("spares");
+    let log = Arc::new(EveLog::open(&dir.0).unwrap());
+    let (writer, sink) = EveWriter::start(log.clone()).unwrap();
+    let fresh = sink.empty_batch();
+    assert!(fresh.is_empty() && fresh.capacity() >= EVE_BATCH_CAPACITY);
+    let mut batch = fresh;
+    batch.extend_from_slice(b"{\"n\":1}\n");
+    let address = batch.as_ptr();
+    sink.send(batch).unwrap();
+    // A batch of another size (none a worker makes) is freed, not handed out.
+    sink.send(b"{\"n\":2}\n".to_vec()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let spare = loop {
+        let spare = sink.empty_batch();
+        if spare.as_ptr() == address || std::time::Instant::now() > deadline {
+            break spare;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    assert_eq!(spare.as_ptr(), address, "the written batch came back");
+    assert!(spare.is_empty() && spare.capacity() >= EVE_BATCH_CAPACITY);
+    drop(sink);
+    writer.finish();
+    assert_eq!(read_lines(log.path()).len(), 2, "both batches written");
+}
+
 fn parsed_rule(text: &str) -> crate::inspect::signatures::Rule {
     let vars = crate::inspect::signatures::rule_vars(&Default::default());
     crate::inspect::signatures::parse_rule(text, &vars).expect("the rule parses")
