@@ -21,8 +21,9 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use loupe_control::config::Config;
-use loupe_dataplane::eve::{self, EveFlow, HttpLoupeFacts, UrlRuleVerdict};
+use loupe_dataplane::eve::{self, EveFlow, HttpLoupeFacts};
 use loupe_dataplane::inspect::engine::{recycle_finished, HttpInspector, InspectSettings};
+use loupe_dataplane::inspect::hpack::{HeaderField, HpackEncoder};
 use loupe_dataplane::inspect::url_rules::UrlRules;
 use loupe_dataplane::inspect::{Inspector, Pass, Relay, SessionEnd};
 use loupe_dataplane::tls::record::Action;
@@ -102,37 +103,120 @@ pub fn http1_exchange(count: usize) -> Exchange {
 }
 
 /// `count` HTTP/2 exchanges on one connection, recorded between the `h2` crate's client
-/// (as `requests-h2` sends them: one stream at a time) and its server answering with
-/// nginx's response fields, so both HPACK encoders index as real peers do.
+/// (as `requests-h2` sends them: one stream at a time, its HPACK encoder indexing as it
+/// does against nginx) and a server that answers as nginx 1.22 does (see
+/// [`nginx_response_block`]).
 pub fn http2_exchange(count: usize) -> Result<Exchange> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(record_http2(count))
 }
 
+/// One HPACK string literal (RFC 7541 §5.2) of `text`, Huffman-coded when shorter, as
+/// loupe's encoder writes it: taken from a "literal without indexing, new name" field
+/// with a one-byte name.
+fn hpack_string(text: &[u8]) -> Vec<u8> {
+    let mut block = Vec::new();
+    let field = HeaderField {
+        name: b"x".to_vec(),
+        value: text.to_vec(),
+        sensitive: false,
+    };
+    HpackEncoder::new().encode(&[field], &mut block);
+    assert_eq!(block[0], 0, "a literal field without indexing, new name");
+    let name_len = usize::from(block[1] & 0x7f);
+    block[2 + name_len..].to_vec()
+}
+
+/// The response head of the 1 KiB object as nginx 1.22's HTTP/2 module encodes it: `:status`
+/// indexed; `server`, `date`, `content-type`, `content-length` and `last-modified` as
+/// literals *with incremental indexing* (a static name, the value Huffman-coded), so every
+/// response adds five entries to the client's dynamic table and a middlebox must decode
+/// them all; other fields (`etag`, `accept-ranges`) as literals without indexing, new name.
+fn nginx_response_block(date: &str) -> Vec<u8> {
+    let mut block = vec![0x88];
+    for (static_index, value) in [
+        (54u8, "nginx/1.22.1"),
+        (33, date),
+        (31, "application/octet-stream"),
+        (28, "1024"),
+        (44, "Mon, 07 Dec 2026 03:58:12 GMT"),
+    ] {
+        block.push(0x40 | static_index);
+        block.extend(hpack_string(value.as_bytes()));
+    }
+    for (name, value) in [("etag", "\"6934f9d4-400\""), ("accept-ranges", "bytes")] {
+        block.push(0);
+        block.extend(hpack_string(name.as_bytes()));
+        block.extend(hpack_string(value.as_bytes()));
+    }
+    block
+}
+
+fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The server's side of the recording: its preface once the client's arrived, a SETTINGS
+/// acknowledgement for each of the client's, and for each request (HEADERS ending the
+/// stream) nginx's response head and the 1 KiB body in one DATA frame. What the server
+/// writes for one batch of client bytes.
+struct MiniServer {
+    inbox: Vec<u8>,
+    preface_seen: bool,
+    answered: usize,
+}
+
+impl MiniServer {
+    fn answer(&mut self, from_client: &[u8]) -> Result<Vec<u8>> {
+        const SETTINGS: u8 = 0x4;
+        const HEADERS: u8 = 0x1;
+        const DATA: u8 = 0x0;
+        const WINDOW_UPDATE: u8 = 0x8;
+        let mut reply = Vec::new();
+        self.inbox.extend_from_slice(from_client);
+        if !self.preface_seen {
+            if self.inbox.len() < H2_PREFACE.len() {
+                return Ok(reply);
+            }
+            if !self.inbox.starts_with(H2_PREFACE) {
+                bail!("the HTTP/2 client did not start with the preface");
+            }
+            self.inbox.drain(..H2_PREFACE.len());
+            self.preface_seen = true;
+            // nginx's: 128 concurrent streams, a 64 KiB initial window, a larger connection window.
+            h2_frame(&mut reply, SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 128, 0, 4, 0, 1, 0, 0]);
+            h2_frame(&mut reply, WINDOW_UPDATE, 0, 0, &0x7fff_0000u32.to_be_bytes());
+        }
+        while self.inbox.len() >= 9 {
+            let len = usize::from(self.inbox[0]) << 16 | usize::from(self.inbox[1]) << 8 | usize::from(self.inbox[2]);
+            if self.inbox.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (self.inbox[3], self.inbox[4]);
+            let stream = u32::from_be_bytes([self.inbox[5], self.inbox[6], self.inbox[7], self.inbox[8]]) & 0x7fff_ffff;
+            match kind {
+                SETTINGS if flags & 1 == 0 => h2_frame(&mut reply, SETTINGS, 1, 0, &[]),
+                HEADERS if flags & 1 != 0 => {
+                    let block = nginx_response_block(&lab_date(self.answered));
+                    h2_frame(&mut reply, HEADERS, 0x4, stream, &block);
+                    h2_frame(&mut reply, DATA, 0x1, stream, &[b'x'; 1024]);
+                    self.answered += 1;
+                }
+                _ => {}
+            }
+            self.inbox.drain(..9 + len);
+        }
+        Ok(reply)
+    }
+}
+
 async fn record_http2(count: usize) -> Result<Exchange> {
     let (client_io, mut client_far) = tokio::io::duplex(1 << 20);
-    let (server_io, mut server_far) = tokio::io::duplex(1 << 20);
-    let server = tokio::spawn(async move {
-        let mut conn = h2::server::handshake(server_io).await?;
-        let mut answered = 0usize;
-        while let Some(request) = conn.accept().await {
-            let (_, mut respond) = request?;
-            let response = http::Response::builder()
-                .status(200)
-                .header("server", "nginx/1.22.1")
-                .header("date", lab_date(answered))
-                .header("content-type", "application/octet-stream")
-                .header("content-length", "1024")
-                .header("last-modified", "Mon, 07 Dec 2026 03:58:12 GMT")
-                .header("etag", "\"6934f9d4-400\"")
-                .header("accept-ranges", "bytes")
-                .body(())?;
-            let mut send = respond.send_response(response, false)?;
-            send.send_data(bytes::Bytes::from(vec![b'x'; 1024]), true)?;
-            answered += 1;
-        }
-        anyhow::Ok(())
-    });
     let client = tokio::spawn(async move {
         let (send, conn) = h2::client::handshake(client_io).await?;
         let driver = tokio::spawn(conn);
@@ -148,56 +232,56 @@ async fn record_http2(count: usize) -> Result<Exchange> {
                 let chunk = chunk?;
                 let _ = body.flow_control().release_capacity(chunk.len());
             }
-            // Marks the end of a transaction in the recording: the relay sees the next
-            // request's bytes only after this one's response was read whole.
+            // Marks the end of a transaction in the recording: the next request's bytes
+            // come only after this one's response was read whole.
             send = send.ready().await?;
         }
         drop(send);
         driver.abort();
         anyhow::Ok(())
     });
-    // The relay between the two records what crosses, cutting a step where the client
-    // speaks after the server did.
+    // What crosses is recorded, a step cut where the client speaks after the server did.
     let mut steps: Vec<Vec<(Direction, Vec<u8>)>> = vec![Vec::new()];
-    let mut last = Direction::ClientToServer;
+    let mut server = MiniServer {
+        inbox: Vec::new(),
+        preface_seen: false,
+        answered: 0,
+    };
     let mut up = vec![0u8; 1 << 16];
-    let mut down = vec![0u8; 1 << 16];
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if Instant::now() > deadline {
             bail!("recording {count} HTTP/2 exchanges took over a minute");
         }
-        let (direction, n) = tokio::select! {
-            n = client_far.read(&mut up) => (Direction::ClientToServer, n?),
-            n = server_far.read(&mut down) => (Direction::ServerToClient, n?),
-        };
+        let n = client_far.read(&mut up).await?;
         if n == 0 {
             break;
         }
-        let chunk = match direction {
-            Direction::ClientToServer => {
-                server_far.write_all(&up[..n]).await?;
-                up[..n].to_vec()
-            }
-            Direction::ServerToClient => {
-                client_far.write_all(&down[..n]).await?;
-                down[..n].to_vec()
-            }
-        };
-        if direction == Direction::ClientToServer && last == Direction::ServerToClient {
+        if steps
+            .last()
+            .is_some_and(|step| step.iter().any(|(d, _)| *d == Direction::ServerToClient))
+        {
             steps.push(Vec::new());
         }
-        last = direction;
-        steps.last_mut().expect("one at least").push((direction, chunk));
-        if client.is_finished() {
-            break;
+        let step = steps.last_mut().expect("one at least");
+        step.push((Direction::ClientToServer, up[..n].to_vec()));
+        let reply = server.answer(&up[..n])?;
+        if !reply.is_empty() {
+            client_far.write_all(&reply).await?;
+            step.push((Direction::ServerToClient, reply));
         }
     }
     client.await.context("the HTTP/2 client task")??;
-    drop(server_far);
-    let _ = server.await;
-    // Stray window updates and settings acks after the last response may open one more.
-    steps.retain(|chunks| chunks.iter().any(|(d, _)| *d == Direction::ServerToClient));
+    if server.answered != count {
+        bail!("{} of {count} HTTP/2 requests answered", server.answered);
+    }
+    // Window updates after the last response open a step nothing answers: left out.
+    if steps
+        .last()
+        .is_some_and(|step| step.iter().all(|(d, _)| *d == Direction::ClientToServer))
+    {
+        steps.pop();
+    }
     Ok(Exchange {
         alpn: "h2",
         requests: count,
@@ -264,19 +348,7 @@ impl SessionUnderTest {
         if self.engine.has_finished() {
             let finished = self.engine.take_finished();
             for done in &finished {
-                let facts = HttpLoupeFacts {
-                    rule: "default",
-                    action: Action::Decrypt,
-                    url_rule: done.url_rule.as_ref().map(|hit| UrlRuleVerdict {
-                        name: &hit.rule,
-                        action: hit.action.as_str(),
-                    }),
-                    transaction: done.index,
-                    blocked: done.blocked,
-                    request_start: done.request_start,
-                    response_first_byte: done.response_first_byte,
-                    end: done.end,
-                };
+                let facts = HttpLoupeFacts::of(done, "default", Action::Decrypt);
                 let at = done.end.unwrap_or_else(SystemTime::now);
                 eve::http_event(at, &self.flow, &done.transaction, &facts).write_line(batch);
             }

@@ -327,6 +327,17 @@ enum LoadKind {
     IdleH2,
 }
 
+/// A microbench's report: its table, or with `--json` the JSON (the table to stderr).
+fn print_micro_report(json: bool, table: &str, report: &impl serde::Serialize) -> Result<ExitCode> {
+    if json {
+        eprint!("{table}");
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{table}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.cmd) {
@@ -630,13 +641,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 sessions,
                 transactions,
             })?;
-            if json {
-                eprint!("{}", report.to_table());
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_table());
-            }
-            Ok(ExitCode::SUCCESS)
+            print_micro_report(json, &report.to_table(), &report)
         }
         Cmd::SignaturesMicro { rules, seconds, json } => {
             use loupe_bench::signature_bench::{run_micro, MicroSpec, DEFAULT_SEED};
@@ -645,13 +650,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 seconds,
                 seed: DEFAULT_SEED,
             })?;
-            if json {
-                eprint!("{}", report.to_table());
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_table());
-            }
-            Ok(ExitCode::SUCCESS)
+            print_micro_report(json, &report.to_table(), &report)
         }
         Cmd::WireCompare { client, server } => {
             let c = read_report(&client)?;

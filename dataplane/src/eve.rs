@@ -42,6 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
+use crate::inspect::engine::InspectedTransaction;
 use crate::inspect::transaction::{HttpVersion, Transaction};
 use crate::tls::record::{civil_date, Action, CertFact, DecryptionRecord, Outcome};
 
@@ -193,6 +194,25 @@ pub struct HttpLoupeFacts<'a> {
     /// When the transaction ended (its response's last byte, or its abort).
     #[serde(serialize_with = "serialize_time", skip_serializing_if = "Option::is_none")]
     pub end: Option<SystemTime>,
+}
+
+impl<'a> HttpLoupeFacts<'a> {
+    /// A finished transaction's facts, in a session the policy rule `rule` decided.
+    pub fn of(done: &'a InspectedTransaction, rule: &'a str, action: Action) -> Self {
+        HttpLoupeFacts {
+            rule,
+            action,
+            url_rule: done.url_rule.as_ref().map(|hit| UrlRuleVerdict {
+                name: &hit.rule,
+                action: hit.action.as_str(),
+            }),
+            transaction: done.index,
+            blocked: done.blocked,
+            request_start: done.request_start,
+            response_first_byte: done.response_first_byte,
+            end: done.end,
+        }
+    }
 }
 
 /// The `loupe` object of an http event.

@@ -21,7 +21,7 @@ use xdpilone::xdp::XdpDesc;
 
 use crate::capture::plaintext::PlaintextTap;
 use crate::capture::CaptureTap;
-use crate::eve::{self, AlertSubject, EveFlow, EveSink, HttpLoupeFacts, UrlRuleVerdict};
+use crate::eve::{self, AlertSubject, EveFlow, EveSink, HttpLoupeFacts};
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{checksums_ok, parse_tcp_frame, MacAddr};
 use crate::inspect::signatures::Action as SignatureAction;
@@ -1554,19 +1554,7 @@ fn queue_http_events(session: &mut Session, key: Option<FlowKey>, batch: &mut Ve
             stats.http_request_latency.observe(took);
         }
         let Some(flow) = &flow else { continue };
-        let facts = HttpLoupeFacts {
-            rule,
-            action,
-            url_rule: done.url_rule.as_ref().map(|hit| UrlRuleVerdict {
-                name: &hit.rule,
-                action: hit.action.as_str(),
-            }),
-            transaction: done.index,
-            blocked: done.blocked,
-            request_start: done.request_start,
-            response_first_byte: done.response_first_byte,
-            end: done.end,
-        };
+        let facts = HttpLoupeFacts::of(done, rule, action);
         let at = done.end.unwrap_or_else(SystemTime::now);
         eve::http_event(at, flow, &done.transaction, &facts).write_line(batch);
     }
