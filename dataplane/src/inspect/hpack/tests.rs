@@ -368,6 +368,39 @@ fn huffman_decodes_every_byte_value() {
 }
 
 #[test]
+fn huffman_decodes_random_strings_whatever_their_codes_lengths() {
+    // Header-like text (where codes pair up in the decoder's 12-bit table) and arbitrary
+    // bytes (long codes in between), each cut at every budget short of its length.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let alphabets: [&[u8]; 2] = [b"0123456789 :,-abcdefghijklmnopqrstuvwxyzGMT/.=\"", &[]];
+    for round in 0..400 {
+        let alphabet = alphabets[round % 2];
+        let len = (next() % 40) as usize;
+        let text: Vec<u8> = (0..len)
+            .map(|_| match alphabet {
+                [] => next() as u8,
+                letters => letters[(next() % letters.len() as u64) as usize],
+            })
+            .collect();
+        let coded = huffman_encode(&text);
+        assert_eq!(decode_huffman(&coded, usize::MAX).unwrap(), text, "{text:?}");
+        for budget in 0..text.len() {
+            assert_eq!(
+                decode_huffman(&coded, budget),
+                Err(HuffmanFault::OverBudget),
+                "{text:?} within {budget}"
+            );
+        }
+    }
+}
+
+#[test]
 fn huffman_padding_and_eos_errors() {
     // 'a' is 00011: three bits of ones pad it to a byte.
     assert_eq!(decode_huffman(&[0x1f], 10).unwrap(), b"a");
