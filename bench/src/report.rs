@@ -282,6 +282,10 @@ pub struct BenchReport {
     /// `decrypt` field holds loupe-inspect's cost, `inspect` loupe-signatures').
     #[serde(default)]
     pub signatures: Vec<InspectionCost>,
+    /// loupe-signatures-suite (the suite's eight real-style rules) against loupe-inspect,
+    /// in the same shape; no target.
+    #[serde(default)]
+    pub suite_signatures: Vec<InspectionCost>,
     /// The raw measurements.
     pub measurements: Vec<Measurement>,
 }
@@ -554,6 +558,8 @@ pub const INSPECT_BASELINE: &str = "loupe-decrypt";
 /// Signatures are measured on top of HTTP inspection: loupe-signatures against
 /// loupe-inspect.
 pub const SIGNATURES_MODE: &str = "loupe-signatures";
+/// The suite's own handful of real-style rules, against loupe-inspect too.
+pub const SUITE_SIGNATURES_MODE: &str = "loupe-signatures-suite";
 
 /// What HTTP inspection adds: a loupe-inspect cost against loupe-decrypt's for the same
 /// workload of the same run (medians of their clean repetitions).
@@ -732,6 +738,13 @@ impl BenchReport {
                 compared_cost(find(INSPECT_MODE)?, find(SIGNATURES_MODE)?, signatures_target(w))
             })
             .collect();
+        let suite_signatures = workloads
+            .iter()
+            .filter_map(|w| {
+                let find = |mode: &str| cells.iter().find(|c| c.mode == mode && &c.workload == w);
+                compared_cost(find(INSPECT_MODE)?, find(SUITE_SIGNATURES_MODE)?, None)
+            })
+            .collect();
         let mut report = Self {
             machine,
             floor,
@@ -741,6 +754,7 @@ impl BenchReport {
             notes: Vec::new(),
             inspection,
             signatures,
+            suite_signatures,
             measurements,
         };
         report.notes = report.auto_notes();
@@ -1157,6 +1171,9 @@ impl BenchReport {
         if !self.signatures.is_empty() {
             out.push_str(&self.signatures_markdown());
         }
+        if !self.suite_signatures.is_empty() {
+            out.push_str(&self.suite_signatures_markdown());
+        }
         if !self.inspection.is_empty() {
             out.push_str(&self.inspection_markdown());
         }
@@ -1249,6 +1266,27 @@ impl BenchReport {
              each figure is given with the min–max of its repetitions.\n"
         );
         out.push_str(&self.comparison_table(&self.signatures, INSPECT_MODE, SIGNATURES_MODE, "signatures ÷ inspect"));
+        out
+    }
+
+    /// The "What the suite's rules cost" section.
+    fn suite_signatures_markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n## What the suite's rules cost ({SUITE_SIGNATURES_MODE} against {INSPECT_MODE})\n\n\
+             Both ran in this run with the same loupe and configuration, but {SUITE_SIGNATURES_MODE} loads the \
+             signature suite's eight rules in ET Open's style (URI, header, user agent, body and `tls.sni` \
+             contents, `pcre`, `distance`/`within`, `flowbits`; none matching the bench's traffic): a deployment's \
+             own handful of rules. Added: {SUITE_SIGNATURES_MODE}'s median cost minus {INSPECT_MODE}'s, each \
+             given with the min–max of its repetitions.\n"
+        );
+        out.push_str(&self.comparison_table(
+            &self.suite_signatures,
+            INSPECT_MODE,
+            SUITE_SIGNATURES_MODE,
+            "suite ÷ inspect",
+        ));
         out
     }
 
@@ -2248,6 +2286,36 @@ mod tests {
         );
         assert!(md.contains("≤ +0.3 CPU-s/GB") && md.contains("≤ 5 CPU-µs"), "{md}");
         assert!(report.inspection.is_empty(), "no loupe-decrypt: no inspection section");
+    }
+
+    #[test]
+    fn the_suites_rules_are_reported_against_loupe_inspect_without_a_target() {
+        // 8 CPU-s over 10 s: 40 CPU-µs per request, then 40.5 (+0.5).
+        let ms = vec![
+            meas(INSPECT_MODE, "requests", 1, 20_000.0, Some(8.0)),
+            meas(SUITE_SIGNATURES_MODE, "requests", 1, 8e6 / 10.0 / 40.5, Some(8.0)),
+            meas(INSPECT_MODE, "requests-h2", 1, 20_000.0, Some(8.0)),
+        ];
+        let report = BenchReport::new(machine(), None, ms);
+        assert!(
+            report.signatures.is_empty(),
+            "no loupe-signatures: {:?}",
+            report.signatures
+        );
+        let [only] = &report.suite_signatures[..] else {
+            panic!("one workload both ran: {:?}", report.suite_signatures);
+        };
+        assert_eq!(
+            (only.workload.as_str(), only.target.clone(), only.within_target),
+            ("requests", None, None)
+        );
+        assert!((only.added - 0.5).abs() < 0.01, "{only:?}");
+        let md = report.to_markdown();
+        assert!(
+            md.contains("## What the suite's rules cost (loupe-signatures-suite against loupe-inspect)"),
+            "{md}"
+        );
+        assert!(!md.contains("## What signatures cost"), "{md}");
     }
 
     #[test]

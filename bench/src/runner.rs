@@ -17,7 +17,7 @@ use crate::load::{HelloShape, LoadResult};
 use crate::peers::{start_interceptor, Interceptor, InterceptorGuard};
 use crate::pki::{Issued, LeafSpec, Pki};
 use crate::report::{BenchReport, Machine, Measurement};
-use crate::signature_bench::{generated_content_rules, DEFAULT_SEED};
+use crate::signature_bench::{generated_content_rules, DEFAULT_SEED, SUITE_RULES};
 
 /// The modes, in the order they always run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,6 +45,10 @@ pub enum Mode {
     /// bench's traffic): every transaction's heads and bodies go through the prefilter.
     /// Opt-in: a measurement of signatures against loupe-inspect.
     LoupeSignatures,
+    /// loupe-inspect with the signature suite's eight rules in ET Open's style (URI,
+    /// header, user-agent, body and `tls.sni` contents, `pcre`, `flowbits`; none matching
+    /// the bench's traffic): what a deployment's own handful of rules costs. Opt-in.
+    LoupeSignaturesSuite,
     Sslsplit,
     Squid,
     Mitmproxy,
@@ -53,7 +57,7 @@ pub enum Mode {
 impl Mode {
     /// Every mode in the fixed order a run takes them in (the default set of
     /// [`Mode::all`] and the opt-in ones).
-    pub const ORDER: [Mode; 11] = [
+    pub const ORDER: [Mode; 12] = [
         Mode::Direct,
         Mode::LoupeBridge,
         Mode::XskForward,
@@ -62,6 +66,7 @@ impl Mode {
         Mode::LoupeBusyPoll,
         Mode::LoupeInspect,
         Mode::LoupeSignatures,
+        Mode::LoupeSignaturesSuite,
         Mode::Sslsplit,
         Mode::Squid,
         Mode::Mitmproxy,
@@ -74,7 +79,10 @@ impl Mode {
 
     /// Measurements of a setting rather than of a product mode: run only when asked.
     fn opt_in(self) -> bool {
-        matches!(self, Mode::LoupeBusyPoll | Mode::LoupeSignatures)
+        matches!(
+            self,
+            Mode::LoupeBusyPoll | Mode::LoupeSignatures | Mode::LoupeSignaturesSuite
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -87,6 +95,7 @@ impl Mode {
             Mode::LoupeBusyPoll => "loupe-busy-poll",
             Mode::LoupeInspect => "loupe-inspect",
             Mode::LoupeSignatures => "loupe-signatures",
+            Mode::LoupeSignaturesSuite => "loupe-signatures-suite",
             Mode::Sslsplit => "sslsplit",
             Mode::Squid => "squid",
             Mode::Mitmproxy => "mitmproxy",
@@ -117,7 +126,7 @@ impl Mode {
             Mode::XskForward => Some("[dataplane]\nforward_only = true\n"),
             Mode::LoupeDecrypt => Some("[inspection]\nhttp = false\n"),
             Mode::LoupeBusyPoll => Some("[inspection]\nhttp = false\n\n[dataplane]\nbusy_poll_us = 50\n"),
-            Mode::LoupeInspect | Mode::LoupeSignatures => Some(INSPECT_CONFIG),
+            Mode::LoupeInspect | Mode::LoupeSignatures | Mode::LoupeSignaturesSuite => Some(INSPECT_CONFIG),
             _ => None,
         }
     }
@@ -571,12 +580,18 @@ fn start_mode<'lab>(
         | Mode::LoupeDecrypt
         | Mode::LoupeBusyPoll
         | Mode::LoupeInspect
-        | Mode::LoupeSignatures => {
+        | Mode::LoupeSignatures
+        | Mode::LoupeSignaturesSuite => {
             let config = lab.dir().join(format!("{}.toml", mode.name()));
             let mut text = mode.loupe_config().unwrap_or_default().to_string();
-            if mode == Mode::LoupeSignatures {
-                let rules = lab.dir().join("bench-signatures.rules");
-                std::fs::write(&rules, generated_content_rules(SIGNATURE_RULES, DEFAULT_SEED))?;
+            let signatures = match mode {
+                Mode::LoupeSignatures => Some(generated_content_rules(SIGNATURE_RULES, DEFAULT_SEED)),
+                Mode::LoupeSignaturesSuite => Some(SUITE_RULES.to_string()),
+                _ => None,
+            };
+            if let Some(signatures) = signatures {
+                let rules = lab.dir().join(format!("{}.rules", mode.name()));
+                std::fs::write(&rules, signatures)?;
                 let line = format!("[inspection]\nrules = [\"{}\"]\n", rules.display());
                 text = text.replacen("[inspection]\n", &line, 1);
             }
@@ -590,7 +605,11 @@ fn start_mode<'lab>(
             let guard = lab.start(&Middle::Loupe { args })?;
             let client_ca = if matches!(
                 mode,
-                Mode::LoupeDecrypt | Mode::LoupeBusyPoll | Mode::LoupeInspect | Mode::LoupeSignatures
+                Mode::LoupeDecrypt
+                    | Mode::LoupeBusyPoll
+                    | Mode::LoupeInspect
+                    | Mode::LoupeSignatures
+                    | Mode::LoupeSignaturesSuite
             ) {
                 write_decryption_ca(lab, &guard)?
             } else {
@@ -812,8 +831,10 @@ mod tests {
         assert!(Mode::Mitmproxy.speaks_h2() && Mode::Mitmproxy.routed());
         // The default set is ORDER without the opt-in modes, in its order.
         let all = Mode::all();
-        assert_eq!(all.len(), Mode::ORDER.len() - 2);
+        assert_eq!(all.len(), Mode::ORDER.len() - 3);
         assert!(!all.contains(&Mode::LoupeBusyPoll) && !all.contains(&Mode::LoupeSignatures));
+        assert!(!all.contains(&Mode::LoupeSignaturesSuite));
+        assert_eq!(Mode::LoupeSignaturesSuite.loupe_config(), Some(inspect));
         // loupe-signatures is loupe-inspect's configuration, with rules added at start.
         assert_eq!(Mode::LoupeSignatures.loupe_config(), Some(inspect));
         assert!(all.windows(2).all(|w| {
