@@ -142,6 +142,15 @@ impl Buffer {
         }
     }
 
+    /// Whether the buffer holds message content, which may be anything (images,
+    /// archives, media: bytes that look random) rather than protocol text.
+    pub fn is_content(self) -> bool {
+        matches!(
+            self,
+            Buffer::Payload | Buffer::HttpRequestBody | Buffer::HttpResponseBody
+        )
+    }
+
     /// Whether the buffer belongs to HTTP (a `tls` rule cannot use it, and its presence
     /// makes a `tcp` rule an HTTP one).
     pub fn is_http(self) -> bool {
