@@ -340,8 +340,8 @@ fn install_signal_handlers() {
 
 /// A configuration error `loupe run` met before starting anything: the file itself, or a
 /// policy that cannot be built from it (a category list, certificate or key it names that
-/// cannot be read, a URL rule that does not compile). Starting again
-/// cannot help, so `loupe run` exits with EX_CONFIG for it.
+/// cannot be read, a URL rule that does not compile). Starting again cannot help, so
+/// `loupe run` exits with EX_CONFIG for it.
 #[derive(Debug)]
 pub struct InvalidConfiguration(pub anyhow::Error);
 
