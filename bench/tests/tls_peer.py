@@ -32,6 +32,9 @@ import sys
 from OpenSSL import SSL
 from OpenSSL._util import lib as openssl
 
+# The script's own directory is on the path: the request-head reader both peers use.
+from misbehaving_peer import read_head
+
 
 def bound(sock, seconds=10):
     """A blocking socket (pyOpenSSL needs one) whose reads and writes give up in time."""
@@ -75,12 +78,7 @@ def serve_each(addr, port, cert, key, handle):
 
 def answer_with_group(conn, name):
     """One HTTP/1.1 response naming the group the handshake negotiated."""
-    request = b""
-    while b"\r\n\r\n" not in request and len(request) < 65536:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        request += chunk
+    read_head(conn)
     body = f"group={group_of(conn)}\n".encode()
     head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     conn.sendall(head.encode() + body)
