@@ -906,10 +906,10 @@ enum HuffmanFault {
 /// Decodes a Huffman-coded string (RFC 7541 §5.2), appending the decoded octets to
 /// `decoded` (at most `budget` of them).
 ///
-/// Reads the input through a 64-bit window: two codes whose lengths add up to at most 12
-/// bits come out of one lookup of the window's top 12 bits, a code of up to 8 bits (every
-/// letter, digit and common punctuation) out of one lookup of its top byte, a longer one
-/// by the canonical code's first code per length. The profile of the HTTP/2 bench put the
+/// Reads the input through a 64-bit window: one lookup of its top 12 bits gives the code of
+/// up to 12 bits they start with (every letter, digit and common punctuation), and the
+/// next one too when both fit; a longer code is found by the canonical code's first code
+/// per length. The profile of the HTTP/2 bench put the
 /// bit-by-bit decoder first among inspection's costs, and later the one-code-per-lookup
 /// one at a quarter of the HTTP/2 engine's time against nginx, which adds five
 /// Huffman-coded values to the table with every response.
@@ -927,29 +927,28 @@ fn huffman_decode(coded: &[u8], budget: usize, decoded: &mut Vec<u8>) -> Result<
             bits += 8;
             next += 1;
         }
-        // Most of a header value's codes are 5 to 7 bits: two at a time when they are whole
-        // within the bits read and the budget has room for both.
-        let pair = HUFFMAN_PAIRS[(window >> (64 - HUFFMAN_PAIR_BITS)) as usize];
-        let (count, consumed) = ((pair >> 16) & 0xff, pair >> 24);
-        if count != 0 && consumed <= bits && decoded.len() + count as usize <= budget {
-            decoded.push(pair as u8);
-            if count == 2 {
-                decoded.push((pair >> 8) as u8);
-            }
+        // Most of a header value's codes are 5 to 7 bits: two at a time when both are whole
+        // within the bits read and the budget has room for both, else the first alone.
+        let entry = HUFFMAN_PAIRS[(window >> (64 - HUFFMAN_PAIR_BITS)) as usize];
+        let (count, first_len, consumed) = ((entry >> 16) & 0x3, (entry >> 18) & 0x3f, entry >> 24);
+        if count == 2 && consumed <= bits && decoded.len() + 2 <= budget {
+            decoded.push(entry as u8);
+            decoded.push((entry >> 8) as u8);
             window <<= consumed;
             bits -= consumed;
             continue;
         }
-        let short = HUFFMAN_SHORT[(window >> 56) as usize];
-        let (symbol, length) = if short != 0 && u32::from(short >> 8) <= bits {
-            (short & 0xff, u32::from(short >> 8))
+        let (symbol, length) = if count != 0 && first_len <= bits {
+            (entry & 0xff, first_len)
         } else {
-            let longer = (9..=bits.min(HUFFMAN_MAX_CODE_LENGTH as u32)).find_map(|length| {
+            // A code longer than the table's bits, or none within the bits left (a code
+            // that fits them is the one the table found).
+            let longer = (HUFFMAN_PAIR_BITS + 1..=bits.min(HUFFMAN_MAX_CODE_LENGTH as u32)).find_map(|length| {
                 let code = (window >> (64 - length)) as u32;
                 let offset = code.wrapping_sub(HUFFMAN.first_code[length as usize]);
                 (offset < HUFFMAN.count[length as usize]).then(|| {
                     (
-                        HUFFMAN.symbols[HUFFMAN.first_index[length as usize] + offset as usize],
+                        u32::from(HUFFMAN.symbols[HUFFMAN.first_index[length as usize] + offset as usize]),
                         length,
                     )
                 })
@@ -962,7 +961,7 @@ fn huffman_decode(coded: &[u8], budget: usize, decoded: &mut Vec<u8>) -> Result<
                 None => return Err(HuffmanFault::PaddingTooLong { bits: 30 }),
             }
         };
-        if symbol == HUFFMAN_EOS {
+        if symbol == u32::from(HUFFMAN_EOS) {
             return Err(HuffmanFault::Eos);
         }
         if decoded.len() == budget {
@@ -982,29 +981,6 @@ fn huffman_decode(coded: &[u8], budget: usize, decoded: &mut Vec<u8>) -> Result<
     }
     Ok(())
 }
-
-/// For each value of a window's top byte, the code of at most 8 bits it starts with, as
-/// `length << 8 | symbol`; 0 when its code is longer.
-const fn build_huffman_short() -> [u16; 256] {
-    let codes = build_huffman_codes();
-    let mut table = [0u16; 256];
-    let mut symbol = 0;
-    while symbol < 256 {
-        let length = HUFFMAN_CODE_LENGTHS[symbol] as usize;
-        if length <= 8 {
-            let first = (codes[symbol] as usize) << (8 - length);
-            let mut low = 0;
-            while low < 1 << (8 - length) {
-                table[first + low] = ((length as u16) << 8) | symbol as u16;
-                low += 1;
-            }
-        }
-        symbol += 1;
-    }
-    table
-}
-
-static HUFFMAN_SHORT: [u16; 256] = build_huffman_short();
 
 /// Bits of the window [`HUFFMAN_PAIRS`] is indexed by: 16 KiB of table, and two codes of
 /// up to 6 bits (digits, lowercase letters, space) fit.
@@ -1026,9 +1002,10 @@ const fn huffman_code_at(canonical: &CanonicalHuffman, bits: usize, available: u
 }
 
 /// For each value of a window's top [`HUFFMAN_PAIR_BITS`] bits, the whole codes it starts
-/// with: `consumed << 24 | count << 16 | second << 8 | first`, where `count` is 2 when a
-/// second code follows the first within those bits, 1 when only the first fits and 0 when
-/// not even that (a longer code: the decoder's other paths find it).
+/// with: `consumed << 24 | first_len << 18 | count << 16 | second << 8 | first`, where
+/// `count` is 2 when a second code follows the first within those bits (`consumed` is
+/// both lengths), 1 when only the first fits and 0 when not even that (a longer code,
+/// which the decoder finds by the canonical code's first code per length).
 const fn build_huffman_pairs() -> [u32; 1 << HUFFMAN_PAIR_BITS] {
     let canonical = build_canonical_huffman();
     let width = HUFFMAN_PAIR_BITS as usize;
@@ -1040,9 +1017,9 @@ const fn build_huffman_pairs() -> [u32; 1 << HUFFMAN_PAIR_BITS] {
             let rest = index & ((1 << rest_len) - 1);
             table[index] = match huffman_code_at(&canonical, rest, rest_len) {
                 Some((second, second_len)) => {
-                    (((first_len + second_len) << 24) | (2 << 16) | (second << 8) | first) as u32
+                    (((first_len + second_len) << 24) | (first_len << 18) | (2 << 16) | (second << 8) | first) as u32
                 }
-                None => ((first_len << 24) | (1 << 16) | first) as u32,
+                None => ((first_len << 24) | (first_len << 18) | (1 << 16) | first) as u32,
             };
         }
         index += 1;
