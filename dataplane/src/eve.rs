@@ -971,8 +971,7 @@ pub struct EveWriter {
 const EVE_SPARE_BATCHES: usize = 8;
 
 /// The capacity a batch is made with: a worker hands it over once it holds
-/// [`EVE_BATCH_FLUSH_BYTES`], and a line is reserved 1 KiB at a time, so a batch never
-/// grows. Grown from empty, each batch was reallocated seven times over, copying twice
+/// [`EVE_BATCH_FLUSH_BYTES`], so only a line over 16 KiB (a very long URL) grows it. Grown from empty, each batch was reallocated seven times over, copying twice
 /// its size, and its last step (128 KiB) is where glibc's allocator maps fresh pages.
 pub const EVE_BATCH_CAPACITY: usize = EVE_BATCH_FLUSH_BYTES + 16 * 1024;
 
