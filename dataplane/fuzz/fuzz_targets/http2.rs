@@ -17,7 +17,7 @@ mod common;
 mod inspect;
 
 use common::{interleave, pieces, split_streams, Prng, Side};
-use inspect::hpack::{HeaderField, HpackLimits};
+use inspect::hpack::{FieldList, HpackLimits};
 use inspect::http2::{
     Answer, Http2Connection, Http2Event, Http2Limits, Http2Output, StreamVerdict, CLIENT_PREFACE, MAX_QUEUED_FOR_CLIENT,
 };
@@ -78,7 +78,7 @@ fn run(
     let mut connection = Http2Connection::new(limits);
     let mut out = Http2Output::default();
     let mut answered = 0;
-    let mut judge = |transaction: &Transaction, fields: &[HeaderField]| {
+    let mut judge = |transaction: &Transaction, fields: &FieldList| {
         let _ = fields.len();
         let _ = transaction.url();
         match transaction.stream_id {

@@ -28,7 +28,7 @@ use std::time::SystemTime;
 
 use compact_str::CompactString;
 
-use super::hpack::HeaderField;
+use super::hpack::FieldList;
 use super::http1::{Direction as StreamDirection, Http1Connection, Http1Error, Http1Event, Http1Limits};
 use super::http2::{Answer, ErrorCode, Http2Connection, Http2Event, Http2Limits, Http2Output, StreamVerdict};
 use super::signatures::rule::Direction;
@@ -867,14 +867,14 @@ impl HttpInspector {
         let signatures = &mut self.signatures;
         let (to_server_before, to_client_before) = (relay.to_server.len(), relay.to_client.len());
         if from_client {
-            let mut judge = |transaction: &Transaction, fields: &[HeaderField]| {
+            let mut judge = |transaction: &Transaction, fields: &FieldList| {
                 let request = UrlRequest {
                     host: transaction.host.as_deref(),
                     path: &transaction.path,
                     method: &transaction.method,
                 };
                 if let Some(signatures) = signatures.as_mut() {
-                    let pairs: FieldPairs<'_> = fields.iter().map(|f| (&f.name[..], &f.value[..])).collect();
+                    let pairs: FieldPairs<'_> = fields.iter().map(|f| (f.name, f.value)).collect();
                     let head = HeadBuffers::http2(&pairs, Direction::ToServer, signatures.wanted_buffers());
                     let mut fired = Vec::new();
                     let mut content = signatures.request_head(head, &mut fired);
@@ -997,11 +997,11 @@ impl HttpInspector {
                     let Some(content) = &mut meta.content else { continue };
                     let interim = fields
                         .iter()
-                        .any(|(name, value)| name == b":status" && value.first() == Some(&b'1'));
+                        .any(|field| field.name == b":status" && field.value.first() == Some(&b'1'));
                     if interim || content.response.is_some() {
                         continue;
                     }
-                    let pairs: FieldPairs<'_> = fields.iter().collect();
+                    let pairs: FieldPairs<'_> = fields.iter().map(|f| (f.name, f.value)).collect();
                     let mut fired = Vec::new();
                     let head = HeadBuffers::http2(&pairs, Direction::ToClient, signatures.wanted_buffers());
                     signatures.response_head(content, head, &mut fired);

@@ -53,6 +53,131 @@ pub struct HeaderField {
     pub sensitive: bool,
 }
 
+impl HeaderField {
+    pub fn as_ref(&self) -> FieldRef<'_> {
+        FieldRef {
+            name: &self.name,
+            value: &self.value,
+            sensitive: self.sensitive,
+        }
+    }
+}
+
+/// One field of a [`FieldList`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldRef<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+    pub sensitive: bool,
+}
+
+/// A header list as the decoder writes it: every name and value back to back in one
+/// buffer, and where each ends. Decoding into a [`HeaderField`] per field touched two
+/// small heap blocks per field, about 26 per HTTP/2 transaction scattered over the heap,
+/// each a cache miss once the connection's turn came round again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldList {
+    bytes: Vec<u8>,
+    fields: Vec<FieldEnds>,
+}
+
+/// Where a field's name and value end in [`FieldList::bytes`]; its name starts where the
+/// previous field's value ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FieldEnds {
+    name_end: u32,
+    value_end: u32,
+    sensitive: bool,
+}
+
+impl FieldList {
+    pub const fn new() -> FieldList {
+        FieldList {
+            bytes: Vec::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    pub fn from_fields(fields: &[HeaderField]) -> FieldList {
+        let mut list = FieldList::new();
+        for field in fields {
+            list.push(&field.name, &field.value, field.sensitive);
+        }
+        list
+    }
+
+    pub fn to_fields(&self) -> Vec<HeaderField> {
+        self.iter()
+            .map(|field| HeaderField {
+                name: field.name.to_vec(),
+                value: field.value.to_vec(),
+                sensitive: field.sensitive,
+            })
+            .collect()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.fields.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    pub fn push(&mut self, name: &[u8], value: &[u8], sensitive: bool) {
+        self.bytes.extend_from_slice(name);
+        let name_end = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(value);
+        self.end_field(name_end, sensitive);
+    }
+
+    /// Closes the field whose name ends at `name_end` and whose value runs to the end of
+    /// the bytes appended so far.
+    fn end_field(&mut self, name_end: u32, sensitive: bool) {
+        let value_end = self.bytes.len() as u32;
+        self.fields.push(FieldEnds {
+            name_end,
+            value_end,
+            sensitive,
+        });
+    }
+
+    /// Where the next field's name starts.
+    fn next_start(&self) -> usize {
+        self.fields.last().map_or(0, |ends| ends.value_end as usize)
+    }
+
+    /// Each field, in order.
+    pub fn iter(&self) -> impl Iterator<Item = FieldRef<'_>> + '_ {
+        let mut start = 0;
+        self.fields.iter().map(move |ends| {
+            let (name_end, value_end) = (ends.name_end as usize, ends.value_end as usize);
+            let field = FieldRef {
+                name: &self.bytes[start..name_end],
+                value: &self.bytes[name_end..value_end],
+                sensitive: ends.sensitive,
+            };
+            start = value_end;
+            field
+        })
+    }
+
+    /// The value of the first field named `name`.
+    pub fn value_of(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter().find(|field| field.name == name).map(|field| field.value)
+    }
+
+    /// Bytes held on the heap, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.fields.capacity() * std::mem::size_of::<FieldEnds>()
+    }
+}
+
 /// Why a header block could not be decoded, and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HpackError {
@@ -137,7 +262,8 @@ impl HpackDecoder {
     pub fn new(limits: HpackLimits) -> Self {
         let limits = HpackLimits {
             max_table_size: limits.max_table_size.max(DEFAULT_TABLE_SIZE),
-            ..limits
+            // A decoded list's offsets are u32 (see `FieldList`).
+            max_header_list_size: limits.max_header_list_size.min(u32::MAX as usize),
         };
         HpackDecoder {
             limits,
@@ -165,17 +291,15 @@ impl HpackDecoder {
     /// On error the connection's HPACK state is unknowable: stop inspecting the
     /// connection. This decoder refuses every later block.
     pub fn decode(&mut self, block: &[u8]) -> Result<Vec<HeaderField>, HpackError> {
-        let mut fields = Vec::new();
-        let count = self.decode_into(block, &mut fields)?;
-        fields.truncate(count);
-        Ok(fields)
+        let mut fields = FieldList::new();
+        self.decode_into(block, &mut fields)?;
+        Ok(fields.to_fields())
     }
 
-    /// As [`HpackDecoder::decode`], into the first entries of `fields`; returns how many.
-    /// The entries (and their names' and values' buffers) are reused and the ones past
-    /// the count kept for later blocks: a connection decoding into the same vector block
-    /// after block allocates only when a block has more or longer fields than before.
-    pub fn decode_into(&mut self, block: &[u8], fields: &mut Vec<HeaderField>) -> Result<usize, HpackError> {
+    /// As [`HpackDecoder::decode`], into `fields` (emptied first; its buffers are reused,
+    /// so a connection's blocks allocate only when one is larger than any before). On
+    /// error `fields` holds a part of the block.
+    pub fn decode_into(&mut self, block: &[u8], fields: &mut FieldList) -> Result<(), HpackError> {
         self.decode_into_keeping(block, fields, |_| true)
     }
 
@@ -190,9 +314,10 @@ impl HpackDecoder {
     pub fn decode_into_keeping(
         &mut self,
         block: &[u8],
-        fields: &mut Vec<HeaderField>,
+        fields: &mut FieldList,
         keep_value: impl Fn(&[u8]) -> bool,
-    ) -> Result<usize, HpackError> {
+    ) -> Result<(), HpackError> {
+        fields.clear();
         if self.failed {
             return Err(HpackError {
                 offset: 0,
@@ -224,19 +349,17 @@ impl HpackDecoder {
     fn decode_block(
         &mut self,
         block: &[u8],
-        fields: &mut Vec<HeaderField>,
+        fields: &mut FieldList,
         keep_value: impl Fn(&[u8]) -> bool,
-    ) -> Result<usize, HpackError> {
+    ) -> Result<(), HpackError> {
         let mut reader = BlockReader { block, pos: 0 };
-        // Fields decoded so far; `fields[count..]` are spare entries to reuse.
-        let mut count = 0;
         let mut list_size = 0usize;
         while let Some(first) = reader.peek() {
             let start = reader.pos;
             let fail = |problem| HpackError { offset: start, problem };
             if first & 0b1110_0000 == 0b0010_0000 {
                 // RFC 7541 §6.3: dynamic table size update.
-                if count > 0 {
+                if !fields.is_empty() {
                     return Err(fail(HpackProblem::TableSizeUpdateNotAtStart));
                 }
                 let requested = reader.integer(5)?;
@@ -250,24 +373,18 @@ impl HpackDecoder {
             let too_large = HpackProblem::HeaderListTooLarge {
                 limit: self.limits.max_header_list_size,
             };
-            if count == fields.len() {
-                fields.push(HeaderField::default());
-            }
-            let field = &mut fields[count];
-            field.name.clear();
-            field.value.clear();
-            // The field's value length, decoded or (skipped) encoded.
-            let value_len = if first & 0b1000_0000 != 0 {
+            let name_start = fields.next_start();
+            // The field's name and value lengths (the value's decoded or, skipped, encoded).
+            let (name_len, value_len, sensitive) = if first & 0b1000_0000 != 0 {
                 // §6.1: indexed header field.
                 let index = reader.integer(7)?;
                 let (name, value) = self.lookup(index).map_err(fail)?;
                 if field_size(name.len(), value.len()) > budget {
                     return Err(fail(too_large));
                 }
-                field.name.extend_from_slice(name);
-                field.value.extend_from_slice(value);
-                field.sensitive = false;
-                value.len()
+                fields.bytes.extend_from_slice(name);
+                fields.bytes.extend_from_slice(value);
+                (name.len(), value.len(), false)
             } else {
                 // §6.2: literal header field; the first byte says whether it enters the
                 // table (01xxxxxx, 6-bit index), is never indexed (0001xxxx) or neither
@@ -282,30 +399,31 @@ impl HpackDecoder {
                 // are decoded, before the field's overhead is added.
                 let string_budget = budget.saturating_sub(ENTRY_OVERHEAD);
                 if name_index == 0 {
-                    reader.string_into(string_budget, too_large, &mut field.name)?;
+                    reader.string_into(string_budget, too_large, &mut fields.bytes)?;
                 } else {
                     // Copied (at most one table entry) before the insertion below, which may
                     // evict the entry named.
-                    field.name.extend_from_slice(self.lookup(name_index).map_err(fail)?.0);
+                    fields.bytes.extend_from_slice(self.lookup(name_index).map_err(fail)?.0);
                 }
-                let value_budget = string_budget.saturating_sub(field.name.len());
-                let value_len = if add_to_table || keep_value(&field.name) {
-                    reader.string_into(value_budget, too_large, &mut field.value)?;
-                    field.value.len()
+                let name_len = fields.bytes.len() - name_start;
+                let value_budget = string_budget.saturating_sub(name_len);
+                let value_len = if add_to_table || keep_value(&fields.bytes[name_start..]) {
+                    reader.string_into(value_budget, too_large, &mut fields.bytes)?;
+                    fields.bytes.len() - name_start - name_len
                 } else {
                     reader.skip_string()?
                 };
-                if field_size(field.name.len(), value_len) > budget {
+                if field_size(name_len, value_len) > budget {
                     return Err(fail(too_large));
                 }
                 if add_to_table {
-                    self.table.insert(&field.name, &field.value);
+                    let (name, value) = fields.bytes[name_start..].split_at(name_len);
+                    self.table.insert(name, value);
                 }
-                field.sensitive = sensitive;
-                value_len
+                (name_len, value_len, sensitive)
             };
-            list_size += field_size(field.name.len(), value_len);
-            count += 1;
+            fields.end_field((name_start + name_len) as u32, sensitive);
+            list_size += field_size(name_len, value_len);
         }
         if self.size_update_required {
             return Err(HpackError {
@@ -313,7 +431,7 @@ impl HpackDecoder {
                 problem: self.missing_size_update(),
             });
         }
-        Ok(count)
+        Ok(())
     }
 
     fn update_table_size(&mut self, requested: usize) -> Result<(), HpackProblem> {
@@ -662,6 +780,15 @@ impl HpackEncoder {
 
     /// Appends one header block carrying `fields` to `out`.
     pub fn encode(&mut self, fields: &[HeaderField], out: &mut Vec<u8>) {
+        self.encode_fields(fields.iter().map(HeaderField::as_ref), out);
+    }
+
+    /// As [`HpackEncoder::encode`], from a decoded list.
+    pub fn encode_list(&mut self, fields: &FieldList, out: &mut Vec<u8>) {
+        self.encode_fields(fields.iter(), out);
+    }
+
+    fn encode_fields<'a>(&mut self, fields: impl Iterator<Item = FieldRef<'a>>, out: &mut Vec<u8>) {
         if let Some(size) = self.pending_size_update.take() {
             encode_integer(out, 0b0010_0000, 5, size);
         }
@@ -670,8 +797,8 @@ impl HpackEncoder {
         }
     }
 
-    fn encode_field(&self, field: &HeaderField, out: &mut Vec<u8>) {
-        let (whole, name_index) = self.find(&field.name, &field.value);
+    fn encode_field(&self, field: FieldRef<'_>, out: &mut Vec<u8>) {
+        let (whole, name_index) = self.find(field.name, field.value);
         if field.sensitive {
             // §6.2.3: never indexed, whatever the tables hold, so that intermediaries
             // downstream keep it out of their tables too.
@@ -718,12 +845,12 @@ impl HpackEncoder {
 
 /// A literal field (§6.2.2 or §6.2.3: 4-bit name index prefix): the name by index when
 /// `name_index` is not 0, else as a string, then the value.
-fn encode_literal(out: &mut Vec<u8>, flags: u8, name_index: usize, field: &HeaderField) {
+fn encode_literal(out: &mut Vec<u8>, flags: u8, name_index: usize, field: FieldRef<'_>) {
     encode_integer(out, flags, 4, name_index);
     if name_index == 0 {
-        encode_string(out, &field.name);
+        encode_string(out, field.name);
     }
-    encode_string(out, &field.value);
+    encode_string(out, field.value);
 }
 
 /// An integer with an N-bit prefix (§5.1); `flags` are the first byte's bits above it.

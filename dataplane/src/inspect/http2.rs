@@ -105,12 +105,13 @@
 //! sizes). HPACK tables are bounded by [`HpackLimits`]. [`Http2Connection::memory_bytes`]
 //! adds it all up.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use compact_str::CompactString;
 
-use super::hpack::{HeaderField, HpackDecoder, HpackEncoder, HpackError, HpackLimits};
+use super::hpack::{FieldList, HeaderField, HpackDecoder, HpackEncoder, HpackError, HpackLimits};
 use super::http1::Direction;
 use super::transaction::{HttpVersion, Transaction};
 
@@ -206,7 +207,7 @@ impl Default for Http2Limits {
 
 /// Asked about each request header block (its transaction and decoded fields) before any
 /// byte of it reaches the server.
-pub type Judge<'a> = dyn FnMut(&Transaction, &[HeaderField]) -> StreamVerdict + 'a;
+pub type Judge<'a> = dyn FnMut(&Transaction, &FieldList) -> StreamVerdict + 'a;
 
 /// What to do with a request, asked once per request header block, before any byte of it
 /// reaches the server.
@@ -414,46 +415,6 @@ pub enum Http2Problem {
     Hpack(HpackError),
 }
 
-/// Header fields copied out of the decoder in two allocations (a clone of each field
-/// took two per field: 18 per response in the bench's profile).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldList {
-    /// Names and values back to back.
-    bytes: Vec<u8>,
-    /// Where each field's name ends and its value ends in `bytes`.
-    ends: Vec<(u32, u32)>,
-}
-
-impl FieldList {
-    pub fn new(fields: &[HeaderField]) -> FieldList {
-        let size = fields.iter().map(|f| f.name.len() + f.value.len()).sum();
-        let mut list = FieldList {
-            bytes: Vec::with_capacity(size),
-            ends: Vec::with_capacity(fields.len()),
-        };
-        for field in fields {
-            list.bytes.extend_from_slice(&field.name);
-            let name_end = list.bytes.len() as u32;
-            list.bytes.extend_from_slice(&field.value);
-            list.ends.push((name_end, list.bytes.len() as u32));
-        }
-        list
-    }
-
-    /// Each field's name and value, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let mut start = 0;
-        self.ends.iter().map(move |&(name_end, value_end)| {
-            let field = (
-                &self.bytes[start..name_end as usize],
-                &self.bytes[name_end as usize..value_end as usize],
-            );
-            start = value_end as usize;
-            field
-        })
-    }
-}
-
 /// What the bytes just fed made happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Http2Event {
@@ -512,9 +473,6 @@ pub struct Http2Connection {
     client_decoder: HpackDecoder,
     /// Decodes server→client header blocks (PUSH_PROMISE included).
     server_decoder: HpackDecoder,
-    /// The header fields of the block being handled, either direction's; their buffers
-    /// are reused from block to block.
-    fields: Vec<HeaderField>,
     /// loupe's encoder toward the server, from the first answered stream on.
     reencoder: Option<HpackEncoder>,
     streams: BTreeMap<u32, Stream>,
@@ -682,7 +640,6 @@ impl Http2Connection {
             server: Side::new(Direction::ServerToClient),
             client_decoder: HpackDecoder::new(limits.hpack),
             server_decoder: HpackDecoder::new(limits.hpack),
-            fields: Vec::new(),
             reencoder: None,
             streams: BTreeMap::new(),
             answered: BTreeSet::new(),
@@ -814,11 +771,6 @@ impl Http2Connection {
             + self.reencoder.as_ref().map_or(0, HpackEncoder::table_size)
             + streams
             + self.answered.len() * 16
-            + self
-                .fields
-                .iter()
-                .map(|field| std::mem::size_of::<HeaderField>() + field.name.capacity() + field.value.capacity())
-                .sum::<usize>()
             + (self.client_settings_unacked.capacity() + self.server_settings_unacked.capacity()) * 12
             + self.to_client.capacity()
             + self.scratch.capacity()
@@ -970,18 +922,18 @@ impl Http2Connection {
     fn client_block(&mut self, sequence: HeaderSequence, judge: &mut Judge<'_>, out: &mut Http2Output) {
         let block = std::mem::take(&mut self.client.block);
         let insertions_before = self.client_decoder.insertions();
-        let mut fields = std::mem::take(&mut self.fields);
+        let mut fields = take_spare_fields();
         let decoded = self.client_decoder.decode_into(&block, &mut fields);
         self.client.recycle_block(block);
         match decoded {
-            Ok(count) => self.client_fields(sequence, &fields[..count], insertions_before, judge, out),
+            Ok(()) => self.client_fields(sequence, &fields, insertions_before, judge, out),
             Err(error) => {
                 let fault = (ErrorCode::COMPRESSION_ERROR, Http2Problem::Hpack(error));
                 let direction = Direction::ClientToServer;
                 self.fail(direction, sequence.offset, Some(sequence.reference()), fault, out);
             }
         }
-        self.fields = fields;
+        give_back_spare_fields(fields);
     }
 
     /// A client header block's decoded fields: a request judged and relayed (or
@@ -989,7 +941,7 @@ impl Http2Connection {
     fn client_fields(
         &mut self,
         sequence: HeaderSequence,
-        fields: &[HeaderField],
+        fields: &FieldList,
         insertions_before: u64,
         judge: &mut Judge<'_>,
         out: &mut Http2Output,
@@ -1116,12 +1068,12 @@ impl Http2Connection {
     }
 
     /// Sends a client header block on: as it came, or re-encoded by loupe.
-    fn relay_client_block(&mut self, sequence: &HeaderSequence, fields: &[HeaderField], out: &mut Http2Output) {
+    fn relay_client_block(&mut self, sequence: &HeaderSequence, fields: &FieldList, out: &mut Http2Output) {
         match &mut self.reencoder {
             None => out.to_server.extend_from_slice(&self.client.held),
             Some(encoder) => {
                 self.scratch.clear();
-                encoder.encode(fields, &mut self.scratch);
+                encoder.encode_list(fields, &mut self.scratch);
                 write_header_block(
                     &mut out.to_server,
                     sequence.stream_id,
@@ -1335,7 +1287,7 @@ impl Http2Connection {
     /// A whole server header block: a response head, trailers, or a promised request.
     fn server_block(&mut self, sequence: HeaderSequence, out: &mut Http2Output) {
         let block = std::mem::take(&mut self.server.block);
-        let mut fields = std::mem::take(&mut self.fields);
+        let mut fields = take_spare_fields();
         // A response head or trailers: only `:status` and `content-type` are read (see
         // `server_fields`), and the block goes to the client as sent. A promised request
         // is read whole.
@@ -1347,19 +1299,19 @@ impl Http2Connection {
         };
         self.server.recycle_block(block);
         match decoded {
-            Ok(count) => self.server_fields(sequence, &fields[..count], out),
+            Ok(()) => self.server_fields(sequence, &fields, out),
             Err(error) => {
                 let fault = (ErrorCode::COMPRESSION_ERROR, Http2Problem::Hpack(error));
                 let direction = Direction::ServerToClient;
                 self.fail(direction, sequence.offset, Some(sequence.reference()), fault, out);
             }
         }
-        self.fields = fields;
+        give_back_spare_fields(fields);
     }
 
     /// A server header block's decoded fields: a promised request, a response head or
     /// trailers.
-    fn server_fields(&mut self, sequence: HeaderSequence, fields: &[HeaderField], out: &mut Http2Output) {
+    fn server_fields(&mut self, sequence: HeaderSequence, fields: &FieldList, out: &mut Http2Output) {
         let direction = Direction::ServerToClient;
         if sequence.kind == kind::PUSH_PROMISE {
             let promised = sequence.promised_stream;
@@ -1392,13 +1344,12 @@ impl Http2Connection {
         if self.report_content {
             out.events.push(Http2Event::ResponseFields {
                 stream_id: id,
-                fields: FieldList::new(fields),
+                fields: fields.clone(),
             });
         }
         let status = fields
-            .iter()
-            .find(|field| field.name == b":status")
-            .and_then(|field| std::str::from_utf8(&field.value).ok())
+            .value_of(b":status")
+            .and_then(|value| std::str::from_utf8(value).ok())
             .and_then(|value| value.parse::<u16>().ok());
         if let Some(status) = status {
             let interim = (100..200).contains(&status);
@@ -1410,10 +1361,8 @@ impl Http2Connection {
             let transaction = &mut stream.transaction;
             if !interim && transaction.status.is_none() {
                 transaction.status = Some(status);
-                transaction.response_content_type = fields
-                    .iter()
-                    .find(|field| field.name == b"content-type")
-                    .map(|field| CompactString::from_utf8_lossy(&field.value));
+                transaction.response_content_type =
+                    fields.value_of(b"content-type").map(CompactString::from_utf8_lossy);
                 if transaction.method == "CONNECT" && (200..300).contains(&status) {
                     transaction.marks.connect = true;
                 }
@@ -1747,7 +1696,6 @@ impl Http2Connection {
         self.server_settings_unacked = VecDeque::new();
         self.to_client = Vec::new();
         self.scratch = Vec::new();
-        self.fields = Vec::new();
     }
 
     fn side(&self, direction: Direction) -> &Side {
@@ -1969,7 +1917,7 @@ fn read_u32(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// The request's side of a transaction, from its header block.
-fn request_transaction(stream_id: u32, fields: &[HeaderField]) -> Transaction {
+fn request_transaction(stream_id: u32, fields: &FieldList) -> Transaction {
     let mut transaction = Transaction {
         version: Some(HttpVersion::Http2),
         stream_id: Some(stream_id),
@@ -1979,9 +1927,9 @@ fn request_transaction(stream_id: u32, fields: &[HeaderField]) -> Transaction {
     let mut authority = None;
     let mut host = None;
     let mut path = None;
-    for field in fields {
-        let text = || CompactString::from_utf8_lossy(&field.value);
-        match field.name.as_slice() {
+    for field in fields.iter() {
+        let text = || CompactString::from_utf8_lossy(field.value);
+        match field.name {
             b":method" => _ = method.get_or_insert_with(text),
             b":scheme" => _ = transaction.scheme.get_or_insert_with(text),
             b":authority" if !field.value.is_empty() => _ = authority.get_or_insert_with(text),
@@ -2008,6 +1956,26 @@ fn request_transaction(stream_id: u32, fields: &[HeaderField]) -> Transaction {
         }
     }
     transaction
+}
+
+thread_local! {
+    /// One decoded header list per worker thread, lent to whichever connection is
+    /// decoding a block: a list lives only while its block is handled, and the worker's
+    /// stays in cache where a list of each connection's own went cold between its turns.
+    static SPARE_FIELDS: Cell<FieldList> = const { Cell::new(FieldList::new()) };
+}
+
+/// A spare list that grew past this (a huge header block) goes back to the allocator.
+const SPARE_FIELDS_KEEP: usize = 16 * 1024;
+
+fn take_spare_fields() -> FieldList {
+    SPARE_FIELDS.take()
+}
+
+fn give_back_spare_fields(fields: FieldList) {
+    if fields.heap_bytes() <= SPARE_FIELDS_KEEP {
+        SPARE_FIELDS.set(fields);
+    }
 }
 
 fn plain_field(name: &[u8], value: &[u8]) -> HeaderField {

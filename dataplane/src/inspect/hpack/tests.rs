@@ -1015,11 +1015,11 @@ fn decoding_into_reused_fields_gives_what_a_fresh_decode_gives() {
     ];
     let mut fresh = HpackDecoder::new(HpackLimits::default());
     let mut reusing = HpackDecoder::new(HpackLimits::default());
-    let mut fields = Vec::new();
+    let mut fields = FieldList::new();
     for hex in blocks.iter().chain(blocks.iter().rev()) {
         let expected = fresh.decode(&block(hex));
         let got = reusing.decode_into(&block(hex), &mut fields);
-        assert_eq!(got.map(|count| fields[..count].to_vec()), expected, "block {hex}");
+        assert_eq!(got.map(|()| fields.to_fields()), expected, "block {hex}");
     }
 }
 
@@ -1184,10 +1184,10 @@ fn keeping_decodes_only_the_wanted_values_and_every_table_insertion() {
 
     let keep = |name: &[u8]| name == b":status" || name == b"content-type";
     let mut decoder = HpackDecoder::new(HpackLimits::default());
-    let mut fields = Vec::new();
-    let count = decoder.decode_into_keeping(&response, &mut fields, keep).unwrap();
+    let mut fields = FieldList::new();
+    decoder.decode_into_keeping(&response, &mut fields, keep).unwrap();
     assert_eq!(
-        pairs(&fields[..count]),
+        pairs(&fields.to_fields()),
         [
             (":status", "200"),
             ("date", ""),
@@ -1218,7 +1218,7 @@ fn skipped_values_count_toward_the_header_list_limit_and_must_be_whole() {
     block.extend(raw_string(&[b'x'; 80]));
     let mut decoder = HpackDecoder::new(limits);
     let error = decoder
-        .decode_into_keeping(&block, &mut Vec::new(), |_| false)
+        .decode_into_keeping(&block, &mut FieldList::new(), |_| false)
         .unwrap_err();
     assert_eq!(error.problem, HpackProblem::HeaderListTooLarge { limit: 100 });
 
@@ -1226,7 +1226,7 @@ fn skipped_values_count_toward_the_header_list_limit_and_must_be_whole() {
     let mut decoder = HpackDecoder::new(HpackLimits::default());
     let truncated = [0x0f, 33 - 15, 0x05, b'a'];
     let error = decoder
-        .decode_into_keeping(&truncated, &mut Vec::new(), |_| false)
+        .decode_into_keeping(&truncated, &mut FieldList::new(), |_| false)
         .unwrap_err();
     assert_eq!(
         (error.offset, error.problem),

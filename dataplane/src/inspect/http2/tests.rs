@@ -307,7 +307,7 @@ impl Receiver {
 // ---- the relay -----------------------------------------------------------------------
 
 /// Blocks paths that start with /blocked with a 403 page.
-fn block_page(transaction: &Transaction, _: &[HeaderField]) -> StreamVerdict {
+fn block_page(transaction: &Transaction, _: &FieldList) -> StreamVerdict {
     if transaction.path.starts_with("/blocked") {
         StreamVerdict::Answer(Answer {
             status: 403,
@@ -519,7 +519,7 @@ fn host_header_stands_in_for_a_missing_authority() {
         headers(1, END_HEADERS | END_STREAM, &client.encode(&request)),
     ]))];
     let mut judged = Vec::new();
-    let mut judge = |request: &Transaction, _: &[HeaderField]| {
+    let mut judge = |request: &Transaction, _: &FieldList| {
         judged.push(request.clone());
         StreamVerdict::Forward
     };
@@ -1920,7 +1920,7 @@ fn random_frames_never_panic_and_stay_bounded() {
         let mut next_promise = 0;
         let mut connection = Http2Connection::new(limits);
         let mut out = Http2Output::default();
-        let mut judge = |transaction: &Transaction, fields: &[HeaderField]| {
+        let mut judge = |transaction: &Transaction, fields: &FieldList| {
             if transaction.path.len().is_multiple_of(3) {
                 let blocked = Transaction {
                     path: "/blocked".into(),
@@ -2011,7 +2011,7 @@ fn pure_noise_never_panics() {
     for round in 0..2_000 {
         let mut connection = Http2Connection::new(Http2Limits::default());
         let mut out = Http2Output::default();
-        let mut judge = |_: &Transaction, _: &[HeaderField]| StreamVerdict::Forward;
+        let mut judge = |_: &Transaction, _: &FieldList| StreamVerdict::Forward;
         if round % 2 == 0 {
             connection.client_bytes(CLIENT_PREFACE, &mut judge, &mut out);
         }
@@ -2056,7 +2056,7 @@ fn a_reset_stream_never_reaches_the_server_and_the_others_go_on_in_step() {
         server_part.extend(data(id, END_STREAM, b"fine"));
     }
     let steps = [Client(client_part), Server(server_part)];
-    let mut judge = |transaction: &Transaction, _: &[HeaderField]| {
+    let mut judge = |transaction: &Transaction, _: &FieldList| {
         if transaction.path == "/3" {
             StreamVerdict::Reset(ErrorCode::CANCEL)
         } else {
