@@ -287,13 +287,14 @@ fn two_queues_two_workers_each_serve_whole_sessions() {
     }
 }
 
-/// With every wire end at MTU 3000, loupe's TCP follows the ports' MTU: it sends segments
-/// of up to 2,960 bytes both ways, so it needs fewer frames than the data alone would at
-/// the 1,460-byte MSS of a 1500 MTU, and the bytes arrive intact.
+/// With every wire end at MTU 9000 (jumbo frames), loupe's TCP follows the ports' MTU
+/// through multi-buffer AF_XDP: a 9,000-byte packet spans three UMEM frames each way, so
+/// loupe sends fewer frames than the data alone would need with segments one frame holds,
+/// and the bytes arrive intact.
 #[test]
-fn mtu_3000_lab_carries_larger_segments_intact() {
+fn mtu_9000_lab_carries_jumbo_segments_intact() {
     require_root();
-    let lab = ok(Lab::up_with(1, 3000), "lab up at MTU 3000");
+    let lab = ok(Lab::up_with(1, 9000), "lab up at MTU 9000");
     let mut mid = ok(lab.start(&middle(&lab)), "start middle");
     let size = 16u64 << 20;
     transfer_each_way(
@@ -302,7 +303,7 @@ fn mtu_3000_lab_carries_larger_segments_intact() {
         size,
         2,
         Duration::from_secs(120),
-        "16 MiB each way at MTU 3000",
+        "16 MiB each way at MTU 9000",
     );
     ok(mid.check_alive(), "middle alive after the run");
     if through_loupe() {
@@ -311,15 +312,22 @@ fn mtu_3000_lab_carries_larger_segments_intact() {
         let sent = worker["tx_frames"]
             .as_u64()
             .unwrap_or_else(|| panic!("no tx_frames in {worker}"));
-        let at_1460 = 4 * size / 1460;
+        // The MSS of the largest packet one frame holds (IP and TCP headers off).
+        let one_frame_mss = (loupe_dataplane::xsk::MAX_IP_MTU - 40) as u64;
+        let at_one_frame = 4 * size / one_frame_mss;
         assert!(
-            sent < at_1460,
-            "loupe sent {sent} frames for 4 × 16 MiB: segments no larger than at MTU 1500 ({at_1460} data frames): {worker}"
+            sent < at_one_frame,
+            "loupe sent {sent} frames for 4 × 16 MiB: segments no larger than one UMEM frame holds ({at_one_frame} data frames): {worker}"
         );
+        let status = ok(mid.loupectl_json(&["status"]), "loupectl status");
+        let worker = &status["workers"][0];
+        assert_eq!(worker["multi_buffer"]["inside"], true, "{worker}");
+        assert_eq!(worker["multi_buffer"]["outside"], true, "{worker}");
+        assert_eq!(worker["mtu"]["inside"], 9000, "{worker}");
+        let logs = mid.logs();
         assert!(
-            mid.logs().contains("mtu=3000"),
-            "the start-up log names the MTU:\n{}",
-            mid.logs()
+            logs.contains("mtu=9000") && logs.contains("multi_buffer=true"),
+            "the start-up log names the MTU and multi-buffer:\n{logs}"
         );
     }
 }

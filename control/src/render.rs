@@ -263,12 +263,20 @@ pub fn status(value: &Value) -> String {
                 Some(load) => format!("{:.0}%", load * 100.0),
                 None => field(w, "load"),
             };
-            // How each port's AF_XDP socket moves frames: "zero-copy" or "copy".
+            // How each port's AF_XDP socket moves frames: "zero-copy" or "copy", and
+            // whether a packet may span frames (jumbo MTUs).
             let af_xdp = w.get("af_xdp").unwrap_or(&Value::Null);
+            let multi_buffer = w.get("multi_buffer").unwrap_or(&Value::Null);
+            let port_mode = |side: &str| match multi_buffer.get(side).and_then(Value::as_bool) {
+                Some(true) => format!("{} multi-buffer", field(af_xdp, side)),
+                _ => field(af_xdp, side),
+            };
+            let mtu = w.get("mtu").unwrap_or(&Value::Null);
             vec![
                 field(w, "queue"),
                 field(w, "core"),
-                format!("{}/{}", field(af_xdp, "inside"), field(af_xdp, "outside")),
+                format!("{}/{}", port_mode("inside"), port_mode("outside")),
+                format!("{}/{}", field(mtu, "inside"), field(mtu, "outside")),
                 field(w, "flows"),
                 load,
                 field(w, "config_version"),
@@ -276,7 +284,15 @@ pub fn status(value: &Value) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["QUEUE", "CORE", "AF_XDP IN/OUT", "FLOWS", "LOAD", "CONFIG"],
+        &[
+            "QUEUE",
+            "CORE",
+            "AF_XDP IN/OUT",
+            "MTU IN/OUT",
+            "FLOWS",
+            "LOAD",
+            "CONFIG",
+        ],
         &rows,
     ));
     out
@@ -782,6 +798,7 @@ mod tests {
             "xdp_mode": "native",
             "workers": [
                 {"queue": 0, "core": 1, "af_xdp": {"inside": "zero-copy", "outside": "copy"}, "flows": 3, "load": 0.25, "config_version": 2},
+                {"queue": 2, "core": 3, "af_xdp": {"inside": "copy", "outside": "copy"}, "multi_buffer": {"inside": true, "outside": false}, "mtu": {"inside": 9000, "outside": 3826}, "flows": 0, "load": 0.0, "config_version": 2},
                 {"queue": 1, "core": 2, "flows": 0, "load": 0.0, "config_version": 2},
             ],
         });
@@ -792,6 +809,11 @@ mod tests {
         // A daemon that does not say: dashes, not a guess.
         let row = text.lines().find(|l| l.starts_with('1')).expect("queue 1's row");
         assert!(row.contains("-/-"), "{text}");
+        let row = text.lines().find(|l| l.starts_with('2')).expect("queue 2's row");
+        assert!(
+            row.contains("copy multi-buffer/copy ") && row.contains("9000/3826"),
+            "{text}"
+        );
         assert!(text.contains("native"), "{text}");
         assert!(!text.contains("forward only"), "{text}");
         assert!(!text.contains("busy poll"), "{text}");

@@ -65,6 +65,10 @@ pub struct WorkerHandle {
     pub core: Option<usize>,
     /// How the inside and the outside port's AF_XDP sockets were bound.
     pub af_xdp: [XskBindMode; 2],
+    /// Whether each port's socket takes packets spanning several frames (multi-buffer).
+    pub multi_buffer: [bool; 2],
+    /// The IP MTU loupe's TCP uses on each port.
+    pub ip_mtu: [usize; 2],
     pub stats: Arc<WorkerStats>,
     /// Newer policy snapshots; the worker takes the newest between batches.
     pub policy: Sender<Arc<Policy>>,
@@ -801,6 +805,8 @@ impl ControlPlane {
                     "queue": w.queue,
                     "core": w.core,
                     "af_xdp": { "inside": w.af_xdp[0].as_str(), "outside": w.af_xdp[1].as_str() },
+                    "multi_buffer": { "inside": w.multi_buffer[0], "outside": w.multi_buffer[1] },
+                    "mtu": { "inside": w.ip_mtu[0], "outside": w.ip_mtu[1] },
                     "flows": w.stats.flows_active.load(Ordering::Relaxed),
                     "load": w.stats.load_permille.load(Ordering::Relaxed) as f64 / 1000.0,
                     "config_version": w.stats.config_version.load(Ordering::Relaxed),

@@ -443,16 +443,20 @@ pub fn run(options: RunOptions) -> Result<()> {
                 }
                 None => tracing::info!(port = %port.name, queue, "zero-copy AF_XDP"),
             }
+            if let Some(reason) = port.multi_buffer_refused() {
+                tracing::warn!(port = %port.name, queue, %reason, "multi-buffer AF_XDP refused: one frame per packet");
+            }
             if port.ip_mtu() < port.interface_mtu() {
                 tracing::warn!(
                     port = %port.name,
                     mtu = port.interface_mtu(),
                     used = port.ip_mtu(),
-                    "the interface's MTU exceeds what a UMEM frame holds: loupe's TCP segments stay within {} bytes",
+                    multi_buffer = port.multi_buffer(),
+                    "the interface's MTU exceeds what the port carries: loupe's TCP segments stay within {} bytes",
                     port.ip_mtu()
                 );
             } else {
-                tracing::info!(port = %port.name, queue, mtu = port.ip_mtu(), "TCP on this port follows its MTU");
+                tracing::info!(port = %port.name, queue, mtu = port.ip_mtu(), multi_buffer = port.multi_buffer(), "TCP on this port follows its MTU");
             }
         }
         wire.register_socket(PortSide::Inside, queue, inside.raw_fd())?;
@@ -504,6 +508,8 @@ pub fn run(options: RunOptions) -> Result<()> {
     let mut all_stats = Vec::new();
     for (queue, inside, outside) in queue_ports {
         let af_xdp = [inside.mode(), outside.mode()];
+        let multi_buffer = [inside.multi_buffer(), outside.multi_buffer()];
+        let ip_mtu = [inside.ip_mtu(), outside.ip_mtu()];
         let tls = WorkerTls {
             forger: forger.clone(),
             log: log.clone(),
@@ -545,6 +551,8 @@ pub fn run(options: RunOptions) -> Result<()> {
             queue,
             core: core.map(|c| c.id),
             af_xdp,
+            multi_buffer,
+            ip_mtu,
             stats: stats.clone(),
             policy: policy_tx,
             policy_queue,

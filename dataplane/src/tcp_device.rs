@@ -11,7 +11,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address
 use crate::capture::{CaptureTap, SniKnowledge};
 use crate::flow::FlowKey;
 use crate::frame::{write_ethernet_header, MacAddr, ETHERNET_HEADER_LEN};
-use crate::xsk::{XskPort, MAX_IP_MTU};
+use crate::xsk::XskPort;
 use loupe_control::protocol::CaptureLeg;
 
 /// The Ethernet addresses for frames sent on one side of a flow.
@@ -72,8 +72,8 @@ impl phy::TxToken for FrameTx<'_> {
             // Only reachable for a reply token handed out with a received packet while every
             // frame is in flight: the segment is dropped (counted) and TCP retransmits it.
             None => {
-                let mut scratch = [0u8; MAX_IP_MTU];
-                (f.take().expect("not called yet"))(&mut scratch[..len.min(MAX_IP_MTU)])
+                let mut scratch = vec![0u8; len];
+                (f.take().expect("not called yet"))(&mut scratch)
             }
         }
     }

@@ -33,7 +33,7 @@ use crate::session::{Session, SessionState, TlsEnv};
 use crate::tcp_device::{transparent_interface, FlowTap, FrameDevice, L2Header};
 use crate::tls::forge::Forger;
 use crate::tls::record::{rfc3339_utc_ms, Action, DecryptionLog, DecryptionRecord, NegotiatedFact, Outcome};
-use crate::xsk::{XskDrops, XskPort, BATCH};
+use crate::xsk::{Gathered, XskDrops, XskPort, BATCH};
 use crossbeam_channel::{Receiver, Sender};
 
 pub const INSIDE: usize = 0;
@@ -439,7 +439,15 @@ impl Worker {
                     continue;
                 }
                 for desc in &batch[..n] {
-                    self.handle_frame(port, desc, now);
+                    match self.ports[port].gather(desc) {
+                        Gathered::Frame => self.handle_frame(port, desc, now),
+                        Gathered::Pending => {}
+                        Gathered::Packet(packet) => {
+                            self.handle_packet(port, &packet, now);
+                            self.ports[port].return_packet(packet);
+                        }
+                        Gathered::Dropped => WorkerStats::add(&self.stats.malformed_frames, 1),
+                    }
                     self.ports[port].recycle(desc);
                 }
                 self.ports[port].refill();
@@ -542,16 +550,25 @@ impl Worker {
         } else {
             (outside, inside)
         };
+        let mut copy_to_sink = |frame: &[u8]| {
+            if !sink.can_transmit() {
+                sink.flush();
+            }
+            // None: counted in the sink's `tx_no_frame`.
+            let _ = sink.transmit(frame.len(), |buf| buf.copy_from_slice(frame));
+        };
         for desc in descs {
-            match source.frame(desc) {
-                Some(frame) => {
-                    if !sink.can_transmit() {
-                        sink.flush();
-                    }
-                    // None: counted in the sink's `tx_no_frame`.
-                    let _ = sink.transmit(frame.len(), |buf| buf.copy_from_slice(frame));
+            match source.gather(desc) {
+                Gathered::Frame => match source.frame(desc) {
+                    Some(frame) => copy_to_sink(frame),
+                    None => WorkerStats::add(&self.stats.malformed_frames, 1),
+                },
+                Gathered::Pending => {}
+                Gathered::Packet(packet) => {
+                    copy_to_sink(&packet);
+                    source.return_packet(packet);
                 }
-                None => WorkerStats::add(&self.stats.malformed_frames, 1),
+                Gathered::Dropped => WorkerStats::add(&self.stats.malformed_frames, 1),
             }
             source.recycle(desc);
         }
@@ -564,6 +581,11 @@ impl Worker {
             WorkerStats::add(&self.stats.malformed_frames, 1);
             return;
         };
+        self.handle_packet(port, frame, now);
+    }
+
+    /// One received Ethernet frame, whole: from one UMEM frame or gathered from several.
+    fn handle_packet(&mut self, port: usize, frame: &[u8], now: Instant) {
         let tcp = match parse_tcp_frame(frame) {
             Ok(tcp) => tcp,
             Err(err) => {

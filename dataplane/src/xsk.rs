@@ -13,6 +13,17 @@ use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
 pub const FRAME_SIZE: u32 = 4096;
+
+/// Bind flag (linux/if_xdp.h, 6.6+): a packet may span several descriptors, each but the
+/// last marked [`XDP_PKT_CONTD`]. xdpilone passes bind flags through without naming it.
+const XDP_USE_SG: u16 = 1 << 4;
+/// Descriptor option: the packet continues in the next descriptor.
+pub const XDP_PKT_CONTD: u32 = 1;
+/// What the kernel keeps free at the start of each receive frame (XDP_PACKET_HEADROOM),
+/// so one frame receives at most `FRAME_SIZE` less this.
+const RX_HEADROOM: usize = 256;
+/// The largest Ethernet frame one receive descriptor holds.
+const RX_FRAME_CAPACITY: usize = FRAME_SIZE as usize - RX_HEADROOM;
 /// Largest number of descriptors moved per ring operation.
 pub const BATCH: usize = 64;
 
@@ -70,8 +81,10 @@ impl XskBindMode {
         }
     }
 
-    fn bind_flags(self) -> u16 {
+    fn bind_flags(self, multi_buffer: bool) -> u16 {
+        let scatter_gather = if multi_buffer { XDP_USE_SG } else { 0 };
         SocketConfig::XDP_BIND_NEED_WAKEUP
+            | scatter_gather
             | match self {
                 XskBindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
                 XskBindMode::Copy => SocketConfig::XDP_BIND_COPY,
@@ -140,14 +153,83 @@ pub struct XskPort {
     /// Why zero-copy was refused, when the port fell back to copy mode (None: zero-copy).
     zero_copy_refused: Option<String>,
     /// The interface's MTU when the port opened, and the IP MTU loupe's TCP uses on it:
-    /// the same, or [`MAX_IP_MTU`] where a UMEM frame cannot hold the interface's.
+    /// the same, or less where the port cannot carry the interface's (see
+    /// [`MAX_IP_MTU`], [`MAX_MULTI_BUFFER_IP_MTU`]).
     interface_mtu: usize,
     ip_mtu: usize,
+    /// Bound with `XDP_USE_SG`: packets larger than a frame span several descriptors.
+    multi_buffer: bool,
+    /// Why the kernel refused multi-buffer where the MTU asked for it.
+    multi_buffer_refused: Option<String>,
+    /// The received pieces of a packet spanning descriptors, until its last one.
+    rx_packet: PacketGatherer,
+    /// Where a packet larger than a frame is written before it is cut into frames.
+    tx_packet: Vec<u8>,
 }
 
-/// The largest IP packet a UMEM frame holds with its Ethernet header (one frame per
-/// packet: no multi-buffer AF_XDP).
-pub const MAX_IP_MTU: usize = FRAME_SIZE as usize - crate::frame::ETHERNET_HEADER_LEN;
+/// The largest IP packet one receive frame holds with its Ethernet header: the most a
+/// port without multi-buffer carries.
+pub const MAX_IP_MTU: usize = RX_FRAME_CAPACITY - crate::frame::ETHERNET_HEADER_LEN;
+
+/// The largest IP MTU loupe follows with multi-buffer AF_XDP (the usual jumbo maximum).
+pub const MAX_MULTI_BUFFER_IP_MTU: usize = 9216;
+
+/// Joins the pieces of a packet that spans receive descriptors. Apart from the port so
+/// that its rules are tested without a socket.
+#[derive(Debug, Default)]
+struct PacketGatherer {
+    packet: Vec<u8>,
+    /// A piece was outside the UMEM or the packet grew past the limit: it is dropped at
+    /// its last piece.
+    broken: bool,
+}
+
+impl PacketGatherer {
+    /// No packet is being gathered: a descriptor without `XDP_PKT_CONTD` is whole.
+    fn is_idle(&self) -> bool {
+        self.packet.is_empty() && !self.broken
+    }
+
+    /// Takes the next piece (None: its descriptor pointed outside the UMEM); `continues`
+    /// when another piece follows. A packet longer than `limit` bytes is dropped.
+    fn piece(&mut self, piece: Option<&[u8]>, continues: bool, limit: usize) -> Gathered {
+        match piece {
+            Some(piece) if !self.broken && self.packet.len() + piece.len() <= limit => {
+                self.packet.extend_from_slice(piece);
+            }
+            _ => {
+                self.broken = true;
+                self.packet.clear();
+            }
+        }
+        if continues {
+            return Gathered::Pending;
+        }
+        if std::mem::take(&mut self.broken) {
+            return Gathered::Dropped;
+        }
+        Gathered::Packet(std::mem::take(&mut self.packet))
+    }
+
+    fn reuse(&mut self, mut packet: Vec<u8>) {
+        packet.clear();
+        self.packet = packet;
+    }
+}
+
+/// What one received descriptor amounts to (see [`XskPort::gather`]).
+#[derive(Debug)]
+pub enum Gathered {
+    /// A whole packet in the descriptor's frame: read it with [`XskPort::frame`].
+    Frame,
+    /// A piece of a packet whose next piece is still to come.
+    Pending,
+    /// The last piece: the whole packet. Hand it back with [`XskPort::return_packet`].
+    Packet(Vec<u8>),
+    /// The last piece of a packet that could not be gathered (too long, or a piece
+    /// outside the UMEM): dropped.
+    Dropped,
+}
 
 /// The MTU of interface `name` in this network namespace (SIOCGIFMTU).
 pub fn interface_mtu(name: &str) -> Result<usize> {
@@ -196,17 +278,52 @@ impl XskPort {
     }
 
     /// Opens the port in zero-copy mode where the driver offers it, else in copy mode
-    /// ([`XskPort::zero_copy_refused`] then says why).
+    /// ([`XskPort::zero_copy_refused`] then says why). An interface whose frames do not
+    /// fit one UMEM frame is bound multi-buffer, and without it (TCP then stays within
+    /// [`MAX_IP_MTU`]) where the kernel or driver refuses
+    /// ([`XskPort::multi_buffer_refused`]).
     pub fn open(ifname: &str, queue: u32, sizes: XskSizes) -> Result<XskPort> {
-        match XskPort::open_in(ifname, queue, sizes, XskBindMode::ZeroCopy) {
+        let interface_mtu = interface_mtu(ifname)?;
+        if interface_mtu + crate::frame::ETHERNET_HEADER_LEN <= RX_FRAME_CAPACITY {
+            return XskPort::open_either(ifname, queue, sizes, interface_mtu, false);
+        }
+        match XskPort::open_either(ifname, queue, sizes, interface_mtu, true) {
             Ok(port) => Ok(port),
             Err(refused) => {
-                let mut port = XskPort::open_in(ifname, queue, sizes, XskBindMode::Copy)
+                let mut port = XskPort::open_either(ifname, queue, sizes, interface_mtu, false)
+                    .with_context(|| format!("{ifname} queue {queue}: multi-buffer failed first: {refused:#}"))?;
+                port.multi_buffer_refused = Some(format!("{refused:#}"));
+                Ok(port)
+            }
+        }
+    }
+
+    fn open_either(
+        ifname: &str,
+        queue: u32,
+        sizes: XskSizes,
+        interface_mtu: usize,
+        multi_buffer: bool,
+    ) -> Result<XskPort> {
+        let open = |mode| XskPort::open_in(ifname, queue, sizes, mode, interface_mtu, multi_buffer);
+        match open(XskBindMode::ZeroCopy) {
+            Ok(port) => Ok(port),
+            Err(refused) => {
+                let mut port = open(XskBindMode::Copy)
                     .with_context(|| format!("{ifname} queue {queue}: zero-copy failed first: {refused:#}"))?;
                 port.zero_copy_refused = Some(format!("{refused:#}"));
                 Ok(port)
             }
         }
+    }
+
+    /// Whether packets may span several frames (`XDP_USE_SG`).
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
+    }
+
+    pub fn multi_buffer_refused(&self) -> Option<&str> {
+        self.multi_buffer_refused.as_deref()
     }
 
     pub fn mode(&self) -> XskBindMode {
@@ -231,8 +348,14 @@ impl XskPort {
     }
 
     /// Opens the port bound in `mode`; a refused bind releases everything it set up.
-    fn open_in(ifname: &str, queue: u32, sizes: XskSizes, mode: XskBindMode) -> Result<XskPort> {
-        let interface_mtu = interface_mtu(ifname)?;
+    fn open_in(
+        ifname: &str,
+        queue: u32,
+        sizes: XskSizes,
+        mode: XskBindMode,
+        interface_mtu: usize,
+        multi_buffer: bool,
+    ) -> Result<XskPort> {
         let len = sizes.frames as usize * FRAME_SIZE as usize;
         let area = Mapping::new(len)?;
         let config = UmemConfig {
@@ -263,14 +386,15 @@ impl XskPort {
                 &SocketConfig {
                     rx_size: Some(ring),
                     tx_size: Some(ring),
-                    bind_flags: mode.bind_flags(),
+                    bind_flags: mode.bind_flags(multi_buffer),
                 },
             )
             .map_err(|e| anyhow::anyhow!("{ifname} queue {queue}: RX/TX rings: {e}"))?;
         umem.bind(&user).map_err(|e| {
             anyhow::anyhow!(
-                "{ifname} queue {queue}: binding the AF_XDP socket in {} mode failed: {e} (is the queue index valid for this device?)",
-                mode.as_str()
+                "{ifname} queue {queue}: binding the AF_XDP socket in {} mode{} failed: {e} (is the queue index valid for this device?)",
+                mode.as_str(),
+                if multi_buffer { " with multi-buffer" } else { "" }
             )
         })?;
         let rx = user
@@ -279,6 +403,11 @@ impl XskPort {
         let tx = user
             .map_tx()
             .map_err(|e| anyhow::anyhow!("{ifname}: mapping the TX ring: {e}"))?;
+        let ip_mtu = interface_mtu.min(if multi_buffer {
+            MAX_MULTI_BUFFER_IP_MTU
+        } else {
+            MAX_IP_MTU
+        });
         let free_frames = (0..u64::from(sizes.frames))
             .map(|i| i * u64::from(FRAME_SIZE))
             .collect();
@@ -299,7 +428,15 @@ impl XskPort {
             stats: XskStats::default(),
             zero_copy_refused: None,
             interface_mtu,
-            ip_mtu: interface_mtu.min(MAX_IP_MTU),
+            ip_mtu,
+            multi_buffer,
+            multi_buffer_refused: None,
+            rx_packet: PacketGatherer::default(),
+            tx_packet: if multi_buffer {
+                vec![0; ip_mtu + crate::frame::ETHERNET_HEADER_LEN]
+            } else {
+                Vec::new()
+            },
         };
         port.refill();
         Ok(port)
@@ -352,8 +489,29 @@ impl XskPort {
             }
         }
         reader.release();
-        self.stats.rx_frames += n as u64;
+        // Frames on the wire: a packet spanning descriptors counts once, at its last.
+        let last_pieces = out[..n].iter().filter(|desc| desc.options & XDP_PKT_CONTD == 0).count();
+        self.stats.rx_frames += last_pieces as u64;
         n
+    }
+
+    /// Gathers a packet spanning descriptors (multi-buffer). The caller recycles each
+    /// descriptor after this, as for a whole-frame one.
+    pub fn gather(&mut self, desc: &XdpDesc) -> Gathered {
+        let continues = desc.options & XDP_PKT_CONTD != 0;
+        if !continues && self.rx_packet.is_idle() {
+            return Gathered::Frame;
+        }
+        let limit = self.ip_mtu + crate::frame::ETHERNET_HEADER_LEN;
+        let mut gatherer = std::mem::take(&mut self.rx_packet);
+        let gathered = gatherer.piece(self.frame(desc), continues, limit);
+        self.rx_packet = gatherer;
+        gathered
+    }
+
+    /// Gives back a packet [`XskPort::gather`] assembled, so the next reuses its buffer.
+    pub fn return_packet(&mut self, packet: Vec<u8>) {
+        self.rx_packet.reuse(packet);
     }
 
     /// The bytes of a received frame, or None for a descriptor outside the UMEM.
@@ -399,10 +557,11 @@ impl XskPort {
     }
 
     /// Writes one frame of `len` bytes with `write` and queues it for transmission.
-    /// Returns None (and writes nothing) when every frame is in flight.
+    /// Returns None (and writes nothing) when every frame is in flight, or when the frame
+    /// is larger than the port carries.
     pub fn transmit<R>(&mut self, len: usize, write: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
         if len > FRAME_SIZE as usize {
-            return None;
+            return self.transmit_pieces(len, write);
         }
         let Some(addr) = self.free_frames.pop() else {
             self.stats.tx_no_frame += 1;
@@ -419,6 +578,36 @@ impl XskPort {
         Some(result)
     }
 
+    /// A frame larger than a UMEM frame (multi-buffer): written whole into `tx_packet`,
+    /// then copied into as many UMEM frames as it needs, each but the last marked
+    /// [`XDP_PKT_CONTD`]; the kernel sends them as one frame.
+    fn transmit_pieces<R>(&mut self, len: usize, write: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if len > self.tx_packet.len() {
+            return None;
+        }
+        let frame_size = FRAME_SIZE as usize;
+        let pieces = len.div_ceil(frame_size);
+        if self.free_frames.len() < pieces {
+            self.stats.tx_no_frame += 1;
+            return None;
+        }
+        let result = write(&mut self.tx_packet[..len]);
+        for (index, piece) in self.tx_packet[..len].chunks(frame_size).enumerate() {
+            let addr = self.free_frames.pop().expect("counted above");
+            // SAFETY: addr is a frame base owned by userspace (from the pool); a piece is
+            // at most a frame long.
+            let frame =
+                unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(addr as usize), piece.len()) };
+            frame.copy_from_slice(piece);
+            self.tx_pending.push(XdpDesc {
+                addr,
+                len: piece.len() as u32,
+                options: if index + 1 < pieces { XDP_PKT_CONTD } else { 0 },
+            });
+        }
+        Some(result)
+    }
+
     /// Moves queued frames into the TX ring, kicks the kernel, and reclaims completed frames.
     /// Returns whether frames are still waiting for ring space.
     pub fn flush(&mut self) -> bool {
@@ -432,8 +621,12 @@ impl XskPort {
                 writer.commit();
                 sent
             };
+            let last_pieces = self.tx_pending[..sent]
+                .iter()
+                .filter(|desc| desc.options & XDP_PKT_CONTD == 0)
+                .count();
             self.tx_pending.drain(..sent);
-            self.stats.tx_frames += sent as u64;
+            self.stats.tx_frames += last_pieces as u64;
             self.tx_in_flight += sent;
         }
         // A wakeup is a syscall: only while the kernel holds frames it has not sent (in
@@ -450,5 +643,44 @@ impl XskPort {
             reader.release();
         }
         !self.tx_pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_join_into_one_packet_at_the_last() {
+        let mut gatherer = PacketGatherer::default();
+        assert!(gatherer.is_idle());
+        assert!(matches!(gatherer.piece(Some(b"abc"), true, 100), Gathered::Pending));
+        assert!(!gatherer.is_idle());
+        assert!(matches!(gatherer.piece(Some(b"def"), true, 100), Gathered::Pending));
+        match gatherer.piece(Some(b"gh"), false, 100) {
+            Gathered::Packet(packet) => {
+                assert_eq!(packet, b"abcdefgh");
+                gatherer.reuse(packet);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(gatherer.is_idle());
+    }
+
+    #[test]
+    fn a_packet_past_the_limit_or_with_a_lost_piece_is_dropped_whole() {
+        let mut gatherer = PacketGatherer::default();
+        assert!(matches!(gatherer.piece(Some(&[1; 60]), true, 100), Gathered::Pending));
+        // 60 + 60 > 100: the rest of this packet is ignored, and it is dropped at its end.
+        assert!(matches!(gatherer.piece(Some(&[2; 60]), true, 100), Gathered::Pending));
+        assert!(matches!(gatherer.piece(Some(&[3; 10]), false, 100), Gathered::Dropped));
+        assert!(gatherer.is_idle(), "the next packet starts clean");
+
+        assert!(matches!(gatherer.piece(None, true, 100), Gathered::Pending));
+        assert!(matches!(gatherer.piece(Some(b"x"), false, 100), Gathered::Dropped));
+        match gatherer.piece(Some(b"next"), false, 100) {
+            Gathered::Packet(packet) => assert_eq!(packet, b"next"),
+            other => panic!("{other:?}"),
+        }
     }
 }

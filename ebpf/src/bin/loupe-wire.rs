@@ -23,6 +23,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers,
     macros::{map, xdp},
     maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap},
     programs::XdpContext,
@@ -60,11 +61,13 @@ static LOUPE_FLOWS: LruHashMap<FlowPinKey, u8> = LruHashMap::with_max_entries(MA
 #[map]
 static LOUPE_RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULE_HITS, 0);
 
-/// The packet as `[data, data_end)`; every access is checked against `data_end`
-/// in the pointer form the verifier tracks.
+/// The packet's first (or only) piece as `[data, data_end)`; every access is checked
+/// against `data_end` in the pointer form the verifier tracks. `len` is the whole
+/// packet's, pieces of a multi-buffer frame included, so length checks see the packet.
 struct XdpFrame {
     start: usize,
     end: usize,
+    len: usize,
 }
 
 impl Frame for XdpFrame {
@@ -80,7 +83,7 @@ impl Frame for XdpFrame {
 
     #[inline(always)]
     fn frame_len(&self) -> usize {
-        self.end - self.start
+        self.len
     }
 }
 
@@ -102,7 +105,10 @@ fn count_rule_hit(rule: u32) {
     }
 }
 
-#[xdp]
+// `frags`: the kernel may pass a frame larger than a page in pieces (multi-buffer, for
+// jumbo MTUs; veth refuses native XDP above ~3,500 bytes without it). Headers are read from
+// the first piece, `[data, data_end)`; redirects carry every piece.
+#[xdp(frags)]
 pub fn loupe_wire(ctx: XdpContext) -> u32 {
     let Some(cfg) = LOUPE_CONFIG.get(0) else {
         return xdp_action::XDP_PASS;
@@ -114,9 +120,12 @@ pub fn loupe_wire(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let row = counter::row(port, ctx.rx_queue_index(), cfg.queues);
+    // SAFETY: the helper only reads the context the kernel gave this program.
+    let len = unsafe { helpers::bpf_xdp_get_buff_len(ctx.ctx) } as usize;
     let frame = XdpFrame {
         start: ctx.data(),
         end: ctx.data_end(),
+        len,
     };
     let parsed = parse(&frame);
     // SAFETY: the value is not kept past the lookup.
