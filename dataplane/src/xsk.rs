@@ -614,12 +614,8 @@ impl XskPort {
         if !self.tx_pending.is_empty() {
             let sent = {
                 let mut writer = self.tx.transmit(self.tx_pending.len().min(u32::MAX as usize) as u32);
-                // Whole packets only: the pieces of a multi-buffer frame go to the ring
-                // together, never the first ones of it alone.
-                let room = (writer.capacity() as usize).min(self.tx_pending.len());
-                let whole = whole_packets(&self.tx_pending[..room]);
                 let mut sent = 0;
-                while sent < whole && writer.insert_once(self.tx_pending[sent]) {
+                while sent < self.tx_pending.len() && writer.insert_once(self.tx_pending[sent]) {
                     sent += 1;
                 }
                 writer.commit();
@@ -650,34 +646,9 @@ impl XskPort {
     }
 }
 
-/// How many of `descs`, from the first, make whole packets (the last of them without
-/// [`XDP_PKT_CONTD`]).
-fn whole_packets(descs: &[XdpDesc]) -> usize {
-    descs
-        .iter()
-        .rposition(|desc| desc.options & XDP_PKT_CONTD == 0)
-        .map_or(0, |last| last + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_whole_packets_go_to_the_ring() {
-        let desc = |options| XdpDesc {
-            addr: 0,
-            len: 1,
-            options,
-        };
-        let one = desc(0);
-        let piece = desc(XDP_PKT_CONTD);
-        assert_eq!(whole_packets(&[]), 0);
-        assert_eq!(whole_packets(&[one, one]), 2);
-        assert_eq!(whole_packets(&[one, piece, piece]), 1, "a cut packet waits whole");
-        assert_eq!(whole_packets(&[piece, piece, one, piece]), 3);
-        assert_eq!(whole_packets(&[piece]), 0);
-    }
 
     #[test]
     fn pieces_join_into_one_packet_at_the_last() {
