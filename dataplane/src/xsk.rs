@@ -614,6 +614,10 @@ impl XskPort {
         if !self.tx_pending.is_empty() {
             let sent = {
                 let mut writer = self.tx.transmit(self.tx_pending.len().min(u32::MAX as usize) as u32);
+                // The pieces of a multi-buffer frame may straddle two flushes: the kernel
+                // keeps a frame it has begun until its last piece comes (`xs->skb`). Holding
+                // them back until all fit would stall: xdpilone refreshes its count of free
+                // slots only once it reaches zero, so a short count never grows.
                 let mut sent = 0;
                 while sent < self.tx_pending.len() && writer.insert_once(self.tx_pending[sent]) {
                     sent += 1;
