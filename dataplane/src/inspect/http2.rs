@@ -1960,8 +1960,8 @@ fn request_transaction(stream_id: u32, fields: &FieldList) -> Transaction {
 
 thread_local! {
     /// One decoded header list per worker thread, lent to whichever connection is
-    /// decoding a block: a list lives only while its block is handled, and the worker's
-    /// stays in cache where a list of each connection's own went cold between its turns.
+    /// decoding a block: a list lives only while its block is handled, so an idle
+    /// connection holds none.
     static SPARE_FIELDS: Cell<FieldList> = const { Cell::new(FieldList::new()) };
 }
 
