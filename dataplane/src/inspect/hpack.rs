@@ -14,6 +14,7 @@
 //! it or drop it, as policy says); the decoder refuses every later block with
 //! [`HpackProblem::EarlierFailure`].
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -383,7 +384,7 @@ impl HpackDecoder {
                 // are decoded, before the field's overhead is added.
                 let string_budget = budget.saturating_sub(ENTRY_OVERHEAD);
                 if name_index == 0 {
-                    reader.string_into(string_budget, too_large, &mut fields.bytes)?;
+                    reader.string_into(string_budget, too_large, Memoize::Yes, &mut fields.bytes)?;
                 } else {
                     // Copied (at most one table entry) before the insertion below, which may
                     // evict the entry named.
@@ -392,7 +393,12 @@ impl HpackDecoder {
                 let name_len = fields.bytes.len() - name_start;
                 let value_budget = string_budget.saturating_sub(name_len);
                 let value_len = if add_to_table || keep_value(&fields.bytes[name_start..]) {
-                    reader.string_into(value_budget, too_large, &mut fields.bytes)?;
+                    let memoize = if sensitive || carries_credentials(&fields.bytes[name_start..]) {
+                        Memoize::No
+                    } else {
+                        Memoize::Yes
+                    };
+                    reader.string_into(value_budget, too_large, memoize, &mut fields.bytes)?;
                     fields.bytes.len() - name_start - name_len
                 } else {
                     reader.skip_string()?
@@ -659,7 +665,13 @@ impl BlockReader<'_> {
     /// A string literal (RFC 7541 §5.2), refused with `too_large` once it decodes to more
     /// than `budget` bytes.
     /// Appends the string's octets (Huffman-decoded when so marked) to `out`.
-    fn string_into(&mut self, budget: usize, too_large: HpackProblem, out: &mut Vec<u8>) -> Result<(), HpackError> {
+    fn string_into(
+        &mut self,
+        budget: usize,
+        too_large: HpackProblem,
+        memoize: Memoize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), HpackError> {
         let start = self.pos;
         let fail = |problem| HpackError { offset: start, problem };
         let huffman = self.peek().is_some_and(|byte| byte & 0x80 != 0);
@@ -671,7 +683,11 @@ impl BlockReader<'_> {
         let raw = &self.block[self.pos..self.pos + declared];
         self.pos += declared;
         if huffman {
-            huffman_decode(raw, budget, out).map_err(|fault| {
+            let decoded = match memoize {
+                Memoize::Yes => huffman_decode_memoized(raw, budget, out),
+                Memoize::No => huffman_decode(raw, budget, out),
+            };
+            decoded.map_err(|fault| {
                 fail(match fault {
                     HuffmanFault::Eos => HpackProblem::HuffmanEos,
                     HuffmanFault::PaddingTooLong { bits } => HpackProblem::HuffmanPaddingTooLong { bits },
@@ -1012,6 +1028,100 @@ enum HuffmanFault {
     PaddingTooLong { bits: u8 },
     PaddingNotOnes,
     OverBudget,
+}
+
+/// Whether a decoded string may stay in this thread's [`HUFFMAN_MEMO`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memoize {
+    Yes,
+    /// A value its sender marked never-indexed, or a credential: it leaves no copy behind
+    /// once its connection is gone.
+    No,
+}
+
+/// Header fields whose values are credentials, kept out of [`HUFFMAN_MEMO`] even when not
+/// marked never-indexed (clients commonly index cookies).
+fn carries_credentials(name: &[u8]) -> bool {
+    [&b"cookie"[..], b"set-cookie", b"authorization", b"proxy-authorization"]
+        .iter()
+        .any(|credential| name.eq_ignore_ascii_case(credential))
+}
+
+/// Coded strings shorter than this decode in a few table lookups: not worth a slot.
+const MEMO_CODED_MIN: usize = 8;
+/// Longer coded strings are decoded every time (a 29-character HTTP date codes to 22 bytes).
+const MEMO_CODED_MAX: usize = 48;
+/// The longest decoding of [`MEMO_CODED_MAX`] bytes: the shortest code is 5 bits.
+const MEMO_DECODED_MAX: usize = MEMO_CODED_MAX * 8 / 5;
+/// Slots per thread (a power of two): 256 × 126 bytes, about 32 KiB, within L2.
+const MEMO_SLOTS: usize = 256;
+
+/// One coded string and what it decodes to.
+#[derive(Clone, Copy)]
+struct MemoSlot {
+    coded_len: u8,
+    decoded_len: u8,
+    coded: [u8; MEMO_CODED_MAX],
+    decoded: [u8; MEMO_DECODED_MAX],
+}
+
+const EMPTY_MEMO_SLOT: MemoSlot = MemoSlot {
+    coded_len: 0,
+    decoded_len: 0,
+    coded: [0; MEMO_CODED_MAX],
+    decoded: [0; MEMO_DECODED_MAX],
+};
+
+thread_local! {
+    /// Huffman-coded strings this thread decoded lately, direct-mapped by a hash of their
+    /// coded bytes. Servers re-send the same values with every response as literals
+    /// entering the table (nginx: `server`, `content-type`, `last-modified`, `date` within
+    /// a second), so most of a response head's strings were decoded moments before, on
+    /// this connection or another. Decoding is a pure function of the coded bytes, so a
+    /// slot serves every connection; it holds only strings that decoded without a fault.
+    static HUFFMAN_MEMO: RefCell<Vec<MemoSlot>> = const { RefCell::new(Vec::new()) };
+}
+
+fn memo_slot_index(coded: &[u8]) -> usize {
+    let mut hash = coded.len() as u64;
+    for chunk in coded.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    (hash >> (64 - MEMO_SLOTS.trailing_zeros())) as usize
+}
+
+/// [`huffman_decode`] through this thread's [`HUFFMAN_MEMO`]: same output, same faults.
+/// A remembered string decoded whole without a fault, so the only fault it can meet
+/// again is a smaller budget.
+fn huffman_decode_memoized(coded: &[u8], budget: usize, decoded: &mut Vec<u8>) -> Result<(), HuffmanFault> {
+    if !(MEMO_CODED_MIN..=MEMO_CODED_MAX).contains(&coded.len()) {
+        return huffman_decode(coded, budget, decoded);
+    }
+    HUFFMAN_MEMO.with(|memo| {
+        let mut slots = memo.borrow_mut();
+        if slots.is_empty() {
+            slots.resize(MEMO_SLOTS, EMPTY_MEMO_SLOT);
+        }
+        let slot = &mut slots[memo_slot_index(coded)];
+        if usize::from(slot.coded_len) == coded.len() && slot.coded[..coded.len()] == *coded {
+            let text = &slot.decoded[..usize::from(slot.decoded_len)];
+            if text.len() > budget {
+                return Err(HuffmanFault::OverBudget);
+            }
+            decoded.extend_from_slice(text);
+            return Ok(());
+        }
+        let start = decoded.len();
+        huffman_decode(coded, budget, decoded)?;
+        let text = &decoded[start..];
+        slot.coded[..coded.len()].copy_from_slice(coded);
+        slot.coded_len = coded.len() as u8;
+        slot.decoded[..text.len()].copy_from_slice(text);
+        slot.decoded_len = text.len() as u8;
+        Ok(())
+    })
 }
 
 /// Decodes a Huffman-coded string (RFC 7541 §5.2), appending the decoded octets to

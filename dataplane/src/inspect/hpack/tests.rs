@@ -401,6 +401,107 @@ fn huffman_decodes_random_strings_whatever_their_codes_lengths() {
 }
 
 #[test]
+fn memoized_huffman_decoding_gives_what_plain_decoding_gives() {
+    // More distinct strings than the memo has slots, so slots are shared and replaced;
+    // each is decoded three times (a miss, then hits, or a miss again after a collision),
+    // within and short of its budget, and faulty strings never enter the memo.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let decode = |memoized: bool, coded: &[u8], budget: usize| {
+        let mut out = b"before".to_vec();
+        let result = if memoized {
+            huffman_decode_memoized(coded, budget, &mut out)
+        } else {
+            huffman_decode(coded, budget, &mut out)
+        };
+        result.map(|()| out)
+    };
+    let mut strings: Vec<Vec<u8>> = (0..2 * MEMO_SLOTS)
+        .map(|_| {
+            let len = (next() % 70) as usize;
+            let text: Vec<u8> = (0..len).map(|_| next() as u8 % 96 + 32).collect();
+            huffman_encode(&text)
+        })
+        .collect();
+    // Faults: padding with a zero, and EOS, at lengths the memo would take.
+    let mut bad_padding = huffman_encode(b"0123456789abcdef");
+    *bad_padding.last_mut().expect("bytes") &= 0xfe;
+    strings.push(bad_padding);
+    strings.push(vec![0xff; 12]);
+    let mut memoized_ones = 0;
+    for _ in 0..3 {
+        for coded in &strings {
+            let whole = decode(false, coded, usize::MAX);
+            assert_eq!(decode(true, coded, usize::MAX), whole, "{coded:?}");
+            if let Ok(text) = &whole {
+                let decoded_len = text.len() - b"before".len();
+                if decoded_len > 0 {
+                    assert_eq!(
+                        decode(true, coded, decoded_len - 1),
+                        Err(HuffmanFault::OverBudget),
+                        "{coded:?}"
+                    );
+                }
+                if (MEMO_CODED_MIN..=MEMO_CODED_MAX).contains(&coded.len()) {
+                    memoized_ones += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        memoized_ones > MEMO_SLOTS,
+        "the strings exercised the memo: {memoized_ones}"
+    );
+    // What stays in the memo decodes to what it was stored with.
+    HUFFMAN_MEMO.with(|memo| {
+        for slot in memo.borrow().iter().filter(|slot| slot.coded_len > 0) {
+            let coded = &slot.coded[..usize::from(slot.coded_len)];
+            let mut text = Vec::new();
+            huffman_decode(coded, usize::MAX, &mut text).expect("only whole decodings are kept");
+            assert_eq!(text, &slot.decoded[..usize::from(slot.decoded_len)]);
+        }
+    });
+}
+
+#[test]
+fn credentials_and_never_indexed_values_stay_out_of_the_memo() {
+    // Literals entering the table, so their values are decoded: a cookie and a
+    // never-indexed token are not remembered; an ordinary value is.
+    let cookie_value = b"session=0123456789abcdefghijklmnop";
+    let plain_value = b"application/octet-stream; charset=x";
+    let mut block = Vec::new();
+    for (first, name, value) in [
+        (0x40u8, &b"cookie"[..], &cookie_value[..]),
+        (0x10, b"x-token", b"secret-secret-secret-secret"),
+        (0x40, b"x-type", plain_value),
+    ] {
+        block.push(first);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name);
+        let coded = huffman_encode(value);
+        block.push(0x80 | coded.len() as u8);
+        block.extend_from_slice(&coded);
+    }
+    HUFFMAN_MEMO.with(|memo| memo.borrow_mut().clear());
+    let mut decoder = HpackDecoder::new(HpackLimits::default());
+    let fields = decoder.decode(&block).expect("block decodes");
+    assert_eq!(fields[0].value, cookie_value);
+    let remembered: Vec<Vec<u8>> = HUFFMAN_MEMO.with(|memo| {
+        memo.borrow()
+            .iter()
+            .filter(|slot| slot.coded_len > 0)
+            .map(|slot| slot.decoded[..usize::from(slot.decoded_len)].to_vec())
+            .collect()
+    });
+    assert_eq!(remembered, vec![plain_value.to_vec()]);
+}
+
+#[test]
 fn huffman_padding_and_eos_errors() {
     // 'a' is 00011: three bits of ones pad it to a byte.
     assert_eq!(decode_huffman(&[0x1f], 10).unwrap(), b"a");
