@@ -367,17 +367,21 @@ fn huffman_decodes_every_byte_value() {
     assert_eq!(decode_huffman(&[], 10).unwrap(), b"");
 }
 
-#[test]
-fn huffman_decodes_random_strings_whatever_their_codes_lengths() {
-    // Header-like text (where codes pair up in the decoder's 12-bit table) and arbitrary
-    // bytes (long codes in between), each cut at every budget short of its length.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
+/// A seeded xorshift64 generator: the same inputs on every run.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
+    }
+}
+
+#[test]
+fn huffman_decodes_random_strings_whatever_their_codes_lengths() {
+    // Header-like text (where codes pair up in the decoder's 12-bit table) and arbitrary
+    // bytes (long codes in between), each cut at every budget short of its length.
+    let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
     let alphabets: [&[u8]; 2] = [b"0123456789 :,-abcdefghijklmnopqrstuvwxyzGMT/.=\"", &[]];
     for round in 0..400 {
         let alphabet = alphabets[round % 2];
@@ -405,13 +409,7 @@ fn memoized_huffman_decoding_gives_what_plain_decoding_gives() {
     // More distinct strings than the memo has slots, so slots are shared and replaced;
     // each is decoded three times (a miss, then hits, or a miss again after a collision),
     // within and short of its budget, and faulty strings never enter the memo.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
     let decode = |memoized: bool, coded: &[u8], budget: usize| {
         let mut out = b"before".to_vec();
         let result = if memoized {
