@@ -393,7 +393,7 @@ impl HpackDecoder {
                 let name_len = fields.bytes.len() - name_start;
                 let value_budget = string_budget.saturating_sub(name_len);
                 let value_len = if add_to_table || keep_value(&fields.bytes[name_start..]) {
-                    let memoize = if sensitive || carries_credentials(&fields.bytes[name_start..]) {
+                    let memoize = if sensitive || may_carry_credentials(&fields.bytes[name_start..]) {
                         Memoize::No
                     } else {
                         Memoize::Yes
@@ -1034,17 +1034,25 @@ enum HuffmanFault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Memoize {
     Yes,
-    /// A value its sender marked never-indexed, or a credential: it leaves no copy behind
-    /// once its connection is gone.
+    /// A value its sender marked never-indexed, or one that may hold a credential: it
+    /// leaves no copy behind once its connection is gone.
     No,
 }
 
-/// Header fields whose values are credentials, kept out of [`HUFFMAN_MEMO`] even when not
-/// marked never-indexed (clients commonly index cookies).
-fn carries_credentials(name: &[u8]) -> bool {
-    [&b"cookie"[..], b"set-cookie", b"authorization", b"proxy-authorization"]
-        .iter()
-        .any(|credential| name.eq_ignore_ascii_case(credential))
+/// Header fields whose values are or may hold credentials (a path's or a redirect's query
+/// can carry a token), kept out of [`HUFFMAN_MEMO`] even when not marked never-indexed
+/// (clients commonly index cookies). Values that repeat across responses are not among them.
+fn may_carry_credentials(name: &[u8]) -> bool {
+    [
+        &b"cookie"[..],
+        b"set-cookie",
+        b"authorization",
+        b"proxy-authorization",
+        b":path",
+        b"location",
+    ]
+    .iter()
+    .any(|credential| name.eq_ignore_ascii_case(credential))
 }
 
 /// Coded strings shorter than this decode in a few table lookups: not worth a slot.

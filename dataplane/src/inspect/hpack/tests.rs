@@ -468,13 +468,14 @@ fn memoized_huffman_decoding_gives_what_plain_decoding_gives() {
 
 #[test]
 fn credentials_and_never_indexed_values_stay_out_of_the_memo() {
-    // Literals entering the table, so their values are decoded: a cookie and a
-    // never-indexed token are not remembered; an ordinary value is.
+    // Literals entering the table, so their values are decoded: a cookie, a path with a
+    // token and a never-indexed token are not remembered; an ordinary value is.
     let cookie_value = b"session=0123456789abcdefghijklmnop";
     let plain_value = b"application/octet-stream; charset=x";
     let mut block = Vec::new();
     for (first, name, value) in [
         (0x40u8, &b"cookie"[..], &cookie_value[..]),
+        (0x40, b":path", b"/callback?code=0123456789abcdef"),
         (0x10, b"x-token", b"secret-secret-secret-secret"),
         (0x40, b"x-type", plain_value),
     ] {
