@@ -392,6 +392,22 @@ pub struct InspectMicroSpec {
     pub sessions: usize,
     /// Transactions per recorded connection.
     pub transactions: usize,
+    /// Only this protocol's measurements; `None`: both.
+    pub protocol: Option<MicroProtocol>,
+    /// Only this kind of measurement; `None`: both.
+    pub kind: Option<MicroKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MicroProtocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MicroKind {
+    Hot,
+    Interleaved,
 }
 
 fn thread_cpu() -> Duration {
@@ -456,13 +472,22 @@ fn measure(
 
 pub fn run_micro(spec: &InspectMicroSpec) -> Result<InspectMicroReport> {
     let policy = inspect_policy()?;
-    let exchanges = [
-        ("HTTP/1.1", http1_exchange(spec.transactions)),
-        ("HTTP/2", http2_exchange(spec.transactions)?),
+    let wanted_protocol = |protocol| spec.protocol.is_none_or(|only| only == protocol);
+    let mut exchanges = Vec::new();
+    if wanted_protocol(MicroProtocol::Http1) {
+        exchanges.push(("HTTP/1.1", http1_exchange(spec.transactions)));
+    }
+    if wanted_protocol(MicroProtocol::Http2) {
+        exchanges.push(("HTTP/2", http2_exchange(spec.transactions)?));
+    }
+    let kinds = [
+        (MicroKind::Hot, "hot", 1),
+        (MicroKind::Interleaved, "interleaved", spec.sessions),
     ];
     let mut runs = Vec::new();
     for (protocol, exchange) in &exchanges {
-        for (kind, sessions) in [("hot", 1), ("interleaved", spec.sessions)] {
+        for (_, kind, sessions) in kinds.iter().filter(|(k, _, _)| spec.kind.is_none_or(|only| only == *k)) {
+            let (kind, sessions) = (*kind, *sessions);
             let (transactions, took, eve_bytes) = measure(exchange, sessions, spec.seconds, &policy)?;
             runs.push(InspectRun {
                 protocol,

@@ -294,6 +294,12 @@ enum Cmd {
         /// Transactions per session.
         #[arg(long, default_value_t = 50)]
         transactions: usize,
+        /// Only this protocol's measurements (e.g. to profile one of them with perf).
+        #[arg(long, value_enum)]
+        protocol: Option<loupe_bench::inspect_bench::MicroProtocol>,
+        /// Only this kind of measurement.
+        #[arg(long, value_enum)]
+        kind: Option<loupe_bench::inspect_bench::MicroKind>,
         /// Print the report as JSON (the table goes to stderr).
         #[arg(long)]
         json: bool,
@@ -633,6 +639,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             seconds,
             sessions,
             transactions,
+            protocol,
+            kind,
             json,
         } => {
             use loupe_bench::inspect_bench::{run_micro, InspectMicroSpec};
@@ -640,6 +648,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 seconds,
                 sessions,
                 transactions,
+                protocol,
+                kind,
             })?;
             print_micro_report(json, &report.to_table(), &report)
         }
