@@ -410,6 +410,15 @@ pub enum MicroKind {
     Interleaved,
 }
 
+impl MicroKind {
+    fn label(self) -> &'static str {
+        match self {
+            MicroKind::Hot => "hot",
+            MicroKind::Interleaved => "interleaved",
+        }
+    }
+}
+
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec it is given and nothing else.
@@ -480,14 +489,15 @@ pub fn run_micro(spec: &InspectMicroSpec) -> Result<InspectMicroReport> {
     if wanted_protocol(MicroProtocol::Http2) {
         exchanges.push(("HTTP/2", http2_exchange(spec.transactions)?));
     }
-    let kinds = [
-        (MicroKind::Hot, "hot", 1),
-        (MicroKind::Interleaved, "interleaved", spec.sessions),
-    ];
+    let kinds = [MicroKind::Hot, MicroKind::Interleaved];
     let mut runs = Vec::new();
     for (protocol, exchange) in &exchanges {
-        for (_, kind, sessions) in kinds.iter().filter(|(k, _, _)| spec.kind.is_none_or(|only| only == *k)) {
-            let (kind, sessions) = (*kind, *sessions);
+        for &micro_kind in kinds.iter().filter(|&&k| spec.kind.is_none_or(|only| only == k)) {
+            let kind = micro_kind.label();
+            let sessions = match micro_kind {
+                MicroKind::Hot => 1,
+                MicroKind::Interleaved => spec.sessions,
+            };
             let (transactions, took, eve_bytes) = measure(exchange, sessions, spec.seconds, &policy)?;
             runs.push(InspectRun {
                 protocol,

@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::hash::BuildHasher;
 
 #[cfg(test)]
 mod tests;
@@ -1091,12 +1092,8 @@ thread_local! {
 }
 
 fn memo_slot_index(coded: &[u8]) -> usize {
-    let mut hash = coded.len() as u64;
-    for chunk in coded.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
+    // A fixed seed is enough: strings that collide only share a slot, which costs a decode.
+    let hash = foldhash::fast::FixedState::with_seed(0).hash_one(coded);
     (hash >> (64 - MEMO_SLOTS.trailing_zeros())) as usize
 }
 
