@@ -61,7 +61,8 @@ fn peer_fetch(t: &Tls<'_>, ip: &str, sni: &str, groups: Option<&str>) -> PeerFet
 
 /// X25519MLKEM768 on both legs when both ends speak it; on the server leg when only the
 /// server does; and a client whose only key share is post-quantum gets through to a
-/// classical server with one HelloRetryRequest upstream.
+/// classical server with one HelloRetryRequest upstream, and none the next time (loupe
+/// remembers the group the server chose).
 #[test]
 fn post_quantum_key_exchange_on_both_legs() {
     require_root();
@@ -137,6 +138,19 @@ fn post_quantum_key_exchange_on_both_legs() {
     t.expect_eq(&rec, "/client_leg/hello_retry", false.into(), what);
     t.expect_eq(&rec, "/server_leg/group", "X25519".into(), what);
     t.expect_eq(&rec, "/server_leg/hello_retry", true.into(), what);
+    if fetch.body.trim() != INDEX.trim() {
+        t.fail(Some(&rec), &format!("{what}: body {:?}", fetch.body));
+    }
+
+    // loupe learned that nginx takes X25519 over a post-quantum share: the same client
+    // again gets through without the retry, its upstream hello carrying only X25519's
+    // share (and still offering the hybrid).
+    let what = "the same client to classical nginx again";
+    let fetch = peer_fetch(&t, "198.18.0.2", "server.lab", Some("X25519MLKEM768:X25519"));
+    let rec = t.record(fetch.port, what);
+    t.expect_decrypted(&rec, "TLSv1.3", what);
+    t.expect_eq(&rec, "/server_leg/group", "X25519".into(), what);
+    t.expect_eq(&rec, "/server_leg/hello_retry", false.into(), what);
     if fetch.body.trim() != INDEX.trim() {
         t.fail(Some(&rec), &format!("{what}: body {:?}", fetch.body));
     }

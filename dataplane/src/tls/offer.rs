@@ -270,6 +270,28 @@ fn key_shares_for(groups: &[u16], hello: &ClientHello) -> Option<Vec<u16>> {
 }
 
 impl UpstreamOffer {
+    /// Whether the hello carries a post-quantum key share: by far the costliest part of
+    /// making a hello (an ML-KEM key pair), wasted when the server picks another group.
+    pub fn sends_post_quantum_share(&self) -> bool {
+        match &self.key_shares {
+            Some(shares) => shares.iter().any(|g| is_post_quantum(*g)),
+            None => self.groups.iter().any(|g| is_post_quantum(*g)),
+        }
+    }
+
+    /// Sends only `group`'s key share, `group` being the classical group this server chose
+    /// the last time it was sent a post-quantum share, when the hello would carry one and
+    /// offers `group`. The groups offered stay as they are: a server that has since come
+    /// to prefer a post-quantum group asks for its share (HelloRetryRequest, one more
+    /// round trip) and gets it. Returns whether the shares changed.
+    pub fn predict_key_share(&mut self, group: u16) -> bool {
+        if is_post_quantum(group) || !self.groups.contains(&group) || !self.sends_post_quantum_share() {
+            return false;
+        }
+        self.key_shares = Some(vec![group]);
+        true
+    }
+
     /// Configures one upstream connection (before its handshake) to send this hello.
     pub fn apply(&self, ssl: &mut SslRef) -> Result<(), String> {
         let version = |v: u16| SslVersion::try_from(v).map_err(|_| format!("TLS version {v:#06x}"));

@@ -59,7 +59,7 @@ use super::forge::{CertSource, ForgedCert, Verdict};
 use super::keylog::{self, KeyLog};
 use super::names;
 use super::ocsp::{check_staple, StapleVerdict};
-use super::offer::{signature_algorithm_id, ProfileOffer};
+use super::offer::{is_post_quantum, signature_algorithm_id, ProfileOffer};
 use super::record::{AlertFact, CertFact, NegotiatedFact, OcspFact, OcspStatus, Peer, Stage, VerifyFact};
 use super::trust::PinnedLeafs;
 pub use crate::inspect::{Inspector, Pass, Relay, SessionEnd};
@@ -311,6 +311,10 @@ struct UpstreamExtra {
     inherited: Option<(i32, u32)>,
     /// The stapled OCSP response as judged at depth 0 of the verification (once).
     ocsp: Mutex<Option<OcspFact>>,
+    /// Whether the hello carried a post-quantum key share, and where to note the group
+    /// the server chose (see [`UpstreamMemory::learn_group`]).
+    post_quantum_sent: bool,
+    memory: Arc<Mutex<UpstreamMemory>>,
 }
 
 /// X509_V_ERR_CERT_REVOKED.
@@ -405,15 +409,24 @@ struct CachedSession {
     verify: (i32, u32),
 }
 
-/// Bounded: the oldest inserted server is evicted first.
-struct SessionCache {
-    entries: HashMap<SessionKey, CachedSession>,
+/// Per server, bounded: the oldest inserted server is evicted first. An entry is replaced
+/// in place, never removed, so the eviction order holds each server once.
+struct PerServer<V> {
+    entries: HashMap<SessionKey, V>,
     order: VecDeque<SessionKey>,
     capacity: usize,
 }
 
-impl SessionCache {
-    fn insert(&mut self, key: SessionKey, entry: CachedSession) {
+impl<V> PerServer<V> {
+    fn new(capacity: usize) -> Self {
+        PerServer {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn insert(&mut self, key: SessionKey, entry: V) {
         if self.capacity == 0 {
             return;
         }
@@ -429,14 +442,61 @@ impl SessionCache {
             }
         }
     }
+}
 
-    fn get(&self, key: &SessionKey) -> Option<(SslSession, (i32, u32))> {
-        self.entries.get(key).map(|e| (e.session.clone(), e.verify))
+/// A classical group a server chose over the post-quantum key share loupe sent it.
+#[derive(Debug, Clone, Copy)]
+struct LearnedGroup {
+    group: u16,
+    /// Hellos that may still send only this group's share. At zero the next hello sends
+    /// the whole set again and learns afresh, so a server that gained a post-quantum group
+    /// but does not ask for its share (it takes a share it was sent) is found again.
+    predictions_left: u32,
+}
+
+/// Hellos sent with only a learned group's share before one sends the whole set again.
+const PREDICTIONS_PER_LEARNING: u32 = 64;
+
+/// What the upstream context remembers per server: a session to resume, and the group
+/// the server chose when offered a post-quantum share.
+struct UpstreamMemory {
+    sessions: PerServer<CachedSession>,
+    groups: PerServer<LearnedGroup>,
+}
+
+impl UpstreamMemory {
+    fn session(&self, key: &SessionKey) -> Option<(SslSession, (i32, u32))> {
+        self.sessions.entries.get(key).map(|e| (e.session.clone(), e.verify))
+    }
+
+    /// The group whose share alone the next hello to this server sends, if one is learned
+    /// and has predictions left (one is used).
+    fn predict_group(&mut self, key: &SessionKey) -> Option<u16> {
+        let learned = self.groups.entries.get_mut(key)?;
+        learned.predictions_left = learned.predictions_left.checked_sub(1)?;
+        Some(learned.group)
+    }
+
+    /// After a handshake with this server: `chosen` is the group it negotiated, and
+    /// `post_quantum_sent` whether the hello carried a post-quantum share.
+    fn learn_group(&mut self, key: &SessionKey, chosen: u16, post_quantum_sent: bool) {
+        if is_post_quantum(chosen) {
+            // It takes post-quantum shares: send them again from now on.
+            if let Some(learned) = self.groups.entries.get_mut(key) {
+                learned.predictions_left = 0;
+            }
+        } else if post_quantum_sent {
+            let learned = LearnedGroup {
+                group: chosen,
+                predictions_left: PREDICTIONS_PER_LEARNING,
+            };
+            self.groups.insert(key.clone(), learned);
+        }
     }
 }
 
-fn lock(cache: &Mutex<SessionCache>) -> std::sync::MutexGuard<'_, SessionCache> {
-    // The cache is consistent after every statement; a panic elsewhere cannot break it.
+fn lock(cache: &Mutex<UpstreamMemory>) -> std::sync::MutexGuard<'_, UpstreamMemory> {
+    // The memory is consistent after every statement; a panic elsewhere cannot break it.
     cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -451,7 +511,7 @@ pub struct SplitTlsContext {
     offer: ProfileOffer,
     client_trusted: SslContext,
     client_untrusted: SslContext,
-    sessions: Arc<Mutex<SessionCache>>,
+    memory: Arc<Mutex<UpstreamMemory>>,
     untrusted: UntrustedAction,
     expired: UntrustedAction,
     /// Server certificates the operator imported for one host each.
@@ -462,7 +522,7 @@ impl fmt::Debug for SplitTlsContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SplitTlsContext")
             .field("untrusted", &self.untrusted)
-            .field("cached_sessions", &lock(&self.sessions).entries.len())
+            .field("cached_sessions", &lock(&self.memory).sessions.entries.len())
             .finish_non_exhaustive()
     }
 }
@@ -481,10 +541,9 @@ impl SplitTlsContext {
         let boring = |what| move |source| ProfileError::Boring { what, source };
         let upstream_index = ex_index(&UPSTREAM_EXTRA).map_err(boring("allocating TLS state"))?;
         let client_index = ex_index(&CLIENT_EXTRA).map_err(boring("allocating TLS state"))?;
-        let sessions = Arc::new(Mutex::new(SessionCache {
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-            capacity: session_cache,
+        let memory = Arc::new(Mutex::new(UpstreamMemory {
+            sessions: PerServer::new(session_cache),
+            groups: PerServer::new(session_cache),
         }));
 
         let mut up = SslContextBuilder::new(SslMethod::tls()).map_err(boring("creating the upstream context"))?;
@@ -546,14 +605,14 @@ impl SplitTlsContext {
         // SAFETY: the context is alive; the callback is a plain function with the right ABI.
         unsafe { boring_sys::SSL_CTX_set_client_cert_cb(up.as_ptr(), Some(suspend_on_certificate_request)) };
         up.set_session_cache_mode(SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL);
-        let cache = Arc::clone(&sessions);
+        let cache = Arc::clone(&memory);
         up.set_new_session_callback(move |ssl, session| {
             let Some(extra) = ssl.ex_data(upstream_index) else {
                 return;
             };
             let verify = verification_of(ssl, extra);
             let key = extra.key.clone();
-            lock(&cache).insert(key, CachedSession { session, verify });
+            lock(&cache).sessions.insert(key, CachedSession { session, verify });
         });
         // The key-log callback is on every context; it writes only for connections whose
         // rule exports keys (`keylog::enable`).
@@ -579,7 +638,7 @@ impl SplitTlsContext {
             offer,
             client_trusted,
             client_untrusted,
-            sessions,
+            memory,
             untrusted: profile.untrusted,
             expired: profile.expired,
             pins: PinnedLeafs::default(),
@@ -608,7 +667,7 @@ impl SplitTlsContext {
 
     /// Upstream sessions currently cached for resumption.
     pub fn cached_sessions(&self) -> usize {
-        lock(&self.sessions).entries.len()
+        lock(&self.memory).sessions.entries.len()
     }
 
     /// The upstream `Ssl` for one connection, offering a cached session for the server.
@@ -617,10 +676,20 @@ impl SplitTlsContext {
         let mut ssl = Ssl::new(&self.upstream).map_err(|e| format!("creating the upstream TLS client: {e}"))?;
         ssl.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
         shed_config_after_handshake(&mut ssl);
-        self.offer
+        let key: SessionKey = (checked_name.to_string(), server.port());
+        let mut offer = self
+            .offer
             .for_client(hello)
-            .map_err(|shortfall| shortfall.to_string())?
-            .apply(&mut ssl)?;
+            .map_err(|shortfall| shortfall.to_string())?;
+        let (cached, predicted) = {
+            let mut memory = lock(&self.memory);
+            let predicted = offer.sends_post_quantum_share().then(|| memory.predict_group(&key));
+            (memory.session(&key), predicted.flatten())
+        };
+        if let Some(group) = predicted {
+            offer.predict_key_share(group);
+        }
+        offer.apply(&mut ssl)?;
         match &hello.sni {
             Some(sni) => {
                 ssl.set_hostname(sni)
@@ -641,8 +710,6 @@ impl SplitTlsContext {
             ssl.set_alpn_protos(&alpn)
                 .map_err(|e| format!("offering the client's ALPN list: {e}"))?;
         }
-        let key: SessionKey = (checked_name.to_string(), server.port());
-        let cached = lock(&self.sessions).get(&key);
         let mut inherited = None;
         if let Some((session, verify)) = cached {
             // SAFETY: every cached session was created by a connection of `self.upstream`,
@@ -658,6 +725,8 @@ impl SplitTlsContext {
                 first_error: AtomicU64::new(VERIFY_UNSET),
                 inherited,
                 ocsp: Mutex::new(None),
+                post_quantum_sent: offer.sends_post_quantum_share(),
+                memory: Arc::clone(&self.memory),
             },
         );
         Ok(ssl)
@@ -1616,6 +1685,9 @@ impl SplitTls {
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .clone();
                     self.facts.ocsp = judged;
+                }
+                if let Some(chosen) = ssl.curve() {
+                    lock(&extra.memory).learn_group(&extra.key, chosen, extra.post_quantum_sent);
                 }
                 verification_of(ssl, extra)
             }

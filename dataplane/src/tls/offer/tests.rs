@@ -523,3 +523,44 @@ fn a_weakening_profile_is_caught_and_named_by_check() {
         "{notes:?}"
     );
 }
+
+#[test]
+fn a_predicted_classical_share_replaces_the_post_quantum_one_and_keeps_the_groups() {
+    let mut offer = default_offer()
+        .for_client(&synthetic(&[0x001d, 0x0017], &[0x001d]))
+        .expect("offer");
+    assert!(offer.sends_post_quantum_share());
+    assert!(offer.predict_key_share(0x001d));
+    assert_eq!(offer.key_shares.as_deref(), Some(&[0x001d][..]));
+    assert_eq!(
+        offer.groups,
+        [0x11ec, 0x001d, 0x0017],
+        "the post-quantum group stays offered"
+    );
+    assert!(!offer.sends_post_quantum_share());
+}
+
+#[test]
+fn a_prediction_outside_the_offer_or_post_quantum_changes_nothing() {
+    let client = synthetic(&[0x11ec, 0x001d], &[0x11ec, 0x001d]);
+    let untouched = default_offer().for_client(&client).expect("offer");
+    for group in [0x0018, 0x11ec] {
+        let mut offer = untouched.clone();
+        assert!(!offer.predict_key_share(group), "{group:#06x}");
+        assert_eq!(offer, untouched);
+    }
+}
+
+#[test]
+fn without_a_post_quantum_share_there_is_nothing_to_predict() {
+    let profile = Profile {
+        groups: "X25519:P-256".to_string(),
+        ..Profile::default()
+    };
+    let mut offer = ctx_offer(&context(&profile))
+        .for_client(&synthetic(&[0x001d, 0x0017], &[0x001d]))
+        .expect("offer");
+    assert!(!offer.sends_post_quantum_share());
+    assert!(!offer.predict_key_share(0x0017));
+    assert_eq!(offer.key_shares.as_deref(), Some(&[0x001d][..]));
+}

@@ -1337,3 +1337,101 @@ fn an_idle_session_holds_no_queue_memory_and_goes_on() {
         b"HTTP/1.1 204 No Content\r\n\r\n",
     );
 }
+
+/// One session to `server` through `world`'s context: the hello loupe sent upstream, the
+/// group the upstream leg negotiated and whether the server asked for another share.
+fn upstream_key_exchange(world: &World, server: &SslContext, forger: Forger) -> (ClientHello, String, bool, Forger) {
+    let (client, _) = test_client(ClientOptions {
+        trust: Some(forger.decryption_ca().cert()),
+        ..Default::default()
+    });
+    let mut h = Harness::new(client, server, &world.ctx, forger);
+    h.split.advance(&mut h.forger, &mut h.inspector);
+    let hello = ClientHelloReader::new()
+        .push(h.split.pending_to_server())
+        .expect("the upstream hello parses")
+        .expect("the upstream hello is whole");
+    exchange(&mut h, b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n");
+    let upstream = &h.split.facts().upstream;
+    let group = upstream.group.clone().expect("a group was negotiated");
+    (hello, group, upstream.hello_retry, h.forger)
+}
+
+fn server_with_groups(world: &World, groups: &str) -> SslContext {
+    origin_context(&[world.origin.good_leaf()], &world.origin.key, |builder| {
+        builder.set_curves_list(groups).unwrap();
+    })
+}
+
+const X25519: u16 = 0x001d;
+const X25519_MLKEM768: u16 = 0x11ec;
+
+#[test]
+fn a_server_that_declines_the_post_quantum_share_is_sent_only_its_group_next_time() {
+    let world = World::new(&Profile::default());
+    let classical = server_with_groups(&world, "X25519:P-256");
+    let (first, group, retry, forger) = upstream_key_exchange(&world, &classical, new_forger());
+    assert_eq!(first.key_share_groups, [X25519_MLKEM768, X25519]);
+    assert_eq!((group.as_str(), retry), ("X25519", false));
+
+    let (second, group, retry, _) = upstream_key_exchange(&world, &classical, forger);
+    assert_eq!(second.key_share_groups, [X25519], "no ML-KEM key pair made for nothing");
+    assert_eq!(second.groups, first.groups, "the post-quantum group is still offered");
+    assert_eq!((group.as_str(), retry), ("X25519", false));
+}
+
+#[test]
+fn a_server_that_takes_the_post_quantum_share_keeps_getting_it() {
+    let world = World::new(&Profile::default());
+    let server = world.good_server();
+    let mut forger = new_forger();
+    for round in 0..3 {
+        let (hello, group, retry, next) = upstream_key_exchange(&world, &server, forger);
+        forger = next;
+        assert!(hello.key_share_groups.contains(&X25519_MLKEM768), "round {round}");
+        assert_eq!((group.as_str(), retry), ("X25519MLKEM768", false), "round {round}");
+    }
+}
+
+#[test]
+fn a_server_that_gained_post_quantum_asks_for_its_share_and_gets_it_again_after() {
+    let world = World::new(&Profile::default());
+    let (_, group, _, forger) = upstream_key_exchange(&world, &server_with_groups(&world, "X25519"), new_forger());
+    assert_eq!(group, "X25519");
+
+    // The same server name and port, now insisting on the hybrid.
+    let upgraded = server_with_groups(&world, "X25519MLKEM768");
+    let (predicted, group, retry, forger) = upstream_key_exchange(&world, &upgraded, forger);
+    assert_eq!(predicted.key_share_groups, [X25519]);
+    assert_eq!(
+        (group.as_str(), retry),
+        ("X25519MLKEM768", true),
+        "one HelloRetryRequest"
+    );
+
+    let (after, group, retry, _) = upstream_key_exchange(&world, &upgraded, forger);
+    assert!(
+        after.key_share_groups.contains(&X25519_MLKEM768),
+        "{:04x?}",
+        after.key_share_groups
+    );
+    assert_eq!((group.as_str(), retry), ("X25519MLKEM768", false));
+}
+
+#[test]
+fn a_learned_group_is_checked_again_after_its_predictions() {
+    let world = World::new(&Profile::default());
+    let classical = server_with_groups(&world, "X25519");
+    let mut forger = new_forger();
+    let mut full_hellos = Vec::new();
+    for round in 0..=2 * (PREDICTIONS_PER_LEARNING + 1) {
+        let (hello, group, _, next) = upstream_key_exchange(&world, &classical, forger);
+        forger = next;
+        assert_eq!(group, "X25519");
+        if hello.key_share_groups.contains(&X25519_MLKEM768) {
+            full_hellos.push(round);
+        }
+    }
+    let period = PREDICTIONS_PER_LEARNING + 1;
+    assert_eq!(full_hellos, [0, period, 2 * period]);
+}
