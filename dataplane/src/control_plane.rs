@@ -101,18 +101,29 @@ impl LogFiles {
     /// Reopens every file, each one whatever became of the others; the paths reopened,
     /// or every failure (the files that failed keep writing to their old file).
     pub fn reopen(&self) -> Result<Vec<PathBuf>, String> {
-        let mut outcomes = vec![
-            (
-                self.decryption.path().to_path_buf(),
-                self.decryption.reopen().map_err(|e| e.to_string()),
-            ),
-            (
-                self.eve.path().to_path_buf(),
-                self.eve.reopen().map_err(|e| e.to_string()),
-            ),
-        ];
+        self.reopen_those(false)
+    }
+
+    /// As [`LogFiles::reopen`], only the files that log rotation renamed or removed: what
+    /// the daemon runs every few seconds, so that a rotation whose signal never came (a
+    /// `postrotate` that could not reach loupe) loses nothing once the renamed file is
+    /// compressed and removed.
+    pub fn reopen_renamed(&self) -> Result<Vec<PathBuf>, String> {
+        self.reopen_those(true)
+    }
+
+    fn reopen_those(&self, only_renamed: bool) -> Result<Vec<PathBuf>, String> {
+        let mut outcomes = Vec::new();
+        if !only_renamed || self.decryption.renamed_away() {
+            let outcome = self.decryption.reopen().map_err(|e| e.to_string());
+            outcomes.push((self.decryption.path().to_path_buf(), outcome));
+        }
+        if !only_renamed || self.eve.renamed_away() {
+            let outcome = self.eve.reopen().map_err(|e| e.to_string());
+            outcomes.push((self.eve.path().to_path_buf(), outcome));
+        }
         outcomes.extend(
-            crate::tls::keylog::reopen_shared()
+            crate::tls::keylog::reopen_shared(only_renamed)
                 .into_iter()
                 .map(|(path, outcome)| (path, outcome.map_err(|e| e.to_string()))),
         );
@@ -123,6 +134,15 @@ impl LogFiles {
             Err(failures.join("; "))
         }
     }
+}
+
+/// Logs the outcome of reopening log files and returns it.
+fn log_reopened(why: &str, outcome: Result<Vec<PathBuf>, String>) -> Result<Vec<PathBuf>, String> {
+    match &outcome {
+        Ok(paths) => tracing::info!(why, files = paths.len(), "log files reopened"),
+        Err(err) => tracing::error!(why, %err, "log files could not all be reopened; those keep their old file"),
+    }
+    outcome
 }
 
 pub struct ControlPlane {
@@ -176,12 +196,18 @@ impl ControlPlane {
         let Some(files) = &self.log_files else {
             return Ok(Vec::new());
         };
-        let outcome = files.reopen();
-        match &outcome {
-            Ok(paths) => tracing::info!(why, files = paths.len(), "log files reopened"),
-            Err(err) => tracing::error!(why, %err, "log files could not all be reopened; those keep their old file"),
+        log_reopened(why, files.reopen())
+    }
+
+    /// Reopens the log files that log rotation renamed away, if any (logged when so).
+    pub fn reopen_renamed_logs(&self) {
+        let Some(files) = &self.log_files else { return };
+        match files.reopen_renamed() {
+            Ok(paths) if paths.is_empty() => {}
+            outcome => {
+                let _ = log_reopened("renamed away", outcome);
+            }
         }
-        outcome
     }
 
     /// Answers one call; replies go back on the call's channel (a closed one is ignored:
@@ -1036,5 +1062,29 @@ mod tests {
         assert_eq!(restart_needed(&a, &b), None);
         b.dataplane.queues = 2;
         assert_eq!(restart_needed(&a, &b), Some("[dataplane]"));
+    }
+
+    #[test]
+    fn only_the_files_rotation_renamed_are_reopened() {
+        let dir = std::env::temp_dir().join(format!("loupe-reopen-{}", std::process::id()));
+        let files = LogFiles {
+            decryption: Arc::new(DecryptionLog::open(&dir).unwrap()),
+            eve: Arc::new(EveLog::open(&dir).unwrap()),
+        };
+        assert_eq!(files.reopen_renamed(), Ok(Vec::new()), "nothing renamed yet");
+
+        let eve = files.eve.path().to_path_buf();
+        std::fs::rename(&eve, dir.join("eve.json.1")).unwrap();
+        assert_eq!(files.reopen_renamed(), Ok(vec![eve.clone()]));
+        assert!(eve.exists(), "a fresh eve.json");
+        assert!(!files.eve.renamed_away() && !files.decryption.renamed_away());
+        assert_eq!(files.reopen_renamed(), Ok(Vec::new()), "reopened once");
+
+        // Removed rather than renamed: reopened too.
+        let decryption = files.decryption.path().to_path_buf();
+        std::fs::remove_file(&decryption).unwrap();
+        assert_eq!(files.reopen_renamed(), Ok(vec![decryption.clone()]));
+        assert!(decryption.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

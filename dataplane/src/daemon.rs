@@ -62,6 +62,9 @@ const CONTROL_CONNECTIONS: usize = 32;
 const CONTROL_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `<state-dir>/counters.json` is rewritten.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the log files are checked for a rotation that renamed them without telling
+/// loupe (SIGHUP or `loupectl log reopen` are the prompt ways).
+const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the control thread refreshes what the metrics endpoint cannot read itself
 /// (XDP counters, rule hits): a scrape sees them at most this old.
 const METRICS_FACTS_INTERVAL: Duration = Duration::from_millis(250);
@@ -630,10 +633,15 @@ pub fn run(options: RunOptions) -> Result<()> {
     let counters_file = options.state_dir.join("counters.json");
     let mut last_write = std::time::Instant::now() - COUNTERS_INTERVAL;
     let mut last_facts = std::time::Instant::now();
+    let mut last_rotation_check = std::time::Instant::now();
     while !STOP.load(Ordering::Relaxed) && handles.iter().all(|h| !h.is_finished()) {
         if REOPEN_LOGS.swap(false, Ordering::Relaxed) {
             // A failure is logged there; the files that failed keep their old file.
             let _ = plane.reopen_logs("SIGHUP");
+        }
+        if last_rotation_check.elapsed() >= ROTATION_CHECK_INTERVAL {
+            plane.reopen_renamed_logs();
+            last_rotation_check = std::time::Instant::now();
         }
         if last_write.elapsed() >= COUNTERS_INTERVAL {
             write_counters(&counters_file, &wire, &all_stats, &forger, &plane.current);

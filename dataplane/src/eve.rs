@@ -834,8 +834,8 @@ thread_local! {
 ///
 /// Rotation: logrotate's `copytruncate` is safe as is (with O_APPEND the next write lands
 /// at the new end of the truncated file). For renaming rotation, call [`EveLog::reopen`]
-/// when told to (a signal, a control request), or [`EveLog::reopen_if_rotated`] now and
-/// then; both take `&self` and swap the descriptor atomically, so one log shared by all
+/// when told to (a signal, a control request) or when [`EveLog::renamed_away`] finds
+/// the file renamed (the daemon checks every few seconds); both take `&self` and swap the descriptor atomically, so one log shared by all
 /// workers is reopened once for all of them. Until then the log goes on appending to the
 /// renamed file, so nothing is lost.
 #[derive(Debug)]
@@ -892,24 +892,9 @@ impl EveLog {
         })
     }
 
-    /// Reopens when the path no longer names the open file (renamed or removed by log
-    /// rotation); says whether it did. One stat(2) of the path and one fstat(2).
-    pub fn reopen_if_rotated(&self) -> Result<bool, EveLogError> {
-        use std::os::unix::fs::MetadataExt;
-        let open = self.file.metadata().map_err(|source| EveLogError::Io {
-            path: self.path.clone(),
-            what: "cannot stat the open file",
-            source,
-        })?;
-        let same = match std::fs::metadata(&self.path) {
-            Ok(on_disk) => on_disk.dev() == open.dev() && on_disk.ino() == open.ino(),
-            Err(_) => false,
-        };
-        if same {
-            return Ok(false);
-        }
-        self.reopen()?;
-        Ok(true)
+    /// Whether log rotation renamed (or removed) the file this log writes to.
+    pub fn renamed_away(&self) -> bool {
+        crate::reopen::renamed_away(&self.file, &self.path)
     }
 
     /// Appends `lines` (whole JSON lines, each ended by `\n`) with one write: a worker

@@ -5,6 +5,21 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Whether `path` no longer names `file`: log rotation renamed or removed it. One
+/// fstat(2) and one stat(2). A file that cannot be examined counts as not renamed (no
+/// reopening on every check for a file system that fails).
+pub fn renamed_away(file: &File, path: &Path) -> bool {
+    let Ok(open) = file.metadata() else {
+        return false;
+    };
+    match std::fs::metadata(path) {
+        Ok(on_disk) => on_disk.dev() != open.dev() || on_disk.ino() != open.ino(),
+        Err(_) => true,
+    }
+}
 
 /// Makes `file`'s descriptor refer to `new` (the same path opened again, so a fresh file
 /// when the old one was renamed away). `file` stays the same `File` value, so it can be

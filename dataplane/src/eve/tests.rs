@@ -620,14 +620,15 @@ fn reopening_follows_a_renaming_rotation() {
     // Shared as the workers share it: reopening needs no `&mut`.
     let log = Arc::new(EveLog::open(&dir.0).unwrap());
     log.write(&event).unwrap();
-    assert!(!log.reopen_if_rotated().unwrap());
+    assert!(!log.renamed_away());
 
     let rotated = dir.0.join("eve.json.1");
     std::fs::rename(log.path(), &rotated).unwrap();
     // Until it reopens, the log goes on appending to the renamed file.
     log.write(&event).unwrap();
-    assert!(log.reopen_if_rotated().unwrap());
-    assert!(!log.reopen_if_rotated().unwrap());
+    assert!(log.renamed_away());
+    log.reopen().unwrap();
+    assert!(!log.renamed_away());
     log.write(&event).unwrap();
     assert_eq!(read_lines(&rotated).len(), 2);
     assert_eq!(read_lines(log.path()).len(), 1);

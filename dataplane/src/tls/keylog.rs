@@ -173,11 +173,12 @@ fn open_key_logs() -> std::sync::MutexGuard<'static, Vec<OpenKeyLog>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Reopens every key log [`shared`] opened (log rotation); each one's path and the
-/// outcome.
-pub fn reopen_shared() -> Vec<(PathBuf, io::Result<()>)> {
+/// Reopens the key logs [`shared`] opened (log rotation): all of them, or with
+/// `only_renamed` those whose file was renamed away; each one's path and the outcome.
+pub fn reopen_shared(only_renamed: bool) -> Vec<(PathBuf, io::Result<()>)> {
     open_key_logs()
         .iter()
+        .filter(|(path, log)| !only_renamed || crate::reopen::renamed_away(&log.file, path))
         .map(|(path, log)| (path.clone(), log.reopen()))
         .collect()
 }
