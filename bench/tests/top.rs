@@ -1,7 +1,7 @@
 //! `loupectl top` as an operator sees it: the live view runs inside tmux (a 120x40 pane)
 //! against a lab daemon's socket while curl makes decrypted sessions and one client that
-//! does not trust the decryption CA fails; the screen is read with `tmux capture-pane`.
-//! Needs root; fails without it.
+//! does not trust the decryption CA fails, then while the daemon is stopped; the screen
+//! is read with `tmux capture-pane`. Needs root; fails without it.
 
 mod common;
 
@@ -39,6 +39,25 @@ impl Drop for Tmux {
             Duration::from_secs(10),
         );
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A process stopped with SIGSTOP for as long as this lives; continued when dropped (a
+/// failed assertion included), so the lab can stop it as usual.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        // SAFETY: kill(2) on the daemon this test started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0, "kill -STOP {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
     }
 }
 
@@ -133,6 +152,22 @@ fn top_shows_rates_snis_and_a_diagnosed_failure_and_quits_on_q() {
     assert!(snis.is_some(), "server.lab is not in the top SNIs:\n{screen}");
 
     let _ = traffic.stop();
+
+    // A daemon that stops answering (stopped here with SIGSTOP, as a hung one would be)
+    // leaves the view responsive: within seconds it says so, and q still quits at once
+    // (the refresh waiting for the daemon runs on a thread of its own).
+    let pid = t.mid.pid().expect("loupe is the middle");
+    let stopped = Stopped::new(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !running_text(&tmux.screen()).contains("the daemon has not answered") {
+        if Instant::now() >= deadline {
+            panic!(
+                "with loupe stopped, loupectl top did not say so within 10 s; the screen:\n{}",
+                tmux.screen()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     tmux.run(&["send-keys", "-t", "top", "q"]);
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
@@ -150,6 +185,7 @@ fn top_shows_rates_snis_and_a_diagnosed_failure_and_quits_on_q() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.trim(), "0", "loupectl top exit status after q");
+    drop(stopped);
     ok(t.mid.check_alive(), "loupe alive at the end");
     eprintln!("top under tmux: {:?}", started.elapsed());
 }
