@@ -835,8 +835,9 @@ thread_local! {
 /// Rotation: logrotate's `copytruncate` is safe as is (with O_APPEND the next write lands
 /// at the new end of the truncated file). For renaming rotation, call [`EveLog::reopen`]
 /// when told to (a signal, a control request) or when [`EveLog::renamed_away`] finds
-/// the file renamed (the daemon checks every few seconds); both take `&self` and swap the descriptor atomically, so one log shared by all
-/// workers is reopened once for all of them. Until then the log goes on appending to the
+/// the file renamed (the daemon checks every few seconds); it takes `&self` and swaps
+/// the descriptor atomically, so one log shared by all workers is reopened once for all
+/// of them. Until then the log goes on appending to the
 /// renamed file, so nothing is lost.
 #[derive(Debug)]
 pub struct EveLog {

@@ -9,15 +9,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Whether `path` no longer names `file`: log rotation renamed or removed it. One
-/// fstat(2) and one stat(2). A file that cannot be examined counts as not renamed (no
-/// reopening on every check for a file system that fails).
+/// fstat(2) and one stat(2). A file or path that cannot be examined (other than the path
+/// being gone) counts as not renamed: no reopening at every check of a failing disk.
 pub fn renamed_away(file: &File, path: &Path) -> bool {
     let Ok(open) = file.metadata() else {
         return false;
     };
     match std::fs::metadata(path) {
         Ok(on_disk) => on_disk.dev() != open.dev() || on_disk.ino() != open.ino(),
-        Err(_) => true,
+        Err(error) => error.kind() == io::ErrorKind::NotFound,
     }
 }
 

@@ -34,6 +34,8 @@
 //! (server name, port) together with their verification result; the client leg issues
 //! tickets from two BoringSSL contexts, one per [`Verdict`], so a session born under an
 //! untrusted forgery can never be resumed as a trusted one (nor the other way round).
+//! Beside each server's session, the group it chose over a post-quantum key share is
+//! remembered, so the next hellos to it skip making a share it would not take.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -71,7 +73,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Upper bound of what sealing `READ_CHUNK` bytes adds: record headers, explicit IV, MAC,
 /// CBC padding, and a second record for the TLS 1.0 1/n-1 split.
 const RECORD_EXPANSION: usize = 1024;
-/// Upstream sessions kept for resumption, per context.
+/// Servers whose session (for resumption) and chosen group (for the key share) are
+/// remembered, per context.
 pub const DEFAULT_SESSION_CACHE: usize = 4096;
 
 /// `ERR_LIB_SSL`: errors from BoringSSL's TLS code.
@@ -470,7 +473,8 @@ impl UpstreamMemory {
     }
 
     /// The group whose share alone the next hello to this server sends, if one is learned
-    /// and has predictions left (one is used).
+    /// and has predictions left (one is used, even by a hello that cannot offer the group:
+    /// that only brings the next learning closer).
     fn predict_group(&mut self, key: &SessionKey) -> Option<u16> {
         let learned = self.groups.entries.get_mut(key)?;
         learned.predictions_left = learned.predictions_left.checked_sub(1)?;
@@ -495,9 +499,9 @@ impl UpstreamMemory {
     }
 }
 
-fn lock(cache: &Mutex<UpstreamMemory>) -> std::sync::MutexGuard<'_, UpstreamMemory> {
+fn lock(memory: &Mutex<UpstreamMemory>) -> std::sync::MutexGuard<'_, UpstreamMemory> {
     // The memory is consistent after every statement; a panic elsewhere cannot break it.
-    cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Everything split-TLS sessions of one profile share: the upstream client context with
