@@ -570,14 +570,14 @@ impl DecryptionLog {
         &self.path
     }
 
-    /// Opens the path again (a new file when rotation renamed the old one away) and
-    /// writes there from now on, for every worker sharing this log: see
-    /// [`crate::reopen::replace_open_file`]. When the open fails the old file stays in use.
     /// Whether log rotation renamed (or removed) the file this log writes to.
     pub fn renamed_away(&self) -> bool {
         crate::reopen::renamed_away(&self.file, &self.path)
     }
 
+    /// Opens the path again (a new file when rotation renamed the old one away) and
+    /// writes there from now on, for every worker sharing this log: see
+    /// [`crate::reopen::replace_open_file`]. When the open fails the old file stays in use.
     pub fn reopen(&self) -> Result<(), LogError> {
         let new = Self::open_file(&self.path)?;
         crate::reopen::replace_open_file(&self.file, new).map_err(|source| LogError::Io {
