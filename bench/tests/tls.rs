@@ -650,12 +650,20 @@ fn two_thousand_handshakes_sign_one_forged_certificate() {
             &format!("after {count} handshakes: {p}; counters.json: {counters}"),
         );
     }
-    // One record per session, all decrypted.
-    let records: Vec<Value> = t
-        .records()
-        .into_iter()
-        .filter(|r| r["server_ip"] == "198.18.0.2")
-        .collect();
+    // One record per session, all decrypted. Records reach the file within about 10 ms
+    // of the counters (the worker batches them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records: Vec<Value> = loop {
+        let records: Vec<Value> = t
+            .records()
+            .into_iter()
+            .filter(|r| r["server_ip"] == "198.18.0.2")
+            .collect();
+        if records.len() >= count as usize || Instant::now() >= deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let decrypted = records.iter().filter(|r| r["outcome"] == "decrypted").count();
     if records.len() != count as usize || decrypted != count as usize {
         let odd = records.iter().find(|r| r["outcome"] != "decrypted");

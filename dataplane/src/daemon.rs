@@ -18,7 +18,8 @@ use crate::tls::forge::ForgedCert;
 
 use crate::capture::plaintext::PlaintextExport;
 use crate::control_plane::{ControlPlane, LogFiles, PolicySources, WorkerHandle};
-use crate::eve::{EveLog, EveWriter};
+use crate::eve::EveLog;
+use crate::log_writer::LogWriter;
 use crate::metrics::endpoint::MetricsListener;
 use crate::metrics::MetricsSources;
 use crate::privileges;
@@ -491,7 +492,7 @@ pub fn run(options: RunOptions) -> Result<()> {
     );
 
     // Finished once the workers are: the thread then writes what they handed over.
-    let (eve_writer, eve) = EveWriter::start(eve).context("starting the EVE writer thread")?;
+    let (log_writer, logs) = LogWriter::start(eve, log).context("starting the log writer thread")?;
     // Kept to the end of `run`: dropping it finishes the writer thread's last file.
     let (_plaintext_export, export_tap) = if effective.exports(ExportKind::Pcap) {
         let dir = effective.export.dir_in(&options.log_dir);
@@ -515,8 +516,7 @@ pub fn run(options: RunOptions) -> Result<()> {
         let ip_mtu = [inside.ip_mtu(), outside.ip_mtu()];
         let tls = WorkerTls {
             forger: forger.clone(),
-            log: log.clone(),
-            eve: eve.clone(),
+            logs: logs.clone(),
             export: export_tap.clone(),
         };
         let (policy_tx, policy_rx) = crossbeam_channel::bounded(8);
@@ -685,8 +685,8 @@ pub fn run(options: RunOptions) -> Result<()> {
             tracing::error!("a worker panicked");
         }
     }
-    drop(eve);
-    eve_writer.finish();
+    drop(logs);
+    log_writer.finish();
     write_counters(&counters_file, &wire, &all_stats, &forger, &plane.current);
     let counters = wire.counters()?;
     let mut flows_opened = 0;

@@ -36,8 +36,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
@@ -936,98 +934,6 @@ impl EveLog {
             what: "cannot write",
             source,
         })
-    }
-}
-
-/// Batches the writer thread may hold before a worker waits for it: 16 MiB at most.
-const EVE_WRITER_QUEUE: usize = 256;
-
-/// Appends the workers' EVE batches on a thread of its own, so that a worker never waits
-/// for the file system: in the bench, workers writing eve.json themselves showed request
-/// p99 latencies of about 30 ms where the same run without the writes had 7.
-///
-/// The thread ends once every [`EveSink`] is gone, after writing every batch handed
-/// over; [`EveWriter::finish`] waits for that.
-#[derive(Debug)]
-pub struct EveWriter {
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Written batches the writer thread hands back for workers to fill again.
-const EVE_SPARE_BATCHES: usize = 8;
-
-/// The capacity a batch is made with: a worker hands it over once it holds
-/// [`EVE_BATCH_FLUSH_BYTES`], so only a line over 16 KiB (a very long URL) grows it. Grown from empty, each batch was reallocated seven times over, copying twice
-/// its size, and its last step (128 KiB) is where glibc's allocator maps fresh pages.
-pub const EVE_BATCH_CAPACITY: usize = EVE_BATCH_FLUSH_BYTES + 16 * 1024;
-
-/// The size at which a worker hands its batch over.
-pub const EVE_BATCH_FLUSH_BYTES: usize = 64 * 1024;
-
-/// A worker's way to the writer thread.
-#[derive(Debug, Clone)]
-pub struct EveSink {
-    sender: crossbeam_channel::Sender<Vec<u8>>,
-    spares: crossbeam_channel::Receiver<Vec<u8>>,
-    failed_writes: Arc<AtomicU64>,
-}
-
-impl EveWriter {
-    pub fn start(log: Arc<EveLog>) -> std::io::Result<(EveWriter, EveSink)> {
-        let (sender, batches) = crossbeam_channel::bounded::<Vec<u8>>(EVE_WRITER_QUEUE);
-        let (give_back, spares) = crossbeam_channel::bounded::<Vec<u8>>(EVE_SPARE_BATCHES);
-        let failed_writes = Arc::new(AtomicU64::new(0));
-        let failed = failed_writes.clone();
-        let thread = std::thread::Builder::new().name("loupe-eve".into()).spawn(move || {
-            for mut batch in batches {
-                if let Err(err) = log.write_lines(&batch) {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%err, "EVE log write failed");
-                }
-                if batch.capacity() >= EVE_BATCH_CAPACITY {
-                    batch.clear();
-                    // Enough spares waiting: this one is freed.
-                    let _ = give_back.try_send(batch);
-                }
-            }
-        })?;
-        let sink = EveSink {
-            sender,
-            spares,
-            failed_writes,
-        };
-        Ok((EveWriter { thread: Some(thread) }, sink))
-    }
-
-    /// Waits until the thread wrote every batch: call it once every sink is dropped.
-    pub fn finish(mut self) {
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the EVE writer thread panicked");
-            }
-        }
-    }
-}
-
-impl EveSink {
-    /// Hands over a batch of whole lines. Waits only when the thread is
-    /// [`EVE_WRITER_QUEUE`] batches behind: lines keep their order and none is dropped.
-    /// `Err` gives the batch back when the thread is gone.
-    pub fn send(&self, batch: Vec<u8>) -> Result<(), Vec<u8>> {
-        self.sender.send(batch).map_err(|error| error.into_inner())
-    }
-
-    /// An empty batch to fill: one the thread wrote and gave back, or a new one, with
-    /// room for [`EVE_BATCH_FLUSH_BYTES`] and a last line.
-    pub fn empty_batch(&self) -> Vec<u8> {
-        self.spares
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(EVE_BATCH_CAPACITY))
-    }
-
-    /// Batches the thread failed to write since the last call, by any sink.
-    pub fn take_failed_writes(&self) -> u64 {
-        self.failed_writes.swap(0, Ordering::Relaxed)
     }
 }
 

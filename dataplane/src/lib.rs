@@ -9,6 +9,7 @@ pub mod flow;
 pub mod frame;
 pub mod inspect;
 pub mod latency;
+pub mod log_writer;
 pub mod metrics;
 pub mod policy;
 pub mod privileges;
@@ -17,6 +18,8 @@ pub mod relay;
 pub mod reopen;
 pub mod session;
 pub mod tcp_device;
+#[cfg(test)]
+mod test_dir;
 #[cfg(test)]
 mod test_rng;
 pub mod tls;

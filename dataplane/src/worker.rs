@@ -21,18 +21,19 @@ use xdpilone::xdp::XdpDesc;
 
 use crate::capture::plaintext::PlaintextTap;
 use crate::capture::CaptureTap;
-use crate::eve::{self, AlertSubject, EveFlow, EveSink, HttpLoupeFacts};
+use crate::eve::{self, AlertSubject, EveFlow, HttpLoupeFacts};
 use crate::flow::{Direction, FlowId, FlowKey, FlowTable};
 use crate::frame::{checksums_ok, parse_tcp_frame, MacAddr};
 use crate::inspect::signatures::Action as SignatureAction;
 use crate::latency::LatencyHistogram;
+use crate::log_writer::{LogBatch, LogSink};
 use crate::policy::{ExclusionKey, Policy};
 use crate::probing::{PendingRecord, Probes, MAX_PROBES};
 use crate::relay::{ByteCounts, EndReason, Phase, TcpPair, LINGER};
 use crate::session::{Session, SessionState, TlsEnv};
 use crate::tcp_device::{transparent_interface, FlowTap, FrameDevice, L2Header};
 use crate::tls::forge::Forger;
-use crate::tls::record::{rfc3339_utc_ms, Action, DecryptionLog, DecryptionRecord, NegotiatedFact, Outcome};
+use crate::tls::record::{rfc3339_utc_ms, Action, DecryptionRecord, NegotiatedFact, Outcome};
 use crate::xsk::{Gathered, XskDrops, XskPort, BATCH};
 use crossbeam_channel::{Receiver, Sender};
 
@@ -173,10 +174,9 @@ pub struct WorkerStats {
 pub struct WorkerTls {
     /// Clones share the CA, the leaf key and the certificate cache.
     pub forger: Forger,
-    pub log: Arc<DecryptionLog>,
-    /// `<log-dir>/eve.json`'s writer thread, shared by all workers; each hands it whole
-    /// lines in batches.
-    pub eve: EveSink,
+    /// The writer thread of `<log-dir>/eve.json` and `decryption.jsonl`, shared by all
+    /// workers; each hands it whole lines in batches.
+    pub logs: LogSink,
     /// The plaintext pcap writer, when a rule exports pcap (`[export]`).
     pub export: Option<PlaintextTap>,
 }
@@ -319,10 +319,10 @@ pub struct Worker {
     /// are skipped when met (and swept when they pile up).
     half_open_order: VecDeque<FlowId>,
     half_open: usize,
-    /// EVE lines of this round, written with one append after it.
-    eve_batch: Vec<u8>,
+    /// EVE lines and decryption records not yet handed to the log writer thread.
+    log_batch: LogBatch,
     /// When the batch's oldest line was queued (at a round's end), while it has any.
-    eve_batch_since: Option<Instant>,
+    log_batch_since: Option<Instant>,
 }
 
 impl Worker {
@@ -381,8 +381,8 @@ impl Worker {
             expiring: Vec::with_capacity(max_flows),
             half_open_order: VecDeque::new(),
             half_open: 0,
-            eve_batch: Vec::new(),
-            eve_batch_since: None,
+            log_batch: LogBatch::default(),
+            log_batch_since: None,
         }
     }
 
@@ -458,7 +458,7 @@ impl Worker {
                 self.sweep_timeouts(now);
             }
             self.service_ready(now);
-            self.flush_eve_if_due(now);
+            self.flush_logs_if_due(now);
             if !self.probes.is_empty() {
                 self.probes
                     .service(&mut self.server_iface, &mut self.ports, now, &mut self.probe_done);
@@ -480,7 +480,7 @@ impl Worker {
         }
         let open = self.flows.len();
         self.reset_open_flows();
-        self.flush_eve();
+        self.flush_logs();
         tracing::info!(queue = self.settings.queue, flows = open, "worker stopping");
     }
 
@@ -858,8 +858,8 @@ impl Worker {
         if flow.session.has_transactions() || flow.session.has_alerts() {
             let key = self.flows.key(id);
             if let Some(flow) = self.flows.get_mut(id) {
-                queue_alert_events(&mut flow.session, key, &mut self.eve_batch, &self.stats);
-                queue_http_events(&mut flow.session, key, &mut self.eve_batch, &self.stats);
+                queue_alert_events(&mut flow.session, key, &mut self.log_batch.eve, &self.stats);
+                queue_http_events(&mut flow.session, key, &mut self.log_batch.eve, &self.stats);
             }
         }
         let mut more = false;
@@ -1119,29 +1119,33 @@ impl Worker {
             .store(self.flows.len() as u64, Ordering::Relaxed);
     }
 
-    /// Writes the batch's EVE lines once they are due: the batch is large, or its first
-    /// line waited [`EVE_FLUSH_DELAY`] (an idle worker wakes up for that).
-    fn flush_eve_if_due(&mut self, now: Instant) {
-        if self.eve_batch.is_empty() {
+    /// Hands the batch to the log writer thread once it is due: it is large, or its
+    /// first line waited [`LOG_FLUSH_DELAY`] (an idle worker wakes up for that).
+    fn flush_logs_if_due(&mut self, now: Instant) {
+        if self.log_batch.is_empty() {
             return;
         }
-        let since = *self.eve_batch_since.get_or_insert(now);
-        if self.eve_batch.len() >= eve::EVE_BATCH_FLUSH_BYTES || now - since >= EVE_FLUSH_DELAY {
-            self.flush_eve();
+        let since = *self.log_batch_since.get_or_insert(now);
+        if self.log_batch.is_full() || now - since >= LOG_FLUSH_DELAY {
+            self.flush_logs();
         }
     }
 
-    /// Hands the batch's EVE lines to the writer thread (one append, whole lines only).
-    fn flush_eve(&mut self) {
-        self.eve_batch_since = None;
-        WorkerStats::add(&self.stats.eve_write_errors, self.tls.eve.take_failed_writes());
-        if self.eve_batch.is_empty() {
+    /// Hands the batch's lines to the log writer thread (one append per log, whole lines
+    /// only).
+    fn flush_logs(&mut self) {
+        self.log_batch_since = None;
+        let failed = self.tls.logs.take_failed_writes();
+        WorkerStats::add(&self.stats.eve_write_errors, failed.eve);
+        WorkerStats::add(&self.stats.log_write_errors, failed.decryption);
+        if self.log_batch.is_empty() {
             return;
         }
-        let batch = std::mem::replace(&mut self.eve_batch, self.tls.eve.empty_batch());
-        if self.tls.eve.send(batch).is_err() {
-            WorkerStats::add(&self.stats.eve_write_errors, 1);
-            tracing::error!("EVE writer thread gone: a batch of events lost");
+        let batch = std::mem::replace(&mut self.log_batch, self.tls.logs.empty_batch());
+        if let Err(lost) = self.tls.logs.send(batch) {
+            WorkerStats::add(&self.stats.eve_write_errors, u64::from(!lost.eve.is_empty()));
+            WorkerStats::add(&self.stats.log_write_errors, u64::from(!lost.decryption.is_empty()));
+            tracing::error!("log writer thread gone: a batch of EVE lines and decryption records lost");
         }
     }
 
@@ -1200,16 +1204,16 @@ impl Worker {
                 server: record.server(),
             };
             let event = eve::tls_event(SystemTime::now(), &flow, record);
-            queue_eve(&mut self.eve_batch, &event, &self.stats);
+            queue_eve(&mut self.log_batch.eve, &event, &self.stats);
         }
         if record.http.as_ref().is_some_and(|http| http.protocol_errors > 0) {
             WorkerStats::add(&self.stats.http_protocol_errors, 1);
         }
-        self.flush_eve();
-        // Last: whoever reads the record can already see the session and fetch its chain.
-        if let Err(err) = self.tls.log.write(record) {
+        // After the session's EVE lines, which the writer thread appends first: whoever
+        // reads the record can already see the session, its events and its chain.
+        if let Err(err) = record.append_line(&mut self.log_batch.decryption) {
             WorkerStats::add(&self.stats.log_write_errors, 1);
-            tracing::error!(%err, session = record.session_id, "decryption log write failed");
+            tracing::error!(%err, session = record.session_id, "decryption record not serializable");
         }
     }
 
@@ -1408,8 +1412,8 @@ impl Worker {
             PROBE_POLL_MS
         };
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        let eve_due = self.eve_batch_since.map(|since| since + EVE_FLUSH_DELAY);
-        let timeout = match timer.into_iter().chain(eve_due).min() {
+        let logs_due = self.log_batch_since.map(|since| since + LOG_FLUSH_DELAY);
+        let timeout = match timer.into_iter().chain(logs_due).min() {
             // Instant - Instant is an absolute difference: a deadline passed is 0 here.
             Some(at) => ((at.total_micros() - now.total_micros()).max(0) as u64)
                 .div_ceil(1000)
@@ -1488,10 +1492,11 @@ struct TcpFacts {
     idle_timeout_secs: u64,
 }
 
-/// EVE lines wait in the worker's batch at most this long (or until it holds
-/// [`eve::EVE_BATCH_FLUSH_BYTES`]): a write(2) per service round, or per sleep, was a
-/// system call per request in the bench's profile.
-const EVE_FLUSH_DELAY: Duration = Duration::from_millis(10);
+/// Log lines wait in the worker's batch at most this long (or until it is full, see
+/// [`LogBatch::is_full`]): a write(2) per service round, or per sleep, was a system call
+/// per request in the bench's profile, and a record's write(2) plus a wakeup of the
+/// writer thread per session about 8% of a split handshake.
+const LOG_FLUSH_DELAY: Duration = Duration::from_millis(10);
 
 /// Appends `event` as one line to `batch`; a serialization failure leaves `batch` as it was.
 fn queue_eve<E: serde::Serialize>(batch: &mut Vec<u8>, event: &E, stats: &WorkerStats) {

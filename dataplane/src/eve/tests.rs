@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::inspect::transaction::TransactionMarks;
+use crate::test_dir::TempDir;
 use crate::tls::record::NegotiatedFact;
 
 /// Suricata's field names and types for the http and tls events, closed objects.
@@ -552,25 +553,6 @@ fn the_schema_refuses_misspelt_names_nulls_and_bad_formats() {
     }
 }
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        TempDir(std::env::temp_dir().join(format!("loupe-eve-{tag}-{}-{nanos}", std::process::id())))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn read_lines(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.is_empty() || text.ends_with('\n'));
@@ -822,67 +804,6 @@ fn the_written_http_line_escapes_as_serde_json_does() {
         };
         assert_line_matches_serde(&http_event(at(), &flow(), &tx, &facts));
     }
-}
-
-#[test]
-fn the_writer_thread_writes_every_batch_in_order_before_it_finishes() {
-    let dir = TempDir::new("writer");
-    let log = Arc::new(EveLog::open(&dir.0).unwrap());
-    let (writer, sink) = EveWriter::start(log.clone()).unwrap();
-    let senders: Vec<_> = (0..2u64)
-        .map(|worker| {
-            let sink = sink.clone();
-            std::thread::spawn(move || {
-                // More batches than the queue holds: senders wait, nothing is dropped.
-                for batch in 0..(EVE_WRITER_QUEUE as u64 * 2) {
-                    let line = format!("{{\"worker\":{worker},\"batch\":{batch}}}\n");
-                    sink.send(line.repeat(3).into_bytes()).unwrap();
-                }
-            })
-        })
-        .collect();
-    senders.into_iter().for_each(|sender| sender.join().unwrap());
-    drop(sink);
-    writer.finish();
-    let events = read_lines(log.path());
-    assert_eq!(events.len(), 2 * 3 * 2 * EVE_WRITER_QUEUE);
-    for worker in 0..2u64 {
-        let batches: Vec<u64> = events
-            .iter()
-            .filter(|e| e["worker"] == worker)
-            .map(|e| e["batch"].as_u64().unwrap())
-            .collect();
-        let expected: Vec<u64> = (0..(EVE_WRITER_QUEUE as u64 * 2)).flat_map(|b| [b; 3]).collect();
-        assert_eq!(batches, expected, "worker {worker}'s lines in order");
-    }
-}
-
-#[test]
-fn written_batches_come_back_empty_and_whole_for_the_workers_to_fill_again() {
-    let dir = TempDir::new("spares");
-    let log = Arc::new(EveLog::open(&dir.0).unwrap());
-    let (writer, sink) = EveWriter::start(log.clone()).unwrap();
-    let fresh = sink.empty_batch();
-    assert!(fresh.is_empty() && fresh.capacity() >= EVE_BATCH_CAPACITY);
-    let mut batch = fresh;
-    batch.extend_from_slice(b"{\"n\":1}\n");
-    let address = batch.as_ptr();
-    sink.send(batch).unwrap();
-    // A batch of another size (none a worker makes) is freed, not handed out.
-    sink.send(b"{\"n\":2}\n".to_vec()).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let spare = loop {
-        let spare = sink.empty_batch();
-        if spare.as_ptr() == address || std::time::Instant::now() > deadline {
-            break spare;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    };
-    assert_eq!(spare.as_ptr(), address, "the written batch came back");
-    assert!(spare.is_empty() && spare.capacity() >= EVE_BATCH_CAPACITY);
-    drop(sink);
-    writer.finish();
-    assert_eq!(read_lines(log.path()).len(), 2, "both batches written");
 }
 
 fn parsed_rule(text: &str) -> crate::inspect::signatures::Rule {

@@ -396,6 +396,22 @@ pub struct DecryptionRecord {
 }
 
 impl DecryptionRecord {
+    /// Appends the record as one JSON line (ended by `\n`) to `lines`; on failure `lines`
+    /// is as it was.
+    pub fn append_line(&self, lines: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let mark = lines.len();
+        match serde_json::to_writer(&mut *lines, self) {
+            Ok(()) => {
+                lines.push(b'\n');
+                Ok(())
+            }
+            Err(err) => {
+                lines.truncate(mark);
+                Err(err)
+            }
+        }
+    }
+
     /// A record stamped now, with rule and profile `"default"` and every fact empty.
     pub fn new(session_id: u64, client: SocketAddr, server: SocketAddr, action: Action, outcome: Outcome) -> Self {
         DecryptionRecord {
@@ -526,7 +542,9 @@ pub enum LogError {
 /// partly fails (disk full, file size limit); `write_all` then reports the error. (Not
 /// promised on NFS, which emulates O_APPEND.)
 ///
-/// Bounds: records go straight to the file, nothing is queued in memory. Rotation is
+/// Bounds: the daemon's workers queue records in their batch for at most about 10 ms
+/// and the log writer thread appends them ([`crate::log_writer`]); this type queues
+/// nothing itself. Rotation is
 /// left to logrotate, renaming: [`DecryptionLog::reopen`] (on SIGHUP or `loupectl log
 /// reopen`) then moves every writer to the new file at once; until then records go on
 /// to the renamed one, so none is lost. (`copytruncate` would be safe too, since with
@@ -590,13 +608,19 @@ impl DecryptionLog {
     /// Appends `record` as one line. `&self`: writes through a shared reference are
     /// fine, each is a single append (see the type's documentation).
     pub fn write(&self, record: &DecryptionRecord) -> Result<(), LogError> {
-        let mut line = serde_json::to_vec(record).map_err(|source| LogError::Serialize {
+        let mut line = Vec::new();
+        record.append_line(&mut line).map_err(|source| LogError::Serialize {
             path: self.path.clone(),
             session_id: record.session_id,
             source,
         })?;
-        line.push(b'\n');
-        (&self.file).write_all(&line).map_err(|source| LogError::Io {
+        self.write_lines(&line)
+    }
+
+    /// Appends `lines` (whole records, each ended by `\n`, as
+    /// [`DecryptionRecord::append_line`] makes them) with one write.
+    pub fn write_lines(&self, lines: &[u8]) -> Result<(), LogError> {
+        (&self.file).write_all(lines).map_err(|source| LogError::Io {
             path: self.path.clone(),
             what: "cannot write",
             source,
@@ -609,6 +633,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::test_dir::TempDir;
     use crate::tls::diagnosis::{ChainShape, ProfileFacts};
 
     fn self_signed_verify() -> VerifyFact {
@@ -895,25 +920,6 @@ mod tests {
             } else {
                 (date.0 + 1, 1, 1)
             };
-        }
-    }
-
-    /// A fresh directory under the system temp dir, removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
-            TempDir(std::env::temp_dir().join(format!("loupe-{tag}-{}-{nanos}", std::process::id())))
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
