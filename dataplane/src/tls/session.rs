@@ -61,7 +61,7 @@ use super::forge::{CertSource, ForgedCert, Verdict};
 use super::keylog::{self, KeyLog};
 use super::names;
 use super::ocsp::{check_staple, StapleVerdict};
-use super::offer::{is_post_quantum, signature_algorithm_id, ProfileOffer};
+use super::offer::{is_post_quantum, signature_algorithm_id, ProfileOffer, UpstreamOffer};
 use super::record::{AlertFact, CertFact, NegotiatedFact, OcspFact, OcspStatus, Peer, Stage, VerifyFact};
 use super::trust::PinnedLeafs;
 pub use crate::inspect::{Inspector, Pass, Relay, SessionEnd};
@@ -472,13 +472,17 @@ impl UpstreamMemory {
         self.sessions.entries.get(key).map(|e| (e.session.clone(), e.verify))
     }
 
-    /// The group whose share alone the next hello to this server sends, if one is learned
-    /// and has predictions left (one is used, even by a hello that cannot offer the group:
-    /// that only brings the next learning closer).
-    fn predict_group(&mut self, key: &SessionKey) -> Option<u16> {
-        let learned = self.groups.entries.get_mut(key)?;
-        learned.predictions_left = learned.predictions_left.checked_sub(1)?;
-        Some(learned.group)
+    /// Makes `offer` send only the share of the group learned for this server, when one
+    /// is learned with predictions left and `offer` can send it alone (it offers that
+    /// group and would carry a post-quantum share). Only such a hello uses a prediction:
+    /// one from a client that cannot offer the group leaves the count as it was.
+    fn predict_key_share(&mut self, key: &SessionKey, offer: &mut UpstreamOffer) {
+        let Some(learned) = self.groups.entries.get_mut(key) else {
+            return;
+        };
+        if learned.predictions_left > 0 && offer.predict_key_share(learned.group) {
+            learned.predictions_left -= 1;
+        }
     }
 
     /// After a handshake with this server: `chosen` is the group it negotiated, and
@@ -685,14 +689,11 @@ impl SplitTlsContext {
             .offer
             .for_client(hello)
             .map_err(|shortfall| shortfall.to_string())?;
-        let (cached, predicted) = {
+        let cached = {
             let mut memory = lock(&self.memory);
-            let predicted = offer.sends_post_quantum_share().then(|| memory.predict_group(&key));
-            (memory.session(&key), predicted.flatten())
+            memory.predict_key_share(&key, &mut offer);
+            memory.session(&key)
         };
-        if let Some(group) = predicted {
-            offer.predict_key_share(group);
-        }
         offer.apply(&mut ssl)?;
         match &hello.sni {
             Some(sni) => {

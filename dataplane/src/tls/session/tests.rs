@@ -1435,3 +1435,46 @@ fn a_learned_group_is_checked_again_after_its_predictions() {
     let period = PREDICTIONS_PER_LEARNING + 1;
     assert_eq!(full_hellos, [0, period, 2 * period]);
 }
+
+/// A learned group is used only by hellos that can send its share alone: a client that
+/// does not offer the group takes no prediction from the next one that does.
+#[test]
+fn a_hello_that_cannot_send_the_learned_share_uses_no_prediction() {
+    let ctx = SplitTlsContext::new(&Profile::default(), X509StoreBuilder::new().unwrap().build())
+        .expect("the default profile");
+    let hello = |groups: &[u16]| ClientHello {
+        legacy_version: 0x0303,
+        supported_versions: vec![0x0304, 0x0303],
+        cipher_suites: vec![0x1301, 0x1302, 0xc02b, 0xc02f],
+        groups: groups.to_vec(),
+        signature_algorithms: vec![0x0403, 0x0804, 0x0401],
+        key_share_groups: vec![groups[0]],
+        ..ClientHello::default()
+    };
+    let key: SessionKey = ("server.lab".to_string(), 443);
+    let mut memory = UpstreamMemory {
+        sessions: PerServer::new(4),
+        groups: PerServer::new(4),
+    };
+    // The server chose P-256 over the post-quantum share.
+    memory.learn_group(&key, 0x0017, true);
+    let left = |memory: &UpstreamMemory| memory.groups.entries[&key].predictions_left;
+
+    let mut without_p256 = ctx.profile_offer().for_client(&hello(&[0x001d])).expect("offer");
+    assert!(without_p256.sends_post_quantum_share());
+    let before = without_p256.clone();
+    memory.predict_key_share(&key, &mut without_p256);
+    assert_eq!(
+        without_p256, before,
+        "a hello without P-256 cannot send its share alone"
+    );
+    assert_eq!(left(&memory), PREDICTIONS_PER_LEARNING, "and used no prediction");
+
+    let mut with_p256 = ctx
+        .profile_offer()
+        .for_client(&hello(&[0x001d, 0x0017]))
+        .expect("offer");
+    memory.predict_key_share(&key, &mut with_p256);
+    assert_eq!(with_p256.key_shares, Some(vec![0x0017]));
+    assert_eq!(left(&memory), PREDICTIONS_PER_LEARNING - 1);
+}
