@@ -458,7 +458,6 @@ impl Worker {
                 self.sweep_timeouts(now);
             }
             self.service_ready(now);
-            self.flush_logs_if_due(now);
             if !self.probes.is_empty() {
                 self.probes
                     .service(&mut self.server_iface, &mut self.ports, now, &mut self.probe_done);
@@ -466,6 +465,9 @@ impl Worker {
                     self.log_session(pending);
                 }
             }
+            // After everything that ends sessions this round, so the wait below knows
+            // when their lines are due.
+            self.flush_logs_if_due(now);
             let mut backlog = false;
             for port in &mut self.ports {
                 backlog |= port.flush();
