@@ -34,6 +34,22 @@ pub const BATCH_FLUSH_BYTES: usize = 64 * 1024;
 /// and its last step (128 KiB) is where glibc's allocator maps fresh pages.
 pub const BATCH_CAPACITY: usize = BATCH_FLUSH_BYTES + 16 * 1024;
 
+/// Appends `value` as one JSON line (ended by `\n`) to `lines`; on failure `lines` is as
+/// it was.
+pub fn append_json_line<T: serde::Serialize + ?Sized>(lines: &mut Vec<u8>, value: &T) -> Result<(), serde_json::Error> {
+    let mark = lines.len();
+    match serde_json::to_writer(&mut *lines, value) {
+        Ok(()) => {
+            lines.push(b'\n');
+            Ok(())
+        }
+        Err(err) => {
+            lines.truncate(mark);
+            Err(err)
+        }
+    }
+}
+
 /// Whole JSON lines (each ended by `\n`) for the two logs, written in one append each.
 #[derive(Debug, Default)]
 pub struct LogBatch {

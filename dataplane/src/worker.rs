@@ -1502,14 +1502,9 @@ const LOG_FLUSH_DELAY: Duration = Duration::from_millis(10);
 
 /// Appends `event` as one line to `batch`; a serialization failure leaves `batch` as it was.
 fn queue_eve<E: serde::Serialize>(batch: &mut Vec<u8>, event: &E, stats: &WorkerStats) {
-    let mark = batch.len();
-    match serde_json::to_writer(&mut *batch, event) {
-        Ok(()) => batch.push(b'\n'),
-        Err(err) => {
-            batch.truncate(mark);
-            WorkerStats::add(&stats.eve_write_errors, 1);
-            tracing::error!(%err, "EVE event not serializable");
-        }
+    if let Err(err) = crate::log_writer::append_json_line(batch, event) {
+        WorkerStats::add(&stats.eve_write_errors, 1);
+        tracing::error!(%err, "EVE event not serializable");
     }
 }
 

@@ -399,17 +399,7 @@ impl DecryptionRecord {
     /// Appends the record as one JSON line (ended by `\n`) to `lines`; on failure `lines`
     /// is as it was.
     pub fn append_line(&self, lines: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        let mark = lines.len();
-        match serde_json::to_writer(&mut *lines, self) {
-            Ok(()) => {
-                lines.push(b'\n');
-                Ok(())
-            }
-            Err(err) => {
-                lines.truncate(mark);
-                Err(err)
-            }
-        }
+        crate::log_writer::append_json_line(lines, self)
     }
 
     /// A record stamped now, with rule and profile `"default"` and every fact empty.
