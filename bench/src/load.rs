@@ -144,7 +144,7 @@ pub struct LoadResult {
     /// Busy CPU seconds of the whole machine (all cores, `/proc/stat`) in the interval.
     #[serde(default)]
     pub machine_cpu_s: Option<f64>,
-    /// Requests: the rate offered on a fixed schedule ([`LoadSpec::rate`]).
+    /// Requests and handshakes: the rate offered on a fixed schedule ([`LoadSpec::rate`]).
     #[serde(default)]
     pub offered_rate: Option<f64>,
     /// Bulk: every stream's body matched `expect_sha256`.
@@ -487,7 +487,10 @@ where
 
     let mut r = shared.result();
     r.elapsed_s = (w.end - w.start).as_secs_f64();
-    if matches!(shared.spec.workload, Workload::Requests | Workload::RequestsH2) {
+    if matches!(
+        shared.spec.workload,
+        Workload::Requests | Workload::RequestsH2 | Workload::Handshakes
+    ) {
         r.offered_rate = shared.spec.rate;
     }
     cpu1.record_since(&cpu0, &mut r);
@@ -539,8 +542,9 @@ async fn handshakes_task(shared: Arc<Shared>, w: Window) -> TaskStats {
     // Paced like requests when a rate is given: a steady stream of new connections.
     let mut clock = RequestClock::new(&shared);
     while Instant::now() < w.end {
-        clock.turn().await;
-        let t0 = Instant::now();
+        // Paced, the handshake counts from its scheduled instant: one that starts late
+        // because the last was slow waited that long too.
+        let t0 = clock.turn().await;
         let step = async {
             let mut c = Conn::connect(&shared, w.end, BUF_SMALL, SOCKET_BUF).await?;
             let handshake_done = Instant::now();

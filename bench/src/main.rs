@@ -60,6 +60,11 @@ enum Cmd {
         /// below what the slowest mode sustains (default: closed loop, as fast as answered).
         #[arg(long)]
         rate: Option<f64>,
+        /// handshakes and handshakes-browser: offer this many new connections per second in
+        /// all, on a fixed schedule (open loop), so that latency is compared at the same
+        /// load; it must be below what the slowest mode sustains (default: closed loop).
+        #[arg(long)]
+        handshake_rate: Option<f64>,
         /// The MTU of every end of the lab's wire (1280 to 9000; veth takes native XDP up
         /// to about 3,500).
         #[arg(long, default_value_t = 1500)]
@@ -373,6 +378,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             workloads,
             out,
             rate,
+            handshake_rate,
             mtu,
             queues,
         } => {
@@ -403,6 +409,13 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     "--rate must be a positive number of requests per second, not {rate}"
                 );
                 plan.request_rate = Some(rate);
+            }
+            if let Some(rate) = handshake_rate {
+                anyhow::ensure!(
+                    rate > 0.0 && rate.is_finite(),
+                    "--handshake-rate must be a positive number of handshakes per second, not {rate}"
+                );
+                plan.handshake_rate = Some(rate);
             }
             let report = loupe_bench::runner::run(&plan)?;
             println!("{}", report.to_markdown());

@@ -813,20 +813,28 @@ impl BenchReport {
                 busy.join(", ")
             ));
         }
-        let offered: Vec<f64> = self.measurements.iter().filter_map(|m| m.load.offered_rate).collect();
-        if let Some(&rate) = offered.first() {
-            // Requests and responses both count: the offered rate is what a mode keeping up
-            // completes; 5% short of it is past scheduling noise.
+        for (workload_kind, what) in [(Kind::Requests, "request"), (Kind::Handshakes, "handshake")] {
+            let Some(rate) = self
+                .measurements
+                .iter()
+                .filter(|m| kind(&m.workload) == workload_kind)
+                .find_map(|m| m.load.offered_rate)
+            else {
+                continue;
+            };
+            // A request's response and a handshake's one request both count: the offered
+            // rate is what a mode keeping up completes; 5% short of it is past scheduling
+            // noise.
             let behind: Vec<String> = self
                 .cells
                 .iter()
-                .filter(|c| kind(&c.workload) == Kind::Requests)
+                .filter(|c| kind(&c.workload) == workload_kind)
                 .filter(|c| c.headline.is_some_and(|h| h.median < 0.95 * rate))
                 .map(|c| format!("{}/{}", c.mode, c.workload))
                 .collect();
             notes.push(format!(
-                "The request workloads were offered {} requests/s in all on a fixed schedule (open loop): the modes \
-                 compared carried the same load, and latency counts from each request's scheduled time.{}",
+                "The {what} workloads were offered {} {what}s/s in all on a fixed schedule (open loop): the modes \
+                 compared carried the same load, and latency counts from each {what}'s scheduled time.{}",
                 fmt_num(rate),
                 if behind.is_empty() {
                     " Every mode kept up.".to_string()
@@ -2508,6 +2516,37 @@ mod tests {
         let r = BenchReport::new(machine(), None, full_run());
         assert_eq!(BenchReport::from_json(&r.to_json().unwrap()).unwrap(), r);
         assert!(r.notes.iter().any(|n| n.contains("crypto floor was not measured")));
+    }
+
+    #[test]
+    fn offered_rates_are_noted_per_kind_of_workload_with_the_modes_that_fell_behind() {
+        let mut ms = Vec::new();
+        for rep in 1..=3 {
+            for (mode, handshakes) in [("direct", 600.0), ("loupe-decrypt", 500.0)] {
+                let mut m = meas(mode, "handshakes", rep, handshakes, Some(5.0));
+                m.load.offered_rate = Some(600.0);
+                ms.push(m);
+                let mut m = meas(mode, "requests", rep, 8000.0, Some(5.0));
+                m.load.offered_rate = Some(8000.0);
+                ms.push(m);
+            }
+        }
+        let r = BenchReport::new(machine(), None, ms);
+        let note = |what: &str| r.notes.iter().find(|n| n.contains(what)).cloned().unwrap_or_default();
+        let handshakes = note("offered 600 handshakes/s");
+        assert!(
+            handshakes.contains("Fell behind (under 95% of it): loupe-decrypt/handshakes."),
+            "{handshakes}"
+        );
+        let requests = note("offered 8,000 requests/s");
+        assert!(requests.contains("Every mode kept up."), "{requests}");
+        // Closed loop: no such note.
+        let closed = BenchReport::new(machine(), None, full_run());
+        assert!(
+            closed.notes.iter().all(|n| !n.contains("fixed schedule")),
+            "{:?}",
+            closed.notes
+        );
     }
 
     fn tempdir(tag: &str) -> PathBuf {

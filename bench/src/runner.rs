@@ -190,6 +190,9 @@ pub struct BenchPlan {
     /// requests and requests-h2: the offered rate (requests per second, open loop); None:
     /// closed loop.
     pub request_rate: Option<f64>,
+    /// handshakes and handshakes-browser: the offered rate (new connections per second,
+    /// open loop); None: closed loop.
+    pub handshake_rate: Option<f64>,
     /// Bulk: object size in bytes (generated) and the stream counts.
     pub bulk_bytes: u64,
     pub bulk_streams: Vec<usize>,
@@ -223,6 +226,7 @@ impl BenchPlan {
             duration: Duration::from_secs(15),
             concurrency: 64,
             request_rate: None,
+            handshake_rate: None,
             bulk_bytes: 1 << 30,
             bulk_streams: vec![1, 8],
             // This VM's hard open-file limit is 20,000 (no CAP_SYS_RESOURCE), and a proxy
@@ -698,7 +702,12 @@ fn measure(
         },
     ];
     match workload {
-        Workload::Handshakes => argv.extend(["--workload".into(), "handshakes".into()]),
+        Workload::Handshakes => {
+            argv.extend(["--workload".into(), "handshakes".into()]);
+            if let Some(rate) = plan.handshake_rate {
+                argv.extend(["--rate".into(), rate.to_string()]);
+            }
+        }
         Workload::Requests | Workload::RequestsH2 => {
             argv.extend(["--workload".into(), workload.name().into()]);
             if let Some(rate) = plan.request_rate {

@@ -221,6 +221,20 @@ fn requests_at_a_fixed_rate_complete_the_rate_and_no_more() {
 }
 
 #[test]
+fn handshakes_at_a_fixed_rate_complete_the_rate_and_no_more() {
+    let o = Origin::start();
+    let mut spec = o.spec(Workload::Handshakes, "/1k");
+    spec.rate = Some(100.0);
+    let r = run(&o, &spec);
+    assert_eq!(r.errors, 0, "{:?}", r.first_errors);
+    assert_eq!(r.offered_rate, Some(100.0));
+    // 100/s for the window: a closed loop on loopback does several hundred a second.
+    let expected = 100.0 * r.elapsed_s;
+    assert!((r.completed as f64 - expected).abs() <= 0.1 * expected, "{r:?}");
+    check_latency(&r.handshake_us.expect("handshake latency"));
+}
+
+#[test]
 fn cpu_of_watched_processes_and_of_the_machine_over_the_measured_interval() {
     let o = Origin::start();
     let mut spec = o.spec(Workload::Requests, "/1k");
