@@ -204,33 +204,31 @@ fn requests_workload() {
     assert_eq!(r.watched_cpu_s, None, "no process watched");
 }
 
+/// Runs `workload` offered at `rate` per second and checks it completed that rate, give or
+/// take `tolerance` (a share) for the window's edges: a closed loop on loopback does
+/// several times more.
+fn run_at_fixed_rate(workload: Workload, rate: f64, tolerance: f64) -> LoadResult {
+    let o = Origin::start();
+    let mut spec = o.spec(workload, "/1k");
+    spec.rate = Some(rate);
+    let r = run(&o, &spec);
+    assert_eq!(r.errors, 0, "{:?}", r.first_errors);
+    assert_eq!(r.offered_rate, Some(rate));
+    let expected = rate * r.elapsed_s;
+    assert!((r.completed as f64 - expected).abs() <= tolerance * expected, "{r:?}");
+    r
+}
+
 #[test]
 fn requests_at_a_fixed_rate_complete_the_rate_and_no_more() {
     // This origin speaks HTTP/1.1 only; requests-h2 takes its turns from the same clock.
-    let o = Origin::start();
-    let mut spec = o.spec(Workload::Requests, "/1k");
-    spec.rate = Some(400.0);
-    let r = run(&o, &spec);
-    assert_eq!(r.errors, 0, "{:?}", r.first_errors);
-    assert_eq!(r.offered_rate, Some(400.0));
-    // 400/s for 1.5 s: 600 requests, give or take the window's edges (a closed loop on
-    // loopback does thousands a second).
-    let expected = 400.0 * r.elapsed_s;
-    assert!((r.completed as f64 - expected).abs() <= 0.05 * expected, "{r:?}");
+    let r = run_at_fixed_rate(Workload::Requests, 400.0, 0.05);
     check_latency(&r.latency_us.expect("request latency"));
 }
 
 #[test]
 fn handshakes_at_a_fixed_rate_complete_the_rate_and_no_more() {
-    let o = Origin::start();
-    let mut spec = o.spec(Workload::Handshakes, "/1k");
-    spec.rate = Some(100.0);
-    let r = run(&o, &spec);
-    assert_eq!(r.errors, 0, "{:?}", r.first_errors);
-    assert_eq!(r.offered_rate, Some(100.0));
-    // 100/s for the window: a closed loop on loopback does several hundred a second.
-    let expected = 100.0 * r.elapsed_s;
-    assert!((r.completed as f64 - expected).abs() <= 0.1 * expected, "{r:?}");
+    let r = run_at_fixed_rate(Workload::Handshakes, 100.0, 0.1);
     check_latency(&r.handshake_us.expect("handshake latency"));
 }
 
