@@ -228,6 +228,16 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(secs).with_context(|| format!("bad duration {s:?}"))
 }
 
+/// Parses an offered rate per second: a positive, finite number (`8000`, `2.5`).
+pub fn parse_rate(s: &str) -> Result<f64> {
+    let rate: f64 = s.trim().parse().with_context(|| format!("bad rate {s:?}"))?;
+    anyhow::ensure!(
+        rate > 0.0 && rate.is_finite(),
+        "the rate must be a positive number per second, not {s:?}"
+    );
+    Ok(rate)
+}
+
 /// Runs `spec` and returns what it measured. For [`Workload::Idle`] it writes the line
 /// `ready <n>` to stderr once all sessions are open (see [`run_load_with`]).
 ///
@@ -1315,6 +1325,15 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("2h").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("8000").unwrap(), 8000.0);
+        assert_eq!(parse_rate("2.5").unwrap(), 2.5);
+        for bad in ["0", "-1", "inf", "NaN", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

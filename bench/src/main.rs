@@ -58,12 +58,12 @@ enum Cmd {
         /// requests and requests-h2: offer this many requests per second in all, on a fixed
         /// schedule (open loop), so that the modes compared carry the same load; it must be
         /// below what the slowest mode sustains (default: closed loop, as fast as answered).
-        #[arg(long)]
+        #[arg(long, value_parser = loupe_bench::load::parse_rate)]
         rate: Option<f64>,
         /// handshakes and handshakes-browser: offer this many new connections per second in
         /// all, on a fixed schedule (open loop), so that latency is compared at the same
         /// load; it must be below what the slowest mode sustains (default: closed loop).
-        #[arg(long)]
+        #[arg(long, value_parser = loupe_bench::load::parse_rate)]
         handshake_rate: Option<f64>,
         /// The MTU of every end of the lab's wire (1280 to 9000; veth takes native XDP up
         /// to about 3,500).
@@ -403,20 +403,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             plan.mtu = mtu;
             anyhow::ensure!((1..=64).contains(&queues), "--queues must be 1 to 64, not {queues}");
             plan.queues = queues;
-            if let Some(rate) = rate {
-                anyhow::ensure!(
-                    rate > 0.0 && rate.is_finite(),
-                    "--rate must be a positive number of requests per second, not {rate}"
-                );
-                plan.request_rate = Some(rate);
-            }
-            if let Some(rate) = handshake_rate {
-                anyhow::ensure!(
-                    rate > 0.0 && rate.is_finite(),
-                    "--handshake-rate must be a positive number of handshakes per second, not {rate}"
-                );
-                plan.handshake_rate = Some(rate);
-            }
+            plan.request_rate = rate;
+            plan.handshake_rate = handshake_rate;
             let report = loupe_bench::runner::run(&plan)?;
             println!("{}", report.to_markdown());
             Ok(ExitCode::SUCCESS)

@@ -701,18 +701,17 @@ fn measure(
             _ => format!("{}ms", plan.duration.as_millis()),
         },
     ];
+    let offered_rate = match workload {
+        Workload::Handshakes => plan.handshake_rate,
+        Workload::Requests | Workload::RequestsH2 => plan.request_rate,
+        _ => None,
+    };
+    if let Some(rate) = offered_rate {
+        argv.extend(["--rate".into(), rate.to_string()]);
+    }
     match workload {
-        Workload::Handshakes => {
-            argv.extend(["--workload".into(), "handshakes".into()]);
-            if let Some(rate) = plan.handshake_rate {
-                argv.extend(["--rate".into(), rate.to_string()]);
-            }
-        }
-        Workload::Requests | Workload::RequestsH2 => {
+        Workload::Handshakes | Workload::Requests | Workload::RequestsH2 => {
             argv.extend(["--workload".into(), workload.name().into()]);
-            if let Some(rate) = plan.request_rate {
-                argv.extend(["--rate".into(), rate.to_string()]);
-            }
         }
         Workload::Bulk { streams } => argv.extend([
             "--workload".into(),
