@@ -30,7 +30,9 @@ use compact_str::CompactString;
 
 use super::hpack::FieldList;
 use super::http1::{Direction as StreamDirection, Http1Connection, Http1Error, Http1Event, Http1Limits};
-use super::http2::{Answer, ErrorCode, Http2Connection, Http2Event, Http2Limits, Http2Output, StreamVerdict};
+use super::http2::{
+    Answer, ErrorCode, Http2Connection, Http2Event, Http2Limits, Http2Output, ServerRelay, StreamVerdict,
+};
 use super::signatures::rule::Direction;
 use super::signatures::{Endpoints, HeadBuffers, SignatureHit, SignatureSet};
 use super::transaction::Transaction;
@@ -866,6 +868,7 @@ impl HttpInspector {
         let mut contents: Vec<(u32, Box<TxContent>, Vec<SignatureHit>)> = Vec::new();
         let signatures = &mut self.signatures;
         let (to_server_before, to_client_before) = (relay.to_server.len(), relay.to_client.len());
+        let mut relayed = ServerRelay::Queued;
         if from_client {
             let mut judge = |transaction: &Transaction, fields: &FieldList| {
                 let request = UrlRequest {
@@ -906,12 +909,24 @@ impl HttpInspector {
             };
             flow.connection.client_bytes(bytes, &mut judge, &mut flow.output);
         } else {
-            flow.connection.server_bytes(bytes, &mut flow.output);
+            relayed = flow.connection.relay_server_bytes(bytes, &mut flow.output);
         }
         std::mem::swap(&mut flow.output.to_server, relay.to_server);
         std::mem::swap(&mut flow.output.to_client, relay.to_client);
         self.counts.url_rule_hits += hits.len() as u64;
         self.http2_events(hits, contents, relay);
+        if relayed == ServerRelay::AsIs {
+            // The session sends the bytes itself, from its own buffer, unless handling the
+            // events queued something for the client or ended the session: then they go
+            // first in the queue, where the connection would have put them.
+            let untouched = relay.to_client.len() == to_client_before;
+            if untouched && *relay.end_session == SessionEnd::Open && !self.dropped {
+                return Pass::Forward;
+            }
+            relay
+                .to_client
+                .splice(to_client_before..to_client_before, bytes.iter().copied());
+        }
         if self.dropped {
             // What this call queued carried the match: none of it goes.
             relay.to_server.truncate(to_server_before);

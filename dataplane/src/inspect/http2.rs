@@ -510,6 +510,28 @@ pub struct Http2Connection {
     server_cut: bool,
     /// Response fields and DATA are reported as events (signatures read them).
     report_content: bool,
+    /// Set while [`Http2Connection::relay_server_bytes`] runs: see there.
+    deferral: Option<Deferral>,
+}
+
+/// The server bytes of one [`Http2Connection::relay_server_bytes`] call that went to the
+/// client as they came, not copied: always a prefix of the call's input.
+#[derive(Debug, Clone, Copy)]
+struct Deferral {
+    /// The input's first byte, as an offset in the server's stream.
+    input_start: u64,
+    /// How many of the input's first bytes are forwarded and not copied.
+    deferred: usize,
+}
+
+/// What [`Http2Connection::relay_server_bytes`] did with its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerRelay {
+    /// Every byte goes to the client unchanged and in order, and nothing else was queued
+    /// for it: the caller sends the input itself; `to_client` is untouched.
+    AsIs,
+    /// What goes to the client (the input's bytes among it) is in `to_client`.
+    Queued,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -622,7 +644,9 @@ impl HeaderSequence {
 
 #[derive(Debug)]
 struct Stream {
-    transaction: Transaction,
+    /// Boxed from the start: it leaves as the completion event's box without a copy, and
+    /// the stream map's nodes stay small.
+    transaction: Box<Transaction>,
     request_ended: bool,
     response_ended: bool,
 }
@@ -659,6 +683,7 @@ impl Http2Connection {
             server_done: false,
             server_cut: false,
             report_content: false,
+            deferral: None,
         }
     }
 
@@ -693,6 +718,47 @@ impl Http2Connection {
     }
 
     /// Server→client plaintext, in stream order.
+    /// As [`Http2Connection::server_bytes`], without copying the input when all of it goes
+    /// to the client unchanged (the common case: whole frames relayed as the server sent
+    /// them), which [`ServerRelay::AsIs`] says. `out.to_client` must be empty.
+    ///
+    /// Frame headers and payloads the server side forwards are counted, not copied, as
+    /// long as they continue the input's forwarded prefix and nothing else was queued for
+    /// the client; once anything is, the rest is copied as usual and the prefix is put in
+    /// front of it at the end, which keeps the order: everything queued otherwise comes
+    /// after the bytes that preceded it in the input.
+    pub fn relay_server_bytes(&mut self, bytes: &[u8], out: &mut Http2Output) -> ServerRelay {
+        if !out.to_client.is_empty() || self.report_content {
+            // Offsets of DATA events point into `to_client`: everything is copied.
+            self.server_bytes(bytes, out);
+            return ServerRelay::Queued;
+        }
+        self.deferral = Some(Deferral {
+            input_start: self.server.offset,
+            deferred: 0,
+        });
+        self.server_bytes(bytes, out);
+        let deferred = self.deferral.take().map_or(0, |deferral| deferral.deferred);
+        if deferred == bytes.len() && out.to_client.is_empty() {
+            return ServerRelay::AsIs;
+        }
+        out.to_client.splice(0..0, bytes[..deferred].iter().copied());
+        ServerRelay::Queued
+    }
+
+    /// Sends server bytes that start at `offset` in its stream on to the client: deferred
+    /// (see [`Http2Connection::relay_server_bytes`]) when they may be, copied otherwise.
+    fn forward_to_client(deferral: &mut Option<Deferral>, offset: u64, chunk: &[u8], to_client: &mut Vec<u8>) {
+        if let Some(deferral) = deferral {
+            let continues_prefix = offset.checked_sub(deferral.input_start) == Some(deferral.deferred as u64);
+            if continues_prefix && to_client.is_empty() {
+                deferral.deferred += chunk.len();
+                return;
+            }
+        }
+        to_client.extend_from_slice(chunk);
+    }
+
     pub fn server_bytes(&mut self, bytes: &[u8], out: &mut Http2Output) {
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -761,7 +827,12 @@ impl Http2Connection {
         let streams: usize = self
             .streams
             .values()
-            .map(|stream| std::mem::size_of::<Stream>() + 32 + stream.transaction.heap_bytes())
+            .map(|stream| {
+                std::mem::size_of::<Stream>()
+                    + 32
+                    + std::mem::size_of::<Transaction>()
+                    + stream.transaction.heap_bytes()
+            })
             .sum();
         std::mem::size_of::<Self>()
             + self.client.memory_bytes()
@@ -809,7 +880,10 @@ impl Http2Connection {
             return used;
         }
         let before = out.to_server.len();
-        let used = self.client.take_payload(bytes, &mut out.to_server);
+        let (used, forwarded) = self.client.take_payload(bytes);
+        if let Some(chunk) = forwarded {
+            out.to_server.extend_from_slice(chunk);
+        }
         if self.report_content {
             report_data(&self.client, Direction::ClientToServer, before, used, out);
         }
@@ -1015,9 +1089,7 @@ impl Http2Connection {
                     by: Peer::Loupe,
                     error_code,
                 });
-                out.events.push(Http2Event::TransactionComplete {
-                    transaction: Box::new(transaction),
-                });
+                out.events.push(Http2Event::TransactionComplete { transaction });
                 self.check_queue(&sequence, out);
             }
         }
@@ -1107,7 +1179,7 @@ impl Http2Connection {
     fn answer(
         &mut self,
         id: u32,
-        mut transaction: Transaction,
+        mut transaction: Box<Transaction>,
         answer: &Answer,
         request_ended: bool,
         out: &mut Http2Output,
@@ -1172,9 +1244,7 @@ impl Http2Connection {
         transaction.status = Some(status);
         transaction.response_body_len = body.len() as u64;
         out.events.push(Http2Event::Answered { stream_id: id, status });
-        out.events.push(Http2Event::TransactionComplete {
-            transaction: Box::new(transaction),
-        });
+        out.events.push(Http2Event::TransactionComplete { transaction });
     }
 
     fn remember_answered(&mut self, id: u32) {
@@ -1198,7 +1268,11 @@ impl Http2Connection {
             return used;
         }
         let before = out.to_client.len();
-        let used = self.server.take_payload(bytes, &mut out.to_client);
+        let offset = self.server.offset;
+        let (used, forwarded) = self.server.take_payload(bytes);
+        if let Some(chunk) = forwarded {
+            Self::forward_to_client(&mut self.deferral, offset, chunk, &mut out.to_client);
+        }
         if self.report_content {
             report_data(&self.server, Direction::ServerToClient, before, used, out);
         }
@@ -1226,7 +1300,7 @@ impl Http2Connection {
             kind::HEADERS | kind::CONTINUATION => header.length,
             other => payload_to_parse(other, header.length),
         };
-        out.to_client.extend_from_slice(&self.server.head);
+        Self::forward_to_client(&mut self.deferral, offset, &self.server.head, &mut out.to_client);
         self.server.start_frame(header, offset, Sink::Forward, keep);
     }
 
@@ -1597,7 +1671,7 @@ impl Http2Connection {
     fn complete(&mut self, id: u32, out: &mut Http2Output) {
         if let Some(stream) = self.streams.remove(&id) {
             out.events.push(Http2Event::TransactionComplete {
-                transaction: Box::new(stream.transaction),
+                transaction: stream.transaction,
             });
         }
     }
@@ -1606,7 +1680,7 @@ impl Http2Connection {
     fn finish_streams(&mut self, out: &mut Http2Output) {
         for (_, stream) in std::mem::take(&mut self.streams) {
             out.events.push(Http2Event::TransactionComplete {
-                transaction: Box::new(stream.transaction),
+                transaction: stream.transaction,
             });
         }
     }
@@ -1766,20 +1840,23 @@ impl Side {
         });
     }
 
-    /// Passes payload bytes of the current frame to its sink (`forward` is the output
-    /// toward the other peer), keeping the start of it for parsing; returns how many it
-    /// took.
-    fn take_payload(&mut self, bytes: &[u8], forward: &mut Vec<u8>) -> usize {
+    /// Takes payload bytes of the current frame, holding them if its sink says so and
+    /// keeping the start of it for parsing; returns how many it took and, if they go on
+    /// to the other peer now, those bytes.
+    fn take_payload<'b>(&mut self, bytes: &'b [u8]) -> (usize, Option<&'b [u8]>) {
         let Some(frame) = &mut self.frame else {
-            return 0;
+            return (0, None);
         };
         let used = frame.remaining.min(bytes.len());
         let chunk = &bytes[..used];
-        match frame.sink {
-            Sink::Forward => forward.extend_from_slice(chunk),
-            Sink::Hold => self.held.extend_from_slice(chunk),
-            Sink::Drop => {}
-        }
+        let forwarded = match frame.sink {
+            Sink::Forward => Some(chunk),
+            Sink::Hold => {
+                self.held.extend_from_slice(chunk);
+                None
+            }
+            Sink::Drop => None,
+        };
         let position = frame.header.length - frame.remaining;
         if position < frame.keep {
             let kept = (frame.keep - position).min(used);
@@ -1787,7 +1864,7 @@ impl Side {
         }
         frame.remaining -= used;
         self.offset += used as u64;
-        used
+        (used, forwarded)
     }
 
     fn recycle_payload(&mut self, mut payload: Vec<u8>) {
@@ -1917,12 +1994,12 @@ fn read_u32(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// The request's side of a transaction, from its header block.
-fn request_transaction(stream_id: u32, fields: &FieldList) -> Transaction {
-    let mut transaction = Transaction {
+fn request_transaction(stream_id: u32, fields: &FieldList) -> Box<Transaction> {
+    let mut transaction = Box::new(Transaction {
         version: Some(HttpVersion::Http2),
         stream_id: Some(stream_id),
         ..Transaction::default()
-    };
+    });
     let mut method = None;
     let mut authority = None;
     let mut host = None;

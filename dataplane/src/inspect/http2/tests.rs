@@ -363,6 +363,52 @@ fn run_with(
     (out, connection)
 }
 
+/// Feeds server bytes as the engine does, with [`Http2Connection::relay_server_bytes`] on
+/// an empty queue, and adds what the client gets to `out.to_client`: the piece itself
+/// when it went as is.
+fn relay_server_piece(connection: &mut Http2Connection, piece: &[u8], out: &mut Http2Output) -> ServerRelay {
+    let mut sent = std::mem::take(&mut out.to_client);
+    let relayed = connection.relay_server_bytes(piece, out);
+    match relayed {
+        ServerRelay::AsIs => {
+            assert!(
+                out.to_client.is_empty(),
+                "as is, yet {} bytes queued",
+                out.to_client.len()
+            );
+            sent.extend_from_slice(piece);
+        }
+        ServerRelay::Queued => sent.append(&mut out.to_client),
+    }
+    out.to_client = sent;
+    relayed
+}
+
+/// [`run_with`] with the server's pieces relayed as the engine relays them; also counts
+/// the pieces that went as is.
+fn run_relaying(steps: &[Step], chunk: usize) -> (Http2Output, usize) {
+    let mut connection = Http2Connection::new(Http2Limits::default());
+    let mut out = Http2Output::default();
+    let mut as_is = 0;
+    for step in steps {
+        match step {
+            Client(bytes) => {
+                for piece in bytes.chunks(chunk.max(1)) {
+                    connection.client_bytes(piece, &mut block_page, &mut out);
+                }
+            }
+            Server(bytes) => {
+                for piece in bytes.chunks(chunk.max(1)) {
+                    as_is += usize::from(relay_server_piece(&mut connection, piece, &mut out) == ServerRelay::AsIs);
+                }
+            }
+            ClientClosed => connection.client_closed(&mut out),
+            ServerClosed => connection.server_closed(&mut out),
+        }
+    }
+    (out, as_is)
+}
+
 fn run(steps: &[Step]) -> (Http2Output, Http2Connection) {
     run_with(Http2Limits::default(), steps, usize::MAX, &mut block_page)
 }
@@ -947,6 +993,59 @@ fn byte_at_a_time_gives_the_same_output_as_whole_pieces() {
         assert_eq!(pieces.to_client, whole.to_client, "pieces of {chunk}");
         assert_eq!(pieces.events, whole.events, "pieces of {chunk}");
     }
+}
+
+#[test]
+fn relaying_server_bytes_uncopied_sends_what_copying_sends() {
+    let mut client = IndexingEncoder::new();
+    let mut server = IndexingEncoder::new();
+    let plain = vec![
+        Client(join(&[
+            client_start(),
+            headers(1, END_HEADERS | END_STREAM, &client.encode(&get("/a"))),
+        ])),
+        Server(join(&[
+            server_start(),
+            settings_ack(),
+            headers(1, END_HEADERS, &server.encode(&response("200"))),
+            data(1, END_STREAM, &[7; 3000]),
+        ])),
+    ];
+    let mut client = IndexingEncoder::new();
+    let server_error = vec![
+        Client(join(&[
+            client_start(),
+            headers(1, END_HEADERS, &client.encode(&post("/"))),
+        ])),
+        Server(join(&[server_start(), headers(1, END_HEADERS, &[0xc0])])),
+        Server(data(1, END_STREAM, b"x")),
+    ];
+    let conversations = [
+        ("plain", plain),
+        ("busy", busy_conversation()),
+        ("server error", server_error),
+    ];
+    for (name, steps) in &conversations {
+        for chunk in [usize::MAX, 1, 2, 5, 9, 10, 100] {
+            let (copied, _) = run_with(Http2Limits::default(), steps, chunk, &mut block_page);
+            let (relayed, as_is) = run_relaying(steps, chunk);
+            assert_eq!(relayed.to_client, copied.to_client, "{name}, pieces of {chunk}");
+            assert_eq!(relayed.to_server, copied.to_server, "{name}, pieces of {chunk}");
+            assert_eq!(relayed.events, copied.events, "{name}, pieces of {chunk}");
+            assert_eq!(relayed.close, copied.close, "{name}, pieces of {chunk}");
+            if chunk == usize::MAX && *name == "plain" {
+                // Whole frames from the server, nothing for loupe to add: no copy.
+                assert_eq!(as_is, 1, "{name}");
+            }
+        }
+    }
+    // In the busy conversation loupe answers a stream: its frames for the client wait for
+    // a frame boundary and go between the server's, which then cannot go as they came.
+    let (_, as_is) = run_relaying(&conversations[1].1, usize::MAX);
+    assert!(
+        as_is < 3,
+        "{as_is} of 3 server pieces as is, though loupe had frames to add"
+    );
 }
 
 // ---- blocking ------------------------------------------------------------------------
@@ -1913,6 +2012,7 @@ fn random_frames_never_panic_and_stay_bounded() {
     };
     let mut prng = Prng(0x0123_4567_89ab_cdef);
     let (mut heads, mut answers, mut completions, mut failures, mut clean, mut verbatim) = (0, 0, 0, 0, 0, 0);
+    let mut uncopied = 0;
     for _ in 0..2_000 {
         let mut client = IndexingEncoder::new();
         let mut server = IndexingEncoder::new();
@@ -1920,6 +2020,9 @@ fn random_frames_never_panic_and_stay_bounded() {
         let mut next_promise = 0;
         let mut connection = Http2Connection::new(limits);
         let mut out = Http2Output::default();
+        // The same bytes through a twin relaying the server's without copies.
+        let mut twin = Http2Connection::new(limits);
+        let mut twin_out = Http2Output::default();
         let mut judge = |transaction: &Transaction, fields: &FieldList| {
             if transaction.path.len().is_multiple_of(3) {
                 let blocked = Transaction {
@@ -1934,6 +2037,8 @@ fn random_frames_never_panic_and_stay_bounded() {
         let (mut client_sent, mut server_sent) = (client_start(), server_start());
         connection.client_bytes(&client_sent, &mut judge, &mut out);
         connection.server_bytes(&server_sent, &mut out);
+        twin.client_bytes(&client_sent, &mut judge, &mut twin_out);
+        relay_server_piece(&mut twin, &server_sent, &mut twin_out);
         for _ in 0..40 {
             let to_client = prng.below(2) == 0;
             let bytes = random_frame(
@@ -1955,8 +2060,12 @@ fn random_frames_never_panic_and_stay_bounded() {
                 rest = tail;
                 if to_client {
                     connection.server_bytes(piece, &mut out);
+                    if relay_server_piece(&mut twin, piece, &mut twin_out) == ServerRelay::AsIs {
+                        uncopied += 1;
+                    }
                 } else {
                     connection.client_bytes(piece, &mut judge, &mut out);
+                    twin.client_bytes(piece, &mut judge, &mut twin_out);
                 }
             }
             assert!(connection.open_streams() <= limits.max_streams);
@@ -1964,8 +2073,14 @@ fn random_frames_never_panic_and_stay_bounded() {
         }
         if prng.below(2) == 0 {
             connection.client_closed(&mut out);
+            twin.client_closed(&mut twin_out);
         }
         connection.server_closed(&mut out);
+        twin.server_closed(&mut twin_out);
+        assert_eq!(twin_out.to_client, out.to_client);
+        assert_eq!(twin_out.to_server, out.to_server);
+        assert_eq!(twin_out.events, out.events);
+        assert_eq!(twin_out.close, out.close);
         assert_eq!(connection.open_streams(), 0);
         assert!(errors(&out).len() <= 1);
         if errors(&out).is_empty() {
@@ -2003,6 +2118,7 @@ fn random_frames_never_panic_and_stay_bounded() {
     assert!(completions >= heads - 2_000 * 16, "{completions} of {heads} completed");
     assert!(failures > 100 && clean > 500, "{failures} failures, {clean} clean");
     assert!(verbatim > 500, "{verbatim} without answers");
+    assert!(uncopied > 5_000, "{uncopied} server pieces relayed without a copy");
 }
 
 #[test]
