@@ -137,6 +137,7 @@ impl<'o> Object<'o> {
         Object { out, empty: true }
     }
 
+    #[inline(always)]
     fn key(&mut self, name: &str) {
         if !self.empty {
             self.out.push(b',');
@@ -149,6 +150,7 @@ impl<'o> Object<'o> {
 
     /// A member whose value is an object; members go into the returned writer (which
     /// borrows this one's output), closed with [`Object::close`].
+    #[inline(always)]
     fn object(&mut self, name: &str) -> &mut Self {
         self.key(name);
         self.out.push(b'{');
@@ -163,6 +165,7 @@ impl<'o> Object<'o> {
         self.empty = false;
     }
 
+    #[inline(always)]
     fn str(&mut self, name: &str, value: &str) {
         self.key(name);
         self.out.push(b'"');
@@ -182,6 +185,7 @@ impl<'o> Object<'o> {
     }
 
     /// `text` is an [`EveTime`]'s: digits and punctuation only, nothing to escape.
+    #[inline(always)]
     fn time(&mut self, name: &str, text: [u8; 31]) {
         self.key(name);
         self.out.push(b'"');
@@ -189,11 +193,13 @@ impl<'o> Object<'o> {
         self.out.push(b'"');
     }
 
+    #[inline(always)]
     fn u64(&mut self, name: &str, value: u64) {
         self.key(name);
         push_decimal(self.out, value);
     }
 
+    #[inline(always)]
     fn bool(&mut self, name: &str, value: bool) {
         self.key(name);
         self.out.extend_from_slice(if value { b"true" } else { b"false" });
@@ -235,6 +241,7 @@ impl<'o> Object<'o> {
     }
 }
 
+#[inline(always)]
 fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
