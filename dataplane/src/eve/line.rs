@@ -4,6 +4,7 @@
 //! output is byte for byte what serde_json writes for [`HttpEvent`]; the derive stays as
 //! the reference the tests compare this writer with.
 
+use std::cell::Cell;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +16,9 @@ impl HttpEvent<'_> {
     pub fn write_line(&self, out: &mut Vec<u8>) {
         // Room for a typical event at once, not grown piece by piece.
         out.reserve(1024);
-        let mut stamps = Stamps::default();
+        let mut stamps = Stamps {
+            last: LAST_SECOND.get(),
+        };
         let mut event = Object::open(out);
         write_header(&mut event, &self.header, &mut stamps);
         write_http(event.object("http"), &self.http);
@@ -44,7 +47,15 @@ impl HttpEvent<'_> {
         loupe.close();
         event.close();
         out.push(b'\n');
+        LAST_SECOND.set(stamps.last);
     }
+}
+
+thread_local! {
+    /// The second the thread's last event was stamped in, and its text: consecutive
+    /// events nearly always share it, so the date and time of day are formatted about
+    /// once a second rather than once an event.
+    static LAST_SECOND: Cell<Option<(u64, [u8; 31])>> = const { Cell::new(None) };
 }
 
 fn write_header(event: &mut Object<'_>, header: &EveHeader<'_>, stamps: &mut Stamps) {
@@ -101,9 +112,9 @@ fn write_http(http: &mut Object<'_>, fields: &EveHttp<'_>) {
     http.close();
 }
 
-/// The timestamps of one event nearly always fall in the same second: its date and time
-/// of day are formatted once, and only the microseconds for the others.
-#[derive(Default)]
+/// The timestamps of one event (and of the thread's events one after another) nearly
+/// always fall in the same second: its date and time of day are formatted once, and only
+/// the microseconds for the others.
 struct Stamps {
     last: Option<(u64, [u8; 31])>,
 }

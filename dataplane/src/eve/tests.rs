@@ -731,7 +731,8 @@ fn the_written_http_line_is_what_serde_json_writes() {
     let mut blocked = facts();
     blocked.blocked = true;
     blocked.response_first_byte = None;
-    // Timestamps in other seconds than the event's (the writer reuses a second's text).
+    // Timestamps in other seconds than the event's (the writer reuses a second's text
+    // within an event and from one event to the next on a thread).
     let mut spread = facts();
     spread.request_start = Some(UNIX_EPOCH + Duration::from_micros(1_699_999_999_999_999));
     spread.end = Some(UNIX_EPOCH + Duration::from_micros(1_700_086_400_000_007));
