@@ -21,6 +21,9 @@
 //! writes to the client itself (answers, window credit, GOAWAY) are injected only at a
 //! frame boundary of the server→client stream that is not inside a HEADERS…CONTINUATION
 //! sequence; until then they wait, in order.
+//! [`Http2Connection::relay_server_bytes`] relays the server's bytes without copying them
+//! when they all go to the client as they came, which is nearly always: the caller sends
+//! its own buffer.
 //!
 //! # Blocking: lazy re-encoding
 //!
