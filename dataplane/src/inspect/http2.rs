@@ -720,7 +720,6 @@ impl Http2Connection {
         self.flush_to_client(out);
     }
 
-    /// Server→client plaintext, in stream order.
     /// As [`Http2Connection::server_bytes`], without copying the input when all of it goes
     /// to the client unchanged (the common case: whole frames relayed as the server sent
     /// them), which [`ServerRelay::AsIs`] says. `out.to_client` must be empty.
@@ -762,6 +761,7 @@ impl Http2Connection {
         to_client.extend_from_slice(chunk);
     }
 
+    /// Server→client plaintext, in stream order.
     pub fn server_bytes(&mut self, bytes: &[u8], out: &mut Http2Output) {
         let mut rest = bytes;
         while !rest.is_empty() {
