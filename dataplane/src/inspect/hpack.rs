@@ -28,7 +28,8 @@ pub struct HpackLimits {
     /// The largest dynamic table the peer's encoder may ask for. A peer that announces a
     /// larger SETTINGS_HEADER_TABLE_SIZE and then uses it fails the connection's
     /// inspection. Values below the protocol default (4096) are raised to it, because an
-    /// encoder may fill 4096 bytes without announcing anything.
+    /// encoder may fill 4096 bytes without announcing anything; values above 1 GiB are
+    /// lowered to it (the table's offsets are 32-bit).
     pub max_table_size: usize,
     /// The largest decoded header list, counted as RFC 9113 §6.5.2 counts it: name + value
     /// + 32 bytes per field. Caps what indexed fields can amplify a small block into.
@@ -240,6 +241,10 @@ pub struct HpackDecoder {
 /// The protocol's SETTINGS_HEADER_TABLE_SIZE before any SETTINGS frame (RFC 9113 §6.5.2).
 const DEFAULT_TABLE_SIZE: usize = 4096;
 
+/// The largest table a decoder accepts whatever its limits say: the table's buffer (at
+/// most twice this) keeps its offsets in 32 bits. The configuration allows 16 MiB.
+const MAX_TABLE_SIZE: usize = 1 << 30;
+
 /// Bytes RFC 7541 §4.1 counts per table entry besides its name and value (and RFC 9113
 /// §6.5.2 per header field).
 const ENTRY_OVERHEAD: usize = 32;
@@ -247,7 +252,7 @@ const ENTRY_OVERHEAD: usize = 32;
 impl HpackDecoder {
     pub fn new(limits: HpackLimits) -> Self {
         let limits = HpackLimits {
-            max_table_size: limits.max_table_size.max(DEFAULT_TABLE_SIZE),
+            max_table_size: limits.max_table_size.clamp(DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE),
             // A decoded list's offsets are u32 (see `FieldList`).
             max_header_list_size: limits.max_header_list_size.min(u32::MAX as usize),
         };
@@ -494,17 +499,32 @@ struct DynamicTable {
     insertions: u64,
 }
 
-/// One entry's name and value, consecutive in [`DynamicTable::bytes`].
+/// One entry's name and value, consecutive in [`DynamicTable::bytes`]. Offsets are u32
+/// (the table's capacity is at most 16 MiB, so its buffer at most 32 MiB): five spans to
+/// a cache line instead of two and a half, and the lines a lookup or an eviction loads
+/// come back from memory when the connection's turn comes round again.
 #[derive(Debug, Clone, Copy)]
 struct EntrySpan {
-    start: usize,
-    name_len: usize,
-    value_len: usize,
+    start: u32,
+    name_len: u32,
+    value_len: u32,
 }
 
 impl EntrySpan {
+    fn start(&self) -> usize {
+        self.start as usize
+    }
+
+    fn name_len(&self) -> usize {
+        self.name_len as usize
+    }
+
+    fn value_len(&self) -> usize {
+        self.value_len as usize
+    }
+
     fn end(&self) -> usize {
-        self.start + self.name_len + self.value_len
+        self.start() + self.name_len() + self.value_len()
     }
 }
 
@@ -521,8 +541,8 @@ impl DynamicTable {
 
     fn get(&self, index: usize) -> Option<(&[u8], &[u8])> {
         let span = self.entries.get(index)?;
-        let bytes = &self.bytes[span.start..span.end()];
-        Some(bytes.split_at(span.name_len))
+        let bytes = &self.bytes[span.start()..span.end()];
+        Some(bytes.split_at(span.name_len()))
     }
 
     fn set_capacity(&mut self, capacity: usize) {
@@ -560,10 +580,11 @@ impl DynamicTable {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(name);
         self.bytes.extend_from_slice(value);
+        // In range: the buffer stays within twice the capacity, at most 2 GiB.
         self.entries.push_front(EntrySpan {
-            start,
-            name_len: name.len(),
-            value_len: value.len(),
+            start: start as u32,
+            name_len: name.len() as u32,
+            value_len: value.len() as u32,
         });
         self.size = self.size.saturating_add(field_size(name.len(), value.len()));
     }
@@ -577,9 +598,9 @@ impl DynamicTable {
             let end = span.end();
             // Starts ascend from the oldest, so the destination never overtakes a live
             // byte not yet moved.
-            self.bytes.copy_within(span.start..end, packed);
-            span.start = packed;
-            packed += span.name_len + span.value_len;
+            self.bytes.copy_within(span.start()..end, packed);
+            span.start = packed as u32;
+            packed += span.name_len() + span.value_len();
         }
         self.bytes.truncate(packed);
     }
@@ -589,7 +610,7 @@ impl DynamicTable {
             let Some(span) = self.entries.pop_back() else {
                 break;
             };
-            self.size -= field_size(span.name_len, span.value_len);
+            self.size -= field_size(span.name_len(), span.value_len());
         }
         if self.entries.is_empty() {
             self.bytes.clear();

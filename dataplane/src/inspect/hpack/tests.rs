@@ -611,6 +611,26 @@ fn size_update_above_loupes_limit_is_refused() {
 }
 
 #[test]
+fn limits_above_a_gibibyte_are_lowered_to_it() {
+    // The table keeps 32-bit offsets into a buffer of up to twice its capacity.
+    let mut decoder = HpackDecoder::new(HpackLimits {
+        max_table_size: usize::MAX,
+        max_header_list_size: 1024,
+    });
+    decoder.set_max_table_size(usize::MAX);
+    decoder.decode(&size_update(1 << 30)).unwrap();
+    assert_eq!(decoder.table.capacity, 1 << 30);
+    let error = decoder.decode(&size_update((1 << 30) + 1)).unwrap_err();
+    assert_eq!(
+        error.problem,
+        HpackProblem::TableSizeAboveLimit {
+            requested: (1 << 30) + 1,
+            limit: 1 << 30
+        }
+    );
+}
+
+#[test]
 fn limits_below_the_protocol_default_are_raised_to_it() {
     let mut decoder = HpackDecoder::new(HpackLimits {
         max_table_size: 100,
