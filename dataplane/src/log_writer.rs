@@ -26,8 +26,9 @@ pub const WRITER_QUEUE: usize = 256;
 /// Written batches the writer thread hands back for workers to fill again.
 const SPARE_BATCHES: usize = 8;
 
-/// How long the writer thread sleeps at most without a batch: it is woken for each one
-/// (and by [`LogWriter::finish`]); this only bounds a missed wakeup.
+/// How long the writer thread sleeps at most without a batch. It is unparked for each
+/// one and by [`LogWriter::finish`]; this bounds how long it takes to see the channel
+/// closed when the sinks go without `finish`.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// The size at which a worker hands its batch over (either log's part).

@@ -500,9 +500,10 @@ struct DynamicTable {
 }
 
 /// One entry's name and value, consecutive in [`DynamicTable::bytes`]. Offsets are u32
-/// (the table's capacity is at most 16 MiB, so its buffer at most 32 MiB): five spans to
-/// a cache line instead of two and a half, and the lines a lookup or an eviction loads
-/// come back from memory when the connection's turn comes round again.
+/// (a decoder's table is at most [`MAX_TABLE_SIZE`], 1 GiB, so its buffer at most 2 GiB;
+/// an encoder's holds a decoder's entries): five records to a cache line instead of two
+/// and a half, so a lookup or an eviction loads fewer lines when the connection's turn
+/// comes round again and its table has gone cold.
 #[derive(Debug, Clone, Copy)]
 struct EntrySpan {
     start: u32,
@@ -580,7 +581,7 @@ impl DynamicTable {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(name);
         self.bytes.extend_from_slice(value);
-        // In range: the buffer stays within twice the capacity, at most 2 GiB.
+        // In range: see `EntrySpan`.
         self.entries.push_front(EntrySpan {
             start: start as u32,
             name_len: name.len() as u32,
